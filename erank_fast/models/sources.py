@@ -1,0 +1,92 @@
+"""From what the user passes (a name, a path, a transformers model) to weights and a tokenizer."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from erank_fast.models.decoder import Decoder
+from erank_fast.models.loading import decoder_from_hf_model, load_decoder, resolve_model_path
+
+
+@dataclass
+class LoadedModel:
+    """Exactly one of ``decoder`` / ``hf_model`` is needed by a backend; the other may be None."""
+
+    tokenizer: object
+    eos_ids: frozenset[int]
+    decoder: Decoder | None = None
+    hf_model: torch.nn.Module | None = None
+    name: str = ""
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device) -> torch.dtype:
+    """bfloat16 on CUDA; float32 on CPU (exact; pass dtype=torch.bfloat16 for speed)."""
+    return torch.bfloat16 if device.type == "cuda" else torch.float32
+
+
+def _eos_ids(tokenizer, generation_config) -> frozenset[int]:
+    ids = set()
+    eos = getattr(generation_config, "eos_token_id", None) if generation_config else None
+    if isinstance(eos, int):
+        ids.add(eos)
+    elif eos:
+        ids.update(eos)
+    if tokenizer.eos_token_id is not None:
+        ids.add(tokenizer.eos_token_id)
+    return frozenset(ids)
+
+
+def _generation_config(path):
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(path)
+    except OSError:
+        return None
+
+
+def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None) -> LoadedModel:
+    """``need``: "decoder" (erank_fast engine) or "hf" (reference backend)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+
+    if isinstance(model, PreTrainedModel):
+        if tokenizer is None:
+            raise ValueError("pass tokenizer=... together with an in-memory transformers model")
+        if dtype is not None and dtype != model.dtype:
+            raise ValueError(f"the model is {model.dtype}; cast it before passing it, or pass dtype=None")
+        decoder = decoder_from_hf_model(model) if need == "decoder" else None
+        return LoadedModel(tokenizer, _eos_ids(tokenizer, model.generation_config), decoder, model,
+                           name=type(model).__name__)
+    if not isinstance(model, (str, Path)):
+        raise TypeError(
+            f"model must be a name, a local path or a transformers model, got {type(model).__name__}")
+
+    device = torch.device(device) if device is not None else default_device()
+    dtype = dtype or default_dtype(device)
+    name = str(model)
+    path = resolve_model_path(name)
+    source = str(path) if path is not None else name
+    try:
+        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
+        if need == "decoder" and path is not None:
+            decoder = load_decoder(path, dtype, device)
+            return LoadedModel(tokenizer, _eos_ids(tokenizer, _generation_config(path)), decoder,
+                               name=name)
+        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
+    except OSError as e:
+        if path is not None:
+            raise
+        raise OSError(
+            f"could not load model {name!r}: it is not a local directory, a .gguf file or an "
+            f"offline name, and the Hugging Face hub did not provide it ({type(e).__name__}). "
+            "Download the checkpoint and pass its local directory."
+        ) from e
+    decoder = decoder_from_hf_model(hf) if need == "decoder" else None
+    return LoadedModel(tokenizer, _eos_ids(tokenizer, hf.generation_config), decoder, hf, name=name)

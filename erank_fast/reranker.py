@@ -1,0 +1,140 @@
+"""The Reranker: load a model once, then rerank documents for one or many queries."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping, Sequence
+
+from erank_fast.config import RerankerConfig, validate_think
+from erank_fast.engine.engine import Engine
+from erank_fast.engine.reference_backend import ReferenceBackend
+from erank_fast.models.sources import LoadedModel, load_model
+from erank_fast.prompt import PromptBuilder
+from erank_fast.results import CallStats, RerankResult, RerankResults
+from erank_fast.scoring import AnswerDetector, ScoreTokens, score_document
+
+
+class Reranker:
+    """A generative pointwise reranker (ERank prompt and scoring) on the erank_fast engine.
+
+    Safe to share between threads: calls are served one at a time.
+    """
+
+    def __init__(self, loaded: LoadedModel, config: RerankerConfig):
+        self.config = config
+        self.tokenizer = loaded.tokenizer
+        self.name = loaded.name
+        self.prompts = PromptBuilder(loaded.tokenizer, config.max_query_tokens, config.max_doc_tokens)
+        self.tokens = ScoreTokens.from_tokenizer(loaded.tokenizer)
+        detector = AnswerDetector(loaded.tokenizer, loaded.eos_ids)
+        if config.backend == "reference":
+            self.backend = ReferenceBackend(loaded.hf_model, self.tokens, detector)
+        else:
+            self.backend = Engine(loaded.decoder, self.tokens, detector, config.max_batch_tokens)
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_pretrained(cls, model, *, tokenizer=None, device=None, dtype=None, think="off",
+                        instruction=None, score_mode="erank", backend="auto", **options) -> "Reranker":
+        """Load a reranker.
+
+        model: a checkpoint directory (config.json + safetensors + tokenizer), a ``.gguf`` file,
+            an offline name ("smollm2-135m-instruct"), a hub id (needs network access), or an
+            in-memory transformers model (then pass ``tokenizer``; its parameters are used
+            in place, not copied).
+        device / dtype: default CUDA + bfloat16 when available, else CPU + float32.
+        think: "off" (default: one forward pass per document), an int N (at most N reasoning
+            tokens, then the answer is forced) or "full" (until the model closes its reasoning,
+            at most ``max_think_tokens``).
+        score_mode: "erank" (s × p(s), the paper's) or "expected" (Σ s·p(s)).
+        backend: "auto"/"torch" (erank_fast engine) or "reference" (transformers, per document).
+        options: max_query_tokens, max_doc_tokens (truncation, default 2048 each),
+            max_think_tokens (default 4096), max_batch_tokens (prefill budget, default 8192).
+        """
+        config = RerankerConfig(think=think, instruction=instruction, score_mode=score_mode,
+                                backend=backend, **options)
+        need = "hf" if backend == "reference" else "decoder"
+        loaded = load_model(model, tokenizer=tokenizer, need=need, device=device, dtype=dtype)
+        return cls(loaded, config)
+
+    def rerank(self, query: str, documents: Sequence, *, top_k: int | None = None,
+               instruction: str | None = None, return_reasoning: bool = False,
+               think=None) -> RerankResults:
+        """Documents (strings, or mappings with a "text" key) sorted by score, best first;
+        ``top_k`` keeps the best k. ``think`` overrides the reranker's setting for this call."""
+        return self.rerank_many([query], [documents], top_k=top_k, instruction=instruction,
+                                return_reasoning=return_reasoning, think=think)[0]
+
+    def score(self, query: str, documents: Sequence, *, instruction: str | None = None,
+              think=None) -> list[float]:
+        """Rank scores in input order."""
+        results = self.rerank(query, documents, instruction=instruction, think=think)
+        scores = [0.0] * len(results)
+        for r in results:
+            scores[r.index] = r.score
+        return scores
+
+    def rerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence], *,
+                    top_k: int | None = None, instruction: str | None = None,
+                    return_reasoning: bool = False, think=None) -> list[RerankResults]:
+        """Rerank several queries in one engine call (their documents are batched together)."""
+        if isinstance(queries, str) or len(queries) != len(documents_per_query):
+            raise ValueError("queries and documents_per_query must be sequences of equal length")
+        for i, q in enumerate(queries):
+            if not isinstance(q, str):
+                raise TypeError(f"query {i} must be a str, got {type(q).__name__}")
+        if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
+            raise ValueError(f"top_k must be a non-negative int or None, got {top_k!r}")
+        think = self.config.think if think is None else think
+        validate_think(think)
+        instruction = instruction if instruction is not None else self.config.instruction
+        texts = [_document_texts(docs) for docs in documents_per_query]
+
+        with self._lock:
+            start = time.perf_counter()
+            asked = [i for i, t in enumerate(texts) if t]
+            prompts = [self.prompts.segment(queries[i], texts[i], instruction, think == "off")
+                       for i in asked]
+            readouts, engine_stats = (self.backend.run(prompts, self.config.budget(think))
+                                      if prompts else ([], None))
+            seconds = time.perf_counter() - start
+        stats = CallStats(
+            seconds=seconds, documents=sum(len(t) for t in texts),
+            prefill_tokens=engine_stats.prefill_tokens if engine_stats else 0,
+            decode_tokens=engine_stats.decode_tokens if engine_stats else 0,
+        )
+        by_query = dict(zip(asked, readouts))
+        out = []
+        for qi, docs in enumerate(documents_per_query):
+            results = [self._result(i, doc, r, return_reasoning)
+                       for i, (doc, r) in enumerate(zip(docs, by_query.get(qi, [])))]
+            results.sort(key=lambda r: (-r.score, r.index))
+            out.append(RerankResults(results[:top_k] if top_k is not None else results, stats))
+        return out
+
+    def _result(self, index, document, readout, return_reasoning) -> RerankResult:
+        s = score_document(readout, self.tokens, self.config.score_mode)
+        reasoning = (self.tokenizer.decode(list(readout.generated), skip_special_tokens=False)
+                     if return_reasoning else None)
+        return RerankResult(index=index, score=s.score, answer=s.answer, probability=s.probability,
+                            distribution=s.distribution,
+                            num_generated_tokens=len(readout.generated),
+                            reasoning=reasoning, document=document)
+
+
+def _document_texts(documents) -> list[str]:
+    if isinstance(documents, (str, bytes)) or not isinstance(documents, Sequence):
+        raise TypeError(
+            f"documents must be a list of strings or of mappings with a 'text' key, "
+            f"got {type(documents).__name__}")
+    texts = []
+    for i, doc in enumerate(documents):
+        text = doc.get("text") if isinstance(doc, Mapping) else doc
+        if not isinstance(text, str):
+            what = "its 'text'" if isinstance(doc, Mapping) else "it"
+            raise TypeError(
+                f"document {i}: expected a str or a mapping with a str 'text', but {what} is "
+                f"{type(text).__name__}")
+        texts.append(text)
+    return texts

@@ -1,0 +1,161 @@
+"""Score tokens, answer detection, the 0..10 distribution, and rank-score rules.
+
+Both backends produce a ``Readout`` per document (what the model's distribution says at the
+answer position and one teacher-forced step after it) and turn it into a result here, so the
+rules below are the only place scores are defined.
+
+The 0..10 distribution. Let P(d) be the probability of digit token d at the answer position and
+q = P("0" | "1"), read one position later with "1" teacher-forced. Then
+    p(0) = P(0),  p(1) = P(1)·(1 − q),  p(10) = P(1)·q,  p(d) = P(d) for d = 2..9.
+(A score is one of 0..10, so only "1" can continue into a valid number.) The probabilities need
+not sum to 1: the rest is mass on non-digit tokens.
+
+The answer is the greedy one: the argmax token at the answer position if it is a digit, and 10
+when that digit is "1" and the argmax after it is "0". When the argmax is not a digit, no score
+can be read: ``answer`` is None, ``probability`` 0, and the "erank" rank score is 0.0 (the
+document ranks with the least relevant); the "expected" rank score is still Σ s·p(s).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from erank_fast.prompt import ANSWER_OPEN, BUDGET_CONTINUATION, THINK_CLOSE
+
+SCORE_MODES = ("erank", "expected")
+
+# Tokens decoded from the end of the generated text to detect tags (tags span at most a few).
+_TAIL_TOKENS = 12
+
+
+@dataclass(frozen=True)
+class ScoreTokens:
+    """Token ids of the digits 0..9 as they follow ``<answer>``."""
+
+    digits: tuple[int, ...]
+
+    @classmethod
+    def from_tokenizer(cls, tokenizer) -> "ScoreTokens":
+        base = tokenizer.encode(ANSWER_OPEN, add_special_tokens=False)
+        digits = []
+        for d in range(10):
+            ids = tokenizer.encode(f"{ANSWER_OPEN}{d}", add_special_tokens=False)
+            if ids[: len(base)] != base or len(ids) != len(base) + 1:
+                raise ValueError(
+                    f"tokenizer does not write the digit {d} after {ANSWER_OPEN!r} as one token "
+                    "of its own; erank_fast needs single-digit tokens to read scores"
+                )
+            digits.append(ids[-1])
+        return cls(tuple(digits))
+
+    @property
+    def one(self) -> int:
+        return self.digits[1]
+
+
+@dataclass(frozen=True)
+class Readout:
+    """What a backend reads for one document (log-probabilities from the full vocabulary)."""
+
+    digit_logprobs: tuple[float, ...]  # log P(d) at the answer position, d = 0..9
+    zero_after_one_logprob: float      # log P("0" | "1")
+    argmax_answer: int                 # greedy token id at the answer position
+    argmax_after_one: int              # greedy token id after a teacher-forced "1"
+    generated: tuple[int, ...] = ()    # tokens the model wrote itself (reasoning)
+    forced: tuple[int, ...] = ()       # tokens appended by forcing before the answer
+
+
+@dataclass(frozen=True)
+class DocScore:
+    score: float
+    answer: int | None
+    probability: float
+    distribution: tuple[float, ...]  # p(0) .. p(10)
+
+
+def distribution(readout: Readout) -> tuple[float, ...]:
+    p = torch.tensor(readout.digit_logprobs, dtype=torch.float64).exp().tolist()
+    q = float(torch.tensor(readout.zero_after_one_logprob, dtype=torch.float64).exp())
+    return (p[0], p[1] * (1.0 - q), *p[2:], p[1] * q)
+
+
+def greedy_answer(readout: Readout, tokens: ScoreTokens) -> int | None:
+    if readout.argmax_answer not in tokens.digits:
+        return None
+    d = tokens.digits.index(readout.argmax_answer)
+    if d == 1 and readout.argmax_after_one == tokens.digits[0]:
+        return 10
+    return d
+
+
+def score_document(readout: Readout, tokens: ScoreTokens, mode: str) -> DocScore:
+    """Rank score: "erank" = s × p(s) for the greedy answer s (the paper's); "expected" = Σ s·p(s)."""
+    dist = distribution(readout)
+    answer = greedy_answer(readout, tokens)
+    probability = dist[answer] if answer is not None else 0.0
+    if mode == "erank":
+        score = answer * probability if answer is not None else 0.0
+    elif mode == "expected":
+        score = sum(s * p for s, p in enumerate(dist))
+    else:
+        raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {mode!r}")
+    return DocScore(score=float(score), answer=answer, probability=float(probability),
+                    distribution=tuple(float(x) for x in dist))
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to do after a generated token: keep decoding, read the score next, or force text."""
+
+    kind: str  # "continue" | "ready" | "force"
+    forced: tuple[int, ...] = ()
+    drop_last: bool = False  # the last token was end-of-sequence: it is not fed
+
+
+class AnswerDetector:
+    """Finds the answer position in generated text; shared by both backends so they stop and
+    force identically. Tags are found on decoded text, not on fixed token sequences, since
+    tokenizers merge across tags (e.g. ``</think><answer>`` → ``</``, ``think``, ``><``, ...).
+
+    After each generated token, in this order:
+      1. the text ends with ``<answer>`` → ready (the next position is the answer position);
+      2. the token is end-of-sequence → drop it and force ``</think><answer>``;
+      3. the text contains ``</think>`` → force ``<answer>``;
+      4. the reasoning budget is spent → force ``</think><answer>``;
+      5. otherwise continue.
+    Forcing appends only the part of the forced text not already at the end of the text (a
+    model that wrote ``</think><`` gets ``answer>``)."""
+
+    def __init__(self, tokenizer, eos_ids: set[int] | frozenset[int]):
+        self.tokenizer = tokenizer
+        self.eos_ids = frozenset(eos_ids)
+        self._forced_cache: dict[str, tuple[int, ...]] = {}
+
+    def _tail_text(self, ids) -> str:
+        return self.tokenizer.decode(list(ids[-_TAIL_TOKENS:]), skip_special_tokens=False)
+
+    def _complete(self, text: str, target: str) -> tuple[int, ...]:
+        overlap = max((k for k in range(len(target)) if text.endswith(target[:k])), default=0)
+        missing = target[overlap:]
+        if missing not in self._forced_cache:
+            self._forced_cache[missing] = tuple(
+                self.tokenizer.encode(missing, add_special_tokens=False))
+        return self._forced_cache[missing]
+
+    def decide(self, generated, budget: int) -> Decision:
+        """``generated``: the token ids the model wrote so far (at least one); ``budget``: the
+        most tokens it may write."""
+        if generated[-1] in self.eos_ids:
+            # The text before it cannot end with <answer>: that would have been "ready" already.
+            text = self._tail_text(generated[:-1])
+            return Decision("force", self._complete(text, BUDGET_CONTINUATION), drop_last=True)
+        text = self._tail_text(generated)
+        if text.endswith(ANSWER_OPEN):
+            return Decision("ready")
+        if THINK_CLOSE in text:
+            return Decision("force", self._complete(text, ANSWER_OPEN))
+        if len(generated) >= budget:
+            return Decision("force", self._complete(text, BUDGET_CONTINUATION))
+        return Decision("continue")
