@@ -63,6 +63,7 @@ class Engine:
     def dtype(self) -> torch.dtype:
         return self.decoder.lm_head_weight.dtype
 
+    @torch.inference_mode()
     def run(self, prompts: list[QueryPrompts], budget: int | None
             ) -> tuple[list[list[Readout]], EngineStats]:
         """Score every document of every query. ``budget``: None for think="off" (the prompts

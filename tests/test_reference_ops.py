@@ -1,0 +1,74 @@
+"""The reference ops: shared-prefix attention (prefix part + own part merged by LSE) equals
+plain causal attention over each document's concatenated [prefix; suffix]; the streaming score
+head equals full logits."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from erank_fast.reference.prefix_attention import prefix_attention_ref
+from erank_fast.reference.score_head import score_head_ref
+from erank_fast.reference.suffix_attention import suffix_attention_ref
+
+
+def _plain(q, k, v, scale):
+    """Causal attention of the last len(q) positions of a sequence whose keys are k, v."""
+    n, p = q.shape[0], k.shape[0] - q.shape[0]
+    mask = torch.ones(n, k.shape[0], dtype=torch.bool).tril(diagonal=p)
+    o = F.scaled_dot_product_attention(q.transpose(0, 1)[None], k.transpose(0, 1)[None],
+                                       v.transpose(0, 1)[None], attn_mask=mask, scale=scale,
+                                       enable_gqa=True)
+    return o[0].transpose(0, 1)
+
+
+@pytest.mark.parametrize("prefix_lens,own,new,hq,hkv,d", [
+    ([17, 0], [[0, 0, 0], [0, 0]], [[5, 1, 9], [3, 1]], 4, 1, 64),     # prefill, empty prefix
+    ([1, 127, 128], [[3], [0, 11], [40, 2]], [[1], [1, 1], [1, 1]], 8, 8, 32),  # decode
+    ([33], [[7, 0, 2, 5]], [[2, 4, 1, 3]], 8, 1, 128),                  # mixed, GQA 8
+])
+def test_shared_prefix_attention_equals_plain_causal(prefix_lens, own, new, hq, hkv, d):
+    torch.manual_seed(0)
+    scale = d**-0.5
+    prefixes = [(torch.randn(p, hkv, d), torch.randn(p, hkv, d)) for p in prefix_lens]
+    docs = [(g, o, n) for g in range(len(prefix_lens)) for o, n in zip(own[g], new[g])]
+    cap = max(o + n for _, o, n in docs) + 3
+    k_cache = torch.randn(len(docs), cap, hkv, d)
+    k_cache[0, -1] = float("nan")  # never-read rows may hold anything
+    v_cache = torch.randn(len(docs), cap, hkv, d)
+    v_cache[0, -1] = float("nan")
+    q = torch.randn(sum(n for *_, n in docs), hq, d)
+    q_cu = [0]
+    for *_, n in docs:
+        q_cu.append(q_cu[-1] + n)
+    group_cu, kv_cu = [0], [0]
+    for g, p in enumerate(prefix_lens):
+        group_cu.append(group_cu[-1] + sum(n for gg, _, n in docs if gg == g))
+        kv_cu.append(kv_cu[-1] + p)
+    k_pre = torch.cat([k for k, _ in prefixes]), torch.cat([v for _, v in prefixes])
+    out_p, lse_p = prefix_attention_ref(q, k_pre[0], k_pre[1], torch.tensor(group_cu),
+                                        torch.tensor(kv_cu), scale)
+    out = suffix_attention_ref(q, k_cache, v_cache, torch.arange(len(docs)),
+                               torch.tensor([o for _, o, _ in docs]), torch.tensor(q_cu),
+                               out_p, lse_p, scale)
+    for b, (g, o, n) in enumerate(docs):
+        k = torch.cat([prefixes[g][0], k_cache[b, : o + n]])
+        v = torch.cat([prefixes[g][1], v_cache[b, : o + n]])
+        want = _plain(q[q_cu[b] : q_cu[b + 1]], k, v, scale)
+        diff = (out[q_cu[b] : q_cu[b + 1]] - want).abs().max().item()
+        assert diff < 1e-5, f"doc {b} (prefix {prefix_lens[g]}, own {o}, new {n}): {diff:.3g}"
+
+
+@pytest.mark.parametrize("rows,vocab,hidden,chunk", [(1, 1000, 64, 256), (7, 4099, 48, 1024)])
+def test_score_head_equals_full_logits(rows, vocab, hidden, chunk):
+    torch.manual_seed(1)
+    h, w = torch.randn(rows, hidden), torch.randn(vocab, hidden)
+    w[3000 % vocab] = w[5]  # a tie across chunks: the smaller id must win, as torch.argmax
+    ids = torch.tensor([0, 5, vocab - 1])
+    mx, arg, lse, gathered = score_head_ref(h, w, ids, vocab_chunk=chunk)
+    logits = h @ w.T
+    assert torch.equal(arg, logits.argmax(-1))
+    torch.testing.assert_close(mx, logits.max(-1).values)
+    torch.testing.assert_close(lse, torch.logsumexp(logits, -1))
+    torch.testing.assert_close(gathered, logits[:, ids])

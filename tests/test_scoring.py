@@ -1,0 +1,89 @@
+"""Score distribution, greedy answers, rank-score modes, and answer detection."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens, distribution, score_document
+
+TOKENS = ScoreTokens(digits=tuple(range(100, 110)))  # digit d has id 100 + d
+
+
+def _readout(probs, q, argmax_answer, argmax_after_one=0):
+    return Readout(digit_logprobs=tuple(math.log(p) for p in probs),
+                   zero_after_one_logprob=math.log(q), argmax_answer=argmax_answer,
+                   argmax_after_one=argmax_after_one)
+
+
+PROBS = [0.05, 0.3, 0.02, 0.03, 0.04, 0.06, 0.07, 0.08, 0.1, 0.05]
+
+
+def test_distribution_splits_one_into_one_and_ten():
+    dist = distribution(_readout(PROBS, 0.25, 101))
+    assert dist[1] == pytest.approx(0.3 * 0.75) and dist[10] == pytest.approx(0.3 * 0.25)
+    assert dist[0] == pytest.approx(0.05) and dist[9] == pytest.approx(0.05)
+    assert sum(dist) == pytest.approx(sum(PROBS))
+
+
+def test_erank_score_is_answer_times_probability():
+    s = score_document(_readout(PROBS, 0.25, 108), TOKENS, "erank")
+    assert (s.answer, s.probability, s.score) == (8, pytest.approx(0.1), pytest.approx(0.8))
+
+
+def test_ten_is_read_when_one_is_followed_by_zero():
+    s = score_document(_readout(PROBS, 0.9, 101, argmax_after_one=100), TOKENS, "erank")
+    assert s.answer == 10 and s.score == pytest.approx(10 * 0.3 * 0.9)
+    s = score_document(_readout(PROBS, 0.1, 101, argmax_after_one=999), TOKENS, "erank")
+    assert s.answer == 1 and s.score == pytest.approx(0.3 * 0.9)
+
+
+def test_unreadable_answer_gets_documented_result():
+    s = score_document(_readout(PROBS, 0.25, 7), TOKENS, "erank")
+    assert (s.answer, s.probability, s.score) == (None, 0.0, 0.0)
+    e = score_document(_readout(PROBS, 0.25, 7), TOKENS, "expected")
+    assert e.answer is None
+    assert e.score == pytest.approx(sum(s * p for s, p in enumerate(e.distribution))) and e.score > 0
+
+
+def test_unknown_score_mode():
+    with pytest.raises(ValueError, match="score_mode"):
+        score_document(_readout(PROBS, 0.25, 101), TOKENS, "mean")
+
+
+@pytest.fixture(scope="module")
+def detector(qwen_tokenizer):
+    return AnswerDetector(qwen_tokenizer, {qwen_tokenizer.convert_tokens_to_ids("<|im_end|>")})
+
+
+def _enc(tok, text):
+    return tok.encode(text, add_special_tokens=False)
+
+
+def test_detector_rules(detector, qwen_tokenizer):
+    tok = qwen_tokenizer
+    eos = next(iter(detector.eos_ids))
+    assert detector.decide(_enc(tok, "<think>hmm"), 100).kind == "continue"
+    assert detector.decide(_enc(tok, "<think>ok</think><answer>"), 100).kind == "ready"
+    closed = detector.decide(_enc(tok, "<think>ok</think>"), 100)
+    assert closed.kind == "force" and tok.decode(closed.forced) == "<answer>"
+    partial = detector.decide(_enc(tok, "<think>ok</think><"), 100)
+    assert tok.decode(partial.forced) == "answer>"
+    budget = detector.decide(_enc(tok, "<think>a b c"), 3)
+    assert budget.kind == "force" and tok.decode(budget.forced) == "</think><answer>"
+    ended = detector.decide(_enc(tok, "<think>a") + [eos], 100)
+    assert ended.kind == "force" and ended.drop_last
+    assert tok.decode(ended.forced) == "</think><answer>"
+
+
+def test_smollm2_tokenizer_merges_tags_and_is_still_detected(smollm2):
+    _, tok = smollm2
+    det = AnswerDetector(tok, {tok.eos_token_id})
+    ids = _enc(tok, "thinking</think><answer>")
+    assert tok.convert_ids_to_tokens(ids)[-3:] == ["><", "answer", ">"]
+    assert det.decide(ids, 100).kind == "ready"
+    assert det.decide(ids[:-3], 100).kind == "continue"  # "...</think" (">" comes merged)
+    merged = det.decide(ids[:-2], 100)  # "...</think><": closed, and "<" already written
+    assert merged.kind == "force" and tok.decode(merged.forced) == "answer>"
+    assert ScoreTokens.from_tokenizer(tok).digits == tuple(_enc(tok, str(d))[0] for d in range(10))
