@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         p.add_argument("--think", type=_think, default="off", help='"off", "full" or a token budget')
         p.add_argument("--device", default=None)
         p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-        p.add_argument("--backend", default="auto", choices=["auto", "torch", "reference"])
+        p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "reference"])
         # The demo's default model is an instruct model not trained to rerank: its greedy answer
         # is rarely a digit, but its expected score over 0..10 ranks sensibly.
         p.add_argument("--score-mode", default="expected" if name == "demo" else "erank",

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from erank_fast.prompt import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
 from erank_fast.scoring import SCORE_MODES
 
-BACKENDS = ("auto", "torch", "reference")
+BACKENDS = ("auto", "torch", "triton", "reference")
 DEFAULT_MAX_THINK_TOKENS = 4096
 DEFAULT_MAX_BATCH_TOKENS = 8192
 

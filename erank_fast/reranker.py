@@ -31,7 +31,9 @@ class Reranker:
         if config.backend == "reference":
             self.backend = ReferenceBackend(loaded.hf_model, self.tokens, detector)
         else:
-            self.backend = Engine(loaded.decoder, self.tokens, detector, config.max_batch_tokens)
+            impl = "auto" if config.backend == "auto" else config.backend
+            self.backend = Engine(loaded.decoder, self.tokens, detector, config.max_batch_tokens,
+                                  impl=impl)
         self._lock = threading.Lock()
 
     @classmethod
@@ -48,7 +50,9 @@ class Reranker:
             tokens, then the answer is forced) or "full" (until the model closes its reasoning,
             at most ``max_think_tokens``).
         score_mode: "erank" (s × p(s), the paper's) or "expected" (Σ s·p(s)).
-        backend: "auto"/"torch" (erank_fast engine) or "reference" (transformers, per document).
+        backend: the erank_fast engine with "auto" (Triton kernels on CUDA, PyTorch ops
+            elsewhere), "torch" or "triton" (on CPU only under TRITON_INTERPRET=1), or
+            "reference" (transformers, each document alone).
         options: max_query_tokens, max_doc_tokens (truncation, default 2048 each),
             max_think_tokens (default 4096), max_batch_tokens (prefill budget, default 8192).
         """

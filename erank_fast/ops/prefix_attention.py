@@ -1,16 +1,63 @@
-"""Launcher for shared-prefix attention (see erank_fast.reference.prefix_attention)."""
+"""Launcher for shared-prefix attention: kernels/prefix_attention.py on CUDA (or the Triton
+interpreter), erank_fast.reference.prefix_attention elsewhere."""
 
 from __future__ import annotations
 
 import torch
 
+from erank_fast.ops._dispatch import LOG2E, block_d, cdiv, dot_precision, max_segment, use_triton
 from erank_fast.reference.prefix_attention import prefix_attention_ref
 
+BLOCK_M, BLOCK_N = 64, 64
 
-def prefix_attention(q, k, v, q_cu_seqlens, kv_cu_seqlens, scale: float):
-    """q [N, Hq, D]; k, v [P_total, Hkv, D]; cu_seqlens [G+1] int -> (out [N, Hq, D], lse [N, Hq])."""
-    if q.shape[1] % k.shape[1] or q.shape[2] != k.shape[2] or k.shape != v.shape:
-        raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}")
+
+@torch.library.custom_op("erank_fast::prefix_attention", mutates_args=())
+def _prefix_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                             q_cu_seqlens: torch.Tensor, kv_cu_seqlens: torch.Tensor,
+                             max_q_tokens: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    from erank_fast.kernels.prefix_attention import _prefix_attention_kernel
+
+    n, hq, d = q.shape
+    hkv = k.shape[1]
+    out = torch.empty_like(q)
+    lse = torch.empty((n, hq), dtype=torch.float32, device=q.device)
+    groups = q_cu_seqlens.numel() - 1
+    if n == 0 or groups == 0:
+        return out, lse
+    grid = (cdiv(max(max_q_tokens, 1) * (hq // hkv), BLOCK_M), groups, hkv)
+    _prefix_attention_kernel[grid](
+        q, k, v, out, lse, q_cu_seqlens, kv_cu_seqlens, scale * LOG2E,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+        out.stride(0), out.stride(1), lse.stride(0),
+        GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d(d), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
+        PRECISION=dot_precision(q.dtype),
+    )
+    return out, lse
+
+
+@_prefix_attention_triton.register_fake
+def _(q, k, v, q_cu_seqlens, kv_cu_seqlens, max_q_tokens, scale):
+    return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
+
+
+def prefix_attention(q, k, v, q_cu_seqlens, kv_cu_seqlens, scale: float, *, impl: str = "auto",
+                     max_q_tokens: int | None = None):
+    """Non-causal attention of each query group's new tokens over that group's prefix.
+
+    q [N, Hq, D]; k, v [P_total, Hkv, D]; q_cu_seqlens, kv_cu_seqlens [G+1] (int32/int64) split
+    the rows of q and of k/v into the G groups; max_q_tokens: the largest group's row count
+    (computed if omitted). Returns (out [N, Hq, D] in q's dtype, lse [N, Hq] float32); an empty
+    prefix gives out 0 and lse -inf."""
+    if q.dim() != 3 or k.dim() != 3 or k.shape != v.shape:
+        raise ValueError(f"expected q [N, Hq, D] and k, v [P, Hkv, D]; got {tuple(q.shape)}, "
+                         f"{tuple(k.shape)}, {tuple(v.shape)}")
+    if q.shape[1] % k.shape[1] or q.shape[2] != k.shape[2]:
+        raise ValueError(f"incompatible heads or head_dim: q {tuple(q.shape)}, k {tuple(k.shape)}")
     if q_cu_seqlens.numel() != kv_cu_seqlens.numel():
         raise ValueError("q_cu_seqlens and kv_cu_seqlens must describe the same groups")
-    return prefix_attention_ref(q, k, v, q_cu_seqlens, kv_cu_seqlens, scale)
+    if not use_triton(impl, q):
+        return prefix_attention_ref(q, k, v, q_cu_seqlens, kv_cu_seqlens, scale)
+    if max_q_tokens is None:
+        max_q_tokens = max_segment(q_cu_seqlens)
+    q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
+    return _prefix_attention_triton(q, k, v, q_cu_seqlens, kv_cu_seqlens, max_q_tokens, scale)

@@ -1,14 +1,66 @@
-"""Launcher for the vocabulary-streaming score head (see erank_fast.reference.score_head)."""
+"""Launcher for the vocabulary-streaming score head: kernels/score_head.py on CUDA (or the
+Triton interpreter), erank_fast.reference.score_head elsewhere."""
 
 from __future__ import annotations
 
 import torch
 
+from erank_fast.ops._dispatch import cdiv, dot_precision, use_triton
 from erank_fast.reference.score_head import score_head_ref
 
+BLOCK_B, BLOCK_V, BLOCK_H = 16, 128, 64
+# Vocabulary splits per row tile: enough programs to fill a GPU at small batch.
+TARGET_PROGRAMS = 528
+MAX_TOKEN_IDS = 16
 
-def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor):
-    """hidden [B, H], weight [V, H], token_ids [K] -> (max [B], argmax [B], lse [B], logits [B, K])."""
+
+@torch.library.custom_op("erank_fast::score_head", mutates_args=())
+def _score_head_triton(hidden: torch.Tensor, weight: torch.Tensor
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from erank_fast.kernels.score_head import _score_head_kernel
+
+    rows, h = hidden.shape
+    vocab = weight.shape[0]
+    row_tiles = cdiv(rows, BLOCK_B)
+    splits = max(1, min(cdiv(TARGET_PROGRAMS, row_tiles), cdiv(vocab, BLOCK_V)))
+    per_split = cdiv(cdiv(vocab, splits), BLOCK_V) * BLOCK_V
+    splits = cdiv(vocab, per_split)
+    part_max = torch.empty((splits, rows), dtype=torch.float32, device=hidden.device)
+    part_arg = torch.empty((splits, rows), dtype=torch.int32, device=hidden.device)
+    part_sum = torch.empty((splits, rows), dtype=torch.float32, device=hidden.device)
+    _score_head_kernel[(row_tiles, splits)](
+        hidden, weight, part_max, part_arg, part_sum, rows, vocab, h, per_split,
+        hidden.stride(0), weight.stride(0), part_max.stride(0),
+        BLOCK_B=BLOCK_B, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H, PRECISION=dot_precision(hidden.dtype))
+    best, split = part_max.max(dim=0)  # first maximal split: the smallest id among ties
+    best_id = part_arg.gather(0, split[None]).squeeze(0).long()
+    lse = best + torch.log((part_sum * torch.exp(part_max - best[None])).sum(0))
+    return best, best_id, lse
+
+
+@_score_head_triton.register_fake
+def _(hidden, weight):
+    rows = hidden.shape[0]
+    f = hidden.new_empty((rows,), dtype=torch.float32)
+    return f, hidden.new_empty((rows,), dtype=torch.int64), f.clone()
+
+
+def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor, *,
+               impl: str = "auto"):
+    """hidden [B, H] (final hidden states), weight [V, H] (lm_head), token_ids [K <= 16] ->
+    (max logit [B] f32, argmax [B] int64 (ties to the smallest id), lse [B] f32,
+    logits of token_ids [B, K] f32). Never materialises a [B, V] tensor."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} does not match weight {tuple(weight.shape)}")
-    return score_head_ref(hidden, weight, token_ids)
+    if token_ids.numel() > MAX_TOKEN_IDS:
+        raise ValueError(f"at most {MAX_TOKEN_IDS} token ids, got {token_ids.numel()}")
+    if not use_triton(impl, hidden):
+        return score_head_ref(hidden, weight, token_ids)
+    if hidden.shape[0] == 0:
+        empty = hidden.new_empty((0,), dtype=torch.float32)
+        return empty, empty.long(), empty, hidden.new_empty((0, token_ids.numel()), dtype=torch.float32)
+    hidden = hidden.contiguous()
+    weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+    best, best_id, lse = _score_head_triton(hidden, weight)
+    gathered = (hidden @ weight[token_ids].T).float()  # K <= 16 columns: a tiny matmul
+    return best, best_id, lse, gathered

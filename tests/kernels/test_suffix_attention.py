@@ -1,0 +1,60 @@
+"""kernels/suffix_attention.py (own causal part + prefix merge, and the split-K decode path)
+against the fp32 reference."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from erank_fast.ops import suffix_attention as op
+from erank_fast.reference.prefix_attention import prefix_attention_ref
+from erank_fast.reference.suffix_attention import suffix_attention_ref
+from kernel_cases import DEVICE, DTYPES, assert_close, cu, randn
+
+CASES = [
+    # (own tokens before the step, new tokens, prefix length, Hq, Hkv, D) per document
+    ([0, 0, 0], [5, 1, 23], 17, 4, 4, 64),      # prefill, ragged, a length-1 suffix
+    ([0], [40], 0, 8, 1, 128),                  # one document, empty prefix, GQA 8
+    ([3, 40, 0, 7], [1, 1, 1, 1], 127, 8, 2, 64),  # decode, GQA 4
+    ([12, 0], [2, 3], 128, 4, 1, 64),           # mixed
+]
+
+
+def _inputs(own, new, prefix_len, hq, hkv, d, dtype, seed):
+    docs = len(own)
+    cap = max(o + n for o, n in zip(own, new)) + 5
+    k_cache = randn(docs + 1, cap, hkv, d, dtype=dtype, seed=seed)
+    v_cache = randn(docs + 1, cap, hkv, d, dtype=dtype, seed=seed + 1)
+    k_cache[:, -1] = float("nan")  # rows past every document's length are never read
+    v_cache[:, -1] = float("nan")
+    slots = torch.arange(docs, 0, -1, device=DEVICE)  # slots need not follow document order
+    q = randn(sum(new), hq, d, dtype=dtype, seed=seed + 2)
+    k_pre = randn(prefix_len, hkv, d, dtype=dtype, seed=seed + 3)
+    v_pre = randn(prefix_len, hkv, d, dtype=dtype, seed=seed + 4)
+    q_cu = cu(new)
+    pre_out, pre_lse = prefix_attention_ref(q, k_pre, v_pre, cu([sum(new)]), cu([prefix_len]),
+                                            d**-0.5)
+    return q, k_cache, v_cache, slots, torch.tensor(own, device=DEVICE), q_cu, pre_out, pre_lse
+
+
+def _check(inputs, d, dtype):
+    out = op.suffix_attention(*inputs, d**-0.5, impl="triton")
+    q, k, v, slots, own, q_cu, pre_out, pre_lse = inputs
+    ref = suffix_attention_ref(q.float(), k.float(), v.float(), slots, own, q_cu, pre_out.float(),
+                               pre_lse, d**-0.5)
+    assert out.dtype == dtype
+    assert_close(out, ref, dtype, "merged output")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("case", range(len(CASES)))
+def test_suffix_attention_matches_reference(case, dtype):
+    own, new, prefix_len, hq, hkv, d = CASES[case]
+    _check(_inputs(own, new, prefix_len, hq, hkv, d, dtype, seed=10 * case), d, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_split_k_decode_matches_reference(dtype, monkeypatch):
+    monkeypatch.setattr(op, "SPLIT_MIN_KEYS", 64)  # small contexts take the split path too
+    own, new = [150, 0, 70], [1, 1, 1]
+    _check(_inputs(own, new, 33, 8, 2, 64, dtype, seed=7), 64, dtype)
