@@ -10,6 +10,7 @@ from torch.nn import functional as F
 
 from erank_fast.reference.prefix_attention import prefix_attention_ref
 from erank_fast.reference.score_head import score_head_ref
+from erank_fast.reference.shared_prefix_prefill import shared_prefix_prefill_ref
 from erank_fast.reference.suffix_attention import suffix_attention_ref
 
 
@@ -52,12 +53,17 @@ def test_shared_prefix_attention_equals_plain_causal(prefix_lens, own, new, hq, 
     out = suffix_attention_ref(q, k_cache, v_cache, torch.arange(len(docs)),
                                torch.tensor([o for _, o, _ in docs]), torch.tensor(q_cu),
                                out_p, lse_p, scale)
+    # The fused CPU prefill path needs finite values past each document's length.
+    fused = shared_prefix_prefill_ref(q, k_pre[0], k_pre[1], kv_cu, k_cache.nan_to_num(7.0),
+                                      v_cache.nan_to_num(7.0),
+                                      [(g, b, o, n) for b, (g, o, n) in enumerate(docs)], scale)
     for b, (g, o, n) in enumerate(docs):
         k = torch.cat([prefixes[g][0], k_cache[b, : o + n]])
         v = torch.cat([prefixes[g][1], v_cache[b, : o + n]])
         want = _plain(q[q_cu[b] : q_cu[b + 1]], k, v, scale)
-        diff = (out[q_cu[b] : q_cu[b + 1]] - want).abs().max().item()
-        assert diff < 1e-5, f"doc {b} (prefix {prefix_lens[g]}, own {o}, new {n}): {diff:.3g}"
+        for name, got in (("prefix+suffix", out), ("fused prefill", fused)):
+            diff = (got[q_cu[b] : q_cu[b + 1]] - want).abs().max().item()
+            assert diff < 1e-5, f"{name}: doc {b} (prefix {prefix_lens[g]}, own {o}, new {n}): {diff:.3g}"
 
 
 @pytest.mark.parametrize("rows,vocab,hidden,chunk", [(1, 1000, 64, 256), (7, 4099, 48, 1024)])

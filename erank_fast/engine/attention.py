@@ -7,9 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from erank_fast.engine.kv_cache import OwnKV, PrefixKV
+from erank_fast.ops._dispatch import use_triton
 from erank_fast.ops.causal_attention import causal_attention
 from erank_fast.ops.prefix_attention import prefix_attention
 from erank_fast.ops.suffix_attention import suffix_attention
+from erank_fast.reference.shared_prefix_prefill import shared_prefix_prefill_ref
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,7 @@ class StepMeta:
     max_q_tokens: int
     max_own_len: int
     max_group_tokens: int
+    docs: tuple[tuple[int, int, int, int], ...]  # (group, slot, own_start, new tokens)
 
     @classmethod
     def build(cls, lens: list[int], slots: list[int], own_start: list[int], groups: list[int],
@@ -53,7 +56,8 @@ class StepMeta:
 
         return cls(t(cu), t(slots), t(own_start), t(group_cu), t(write_slot), t(write_pos),
                    max_q_tokens=max(lens), max_own_len=max(s + n for s, n in zip(own_start, lens)),
-                   max_group_tokens=max(group_rows))
+                   max_group_tokens=max(group_rows),
+                   docs=tuple(zip(groups, slots, own_start, lens)))
 
 
 class SharedPrefixAttention:
@@ -66,6 +70,10 @@ class SharedPrefixAttention:
         m = self.meta
         self.own.k[layer][m.write_slot, m.write_pos] = k
         self.own.v[layer][m.write_slot, m.write_pos] = v
+        if m.max_q_tokens > 1 and not use_triton(self.impl, q):
+            return shared_prefix_prefill_ref(q, self.prefix.k[layer], self.prefix.v[layer],
+                                             self.prefix.cu, self.own.k[layer], self.own.v[layer],
+                                             m.docs, self.scale)
         out_p, lse_p = prefix_attention(q, self.prefix.k[layer], self.prefix.v[layer],
                                         m.group_q_cu, self.prefix.cu_tensor, self.scale,
                                         impl=self.impl, max_q_tokens=m.max_group_tokens)

@@ -28,13 +28,14 @@ class OwnKV:
     """Per-document K/V (suffix + generated tokens): layer tensors [slots, capacity, Hkv, D].
 
     A document keeps its slot until its batch ends, so finishing documents cost no copies;
-    capacity grows by doubling when a document's context outgrows it."""
+    capacity grows by doubling when a document's context outgrows it. Unwritten rows are zero
+    (finite), so attention paths that mask them may still multiply them."""
 
     def __init__(self, config: DecoderConfig, slots: int, capacity: int, dtype, device):
         self.config, self.dtype, self.device = config, dtype, device
         shape = (slots, capacity, config.num_kv_heads, config.head_dim)
-        self.k = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
-        self.v = [torch.empty(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
 
     @property
     def capacity(self) -> int:
@@ -46,6 +47,6 @@ class OwnKV:
         new_capacity = max(needed, 2 * self.capacity)
         for cache in (self.k, self.v):
             for i, t in enumerate(cache):
-                grown = t.new_empty((t.shape[0], new_capacity, *t.shape[2:]))
+                grown = t.new_zeros((t.shape[0], new_capacity, *t.shape[2:]))
                 grown[:, : t.shape[1]] = t
                 cache[i] = grown
