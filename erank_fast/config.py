@@ -36,6 +36,7 @@ class RerankerConfig:
     max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS
     max_think_tokens: int = DEFAULT_MAX_THINK_TOKENS
     max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    kv_memory: int | None = None
 
     def __post_init__(self) -> None:
         validate_think(self.think)
@@ -47,6 +48,8 @@ class RerankerConfig:
             raise TypeError(f"instruction must be a str or None, got {type(self.instruction).__name__}")
         for name in ("max_query_tokens", "max_doc_tokens", "max_think_tokens", "max_batch_tokens"):
             _positive_int(name, getattr(self, name))
+        if self.kv_memory is not None:
+            _positive_int("kv_memory", self.kv_memory)
 
     def budget(self, think) -> int | None:
         """Reasoning-token budget for a think setting: None for "off"."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -18,7 +19,7 @@ from erank_fast.scoring import AnswerDetector, ScoreTokens, score_document
 class Reranker:
     """A generative pointwise reranker (ERank prompt and scoring) on the erank_fast engine.
 
-    Safe to share between threads: calls are served one at a time.
+    Safe to share between threads: concurrent calls are batched together by the engine.
     """
 
     def __init__(self, loaded: LoadedModel, config: RerankerConfig):
@@ -32,9 +33,11 @@ class Reranker:
             self.backend = ReferenceBackend(loaded.hf_model, self.tokens, detector)
         else:
             impl = "auto" if config.backend == "auto" else config.backend
-            self.backend = Engine(loaded.decoder, self.tokens, detector, config.max_batch_tokens,
-                                  impl=impl)
-        self._lock = threading.Lock()
+            self.backend = Engine(loaded.decoder, self.tokens, detector,
+                                  max_batch_tokens=config.max_batch_tokens, impl=impl,
+                                  kv_memory=config.kv_memory)
+        self._prompt_lock = threading.Lock()
+        self._backend_lock = threading.Lock() if config.backend == "reference" else None
 
     @classmethod
     def from_pretrained(cls, model, *, tokenizer=None, device=None, dtype=None, think="off",
@@ -54,7 +57,9 @@ class Reranker:
             elsewhere), "torch" or "triton" (on CPU only under TRITON_INTERPRET=1), or
             "reference" (transformers, each document alone).
         options: max_query_tokens, max_doc_tokens (truncation, default 2048 each),
-            max_think_tokens (default 4096), max_batch_tokens (prefill budget, default 8192).
+            max_think_tokens (default 4096), max_batch_tokens (tokens per forward pass, default
+            8192), kv_memory (bytes for the K/V arena; default 90% of free GPU memory, or
+            2 GiB on CPU).
         """
         config = RerankerConfig(think=think, instruction=instruction, score_mode=score_mode,
                                 backend=backend, **options)
@@ -95,14 +100,17 @@ class Reranker:
         instruction = instruction if instruction is not None else self.config.instruction
         texts = [_document_texts(docs) for docs in documents_per_query]
 
-        with self._lock:
-            start = time.perf_counter()
-            asked = [i for i, t in enumerate(texts) if t]
+        start = time.perf_counter()
+        asked = [i for i, t in enumerate(texts) if t]
+        with self._prompt_lock:  # tokenizers are not guaranteed to be thread-safe
             prompts = [self.prompts.segment(queries[i], texts[i], instruction, think == "off")
                        for i in asked]
-            readouts, engine_stats = (self.backend.run(prompts, self.config.budget(think))
-                                      if prompts else ([], None))
-            seconds = time.perf_counter() - start
+        readouts, engine_stats = ([], None)
+        if prompts:
+            # The engine batches concurrent calls together; the reference backend runs one at a time.
+            with self._backend_lock or contextlib.nullcontext():
+                readouts, engine_stats = self.backend.run(prompts, self.config.budget(think))
+        seconds = time.perf_counter() - start
         stats = CallStats(
             seconds=seconds, documents=sum(len(t) for t in texts),
             prefill_tokens=engine_stats.prefill_tokens if engine_stats else 0,

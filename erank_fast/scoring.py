@@ -18,6 +18,7 @@ document ranks with the least relevant); the "expected" rank score is still Σ s
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -132,6 +133,13 @@ class AnswerDetector:
         self.tokenizer = tokenizer
         self.eos_ids = frozenset(eos_ids)
         self._forced_cache: dict[str, tuple[int, ...]] = {}
+
+    @functools.cached_property
+    def max_forced_tokens(self) -> int:
+        """The most tokens a forced continuation can take (bounds each document's K/V)."""
+        targets = (BUDGET_CONTINUATION, ANSWER_OPEN)
+        return max(len(self.tokenizer.encode(t[k:], add_special_tokens=False))
+                   for t in targets for k in range(len(t)))
 
     def _tail_text(self, ids) -> str:
         return self.tokenizer.decode(list(ids[-_TAIL_TOKENS:]), skip_special_tokens=False)

@@ -6,6 +6,7 @@ that group's prefix K/V, non-causal, returning the partial output and its log-su
 
 GQA packing: one tile holds BLOCK_M rows of (token, query head) pairs that share one KV head,
 so a prefix K/V block is loaded once for GROUP heads × BLOCK_M / GROUP tokens of many documents.
+Group g's prefix is rows kv_start[g] .. kv_start[g] + kv_len[g] - 1 of the K/V arena.
 Bytes: the prefix K/V is read once per tile instead of once per document. FLOPs: 4·D per
 (row, key) pair.
 """
@@ -16,7 +17,7 @@ import triton.language as tl
 
 @triton.jit
 def _prefix_attention_kernel(
-    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, q_cu_ptr, kv_cu_ptr,
+    q_ptr, k_ptr, v_ptr, out_ptr, lse_ptr, q_cu_ptr, kv_start_ptr, kv_len_ptr,
     scale_log2,
     stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_v_n, stride_v_h,
     stride_out_n, stride_out_h, stride_lse_n,
@@ -28,8 +29,8 @@ def _prefix_attention_kernel(
     kv_head = tl.program_id(2)
     q_start = tl.load(q_cu_ptr + group)
     rows_total = (tl.load(q_cu_ptr + group + 1) - q_start) * GROUP
-    kv_start = tl.load(kv_cu_ptr + group)
-    kv_end = tl.load(kv_cu_ptr + group + 1)
+    kv_start = tl.load(kv_start_ptr + group)
+    kv_end = kv_start + tl.load(kv_len_ptr + group)
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < rows_total

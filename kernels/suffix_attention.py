@@ -1,7 +1,8 @@
 """Each document's causal attention over its own K/V (suffix + generated tokens), varlen, merged
 in the epilogue with the shared-prefix part by log-sum-exp:
 
-    own:    o_own[i, h], lse_own[i, h] over keys j <= own_start + i of the document's slot
+    own:    o_own[i, h], lse_own[i, h] over keys j <= own_start + i of the document, whose own
+            K/V are rows own_base .. own_base + own_len - 1 of the K/V arena
     merged: out = (e^{lse_own} o_own + e^{lse_pre} o_pre) / (e^{lse_own} + e^{lse_pre})   (fp32)
 
 Rows are GQA-packed as in prefix_attention. In decode (one new token per document) a long own
@@ -18,12 +19,11 @@ import triton.language as tl
 def _own_block(q, k_ptr, v_ptr, kv_base, kv_head, lo, hi, limit, d, d_ok, m_i, l_i, acc,
                scale_log2, stride_k_n, stride_k_h, stride_v_n, stride_v_h,
                BLOCK_N: tl.constexpr, PRECISION: tl.constexpr):
-    """Online softmax over keys lo..hi-1 of one slot; row r sees keys j <= limit[r].
-    ``kv_base`` (slot offset) serves K and V: the launcher requires both caches in one layout."""
+    """Online softmax over own keys lo..hi-1 (arena rows kv_base + j); row r sees j <= limit[r]."""
     for n0 in range(lo, hi, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_ok = n < hi
-        k = tl.load(k_ptr + kv_base + n[:, None] * stride_k_n + kv_head * stride_k_h + d[None, :],
+        k = tl.load(k_ptr + (kv_base + n[:, None]) * stride_k_n + kv_head * stride_k_h + d[None, :],
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         s = tl.dot(q, tl.trans(k), input_precision=PRECISION) * scale_log2
         s = tl.where(n_ok[None, :] & (n[None, :] <= limit[:, None]), s, float("-inf"))
@@ -33,7 +33,7 @@ def _own_block(q, k_ptr, v_ptr, kv_base, kv_head, lo, hi, limit, d, d_ok, m_i, l
         p = tl.exp2(s - m_ref[:, None])
         alpha = tl.exp2(m_i - m_ref)
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_ptr + kv_base + n[:, None] * stride_v_n + kv_head * stride_v_h + d[None, :],
+        v = tl.load(v_ptr + (kv_base + n[:, None]) * stride_v_n + kv_head * stride_v_h + d[None, :],
                     mask=n_ok[:, None] & d_ok[None, :], other=0.0)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=PRECISION)
         m_i = m_new
@@ -42,9 +42,9 @@ def _own_block(q, k_ptr, v_ptr, kv_base, kv_head, lo, hi, limit, d, d_ok, m_i, l
 
 @triton.jit
 def _suffix_attention_kernel(
-    q_ptr, k_ptr, v_ptr, slots_ptr, own_start_ptr, q_cu_ptr, pre_out_ptr, pre_lse_ptr, out_ptr,
+    q_ptr, k_ptr, v_ptr, own_base_ptr, own_start_ptr, q_cu_ptr, pre_out_ptr, pre_lse_ptr, out_ptr,
     scale_log2,
-    stride_q_n, stride_q_h, stride_k_s, stride_k_n, stride_k_h, stride_v_n, stride_v_h,
+    stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_v_n, stride_v_h,
     stride_pre_n, stride_pre_h, stride_pre_lse_n, stride_out_n, stride_out_h,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
@@ -55,7 +55,7 @@ def _suffix_attention_kernel(
     q_start = tl.load(q_cu_ptr + doc)
     n_new = tl.load(q_cu_ptr + doc + 1) - q_start
     own_start = tl.load(own_start_ptr + doc)
-    slot = tl.load(slots_ptr + doc).to(tl.int64)
+    own_base = tl.load(own_base_ptr + doc).to(tl.int64)
 
     rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_ok = rows < n_new * GROUP
@@ -74,7 +74,7 @@ def _suffix_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    m_i, l_i, acc = _own_block(q, k_ptr, v_ptr, slot * stride_k_s, kv_head, 0, hi, limit, d, d_ok,
+    m_i, l_i, acc = _own_block(q, k_ptr, v_ptr, own_base, kv_head, 0, hi, limit, d, d_ok,
                                m_i, l_i, acc, scale_log2, stride_k_n, stride_k_h, stride_v_n,
                                stride_v_h, BLOCK_N, PRECISION)
 
@@ -97,9 +97,9 @@ def _suffix_attention_kernel(
 
 @triton.jit
 def _suffix_attention_split_kernel(
-    q_ptr, k_ptr, v_ptr, slots_ptr, own_start_ptr, part_out_ptr, part_lse_ptr,
+    q_ptr, k_ptr, v_ptr, own_base_ptr, own_start_ptr, part_out_ptr, part_lse_ptr,
     scale_log2, keys_per_split,
-    stride_q_n, stride_q_h, stride_k_s, stride_k_n, stride_k_h, stride_v_n, stride_v_h,
+    stride_q_n, stride_q_h, stride_k_n, stride_k_h, stride_v_n, stride_v_h,
     stride_po_s, stride_po_n, stride_po_h, stride_pl_s, stride_pl_n,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, PRECISION: tl.constexpr,
@@ -110,7 +110,7 @@ def _suffix_attention_split_kernel(
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     own_len = tl.load(own_start_ptr + doc) + 1
-    slot = tl.load(slots_ptr + doc).to(tl.int64)
+    own_base = tl.load(own_base_ptr + doc).to(tl.int64)
     rows = tl.arange(0, BLOCK_M)
     row_ok = rows < GROUP
     head = kv_head * GROUP + rows
@@ -125,7 +125,7 @@ def _suffix_attention_split_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    m_i, l_i, acc = _own_block(q, k_ptr, v_ptr, slot * stride_k_s, kv_head, lo, hi, limit, d, d_ok,
+    m_i, l_i, acc = _own_block(q, k_ptr, v_ptr, own_base, kv_head, lo, hi, limit, d, d_ok,
                                m_i, l_i, acc, scale_log2, stride_k_n, stride_k_h, stride_v_n,
                                stride_v_h, BLOCK_N, PRECISION)
     has = l_i > 0

@@ -32,34 +32,39 @@ def _plain(q, k, v, scale):
 def test_shared_prefix_attention_equals_plain_causal(prefix_lens, own, new, hq, hkv, d):
     torch.manual_seed(0)
     scale = d**-0.5
-    prefixes = [(torch.randn(p, hkv, d), torch.randn(p, hkv, d)) for p in prefix_lens]
     docs = [(g, o, n) for g in range(len(prefix_lens)) for o, n in zip(own[g], new[g])]
-    cap = max(o + n for _, o, n in docs) + 3
-    k_cache = torch.randn(len(docs), cap, hkv, d)
-    k_cache[0, -1] = float("nan")  # never-read rows may hold anything
-    v_cache = torch.randn(len(docs), cap, hkv, d)
-    v_cache[0, -1] = float("nan")
+    # One K/V arena: prefixes first, then each document's own range, with gaps between them.
+    prefix_starts, row = [], 3
+    for p in prefix_lens:
+        prefix_starts.append(row)
+        row += p + 2
+    own_base = []
+    for _, o, n in reversed(docs):  # own ranges need not follow document order
+        own_base.insert(0, row)
+        row += o + n + 1
+    k_arena, v_arena = torch.randn(row + 4, hkv, d), torch.randn(row + 4, hkv, d)
+    k_arena[-1] = v_arena[-1] = float("nan")  # rows nobody owns may hold anything
     q = torch.randn(sum(n for *_, n in docs), hq, d)
     q_cu = [0]
     for *_, n in docs:
         q_cu.append(q_cu[-1] + n)
-    group_cu, kv_cu = [0], [0]
-    for g, p in enumerate(prefix_lens):
+    group_cu = [0]
+    for g in range(len(prefix_lens)):
         group_cu.append(group_cu[-1] + sum(n for gg, _, n in docs if gg == g))
-        kv_cu.append(kv_cu[-1] + p)
-    k_pre = torch.cat([k for k, _ in prefixes]), torch.cat([v for _, v in prefixes])
-    out_p, lse_p = prefix_attention_ref(q, k_pre[0], k_pre[1], torch.tensor(group_cu),
-                                        torch.tensor(kv_cu), scale)
-    out = suffix_attention_ref(q, k_cache, v_cache, torch.arange(len(docs)),
+    out_p, lse_p = prefix_attention_ref(q, k_arena, v_arena, torch.tensor(group_cu),
+                                        torch.tensor(prefix_starts), torch.tensor(prefix_lens), scale)
+    out = suffix_attention_ref(q, k_arena, v_arena, torch.tensor(own_base),
                                torch.tensor([o for _, o, _ in docs]), torch.tensor(q_cu),
                                out_p, lse_p, scale)
-    # The fused CPU prefill path needs finite values past each document's length.
-    fused = shared_prefix_prefill_ref(q, k_pre[0], k_pre[1], kv_cu, k_cache.nan_to_num(7.0),
-                                      v_cache.nan_to_num(7.0),
-                                      [(g, b, o, n) for b, (g, o, n) in enumerate(docs)], scale)
+    # The fused CPU prefill path needs finite values in the arena.
+    fused = shared_prefix_prefill_ref(
+        q, k_arena.nan_to_num(7.0), v_arena.nan_to_num(7.0), list(zip(prefix_starts, prefix_lens)),
+        [(g, base, o, n) for base, (g, o, n) in zip(own_base, docs)], scale)
     for b, (g, o, n) in enumerate(docs):
-        k = torch.cat([prefixes[g][0], k_cache[b, : o + n]])
-        v = torch.cat([prefixes[g][1], v_cache[b, : o + n]])
+        pre = slice(prefix_starts[g], prefix_starts[g] + prefix_lens[g])
+        mine = slice(own_base[b], own_base[b] + o + n)
+        k = torch.cat([k_arena[pre], k_arena[mine]])
+        v = torch.cat([v_arena[pre], v_arena[mine]])
         want = _plain(q[q_cu[b] : q_cu[b + 1]], k, v, scale)
         for name, got in (("prefix+suffix", out), ("fused prefill", fused)):
             diff = (got[q_cu[b] : q_cu[b + 1]] - want).abs().max().item()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from erank_fast.engine.engine import EngineStats
+from erank_fast.engine.work import EngineStats
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
 

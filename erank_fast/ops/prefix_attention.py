@@ -13,8 +13,8 @@ BLOCK_M, BLOCK_N = 64, 64
 
 @torch.library.custom_op("erank_fast::prefix_attention", mutates_args=())
 def _prefix_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                             q_cu_seqlens: torch.Tensor, kv_cu_seqlens: torch.Tensor,
-                             max_q_tokens: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+                             q_cu_seqlens: torch.Tensor, kv_starts: torch.Tensor,
+                             kv_lens: torch.Tensor, max_q_tokens: int, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
     from erank_fast.kernels.prefix_attention import _prefix_attention_kernel
 
     n, hq, d = q.shape
@@ -26,7 +26,7 @@ def _prefix_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         return out, lse
     grid = (cdiv(max(max_q_tokens, 1) * (hq // hkv), BLOCK_M), groups, hkv)
     _prefix_attention_kernel[grid](
-        q, k, v, out, lse, q_cu_seqlens, kv_cu_seqlens, scale * LOG2E,
+        q, k, v, out, lse, q_cu_seqlens, kv_starts, kv_lens, scale * LOG2E,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), lse.stride(0),
         GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d(d), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
@@ -36,28 +36,28 @@ def _prefix_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 
 
 @_prefix_attention_triton.register_fake
-def _(q, k, v, q_cu_seqlens, kv_cu_seqlens, max_q_tokens, scale):
+def _(q, k, v, q_cu_seqlens, kv_starts, kv_lens, max_q_tokens, scale):
     return torch.empty_like(q), q.new_empty(q.shape[:2], dtype=torch.float32)
 
 
-def prefix_attention(q, k, v, q_cu_seqlens, kv_cu_seqlens, scale: float, *, impl: str = "auto",
-                     max_q_tokens: int | None = None):
+def prefix_attention(q, k, v, q_cu_seqlens, kv_starts, kv_lens, scale: float, *,
+                     impl: str = "auto", max_q_tokens: int | None = None):
     """Non-causal attention of each query group's new tokens over that group's prefix.
 
-    q [N, Hq, D]; k, v [P_total, Hkv, D]; q_cu_seqlens, kv_cu_seqlens [G+1] (int32/int64) split
-    the rows of q and of k/v into the G groups; max_q_tokens: the largest group's row count
-    (computed if omitted). Returns (out [N, Hq, D] in q's dtype, lse [N, Hq] float32); an empty
-    prefix gives out 0 and lse -inf."""
+    q [N, Hq, D]: group g owns rows q_cu_seqlens[g]:[g+1] ([G+1], int). k, v [T, Hkv, D]: the
+    K/V arena; group g's prefix is rows kv_starts[g] .. kv_starts[g] + kv_lens[g] - 1 ([G] each).
+    max_q_tokens: the largest group's row count (computed if omitted). Returns (out [N, Hq, D]
+    in q's dtype, lse [N, Hq] float32); an empty prefix gives out 0 and lse -inf."""
     if q.dim() != 3 or k.dim() != 3 or k.shape != v.shape:
         raise ValueError(f"expected q [N, Hq, D] and k, v [P, Hkv, D]; got {tuple(q.shape)}, "
                          f"{tuple(k.shape)}, {tuple(v.shape)}")
     if q.shape[1] % k.shape[1] or q.shape[2] != k.shape[2]:
         raise ValueError(f"incompatible heads or head_dim: q {tuple(q.shape)}, k {tuple(k.shape)}")
-    if q_cu_seqlens.numel() != kv_cu_seqlens.numel():
-        raise ValueError("q_cu_seqlens and kv_cu_seqlens must describe the same groups")
+    if not q_cu_seqlens.numel() - 1 == kv_starts.numel() == kv_lens.numel():
+        raise ValueError("q_cu_seqlens [G+1], kv_starts [G] and kv_lens [G] must describe the same groups")
     if not use_triton(impl, q):
-        return prefix_attention_ref(q, k, v, q_cu_seqlens, kv_cu_seqlens, scale)
+        return prefix_attention_ref(q, k, v, q_cu_seqlens, kv_starts, kv_lens, scale)
     if max_q_tokens is None:
         max_q_tokens = max_segment(q_cu_seqlens)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
-    return _prefix_attention_triton(q, k, v, q_cu_seqlens, kv_cu_seqlens, max_q_tokens, scale)
+    return _prefix_attention_triton(q, k, v, q_cu_seqlens, kv_starts, kv_lens, max_q_tokens, scale)

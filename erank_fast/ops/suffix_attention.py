@@ -18,16 +18,16 @@ SPLIT_TARGET_PROGRAMS = 512
 
 @torch.library.custom_op("erank_fast::suffix_attention", mutates_args=())
 def _suffix_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-                             slots: torch.Tensor, own_start: torch.Tensor,
+                             own_base: torch.Tensor, own_start: torch.Tensor,
                              q_cu_seqlens: torch.Tensor, prefix_out: torch.Tensor,
                              prefix_lse: torch.Tensor, max_q_tokens: int, max_own_len: int,
                              scale: float) -> torch.Tensor:
     from erank_fast.kernels import suffix_attention as kern
 
     n, hq, d = q.shape
-    hkv = k_cache.shape[2]
+    hkv = k_cache.shape[1]
     group = hq // hkv
-    docs = slots.numel()
+    docs = own_base.numel()
     out = torch.empty_like(q)
     if n == 0:
         return out
@@ -39,9 +39,9 @@ def _suffix_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         block_m = min(64, max(16, next_power_of_2(max_q_tokens * group)))
         grid = (cdiv(max_q_tokens * group, block_m), docs, hkv)
         kern._suffix_attention_kernel[grid](
-            q, k_cache, v_cache, slots, own_start, q_cu_seqlens, prefix_out, prefix_lse, out,
+            q, k_cache, v_cache, own_base, own_start, q_cu_seqlens, prefix_out, prefix_lse, out,
             scale * LOG2E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
-            k_cache.stride(2), v_cache.stride(1), v_cache.stride(2), prefix_out.stride(0),
+            v_cache.stride(0), v_cache.stride(1), prefix_out.stride(0),
             prefix_out.stride(1), prefix_lse.stride(0), out.stride(0), out.stride(1),
             GROUP=group, BLOCK_M=block_m, BLOCK_N=BLOCK_N, **common)
         return out
@@ -49,9 +49,9 @@ def _suffix_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
     part_out = torch.empty((splits, n, hq, d), dtype=torch.float32, device=q.device)
     part_lse = torch.empty((splits, n, hq), dtype=torch.float32, device=q.device)
     kern._suffix_attention_split_kernel[(docs, hkv, splits)](
-        q, k_cache, v_cache, slots, own_start, part_out, part_lse, scale * LOG2E, keys_per_split,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
-        v_cache.stride(1), v_cache.stride(2), part_out.stride(0), part_out.stride(1),
+        q, k_cache, v_cache, own_base, own_start, part_out, part_lse, scale * LOG2E, keys_per_split,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
+        v_cache.stride(0), v_cache.stride(1), part_out.stride(0), part_out.stride(1),
         part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
         GROUP=group, BLOCK_M=max(16, next_power_of_2(group)), BLOCK_N=BLOCK_N, **common)
     kern._merge_splits_kernel[(n, hq)](
@@ -63,35 +63,35 @@ def _suffix_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
 
 
 @_suffix_attention_triton.register_fake
-def _(q, k_cache, v_cache, slots, own_start, q_cu_seqlens, prefix_out, prefix_lse, max_q_tokens,
+def _(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens, prefix_out, prefix_lse, max_q_tokens,
       max_own_len, scale):
     return torch.empty_like(q)
 
 
-def suffix_attention(q, k_cache, v_cache, slots, own_start, q_cu_seqlens, prefix_out, prefix_lse,
+def suffix_attention(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens, prefix_out, prefix_lse,
                      scale: float, *, impl: str = "auto", max_q_tokens: int | None = None,
                      max_own_len: int | None = None):
     """Causal attention of each document's new tokens over its own K/V, merged with the prefix
     part. Shapes as in ``suffix_attention_ref``; max_q_tokens (most new tokens of a document)
     and max_own_len (longest own context after this step) are computed if omitted."""
-    if q.dim() != 3 or k_cache.dim() != 4 or k_cache.shape != v_cache.shape:
-        raise ValueError(f"expected q [N, Hq, D] and caches [S, C, Hkv, D]; got {tuple(q.shape)}, "
+    if q.dim() != 3 or k_cache.dim() != 3 or k_cache.shape != v_cache.shape:
+        raise ValueError(f"expected q [N, Hq, D] and caches [T, Hkv, D]; got {tuple(q.shape)}, "
                          f"{tuple(k_cache.shape)}, {tuple(v_cache.shape)}")
-    if q.shape[1] % k_cache.shape[2] or q.shape[2] != k_cache.shape[3]:
+    if q.shape[1] % k_cache.shape[1] or q.shape[2] != k_cache.shape[2]:
         raise ValueError(f"incompatible shapes q {tuple(q.shape)}, k_cache {tuple(k_cache.shape)}")
     if prefix_out.shape != q.shape or prefix_lse.shape != q.shape[:2]:
         raise ValueError("prefix_out / prefix_lse do not match q")
     if not use_triton(impl, q):
-        return suffix_attention_ref(q, k_cache, v_cache, slots, own_start, q_cu_seqlens,
+        return suffix_attention_ref(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens,
                                     prefix_out, prefix_lse, scale)
-    if k_cache.stride() != v_cache.stride() or k_cache.stride(-1) != 1:
-        raise ValueError("k_cache and v_cache must share one contiguous-last-dim layout")
+    if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
+        raise ValueError("k_cache and v_cache must be contiguous in their last dimension")
     if max_q_tokens is None:
         max_q_tokens = max_segment(q_cu_seqlens)
     if max_own_len is None:
         lens = q_cu_seqlens[1:] - q_cu_seqlens[:-1]
         max_own_len = int((own_start + lens).max().item()) if lens.numel() else 0
     q = q if q.stride(-1) == 1 else q.contiguous()
-    return _suffix_attention_triton(q, k_cache, v_cache, slots, own_start, q_cu_seqlens,
+    return _suffix_attention_triton(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens,
                                     prefix_out.contiguous(), prefix_lse.contiguous(),
                                     max_q_tokens, max_own_len, scale)

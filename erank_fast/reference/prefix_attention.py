@@ -10,14 +10,15 @@ def prefix_attention_ref(
     k: torch.Tensor,
     v: torch.Tensor,
     q_cu_seqlens: torch.Tensor,
-    kv_cu_seqlens: torch.Tensor,
+    kv_starts: torch.Tensor,
+    kv_lens: torch.Tensor,
     scale: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Non-causal attention of each group's queries over that group's prefix K/V.
 
     q: [N, Hq, D], the new tokens of all documents, grouped: group g owns rows
        q_cu_seqlens[g]:q_cu_seqlens[g+1].
-    k, v: [P_total, Hkv, D], the prefixes packed: group g owns kv_cu_seqlens[g]:[g+1].
+    k, v: [T, Hkv, D], the K/V arena: group g's prefix is rows kv_starts[g] .. + kv_lens[g].
     Returns out [N, Hq, D] (q's dtype) and lse [N, Hq] float32; a group with an empty prefix
     gets out 0 and lse -inf, so that merging with it is the identity.
     """
@@ -26,9 +27,9 @@ def prefix_attention_ref(
     group = hq // hkv
     out = torch.zeros_like(q)
     lse = torch.full((n, hq), float("-inf"), dtype=torch.float32, device=q.device)
-    q_cu, kv_cu = q_cu_seqlens.tolist(), kv_cu_seqlens.tolist()
+    q_cu, starts, lens = q_cu_seqlens.tolist(), kv_starts.tolist(), kv_lens.tolist()
     for g in range(len(q_cu) - 1):
-        q0, q1, k0, k1 = q_cu[g], q_cu[g + 1], kv_cu[g], kv_cu[g + 1]
+        q0, q1, k0, k1 = q_cu[g], q_cu[g + 1], starts[g], starts[g] + lens[g]
         if q1 == q0 or k1 == k0:
             continue
         # GQA packing: the query heads of one KV head form one [rows, D] block against it.

@@ -9,16 +9,16 @@ from torch.nn import functional as F
 
 
 
-def shared_prefix_prefill_ref(q, prefix_k, prefix_v, prefix_cu: list[int], k_cache, v_cache,
+def shared_prefix_prefill_ref(q, k_cache, v_cache, prefixes: list[tuple[int, int]],
                               docs: list[tuple[int, int, int, int]], scale: float) -> torch.Tensor:
     """Prefill attention of many documents' new tokens: each attends to its query group's prefix
     (non-causal) and causally to its own K/V. Equal to prefix_attention_ref + suffix_attention_ref
     merged, but one fused SDPA per group over each document's [prefix; own] keys, which on CPU
     is much faster than materialising padded score blocks.
 
-    q [N, Hq, D] packed by document; prefix_k, prefix_v [P_total, Hkv, D] with group g at rows
-    prefix_cu[g]:[g+1]; k_cache, v_cache [S, C, Hkv, D] (rows past a document's length must be
-    finite); docs[b] = (group, slot, own_start, new tokens) in q's order, grouped by query group.
+    q [N, Hq, D] packed by document; k_cache, v_cache [T, Hkv, D], the K/V arena (its rows must be
+    finite, also those no document owns); prefixes[g] = (first arena row, length) of group g's
+    prefix; docs[b] = (group, own_base, own_start, new tokens) in q's order, grouped by group.
     Returns [N, Hq, D]."""
     out = torch.empty_like(q)
     row, b0 = 0, 0
@@ -28,9 +28,10 @@ def shared_prefix_prefill_ref(q, prefix_k, prefix_v, prefix_cu: list[int], k_cac
         while b1 < len(docs) and docs[b1][0] == g:
             b1 += 1
         rows = sum(n for *_, n in docs[b0:b1])
+        p0, plen = prefixes[g]
         out[row : row + rows] = _group_prefill(
-            q[row : row + rows], prefix_k[prefix_cu[g] : prefix_cu[g + 1]],
-            prefix_v[prefix_cu[g] : prefix_cu[g + 1]], k_cache, v_cache, docs[b0:b1], scale)
+            q[row : row + rows], k_cache[p0 : p0 + plen], v_cache[p0 : p0 + plen], k_cache,
+            v_cache, docs[b0:b1], scale)
         row, b0 = row + rows, b1
     return out
 
@@ -42,9 +43,11 @@ def _group_prefill(q, pk, pv, k_cache, v_cache, docs, scale):
     own_max = max(s + n for _, _, s, n in docs)
     hq, d = q.shape[1:]
     hkv = pk.shape[1]
-    slots = torch.tensor([slot for _, slot, _, _ in docs], device=q.device)
-    keys = torch.cat([pk[None].expand(nb, -1, -1, -1), k_cache[slots, :own_max]], 1)
-    values = torch.cat([pv[None].expand(nb, -1, -1, -1), v_cache[slots, :own_max]], 1)
+    base = torch.tensor([b for _, b, _, _ in docs], device=q.device)
+    index = (base[:, None] + torch.arange(own_max, device=q.device)[None]).clamp(
+        max=k_cache.shape[0] - 1)
+    keys = torch.cat([pk[None].expand(nb, -1, -1, -1), k_cache[index]], 1)
+    values = torch.cat([pv[None].expand(nb, -1, -1, -1), v_cache[index]], 1)
     qp = q.new_zeros((nb, n_max, hq, d))
     i = torch.arange(n_max, device=q.device)
     j = torch.arange(own_max, device=q.device)

@@ -14,7 +14,7 @@ def suffix_attention_ref(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    slots: torch.Tensor,
+    own_base: torch.Tensor,
     own_start: torch.Tensor,
     q_cu_seqlens: torch.Tensor,
     prefix_out: torch.Tensor,
@@ -24,14 +24,14 @@ def suffix_attention_ref(
     """Causal attention of each document's new tokens over its own keys, merged with the prefix.
 
     q: [N, Hq, D], new tokens packed by document: doc b owns rows q_cu_seqlens[b]:[b+1].
-    k_cache, v_cache: [S, C, Hkv, D]; doc b's own keys are row slots[b], positions
-       0 .. own_start[b] + n_b - 1 (the new tokens' K/V are already written there).
+    k_cache, v_cache: [T, Hkv, D], the K/V arena; doc b's own key j is row own_base[b] + j, for
+       j = 0 .. own_start[b] + n_b - 1 (the new tokens' K/V are already written there).
     own_start: [B] own tokens before this step; new token i of doc b sees keys 0..own_start[b]+i.
     prefix_out [N, Hq, D], prefix_lse [N, Hq] float32: the prefix part (lse -inf if none).
     Returns the merged output [N, Hq, D] in q's dtype.
     """
     n, hq, d = q.shape
-    hkv = k_cache.shape[2]
+    hkv = k_cache.shape[1]
     group = hq // hkv
     cu = q_cu_seqlens.tolist()
     lens = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
@@ -47,24 +47,26 @@ def suffix_attention_ref(
             if b1 > b0 and (b1 - b0 + 1) * hq * r * kk * 4 > _CHUNK_BYTES:
                 break
             rows, keys, b1 = r, kk, b1 + 1
-        _own_chunk(q, k_cache, v_cache, slots, lens, starts, cu, b0, b1, rows, keys,
+        _own_chunk(q, k_cache, v_cache, own_base, lens, starts, cu, b0, b1, rows, keys,
                    group, scale, own_out, own_lse)
         b0 = b1
     out, _ = merge_attention_ref(own_out, own_lse, prefix_out, prefix_lse)
     return out
 
 
-def _own_chunk(q, k_cache, v_cache, slots, lens, starts, cu, b0, b1, rows, keys,
+def _own_chunk(q, k_cache, v_cache, own_base, lens, starts, cu, b0, b1, rows, keys,
                group, scale, own_out, own_lse):
-    hkv, d = k_cache.shape[2], k_cache.shape[3]
+    hkv, d = k_cache.shape[1], k_cache.shape[2]
     nb = b1 - b0
     dev = q.device
     qp = q.new_zeros((nb, rows, hkv * group, d), dtype=torch.float32)
     for i, b in enumerate(range(b0, b1)):
         qp[i, : lens[b]] = q[cu[b] : cu[b + 1]].float()
     qp = qp.view(nb, rows, hkv, group, d).permute(0, 2, 3, 1, 4).reshape(nb, hkv, group * rows, d)
-    kp = k_cache[slots[b0:b1], :keys].float().permute(0, 2, 3, 1)  # [nb, Hkv, D, keys]
-    vp = v_cache[slots[b0:b1], :keys].float().permute(0, 2, 1, 3)  # [nb, Hkv, keys, D]
+    # Arena rows of each document's keys; rows past the arena's end are clamped, then masked.
+    index = (own_base[b0:b1, None] + torch.arange(keys, device=dev)[None]).clamp(max=k_cache.shape[0] - 1)
+    kp = k_cache[index].float().permute(0, 2, 3, 1)  # [nb, Hkv, D, keys]
+    vp = v_cache[index].float().permute(0, 2, 1, 3)  # [nb, Hkv, keys, D]
     scores = torch.matmul(qp, kp) * scale  # [nb, Hkv, group*rows, keys]
     row = torch.arange(rows, device=dev)
     start = torch.tensor(starts[b0:b1], device=dev)

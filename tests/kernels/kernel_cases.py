@@ -35,3 +35,20 @@ def assert_close(got, want, dtype, what):
     assert err.numel() == 0 or bool((err <= bound).all()), (
         f"{what} ({dtype}): max error {err.max().item():.3g}; worst got "
         f"{got[finite].flatten()[worst].item():.6g} want {want[finite].flatten()[worst].item():.6g}")
+
+
+def arena(lengths, hkv, d, dtype, seed, gap=3):
+    """K and V arenas [T, Hkv, D] holding ranges of the given lengths at gapped, out-of-order
+    starts; rows nobody owns are NaN (never read). Returns (k, v, starts [len(lengths)])."""
+    starts, row = [0] * len(lengths), gap
+    for i in reversed(range(len(lengths))):
+        starts[i] = row
+        row += lengths[i] + gap
+    k = randn(row, hkv, d, dtype=dtype, seed=seed)
+    v = randn(row, hkv, d, dtype=dtype, seed=seed + 1)
+    owned = torch.zeros(row, dtype=torch.bool)
+    for s, n in zip(starts, lengths):
+        owned[s : s + n] = True
+    k[~owned.to(DEVICE)] = float("nan")
+    v[~owned.to(DEVICE)] = float("nan")
+    return k, v, torch.tensor(starts, device=DEVICE)

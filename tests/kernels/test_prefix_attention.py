@@ -7,7 +7,7 @@ import torch
 
 from erank_fast.ops.prefix_attention import prefix_attention
 from erank_fast.reference.prefix_attention import prefix_attention_ref
-from kernel_cases import DTYPES, assert_close, cu, randn
+from kernel_cases import DEVICE, DTYPES, arena, assert_close, cu, randn
 
 CASES = [
     # (prefix lengths per group, new tokens per group, Hq, Hkv, D)
@@ -23,11 +23,12 @@ CASES = [
 def test_prefix_attention_matches_reference(case, dtype):
     prefix_lens, q_lens, hq, hkv, d = CASES[case]
     q = randn(sum(q_lens), hq, d, dtype=dtype, seed=case)
-    k = randn(sum(prefix_lens), hkv, d, dtype=dtype, seed=100 + case)
-    v = randn(sum(prefix_lens), hkv, d, dtype=dtype, seed=200 + case)
-    q_cu, kv_cu = cu(q_lens), cu(prefix_lens)
-    out, lse = prefix_attention(q, k, v, q_cu, kv_cu, d**-0.5, impl="triton")
-    ref_out, ref_lse = prefix_attention_ref(q.float(), k.float(), v.float(), q_cu, kv_cu, d**-0.5)
+    k, v, starts = arena(prefix_lens, hkv, d, dtype, seed=100 + case)
+    lens = torch.tensor(prefix_lens, device=DEVICE)
+    q_cu = cu(q_lens)
+    out, lse = prefix_attention(q, k, v, q_cu, starts, lens, d**-0.5, impl="triton")
+    ref_out, ref_lse = prefix_attention_ref(q.float(), k.float(), v.float(), q_cu, starts, lens,
+                                            d**-0.5)
     assert out.dtype == dtype and lse.dtype == torch.float32
     assert_close(out, ref_out, dtype, "output")
     assert_close(lse, ref_lse, dtype, "lse")

@@ -9,7 +9,7 @@ import torch
 from erank_fast.ops import suffix_attention as op
 from erank_fast.reference.prefix_attention import prefix_attention_ref
 from erank_fast.reference.suffix_attention import suffix_attention_ref
-from kernel_cases import DEVICE, DTYPES, assert_close, cu, randn
+from kernel_cases import DEVICE, DTYPES, arena, assert_close, cu, randn
 
 CASES = [
     # (own tokens before the step, new tokens, prefix length, Hq, Hkv, D) per document
@@ -21,27 +21,21 @@ CASES = [
 
 
 def _inputs(own, new, prefix_len, hq, hkv, d, dtype, seed):
-    docs = len(own)
-    cap = max(o + n for o, n in zip(own, new)) + 5
-    k_cache = randn(docs + 1, cap, hkv, d, dtype=dtype, seed=seed)
-    v_cache = randn(docs + 1, cap, hkv, d, dtype=dtype, seed=seed + 1)
-    k_cache[:, -1] = float("nan")  # rows past every document's length are never read
-    v_cache[:, -1] = float("nan")
-    slots = torch.arange(docs, 0, -1, device=DEVICE)  # slots need not follow document order
+    k, v, own_base = arena([o + n for o, n in zip(own, new)], hkv, d, dtype, seed)
     q = randn(sum(new), hq, d, dtype=dtype, seed=seed + 2)
     k_pre = randn(prefix_len, hkv, d, dtype=dtype, seed=seed + 3)
     v_pre = randn(prefix_len, hkv, d, dtype=dtype, seed=seed + 4)
-    q_cu = cu(new)
-    pre_out, pre_lse = prefix_attention_ref(q, k_pre, v_pre, cu([sum(new)]), cu([prefix_len]),
-                                            d**-0.5)
-    return q, k_cache, v_cache, slots, torch.tensor(own, device=DEVICE), q_cu, pre_out, pre_lse
+    pre_out, pre_lse = prefix_attention_ref(
+        q, k_pre, v_pre, cu([sum(new)]), torch.tensor([0], device=DEVICE),
+        torch.tensor([prefix_len], device=DEVICE), d**-0.5)
+    return q, k, v, own_base, torch.tensor(own, device=DEVICE), cu(new), pre_out, pre_lse
 
 
 def _check(inputs, d, dtype):
     out = op.suffix_attention(*inputs, d**-0.5, impl="triton")
-    q, k, v, slots, own, q_cu, pre_out, pre_lse = inputs
-    ref = suffix_attention_ref(q.float(), k.float(), v.float(), slots, own, q_cu, pre_out.float(),
-                               pre_lse, d**-0.5)
+    q, k, v, own_base, own, q_cu, pre_out, pre_lse = inputs
+    ref = suffix_attention_ref(q.float(), k.float(), v.float(), own_base, own, q_cu,
+                               pre_out.float(), pre_lse, d**-0.5)
     assert out.dtype == dtype
     assert_close(out, ref, dtype, "merged output")
 

@@ -1,0 +1,66 @@
+"""The K/V arena: one [tokens, Hkv, D] K and V tensor per layer, allocated from a memory budget,
+holding each query's prefix once and each document's own context as contiguous row ranges."""
+
+from __future__ import annotations
+
+import torch
+
+from erank_fast.models.config import DecoderConfig
+
+
+class RangeAllocator:
+    """First-fit allocation of contiguous row ranges; freed neighbours merge."""
+
+    def __init__(self, size: int):
+        self.size = size
+        self.free: list[tuple[int, int]] = [(0, size)] if size else []  # (start, length), sorted
+
+    def alloc(self, n: int) -> int | None:
+        """First row of a free range of n rows, or None when none is large enough."""
+        if n == 0:
+            return 0
+        for i, (start, length) in enumerate(self.free):
+            if length >= n:
+                if length == n:
+                    del self.free[i]
+                else:
+                    self.free[i] = (start + n, length - n)
+                return start
+        return None
+
+    def release(self, start: int, n: int) -> None:
+        if n == 0:
+            return
+        i = 0
+        while i < len(self.free) and self.free[i][0] < start:
+            i += 1
+        self.free.insert(i, (start, n))
+        # Merge with the following and the preceding range where they touch.
+        if i + 1 < len(self.free) and start + n == self.free[i + 1][0]:
+            self.free[i] = (start, n + self.free.pop(i + 1)[1])
+        if i > 0 and self.free[i - 1][0] + self.free[i - 1][1] == start:
+            prev = self.free.pop(i - 1)
+            self.free[i - 1] = (prev[0], prev[1] + self.free[i - 1][1])
+
+    @property
+    def in_use(self) -> int:
+        return self.size - sum(n for _, n in self.free)
+
+
+class KVPool:
+    """K/V rows for every layer. Rows are zero until written, so they are always finite."""
+
+    def __init__(self, config: DecoderConfig, tokens: int, dtype: torch.dtype, device):
+        shape = (tokens, config.num_kv_heads, config.head_dim)
+        self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
+        self.ranges = RangeAllocator(tokens)
+
+    @property
+    def tokens(self) -> int:
+        return self.ranges.size
+
+    @staticmethod
+    def bytes_per_token(config: DecoderConfig, dtype: torch.dtype) -> int:
+        itemsize = torch.empty((), dtype=dtype).element_size()
+        return 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize

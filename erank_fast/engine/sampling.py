@@ -1,0 +1,79 @@
+"""Sampling for RL rollouts: temperature, top-k, top-p, a seed per sample.
+
+Rows are processed a few at a time, so the largest logits tensor is [ROW_CHUNK, vocab], never
+[batch, vocab]. Each sample draws from its own generator (seeded from the request seed, the
+prompt index and the sample index), so results do not depend on batch composition.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+ROW_CHUNK = 8
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_new_tokens: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
+            raise ValueError(f"n must be a positive int, got {self.n!r}")
+        if not self.temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
+        if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
+            raise ValueError(f"top_k must be a non-negative int, got {self.top_k!r}")
+        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+
+    def generator(self, prompt: int, sample: int) -> torch.Generator:
+        g = torch.Generator(device="cpu")
+        g.manual_seed((self.seed * 1_000_003 + prompt) * 1_000_003 + sample)
+        return g
+
+
+def sample_rows(hidden: torch.Tensor, weight: torch.Tensor, params: SamplingParams,
+                generators: list[torch.Generator]) -> tuple[list[int], list[float]]:
+    """hidden [R, H] final hidden states, weight [V, H] lm_head -> (token ids, log-probs).
+
+    The log-probability is that of the sampled token under log_softmax(logits / temperature)
+    over the whole vocabulary (greedy: temperature 1), i.e. the policy's own distribution
+    before the top-k / top-p filters, as RL importance ratios need."""
+    tokens, logprobs = [], []
+    for r0 in range(0, hidden.shape[0], ROW_CHUNK):
+        logits = (hidden[r0 : r0 + ROW_CHUNK] @ weight.T).float()
+        scaled = logits / params.temperature if params.temperature > 0 else logits
+        full = torch.log_softmax(scaled, dim=-1)
+        for i in range(logits.shape[0]):
+            token = (_draw(full[i], params, generators[r0 + i]) if params.temperature > 0
+                     else int(logits[i].argmax()))
+            tokens.append(token)
+            logprobs.append(float(full[i, token]))
+    return tokens, logprobs
+
+
+def _draw(logprobs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:
+    """Inverse-CDF draw from the top-k / top-p filtered distribution, one uniform per token."""
+    sorted_lp, order = torch.sort(logprobs, descending=True, stable=True)
+    if params.top_k:
+        sorted_lp, order = sorted_lp[: params.top_k], order[: params.top_k]
+    probs = sorted_lp.exp()
+    if params.top_p < 1.0:
+        # Keep the smallest prefix whose mass reaches top_p (always at least one token).
+        keep = int((torch.cumsum(probs, 0) - probs < params.top_p).sum())
+        probs, order = probs[: max(keep, 1)], order[: max(keep, 1)]
+    cdf = torch.cumsum(probs, 0)
+    u = torch.rand((), generator=generator).item() * cdf[-1].item()
+    index = min(int(torch.searchsorted(cdf, torch.tensor(u))), len(order) - 1)
+    return int(order[index])

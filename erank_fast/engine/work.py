@@ -1,0 +1,92 @@
+"""The units of work the engine schedules: requests, query groups (a shared prefix) and
+documents (or samples), with their per-document decode state."""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import torch
+
+from erank_fast.scoring import Readout
+
+if TYPE_CHECKING:
+    from erank_fast.engine.sampling import SamplingParams
+
+
+@dataclass(frozen=True)
+class EngineStats:
+    prefill_tokens: int   # tokens computed in prefill (each prefix once, each suffix)
+    decode_tokens: int    # tokens fed by decode steps (generated, forced, teacher-forced)
+    steps: int            # forward passes that served the request
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled completion: token ids and log-probabilities of the sampled tokens under the
+    full-vocabulary distribution (temperature-scaled) they were drawn from."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+
+
+class Request:
+    """One engine call: its groups and documents, results, counters, and a done signal."""
+
+    def __init__(self):
+        self.groups: list[Group] = []
+        self.results: list[list] = []
+        self.docs_left = 0
+        self.done = threading.Event()
+        self.error: BaseException | None = None
+        self.prefill_tokens = 0
+        self.decode_tokens = 0
+        self.steps = 0
+
+    def add_group(self, prefix: list[int]) -> "Group":
+        group = Group(prefix=prefix, request=self, index=len(self.groups))
+        self.groups.append(group)
+        self.results.append([])
+        return group
+
+    def stats(self) -> EngineStats:
+        return EngineStats(self.prefill_tokens, self.decode_tokens, self.steps)
+
+
+@dataclass(eq=False)
+class Group:
+    """A query (or a sampled prompt): its prefix K/V is stored once while any document is live."""
+
+    prefix: list[int]
+    request: Request
+    index: int
+    docs_left: int = 0
+    kv_start: int | None = None  # arena row of the prefix once stored
+    order: int = 0               # global admission order: steps keep groups contiguous
+
+
+@dataclass(eq=False)
+class Doc:
+    group: Group
+    index: int
+    pending: list[int]          # tokens fed at the next step
+    reserve: int                # own K/V rows reserved: the most this document can ever need
+    reading: bool = False       # pending ends with [answer position, "1"]: read the score
+    budget: int | None = None   # reasoning tokens allowed (None: think="off")
+    sampler: "SamplerState | None" = None
+    kv_start: int = -1
+    own_len: int = 0
+    started: bool = False
+    generated: list[int] = field(default_factory=list)
+    forced: tuple[int, ...] = ()
+    logprobs: list[float] = field(default_factory=list)
+    readout: Readout | Sample | None = None
+
+
+@dataclass(eq=False)
+class SamplerState:
+    params: "SamplingParams"
+    generator: torch.Generator
+    last_prompt_token: int
