@@ -10,6 +10,8 @@ from collections.abc import Mapping, Sequence
 from erank_fast.config import RerankerConfig, validate_think
 from erank_fast.engine.engine import Engine
 from erank_fast.engine.reference_backend import ReferenceBackend
+from erank_fast.engine.sampling import SamplingParams
+from erank_fast.engine.work import Sample
 from erank_fast.models.sources import LoadedModel, load_model
 from erank_fast.prompt import PromptBuilder
 from erank_fast.results import CallStats, RerankResult, RerankResults
@@ -124,6 +126,32 @@ class Reranker:
             results.sort(key=lambda r: (-r.score, r.index))
             out.append(RerankResults(results[:top_k] if top_k is not None else results, stats))
         return out
+
+    def sample(self, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 1.0,
+               top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 256, seed: int = 0
+               ) -> list[list[Sample]]:
+        """``n`` sampled completions per prompt (token ids), for RL rollouts. The n samples of a
+        prompt share its prefill; each has its own generator seeded from (seed, prompt, sample),
+        so results do not depend on batching. Each Sample has prompt_ids, completion_ids (ending
+        with end-of-sequence when the model stopped) and the log-probability of every sampled
+        token under the full temperature-scaled distribution."""
+        if not isinstance(self.backend, Engine):
+            raise ValueError("sampling runs on the erank_fast engine: use backend 'auto', "
+                             "'torch' or 'triton'")
+        params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
+                                max_new_tokens=max_new_tokens, seed=seed)
+        prompts = [list(p) for p in prompts]
+        for i, p in enumerate(prompts):
+            if not p or not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in p):
+                raise ValueError(f"prompt {i} must be a non-empty list of token ids < {self.vocab_size}")
+        samples, _ = self.backend.sample(prompts, params)
+        return samples
+
+    @property
+    def vocab_size(self) -> int:
+        if isinstance(self.backend, Engine):
+            return self.backend.decoder.config.vocab_size
+        return self.backend.model.config.vocab_size
 
     def _result(self, index, document, readout, return_reasoning) -> RerankResult:
         s = score_document(readout, self.tokens, self.config.score_mode)

@@ -1,0 +1,108 @@
+"""The engine's scheduling, memory budget and sampling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from erank_fast import Reranker
+from erank_fast.engine.kv_pool import KVPool, RangeAllocator
+from erank_fast.engine.sampling import SamplingParams
+
+QUERIES = ["what causes ocean tides", "best way to learn rust", "history of the printing press"]
+DOCS = [
+    ["Tides are caused by the moon.", "Bread needs yeast.", "", "Spring tides align sun and moon."],
+    ["The Rust book is free online.", "Tides follow the moon.", "Practice with small projects."],
+    ["Gutenberg built a press around 1440.", "Printing spread across Europe quickly.",
+     "Rust is a systems language.", "Movable type existed earlier in Korea.", "Bread again."],
+]
+
+
+def _scores(results):
+    return [{r.index: (r.answer, r.num_generated_tokens, r.score) for r in q} for q in results]
+
+
+def _assert_same(a, b):
+    for qa, qb in zip(_scores(a), _scores(b)):
+        assert qa.keys() == qb.keys()
+        for i in qa:
+            assert qa[i][:2] == qb[i][:2], f"doc {i}: {qa[i]} vs {qb[i]}"
+            assert qa[i][2] == pytest.approx(qb[i][2], abs=1e-5)
+
+
+@pytest.mark.parametrize("think", ["off", 5])
+def test_continuous_batching_equals_one_batch_per_query(tiny_qwen3, think):
+    model, tok = tiny_qwen3
+    roomy = Reranker.from_pretrained(model, tokenizer=tok, think=think)
+    per_query = [roomy.rerank(q, d) for q, d in zip(QUERIES, DOCS)]
+    # Small step and memory budgets: documents join and leave the decode batch continuously.
+    tight = Reranker.from_pretrained(model, tokenizer=tok, think=think, max_batch_tokens=700,
+                                     kv_memory=1400 * KVPool.bytes_per_token(
+                                         roomy.backend.decoder.config, torch.float32))
+    together = tight.rerank_many(QUERIES, DOCS)
+    _assert_same(per_query, together)
+    assert tight.backend._pool.tokens <= tight.backend.max_kv_tokens == 1400
+
+
+def test_request_larger_than_the_budget_is_rejected_cleanly(tiny_qwen3):
+    model, tok = tiny_qwen3
+    per_token = 2 * 2 * 2 * 32 * 4  # layers × (K, V) × KV heads × head_dim × fp32 bytes
+    rr = Reranker.from_pretrained(model, tokenizer=tok, kv_memory=500 * per_token)
+    with pytest.raises(ValueError, match="K/V memory budget holds 500"):
+        rr.rerank("q", ["short", "word " * 600])
+    assert len(rr.rerank("q", ["short", "also short"])) == 2  # still usable
+
+
+def test_range_allocator_first_fit_and_merge():
+    a = RangeAllocator(100)
+    x, y, z = a.alloc(30), a.alloc(30), a.alloc(30)
+    assert (x, y, z) == (0, 30, 60) and a.alloc(20) is None
+    a.release(y, 30)
+    assert a.alloc(40) is None and a.alloc(25) == 30
+    a.release(30, 25)
+    a.release(x, 30)
+    a.release(z, 30)
+    assert a.free == [(0, 100)] and a.in_use == 0
+
+
+def test_sampling_is_reproducible_and_shares_the_prompt(tiny_qwen3):
+    model, tok = tiny_qwen3
+    rr = Reranker.from_pretrained(model, tokenizer=tok)
+    prompts = [tok.encode("Hello there, how"), tok.encode("A different prompt")]
+    kw = dict(n=3, temperature=0.9, top_p=0.95, top_k=50, max_new_tokens=6, seed=11)
+    a = rr.sample(prompts, **kw)
+    b = rr.sample(prompts, **kw)
+    assert [[s.completion_ids for s in p] for p in a] == [[s.completion_ids for s in p] for p in b]
+    assert all(s.prompt_ids == prompts[i] for i, p in enumerate(a) for s in p)
+    assert len({tuple(s.completion_ids) for s in a[0]}) > 1, "samples should differ"
+    # Alone or batched with another prompt: the same samples (seeds do not depend on batching).
+    alone = rr.sample(prompts[:1], **kw)
+    assert [s.completion_ids for s in alone[0]] == [s.completion_ids for s in a[0]]
+    # The n samples of a prompt share one prefill of the prompt: prefix once + 1 token each.
+    _, stats = rr.backend.sample(prompts, SamplingParams(**kw))
+    assert stats.prefill_tokens == sum(len(p) - 1 + 3 for p in prompts)
+
+
+def test_sample_logprobs_equal_the_models_log_softmax(tiny_qwen3):
+    model, tok = tiny_qwen3
+    rr = Reranker.from_pretrained(model, tokenizer=tok)
+    prompt = tok.encode("The quick brown fox")
+    temperature = 0.7
+    (samples,) = rr.sample([prompt], n=2, temperature=temperature, max_new_tokens=5, seed=3)
+    for s in samples:
+        ids = torch.tensor([s.prompt_ids + s.completion_ids])
+        with torch.no_grad():
+            logits = model(ids).logits[0, len(prompt) - 1 : -1].float() / temperature
+        want = torch.log_softmax(logits, -1).gather(1, torch.tensor(s.completion_ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(s.logprobs), want, atol=1e-5, rtol=1e-5)
+
+
+def test_sampling_rejects_bad_arguments(tiny_qwen3):
+    model, tok = tiny_qwen3
+    rr = Reranker.from_pretrained(model, tokenizer=tok)
+    with pytest.raises(ValueError, match="prompt 0"):
+        rr.sample([[]])
+    with pytest.raises(ValueError, match="top_p"):
+        rr.sample([[1, 2]], top_p=0)
+    with pytest.raises(ValueError, match="n must be"):
+        rr.sample([[1, 2]], n=0)
