@@ -9,7 +9,6 @@ from erank_fast.scoring import SCORE_MODES
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 DEFAULT_MAX_THINK_TOKENS = 4096
-DEFAULT_MAX_BATCH_TOKENS = 8192
 
 
 def _positive_int(name: str, value) -> None:
@@ -35,7 +34,7 @@ class RerankerConfig:
     max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS
     max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS
     max_think_tokens: int = DEFAULT_MAX_THINK_TOKENS
-    max_batch_tokens: int = DEFAULT_MAX_BATCH_TOKENS
+    max_batch_tokens: int | None = None  # per forward pass; None: 8192 on CUDA, 2048 on CPU
     kv_memory: int | None = None
 
     def __post_init__(self) -> None:
@@ -46,10 +45,11 @@ class RerankerConfig:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise TypeError(f"instruction must be a str or None, got {type(self.instruction).__name__}")
-        for name in ("max_query_tokens", "max_doc_tokens", "max_think_tokens", "max_batch_tokens"):
+        for name in ("max_query_tokens", "max_doc_tokens", "max_think_tokens"):
             _positive_int(name, getattr(self, name))
-        if self.kv_memory is not None:
-            _positive_int("kv_memory", self.kv_memory)
+        for name in ("max_batch_tokens", "kv_memory"):
+            if getattr(self, name) is not None:
+                _positive_int(name, getattr(self, name))
 
     def budget(self, think) -> int | None:
         """Reasoning-token budget for a think setting: None for "off"."""

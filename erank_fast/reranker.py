@@ -59,9 +59,9 @@ class Reranker:
             elsewhere), "torch" or "triton" (on CPU only under TRITON_INTERPRET=1), or
             "reference" (transformers, each document alone).
         options: max_query_tokens, max_doc_tokens (truncation, default 2048 each),
-            max_think_tokens (default 4096), max_batch_tokens (tokens per forward pass, default
-            8192), kv_memory (bytes for the K/V arena; default 90% of free GPU memory, or
-            2 GiB on CPU).
+            max_think_tokens (default 4096), max_batch_tokens (tokens per forward pass,
+            default 8192 on CUDA, 2048 on CPU), kv_memory (bytes for the K/V arena; default 90%
+            of free GPU memory, or 2 GiB on CPU).
         """
         config = RerankerConfig(think=think, instruction=instruction, score_mode=score_mode,
                                 backend=backend, **options)

@@ -31,15 +31,21 @@ from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
 
 DEFAULT_CPU_KV_MEMORY = 2 * 2**30
 DEFAULT_GPU_KV_FRACTION = 0.9
+# Tokens per forward pass: large on GPUs; on CPUs smaller steps stay in cache (measured on
+# SmolLM2-135M, 2 cores: 2048 tokens per step 1.15x faster than 8192).
+DEFAULT_MAX_BATCH_TOKENS = {"cuda": 8192, "cpu": 2048}
 
 
 class Engine:
     def __init__(self, decoder: Decoder, tokens: ScoreTokens, detector: AnswerDetector, *,
-                 max_batch_tokens: int, impl: str = "auto", kv_memory: int | None = None):
+                 max_batch_tokens: int | None = None, impl: str = "auto",
+                 kv_memory: int | None = None):
         """impl: "auto" (Triton kernels on CUDA, PyTorch elsewhere), "torch" or "triton".
+        max_batch_tokens: tokens per forward pass (default 8192 on CUDA, 2048 on CPU).
         kv_memory: bytes for the K/V arena (default: 90% of free GPU memory, 2 GiB on CPU)."""
         self.decoder, self.tokens, self.detector, self.impl = decoder, tokens, detector, impl
-        self.max_batch_tokens = max_batch_tokens
+        self.max_batch_tokens = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(
+            decoder.lm_head_weight.device.type, 2048)
         self.kv_memory = kv_memory
         self.scale = decoder.config.head_dim**-0.5
         self.digit_ids = torch.tensor(tokens.digits, dtype=torch.int64, device=self.device)

@@ -29,11 +29,27 @@ def shared_prefix_prefill_ref(q, k_cache, v_cache, prefixes: list[tuple[int, int
             b1 += 1
         rows = sum(n for *_, n in docs[b0:b1])
         p0, plen = prefixes[g]
-        out[row : row + rows] = _group_prefill(
-            q[row : row + rows], k_cache[p0 : p0 + plen], v_cache[p0 : p0 + plen], k_cache,
-            v_cache, docs[b0:b1], scale)
+        # Documents of similar length together, a few at a time: little padding per SDPA call.
+        starts = {}
+        r = row
+        for b in range(b0, b1):
+            starts[b] = r
+            r += docs[b][3]
+        by_length = sorted(range(b0, b1), key=lambda b: docs[b][3])
+        for c in range(0, len(by_length), _DOCS_PER_CALL):
+            chunk = by_length[c : c + _DOCS_PER_CALL]
+            q_chunk = torch.cat([q[starts[b] : starts[b] + docs[b][3]] for b in chunk])
+            o = _group_prefill(q_chunk, k_cache[p0 : p0 + plen], v_cache[p0 : p0 + plen],
+                               k_cache, v_cache, [docs[b] for b in chunk], scale)
+            r = 0
+            for b in chunk:
+                out[starts[b] : starts[b] + docs[b][3]] = o[r : r + docs[b][3]]
+                r += docs[b][3]
         row, b0 = row + rows, b1
     return out
+
+
+_DOCS_PER_CALL = 16
 
 
 def _group_prefill(q, pk, pv, k_cache, v_cache, docs, scale):
