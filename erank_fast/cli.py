@@ -83,6 +83,32 @@ def _stats_line(results) -> str:
             f"{s.prefill_tokens} prefill + {s.decode_tokens} decode tokens")
 
 
+def _eval(args) -> int:
+    from erank_fast.datasets import read_beir, read_jsonl, read_qrels
+    from erank_fast.evaluate import format_report, run_evaluation
+
+    try:
+        if args.data:
+            queries = read_jsonl(args.data, depth=args.depth)
+        elif args.corpus and args.beir_queries and args.run:
+            queries = read_beir(args.corpus, args.beir_queries, args.run, depth=args.depth)
+        else:
+            print("erank-fast eval: pass --data, or --corpus with --beir-queries and --run",
+                  file=sys.stderr)
+            return 2
+        qrels = read_qrels(args.qrels)
+        reranker = _load(args)
+    except (OSError, ValueError) as e:
+        print(f"erank-fast: {e}", file=sys.stderr)
+        return 2
+    result = run_evaluation(reranker, queries[: args.queries], qrels, hybrid_alpha=args.hybrid)
+    print(format_report(result))
+    if args.out:
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="erank-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -104,7 +130,25 @@ def main(argv=None) -> int:
         if name == "rerank":
             p.add_argument("--query", required=True)
             p.add_argument("--docs", required=True, help="one document per line, or JSONL with 'text'")
+    e = sub.add_parser("eval", help="rerank first-stage candidates and report nDCG / MRR")
+    e.add_argument("--model", default=DEFAULT_MODEL)
+    e.add_argument("--data", help="reranking JSONL (qid, query, candidates)")
+    e.add_argument("--corpus", help="BEIR corpus.jsonl (with --beir-queries and --run)")
+    e.add_argument("--beir-queries", help="BEIR queries.jsonl")
+    e.add_argument("--run", help="TREC run file giving the first stage (BEIR style)")
+    e.add_argument("--qrels", required=True, help="TREC qrels")
+    e.add_argument("--queries", type=int, default=None, help="evaluate the first N queries")
+    e.add_argument("--depth", type=int, default=None, help="rerank the top K candidates")
+    e.add_argument("--think", type=_think, default="off")
+    e.add_argument("--hybrid", type=float, default=0.2, help="first-stage weight in the fusion")
+    e.add_argument("--score-mode", default="erank", choices=["erank", "expected"])
+    e.add_argument("--device", default=None)
+    e.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    e.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "reference"])
+    e.add_argument("--out", help="write the full results (per query too) as JSON")
     args = parser.parse_args(argv)
+    if args.command == "eval":
+        return _eval(args)
 
     if args.command == "rerank":
         query, docs = args.query, _read_documents(args.docs)

@@ -1,0 +1,84 @@
+"""Reranking data: the shared JSONL format (one query with its first-stage candidates per line)
+plus TREC qrels, or BEIR-style corpus / queries / qrels with a TREC run file."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Candidate:
+    docid: str
+    text: str
+    score: float  # first-stage score
+
+
+@dataclass(frozen=True)
+class Query:
+    qid: str
+    text: str
+    candidates: tuple[Candidate, ...]  # first-stage order
+
+
+def read_jsonl(path: str | Path, depth: int | None = None) -> list[Query]:
+    """``{"qid", "query", "candidates": [{"docid", "text", "score", ...}]}`` per line."""
+    queries = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                cands = [Candidate(str(c["docid"]), c["text"], float(c["score"]))
+                         for c in row["candidates"][:depth]]
+                queries.append(Query(str(row["qid"]), row["query"], tuple(cands)))
+            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                raise ValueError(f"{path}:{n}: not a reranking record ({e})") from e
+    return queries
+
+
+def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
+    """TREC qrels: ``qid iteration docid grade`` per line."""
+    qrels: dict[str, dict[str, int]] = {}
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            if len(parts) != 4:
+                raise ValueError(f"{path}:{n}: expected 'qid iteration docid grade'")
+            qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+    return qrels
+
+
+def read_beir(corpus: str | Path, queries: str | Path, run: str | Path,
+              depth: int | None = None) -> list[Query]:
+    """BEIR corpus.jsonl (``_id``, ``title``, ``text``) and queries.jsonl (``_id``, ``text``),
+    with a TREC run file (``qid Q0 docid rank score tag``) giving the first stage."""
+    docs = {}
+    with open(corpus, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                d = json.loads(line)
+                title = d.get("title") or ""
+                docs[str(d["_id"])] = f"{title}\n{d['text']}" if title else d["text"]
+    texts = {}
+    with open(queries, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                q = json.loads(line)
+                texts[str(q["_id"])] = q["text"]
+    ranked: dict[str, list[tuple[float, str]]] = {}
+    with open(run, encoding="utf-8") as f:
+        for line in f:
+            parts = line.split()
+            if len(parts) >= 5:
+                ranked.setdefault(parts[0], []).append((float(parts[4]), parts[2]))
+    out = []
+    for qid, hits in ranked.items():
+        hits.sort(key=lambda x: (x[0], x[1]), reverse=True)
+        cands = tuple(Candidate(d, docs[d], s) for s, d in hits[:depth] if d in docs)
+        out.append(Query(qid, texts[qid], cands))
+    return out

@@ -1,0 +1,96 @@
+"""Ranking metrics (trec_eval's definitions), fusion, and the evaluation command."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from erank_fast import cli
+from erank_fast.datasets import read_jsonl, read_qrels
+from erank_fast.metrics import evaluate, hybrid, ndcg, reciprocal_rank, zscores
+
+
+def test_ndcg_graded_by_hand():
+    scores = {"a": 3.0, "b": 2.0, "c": 1.0}
+    judged = {"a": 1, "b": 0, "c": 3, "z": 2}  # z is relevant but not retrieved
+    dcg = 1 / math.log2(2) + 0 + 3 / math.log2(4)
+    idcg = 3 / math.log2(2) + 2 / math.log2(3) + 1 / math.log2(4)
+    assert ndcg(scores, judged, 10) == pytest.approx(dcg / idcg)
+    assert ndcg(scores, judged, 1) == pytest.approx(1 / 3)
+
+
+def test_ties_break_by_docid_descending_like_trec_eval():
+    scores = {"d1": 1.0, "d2": 1.0}
+    assert ndcg(scores, {"d1": 1}, 1) == 0.0  # d2 comes first
+    assert ndcg(scores, {"d2": 1}, 1) == 1.0
+
+
+def test_reciprocal_rank_and_unjudged_documents():
+    scores = {"a": 5.0, "b": 4.0, "c": 3.0}
+    assert reciprocal_rank(scores, {"c": 2}, 10) == pytest.approx(1 / 3)
+    assert reciprocal_rank(scores, {"c": 2}, 2) == 0.0
+    assert reciprocal_rank(scores, {"x": 1}, 10) == 0.0
+
+
+def test_queries_without_relevant_documents_are_left_out():
+    run = {"q1": {"a": 1.0}, "q2": {"a": 1.0}}
+    means, per_query = evaluate(run, {"q1": {"a": 1}, "q2": {"a": 0}})
+    assert list(per_query) == ["q1"] and means["ndcg@10"] == 1.0
+
+
+def test_hybrid_fusion_uses_population_zscores():
+    z = zscores({"a": 1.0, "b": 3.0})
+    assert z == {"a": -1.0, "b": 1.0}
+    assert zscores({"a": 2.0, "b": 2.0}) == {"a": 0.0, "b": 0.0}
+    fused = hybrid({"q": {"a": 10.0, "b": 0.0}}, {"q": {"a": 0.0, "b": 1.0}}, alpha=0.2)
+    assert fused["q"]["a"] == pytest.approx(0.2 * 1 + 0.8 * -1)
+
+
+@pytest.mark.parametrize("name,expected", [("dl19-bm25-top100", 0.5058),
+                                           ("dl21-bm25-top100", 0.4458),
+                                           ("noveleval-bm25-top20", 0.6503)])
+def test_bm25_ndcg10_reproduces_the_published_figures(data_dir, name, expected):
+    queries = read_jsonl(data_dir / f"{name}.jsonl")
+    run = {q.qid: {c.docid: c.score for c in q.candidates} for q in queries}
+    means, _ = evaluate(run, read_qrels(data_dir / f"{name}.qrels"))
+    assert round(means["ndcg@10"], 4) == expected
+
+
+def test_agrees_with_ir_measures(data_dir):
+    ir_measures = pytest.importorskip("ir_measures")
+    queries = read_jsonl(data_dir / "dl19-bm25-top100.jsonl")
+    run = {q.qid: {c.docid: c.score for c in q.candidates} for q in queries}
+    qrels = read_qrels(data_dir / "dl19-bm25-top100.qrels")
+    theirs = ir_measures.calc_aggregate([ir_measures.nDCG @ 10, ir_measures.RR @ 10], qrels, run)
+    ours, _ = evaluate(run, qrels)
+    assert ours["ndcg@10"] == pytest.approx(theirs[ir_measures.nDCG @ 10], abs=1e-4)
+    assert ours["mrr@10"] == pytest.approx(theirs[ir_measures.RR @ 10], abs=1e-4)
+
+
+def test_eval_command_writes_results(data_dir, tiny_qwen3, tmp_path, capsys):
+    model, tok = tiny_qwen3
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    out = tmp_path / "results.json"
+    assert cli.main(["eval", "--model", str(tmp_path / "m"), "--data",
+                     str(data_dir / "noveleval-bm25-top20.jsonl"), "--qrels",
+                     str(data_dir / "noveleval-bm25-top20.qrels"), "--queries", "3", "--depth", "5",
+                     "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "first_stage" in report and "docs/s" in report
+    result = json.loads(out.read_text())
+    for key in ("first_stage", "reranked", "hybrid"):
+        assert 0.0 <= result[key]["ndcg@10"] <= 1.0
+    assert result["documents"] == 15 and result["docs_per_second"] > 0
+    assert set(result["per_query"]) <= {q.qid for q in read_jsonl(data_dir / "noveleval-bm25-top20.jsonl")[:3]}
+
+
+def test_eval_command_bad_input(tmp_path, capsys):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"qid": 1}\n')
+    qrels = tmp_path / "q.qrels"
+    qrels.write_text("1 0 d 1\n")
+    assert cli.main(["eval", "--data", str(bad), "--qrels", str(qrels)]) == 2
+    assert "not a reranking record" in capsys.readouterr().err
