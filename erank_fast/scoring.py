@@ -19,6 +19,7 @@ document ranks with the least relevant); the "expected" rank score is still Σ s
 from __future__ import annotations
 
 import functools
+import re
 from dataclasses import dataclass
 
 import torch
@@ -26,9 +27,20 @@ import torch
 from erank_fast.prompt import ANSWER_OPEN, BUDGET_CONTINUATION, THINK_CLOSE
 
 SCORE_MODES = ("erank", "expected")
+_ANSWER_RE = re.compile(r"<answer>\s*(\d+)\s*(?:</answer>|$)")
 
 # Tokens decoded from the end of the generated text to detect tags (tags span at most a few).
 _TAIL_TOKENS = 12
+
+
+def parse_answer(text: str) -> int | None:
+    """The integer score of a generated output (``...<answer>7</answer>``), or None when there
+    is no answer tag with an integer 0..10 (the last answer tag counts)."""
+    found = _ANSWER_RE.findall(text)
+    if not found:
+        return None
+    value = int(found[-1])
+    return value if 0 <= value <= 10 else None
 
 
 @dataclass(frozen=True)
