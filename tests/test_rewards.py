@@ -70,3 +70,19 @@ def test_parse_answer():
     assert parse_answer("<answer>11</answer>") is None
     assert parse_answer("no tag 7") is None
     assert parse_answer("<answer>3</answer> then <answer>4") == 4
+
+
+def test_cases_label_every_rollout():
+    from rewards import query_cases
+
+    rollouts = [Rollout(True, 8, 6), Rollout(False, 1, 7), Rollout(False, 1, 2),
+                Rollout(False, 1, None)]
+    assert query_cases(rollouts) == ["positive", "negative_above", "negative_below", "invalid"]
+
+
+def test_distill_consensus_keeps_the_output_closest_to_the_mean():
+    from distill import consensus
+
+    assert consensus(["a", "b", "c"], [2, 9, 6]) == ("c", 6)  # mean 5.67
+    assert consensus(["a", "b"], [None, 4]) == ("b", 4)
+    assert consensus(["a"], [None]) is None

@@ -54,6 +54,19 @@ def ranks(scores: list[float]) -> list[int]:
     return [first[s] for s in scores]
 
 
+CASES = ("positive", "negative_above", "negative_below", "invalid")
+
+
+def query_cases(rollouts: list[Rollout]) -> list[str]:
+    """Which r_RR case (``CASES``) each rollout of one query falls in."""
+    valid = [i for i, r in enumerate(rollouts) if r.score is not None]
+    rank_of = dict(zip(valid, ranks([rollouts[i].score for i in valid])))
+    worst_positive = max((rank_of[i] for i in valid if rollouts[i].relevant), default=0)
+    return ["invalid" if r.score is None else "positive" if r.relevant else
+            "negative_above" if rank_of[i] <= worst_positive else "negative_below"
+            for i, r in enumerate(rollouts)]
+
+
 def query_rewards(rollouts: list[Rollout], config: RewardConfig = RewardConfig()) -> list[float]:
     """Rewards for every rollout of one query (all its documents × all their rollouts)."""
     if config.kind == "se":
