@@ -56,7 +56,8 @@ def _load(args):
     from erank_fast import Reranker
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    return Reranker.from_pretrained(args.model, device=args.device, dtype=dtype, think=args.think,
+    return Reranker.from_pretrained(args.model, adapter=args.adapter, device=args.device,
+                                    dtype=dtype, think=args.think,
                                     backend=args.backend, score_mode=args.score_mode)
 
 
@@ -117,6 +118,7 @@ def main(argv=None) -> int:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--model", default=DEFAULT_MODEL,
                        help=f"checkpoint directory, .gguf file or offline name (default {DEFAULT_MODEL})")
+        p.add_argument("--adapter", default=None, help="LoRA adapter directory to merge")
         p.add_argument("--think", type=_think, default="off", help='"off", "full" or a token budget')
         p.add_argument("--device", default=None)
         p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
@@ -132,6 +134,7 @@ def main(argv=None) -> int:
             p.add_argument("--docs", required=True, help="one document per line, or JSONL with 'text'")
     e = sub.add_parser("eval", help="rerank first-stage candidates and report nDCG / MRR")
     e.add_argument("--model", default=DEFAULT_MODEL)
+    e.add_argument("--adapter", default=None, help="LoRA adapter directory to merge")
     e.add_argument("--data", help="reranking JSONL (qid, query, candidates)")
     e.add_argument("--corpus", help="BEIR corpus.jsonl (with --beir-queries and --run)")
     e.add_argument("--beir-queries", help="BEIR queries.jsonl")

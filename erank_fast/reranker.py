@@ -42,14 +42,16 @@ class Reranker:
         self._backend_lock = threading.Lock() if config.backend == "reference" else None
 
     @classmethod
-    def from_pretrained(cls, model, *, tokenizer=None, device=None, dtype=None, think="off",
-                        instruction=None, score_mode="erank", backend="auto", **options) -> "Reranker":
+    def from_pretrained(cls, model, *, tokenizer=None, adapter=None, device=None, dtype=None,
+                        think="off", instruction=None, score_mode="erank", backend="auto",
+                        **options) -> "Reranker":
         """Load a reranker.
 
         model: a checkpoint directory (config.json + safetensors + tokenizer), a ``.gguf`` file,
             an offline name ("smollm2-135m-instruct"), a hub id (needs network access), or an
             in-memory transformers model (then pass ``tokenizer``; its parameters are used
             in place, not copied).
+        adapter: a LoRA adapter directory (peft), merged into the weights at load.
         device / dtype: default CUDA + bfloat16 when available, else CPU + float32.
         think: "off" (default: one forward pass per document), an int N (at most N reasoning
             tokens, then the answer is forced) or "full" (until the model closes its reasoning,
@@ -66,7 +68,8 @@ class Reranker:
         config = RerankerConfig(think=think, instruction=instruction, score_mode=score_mode,
                                 backend=backend, **options)
         need = "hf" if backend == "reference" else "decoder"
-        loaded = load_model(model, tokenizer=tokenizer, need=need, device=device, dtype=dtype)
+        loaded = load_model(model, tokenizer=tokenizer, need=need, device=device, dtype=dtype,
+                            adapter=adapter)
         return cls(loaded, config)
 
     def rerank(self, query: str, documents: Sequence, *, top_k: int | None = None,

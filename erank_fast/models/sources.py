@@ -52,8 +52,18 @@ def _generation_config(path):
         return None
 
 
-def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None) -> LoadedModel:
-    """``need``: "decoder" (erank_fast engine) or "hf" (reference backend)."""
+def _merge_adapter(hf_model, adapter):
+    try:
+        from peft import PeftModel
+    except ImportError as e:
+        raise ImportError("loading a LoRA adapter needs peft: pip install peft") from e
+    return PeftModel.from_pretrained(hf_model, str(adapter)).merge_and_unload().eval()
+
+
+def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
+               adapter=None) -> LoadedModel:
+    """``need``: "decoder" (erank_fast engine) or "hf" (reference backend). ``adapter``: a
+    LoRA adapter directory (peft) merged into the weights after loading."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
     if isinstance(model, PreTrainedModel):
@@ -61,6 +71,8 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None) -> 
             raise ValueError("pass tokenizer=... together with an in-memory transformers model")
         if dtype is not None and dtype != model.dtype:
             raise ValueError(f"the model is {model.dtype}; cast it before passing it, or pass dtype=None")
+        if adapter is not None:
+            model = _merge_adapter(model, adapter)
         decoder = decoder_from_hf_model(model) if need == "decoder" else None
         return LoadedModel(tokenizer, _eos_ids(tokenizer, model.generation_config), decoder, model,
                            name=type(model).__name__)
@@ -75,11 +87,13 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None) -> 
     source = str(path) if path is not None else name
     try:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
-        if need == "decoder" and path is not None:
+        if need == "decoder" and path is not None and adapter is None:
             decoder = load_decoder(path, dtype, device)
             return LoadedModel(tokenizer, _eos_ids(tokenizer, _generation_config(path)), decoder,
                                name=name)
         hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
+        if adapter is not None:
+            hf = _merge_adapter(hf, adapter)
     except OSError as e:
         if path is not None:
             raise
