@@ -161,8 +161,9 @@ def make_rollout(tokenizer, max_new_tokens: int, temperature: float, top_p: floa
 
 
 def main(argv=None) -> None:
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import GRPOConfig, GRPOTrainer, TrlParser
+
+    from sft import train_and_save
 
     parser = TrlParser((RLScriptArguments, GRPOConfig))
     args, config = parser.parse_args_and_config(argv)
@@ -184,12 +185,7 @@ def main(argv=None) -> None:
                            config.top_p, config.top_k or 0)
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer, rollout_func=rollout)
-    checkpoint = get_last_checkpoint(config.output_dir) if args.resume else None
-    if args.resume and checkpoint is None:
-        raise SystemExit(f"--resume: no checkpoint in {config.output_dir}")
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(config.output_dir)
-    tokenizer.save_pretrained(config.output_dir)
+    train_and_save(trainer, tokenizer, config.output_dir, args.resume)
 
 
 if __name__ == "__main__":

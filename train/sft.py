@@ -69,7 +69,6 @@ def load_model(name: str):
 
 
 def main(argv=None) -> None:
-    from transformers.trainer_utils import get_last_checkpoint
     from trl import SFTConfig, SFTTrainer, TrlParser
 
     parser = TrlParser((SFTScriptArguments, SFTConfig))
@@ -86,12 +85,19 @@ def main(argv=None) -> None:
                                  task_type="CAUSAL_LM")
     trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
                          processing_class=tokenizer, peft_config=peft_config)
-    checkpoint = get_last_checkpoint(config.output_dir) if args.resume else None
-    if args.resume and checkpoint is None:
-        raise SystemExit(f"--resume: no checkpoint in {config.output_dir}")
+    train_and_save(trainer, tokenizer, config.output_dir, args.resume)
+
+
+def train_and_save(trainer, tokenizer, output_dir: str, resume: bool) -> None:
+    """Train (from the last checkpoint in output_dir when resuming), then save the result."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoint = get_last_checkpoint(output_dir) if resume else None
+    if resume and checkpoint is None:
+        raise SystemExit(f"--resume: no checkpoint in {output_dir}")
     trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(config.output_dir)
-    tokenizer.save_pretrained(config.output_dir)
+    trainer.save_model(output_dir)
+    tokenizer.save_pretrained(output_dir)
 
 
 if __name__ == "__main__":
