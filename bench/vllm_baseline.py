@@ -20,7 +20,6 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.mark.parametrize("think", ["off", 64])
 def test_vllm_rerank_one_query(benchmark, think, tmp_path):
-    from transformers import AutoTokenizer, Qwen3Config, Qwen3ForCausalLM
     from vllm import LLM, SamplingParams
 
     from erank_fast import Reranker
