@@ -12,6 +12,7 @@ from erank_fast.engine.engine import Engine
 from erank_fast.engine.reference_backend import ReferenceBackend
 from erank_fast.engine.sampling import SamplingParams
 from erank_fast.engine.work import Sample
+from erank_fast.models.packaged import packaged_reranker
 from erank_fast.models.sources import LoadedModel, load_model
 from erank_fast.prompt import PromptBuilder
 from erank_fast.results import CallStats, RerankResult, RerankResults
@@ -43,20 +44,23 @@ class Reranker:
 
     @classmethod
     def from_pretrained(cls, model, *, tokenizer=None, adapter=None, device=None, dtype=None,
-                        think="off", instruction=None, score_mode="erank", backend="auto",
+                        think=None, instruction=None, score_mode=None, backend="auto",
                         **options) -> "Reranker":
         """Load a reranker.
 
-        model: a checkpoint directory (config.json + safetensors + tokenizer), a ``.gguf`` file,
-            an offline name ("smollm2-135m-instruct"), a hub id (needs network access), or an
-            in-memory transformers model (then pass ``tokenizer``; its parameters are used
-            in place, not copied).
+        model: a packaged reranker ("erank-smol": SmolLM2-135M-Instruct with the LoRA adapter
+            shipped in erank_fast, offline), a checkpoint directory (config.json + safetensors
+            + tokenizer), a ``.gguf`` file, an offline base model ("smollm2-135m-instruct"), a
+            hub id (needs network access), or an in-memory transformers model (then pass
+            ``tokenizer``; its parameters are used in place, not copied).
         adapter: a LoRA adapter directory (peft), merged into the weights at load.
         device / dtype: default CUDA + bfloat16 when available, else CPU + float32.
         think: "off" (default: one forward pass per document), an int N (at most N reasoning
             tokens, then the answer is forced) or "full" (until the model closes its reasoning,
             at most ``max_think_tokens``).
-        score_mode: "erank" (s × p(s), the paper's) or "expected" (Σ s·p(s)).
+        score_mode: "erank" (s × p(s), the paper's; the default) or "expected" (Σ s·p(s)).
+            A packaged reranker brings its own defaults for think, score_mode and the token
+            limits (erank-smol: think "off", score_mode "expected"); what is passed here wins.
         backend: the erank_fast engine with "auto" (Triton kernels on CUDA, PyTorch ops
             elsewhere), "torch" or "triton" (on CPU only under TRITON_INTERPRET=1), or
             "reference" (transformers, each document alone).
@@ -65,11 +69,28 @@ class Reranker:
             default 8192 on CUDA, 2048 on CPU), kv_memory (bytes for the K/V arena; default 90%
             of free GPU memory, or 2 GiB on CPU).
         """
+        packaged = packaged_reranker(model)
+        if packaged is not None:
+            if adapter is not None:
+                raise ValueError(f"{packaged.name!r} already includes its adapter; to apply another, "
+                                 f"pass the base model {packaged.base!r}")
+            model, adapter = packaged.base, packaged.adapter
+            for key, value in packaged.settings.items():
+                if key not in ("think", "score_mode", "instruction"):
+                    options.setdefault(key, value)
+            settings = packaged.settings
+        else:
+            settings = {}
+        think = think if think is not None else settings.get("think", "off")
+        score_mode = score_mode if score_mode is not None else settings.get("score_mode", "erank")
+        instruction = instruction if instruction is not None else settings.get("instruction")
         config = RerankerConfig(think=think, instruction=instruction, score_mode=score_mode,
                                 backend=backend, **options)
         need = "hf" if backend == "reference" else "decoder"
         loaded = load_model(model, tokenizer=tokenizer, need=need, device=device, dtype=dtype,
                             adapter=adapter)
+        if packaged is not None:
+            loaded.name = packaged.name
         return cls(loaded, config)
 
     def rerank(self, query: str, documents: Sequence, *, top_k: int | None = None,

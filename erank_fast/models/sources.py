@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import torch
 
 from erank_fast.models.decoder import Decoder
 from erank_fast.models.loading import decoder_from_hf_model, load_decoder, resolve_model_path
+from erank_fast.models.lora import merge_lora
 
 
 @dataclass
@@ -53,17 +55,14 @@ def _generation_config(path):
 
 
 def _merge_adapter(hf_model, adapter):
-    try:
-        from peft import PeftModel
-    except ImportError as e:
-        raise ImportError("loading a LoRA adapter needs peft: pip install peft") from e
-    return PeftModel.from_pretrained(hf_model, str(adapter)).merge_and_unload().eval()
+    return merge_lora(hf_model, adapter).eval()
 
 
 def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
                adapter=None) -> LoadedModel:
     """``need``: "decoder" (erank_fast engine) or "hf" (reference backend). ``adapter``: a
-    LoRA adapter directory (peft) merged into the weights after loading."""
+    LoRA adapter directory (peft's format) merged into the weights after loading (into a copy
+    of an in-memory model)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
     if isinstance(model, PreTrainedModel):
@@ -71,8 +70,8 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
             raise ValueError("pass tokenizer=... together with an in-memory transformers model")
         if dtype is not None and dtype != model.dtype:
             raise ValueError(f"the model is {model.dtype}; cast it before passing it, or pass dtype=None")
-        if adapter is not None:
-            model = _merge_adapter(model, adapter)
+        if adapter is not None:  # merged into a copy: the caller's model stays as it was
+            model = _merge_adapter(copy.deepcopy(model), adapter)
         decoder = decoder_from_hf_model(model) if need == "decoder" else None
         return LoadedModel(tokenizer, _eos_ids(tokenizer, model.generation_config), decoder, model,
                            name=type(model).__name__)
@@ -91,9 +90,11 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
             decoder = load_decoder(path, dtype, device)
             return LoadedModel(tokenizer, _eos_ids(tokenizer, _generation_config(path)), decoder,
                                name=name)
-        hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
-        if adapter is not None:
-            hf = _merge_adapter(hf, adapter)
+        if adapter is None:
+            hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
+        else:  # merged in float32, then cast: merging in bfloat16 would round twice
+            hf = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
+            hf = _merge_adapter(hf, adapter).to(device=device, dtype=dtype)
     except OSError as e:
         if path is not None:
             raise

@@ -1,0 +1,85 @@
+"""Merge a LoRA adapter (peft's saved format) into a model's weights, without needing peft.
+
+Plain LoRA on linear layers is what ``train/sft.py`` trains and what erank_fast ships; other
+peft variants (DoRA, biases, embeddings, modules_to_save) are refused with a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+PREFIX = "base_model.model."
+
+
+def read_adapter(adapter_dir) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The adapter's config and its tensors; clear errors for a missing or unsupported adapter."""
+    directory = Path(adapter_dir)
+    if not (directory / CONFIG_FILE).is_file() or not (directory / WEIGHTS_FILE).is_file():
+        raise FileNotFoundError(
+            f"{directory} is not a LoRA adapter directory (needs {CONFIG_FILE} and {WEIGHTS_FILE})")
+    config = json.loads((directory / CONFIG_FILE).read_text(encoding="utf-8"))
+    unsupported = [
+        what for what, bad in (
+            (f"peft_type {config.get('peft_type')}", config.get("peft_type", "LORA") != "LORA"),
+            ("DoRA", bool(config.get("use_dora"))),
+            (f"bias={config.get('bias')!r}", config.get("bias", "none") != "none"),
+            ("fan_in_fan_out", bool(config.get("fan_in_fan_out"))),
+            ("modules_to_save", bool(config.get("modules_to_save"))),
+            ("alpha_pattern", bool(config.get("alpha_pattern"))),
+            ("trainable_token_indices", bool(config.get("trainable_token_indices"))),
+        ) if bad
+    ]
+    if unsupported:
+        raise ValueError(
+            f"{directory}: erank_fast merges plain LoRA adapters only (this one has "
+            f"{', '.join(unsupported)}); merge it with peft's merge_and_unload() and pass the "
+            "merged checkpoint instead")
+    return config, load_file(str(directory / WEIGHTS_FILE))
+
+
+def lora_deltas(config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Module name → the float32 weight delta scale · B @ A it adds."""
+    pairs: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        name = key.removeprefix(PREFIX)
+        for part in ("lora_A", "lora_B"):
+            suffix = f".{part}.weight"
+            if name.endswith(suffix):
+                pairs.setdefault(name[: -len(suffix)], {})[part] = tensor
+                break
+        else:
+            raise ValueError(f"unexpected tensor {key!r} in the adapter (plain LoRA has only "
+                             "lora_A / lora_B weights)")
+    deltas = {}
+    for module, pair in pairs.items():
+        if set(pair) != {"lora_A", "lora_B"}:
+            raise ValueError(f"adapter tensors for {module!r} are incomplete: {sorted(pair)}")
+        a, b = pair["lora_A"].float(), pair["lora_B"].float()
+        rank = a.shape[0]
+        alpha = config.get("lora_alpha", rank)
+        scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+        deltas[module] = scale * (b @ a)
+    return deltas
+
+
+@torch.no_grad()
+def merge_lora(model: torch.nn.Module, adapter_dir) -> torch.nn.Module:
+    """Add each adapted layer's delta to its weight in place (in float32 when the weight is)."""
+    config, tensors = read_adapter(adapter_dir)
+    modules = dict(model.named_modules())
+    for name, delta in lora_deltas(config, tensors).items():
+        module = modules.get(name)
+        weight = getattr(module, "weight", None)
+        if weight is None or weight.shape != delta.shape:
+            found = "missing" if weight is None else f"weight {tuple(weight.shape)}"
+            raise ValueError(f"the adapter does not fit this model: {name!r} needs a weight "
+                             f"{tuple(delta.shape)} ({found})")
+        weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
+    return model
