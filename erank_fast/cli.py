@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-DEFAULT_MODEL = "smollm2-135m-instruct"
+DEFAULT_MODEL = "erank-smol"
 
 DEMO_QUERY = "how do vaccines train the immune system"
 DEMO_DOCUMENTS = [
@@ -85,7 +85,7 @@ def _stats_line(results) -> str:
 
 
 def _eval(args) -> int:
-    from erank_fast.datasets import read_beir, read_jsonl, read_qrels
+    from erank_fast.datasets import read_beir, read_jsonl, read_qrels, write_trec_run
     from erank_fast.evaluate import format_report, run_evaluation
 
     try:
@@ -104,6 +104,9 @@ def _eval(args) -> int:
         return 2
     result = run_evaluation(reranker, queries[: args.queries], qrels, hybrid_alpha=args.hybrid)
     print(format_report(result))
+    run = result.pop("run")
+    if args.save_run:
+        write_trec_run(run, args.save_run)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)
@@ -117,16 +120,16 @@ def main(argv=None) -> int:
                             ("demo", "rerank a built-in example")):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--model", default=DEFAULT_MODEL,
-                       help=f"checkpoint directory, .gguf file or offline name (default {DEFAULT_MODEL})")
+                       help="packaged reranker, checkpoint directory, .gguf file or offline name "
+                            f"(default {DEFAULT_MODEL})")
         p.add_argument("--adapter", default=None, help="LoRA adapter directory to merge")
-        p.add_argument("--think", type=_think, default="off", help='"off", "full" or a token budget')
+        p.add_argument("--think", type=_think, default=None,
+                       help='"off", "full" or a token budget (default: the model\'s own, else off)')
         p.add_argument("--device", default=None)
         p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
         p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "reference"])
-        # The demo's default model is an instruct model not trained to rerank: its greedy answer
-        # is rarely a digit, but its expected score over 0..10 ranks sensibly.
-        p.add_argument("--score-mode", default="expected" if name == "demo" else "erank",
-                       choices=["erank", "expected"])
+        p.add_argument("--score-mode", default=None, choices=["erank", "expected"],
+                       help="default: the model's own (erank-smol: expected), else erank")
         p.add_argument("--top-k", type=int, default=None)
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         if name == "rerank":
@@ -142,9 +145,11 @@ def main(argv=None) -> int:
     e.add_argument("--qrels", required=True, help="TREC qrels")
     e.add_argument("--queries", type=int, default=None, help="evaluate the first N queries")
     e.add_argument("--depth", type=int, default=None, help="rerank the top K candidates")
-    e.add_argument("--think", type=_think, default="off")
+    e.add_argument("--think", type=_think, default=None)
+    e.add_argument("--save-run", default=None, help="write the reranked scores as a TREC run file")
     e.add_argument("--hybrid", type=float, default=0.2, help="first-stage weight in the fusion")
-    e.add_argument("--score-mode", default="erank", choices=["erank", "expected"])
+    e.add_argument("--score-mode", default=None, choices=["erank", "expected"],
+                   help="default: the model's own (erank-smol: expected), else erank")
     e.add_argument("--device", default=None)
     e.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     e.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "reference"])

@@ -82,3 +82,13 @@ def read_beir(corpus: str | Path, queries: str | Path, run: str | Path,
         cands = tuple(Candidate(d, docs[d], s) for s, d in hits[:depth] if d in docs)
         out.append(Query(qid, texts[qid], cands))
     return out
+
+
+def write_trec_run(run: dict[str, dict[str, float]], path: str | Path, tag: str = "erank_fast") -> None:
+    """A run ({qid: {docid: score}}) as a TREC run file, each query's documents best first."""
+    from erank_fast.metrics import ranked
+
+    with open(path, "w", encoding="utf-8") as f:
+        for qid, scores in run.items():
+            for rank, docid in enumerate(ranked(scores), 1):
+                f.write(f"{qid} Q0 {docid} {rank} {scores[docid]:.6f} {tag}\n")

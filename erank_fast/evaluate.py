@@ -20,7 +20,7 @@ def run_evaluation(reranker, queries: list[Query], qrels: dict[str, dict[str, in
     Returns {"first_stage": {metric: mean}, "reranked": {...}, "hybrid": {...},
     "docs_per_second", "seconds", "documents", "prefill_tokens", "decode_tokens",
     "queries_evaluated", "per_query": {qid: {"first_stage": {...}, "reranked": {...},
-    "hybrid": {...}}}}."""
+    "hybrid": {...}}}, "run": {qid: {docid: reranker score}}}."""
     if not 0.0 <= hybrid_alpha <= 1.0:
         raise ValueError(f"hybrid alpha must be in [0, 1], got {hybrid_alpha}")
     first_stage = {q.qid: {c.docid: c.score for c in q.candidates} for q in queries}
@@ -52,7 +52,8 @@ def run_evaluation(reranker, queries: list[Query], qrels: dict[str, dict[str, in
             per_query.setdefault(qid, {})[name] = v
     out.update(docs_per_second=documents / seconds if seconds else 0.0, seconds=seconds,
                documents=documents, prefill_tokens=prefill, decode_tokens=decode,
-               queries_evaluated=len(per_query), hybrid_alpha=hybrid_alpha, per_query=per_query)
+               queries_evaluated=len(per_query), hybrid_alpha=hybrid_alpha, per_query=per_query,
+               run=reranked)
     return out
 
 

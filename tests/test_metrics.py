@@ -77,7 +77,7 @@ def test_eval_command_writes_results(data_dir, tiny_qwen3, tmp_path, capsys):
     assert cli.main(["eval", "--model", str(tmp_path / "m"), "--data",
                      str(data_dir / "noveleval-bm25-top20.jsonl"), "--qrels",
                      str(data_dir / "noveleval-bm25-top20.qrels"), "--queries", "3", "--depth", "5",
-                     "--out", str(out)]) == 0
+                     "--out", str(out), "--save-run", str(tmp_path / "run.trec")]) == 0
     report = capsys.readouterr().out
     assert "first_stage" in report and "docs/s" in report
     result = json.loads(out.read_text())
@@ -85,6 +85,12 @@ def test_eval_command_writes_results(data_dir, tiny_qwen3, tmp_path, capsys):
         assert 0.0 <= result[key]["ndcg@10"] <= 1.0
     assert result["documents"] == 15 and result["docs_per_second"] > 0
     assert set(result["per_query"]) <= {q.qid for q in read_jsonl(data_dir / "noveleval-bm25-top20.jsonl")[:3]}
+    rows = [line.split() for line in (tmp_path / "run.trec").read_text().splitlines()]
+    assert len(rows) == 15 and all(r[1] == "Q0" and r[5] == "erank_fast" for r in rows)
+    for qid in {r[0] for r in rows}:
+        mine = [r for r in rows if r[0] == qid]
+        assert [int(r[3]) for r in mine] == list(range(1, len(mine) + 1))
+        assert [float(r[4]) for r in mine] == sorted((float(r[4]) for r in mine), reverse=True)
 
 
 def test_eval_command_bad_input(tmp_path, capsys):
