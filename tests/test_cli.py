@@ -49,7 +49,7 @@ def test_bad_jsonl_and_missing_model(tiny_dir, tmp_path, capsys):
     assert "no model at" in capsys.readouterr().err
 
 
-def test_demo_with_the_offline_default_model(smollm2_dir, capsys):
+def test_demo_with_the_default_model(smollm2_dir, capsys):
     assert cli.main(["demo"]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("query:") and len(out) == 1 + len(cli.DEMO_DOCUMENTS) + 1

@@ -1,7 +1,8 @@
 """Turn a trained LoRA adapter into a packaged erank_fast reranker directory.
 
     python train/export_adapter.py runs/erank-smol erank_fast/models/erank_smol \\
-        --base smollm2-135m-instruct --score-mode expected --recipe train/RESULTS.md
+        --base smollm2-135m-instruct --score-mode expected --max-doc-tokens 256 \\
+        --recipe train/RESULTS.md
 
 Writes adapter_model.safetensors (float16: half the size, well within LoRA's precision),
 a minimal peft-compatible adapter_config.json, and erank_fast.json (the base model and the
@@ -48,10 +49,16 @@ def main(argv=None) -> None:
     parser.add_argument("--base", required=True, help="offline name of the base model")
     parser.add_argument("--think", default="off")
     parser.add_argument("--score-mode", default="expected", choices=["erank", "expected"])
+    parser.add_argument("--max-doc-tokens", type=int, default=None,
+                        help="the document truncation the adapter was trained with")
     parser.add_argument("--recipe", default=None, help="where the training run is recorded")
     args = parser.parse_args(argv)
     think = args.think if args.think in ("off", "full") else int(args.think)
-    extra = {"recipe": args.recipe} if args.recipe else None
+    extra = {}
+    if args.max_doc_tokens is not None:
+        extra["max_doc_tokens"] = args.max_doc_tokens
+    if args.recipe:
+        extra["recipe"] = args.recipe
     out = export(args.source, args.target, base=args.base, think=think,
                  score_mode=args.score_mode, extra=extra)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
