@@ -42,27 +42,3 @@ def test_hub_id_without_network_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="could not load model 'no-org/no-such-reranker'"):
         Reranker.from_pretrained("no-org/no-such-reranker")
-
-
-def test_lora_adapter_is_merged_at_load(tiny_qwen3, tmp_path):
-    peft = pytest.importorskip("peft")
-    model, tok = tiny_qwen3
-    model.save_pretrained(tmp_path / "base")
-    tok.save_pretrained(tmp_path / "base")
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
-    lora = peft.get_peft_model(base, peft.LoraConfig(r=4, target_modules="all-linear"))
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for name, p in lora.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.2)  # a trained-looking adapter (B starts at zero)
-    lora.save_pretrained(tmp_path / "adapter")
-    merged = lora.merge_and_unload().eval()
-    docs = ["one document", "another, longer document"]
-    got = Reranker.from_pretrained(str(tmp_path / "base"), adapter=str(tmp_path / "adapter"),
-                                   device="cpu", dtype=torch.float32).score("q", docs)
-    want = Reranker.from_pretrained(merged, tokenizer=tok).score("q", docs)
-    plain = Reranker.from_pretrained(model, tokenizer=tok).score("q", docs)
-    assert got == pytest.approx(want, abs=1e-6) and got != pytest.approx(plain, abs=1e-6)

@@ -49,6 +49,16 @@ def test_merge_equals_peft_merge(trained_adapter):
         torch.testing.assert_close(tensor, want[name], rtol=0, atol=1e-6, msg=name)
 
 
+def test_reranker_with_adapter_equals_the_peft_merged_model(trained_adapter, tiny_qwen3):
+    root, peft_merged = trained_adapter
+    model, tok = tiny_qwen3
+    got = Reranker.from_pretrained(str(root / "base"), adapter=str(root / "adapter"),
+                                   device="cpu", dtype=torch.float32).score("q", DOCS)
+    want = Reranker.from_pretrained(peft_merged, tokenizer=tok).score("q", DOCS)
+    plain = Reranker.from_pretrained(model, tokenizer=tok).score("q", DOCS)
+    assert got == pytest.approx(want, abs=1e-6) and got != pytest.approx(plain, abs=1e-6)
+
+
 def test_in_memory_model_is_not_changed_by_an_adapter(trained_adapter, tiny_qwen3):
     root, _ = trained_adapter
     model, tok = tiny_qwen3
