@@ -70,22 +70,16 @@ class Reranker:
             of free GPU memory, or 2 GiB on CPU).
         """
         packaged = packaged_reranker(model)
+        settings = {}
         if packaged is not None:
             if adapter is not None:
                 raise ValueError(f"{packaged.name!r} already includes its adapter; to apply another, "
                                  f"pass the base model {packaged.base!r}")
-            model, adapter = packaged.base, packaged.adapter
-            for key, value in packaged.settings.items():
-                if key not in ("think", "score_mode", "instruction"):
-                    options.setdefault(key, value)
-            settings = packaged.settings
-        else:
-            settings = {}
-        think = think if think is not None else settings.get("think", "off")
-        score_mode = score_mode if score_mode is not None else settings.get("score_mode", "erank")
-        instruction = instruction if instruction is not None else settings.get("instruction")
-        config = RerankerConfig(think=think, instruction=instruction, score_mode=score_mode,
-                                backend=backend, **options)
+            model, adapter, settings = packaged.base, packaged.adapter, packaged.settings
+        given = dict(think=think, instruction=instruction, score_mode=score_mode, **options)
+        # unset arguments take the packaged reranker's settings, then RerankerConfig's defaults
+        config = RerankerConfig(backend=backend, **{
+            **settings, **{k: v for k, v in given.items() if v is not None}})
         need = "hf" if backend == "reference" else "decoder"
         loaded = load_model(model, tokenizer=tokenizer, need=need, device=device, dtype=dtype,
                             adapter=adapter)
