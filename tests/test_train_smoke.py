@@ -86,6 +86,23 @@ def test_sft_zero3(tiny_dir, data_dir, tmp_path):
     assert losses and all(math.isfinite(x) for x in losses)
 
 
+def test_sft_listwise_zero2_checkpoint_and_resume(tiny_dir, data_dir, tmp_path):
+    """--objective listwise: whole queries per batch, both loss terms logged, resumable."""
+    out = tmp_path / "listwise"
+    common = ["--config", "train/configs/sft.yaml", "--model", str(tiny_dir),
+              *_data_args(data_dir), "--objective", "listwise", "--max_queries", "3",
+              "--docs_per_query", "4", "--positives", "2", "--output_dir", str(out),
+              "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+              "--save_steps", "2", "--logging_steps", "1"]
+    _launch("sft.py", *common, "--max_steps", "2")
+    assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
+    _launch("sft.py", *common, "--max_steps", "3", "--resume", "true")
+    steps = [h for h in _log_history(out) if "loss" in h]
+    assert steps[-1]["step"] == 3
+    assert all(math.isfinite(h["loss_pairwise"]) and math.isfinite(h["loss_pointwise"])
+               for h in steps)
+
+
 def test_rl_zero2_rollouts_on_the_engine(tiny_dir, data_dir, tmp_path):
     out = tmp_path / "rl"
     _launch("rl.py", "--config", "train/configs/rl.yaml", "--model", str(tiny_dir),

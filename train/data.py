@@ -45,14 +45,16 @@ def load(data: str | Path, qrels: str | Path, depth: int | None = None):
 def pick_documents(query: Query, judged: dict[str, int], docs: int, positives: int,
                    rng: random.Random) -> list[Pick]:
     """Up to ``positives`` relevant documents, then negatives: half hard (first-stage top 10),
-    half medium (below), as the paper samples by difficulty. At most ``docs`` in all."""
+    half medium (below), as the paper samples by difficulty, one kind filling in where the
+    other runs short. At most ``docs`` in all."""
     relevant = [i for i, c in enumerate(query.candidates) if judged.get(c.docid, 0) > 0]
     hard = [i for i, c in enumerate(query.candidates[:HARD_RANKS]) if judged.get(c.docid, 0) <= 0]
     medium = [i + HARD_RANKS for i, c in enumerate(query.candidates[HARD_RANKS:])
               if judged.get(c.docid, 0) <= 0]
     chosen = rng.sample(relevant, min(positives, len(relevant)))
     n_negative = docs - len(chosen)
-    n_hard = min(len(hard), (n_negative + 1) // 2)
+    # Half hard, unless there are too few medium negatives to fill the other half.
+    n_hard = min(len(hard), max((n_negative + 1) // 2, n_negative - len(medium)))
     chosen += rng.sample(hard, n_hard)
     chosen += rng.sample(medium, min(len(medium), n_negative - n_hard))
     return [Pick(query, i, max(judged.get(query.candidates[i].docid, 0), 0)) for i in chosen]

@@ -7,6 +7,11 @@ optional LoRA, DeepSpeed ZeRO through ``--deepspeed train/configs/zero2.json``).
 Defaults follow the paper: LoRA rank 32, alpha 64 on all linear layers, lr 1e-4, cosine
 schedule, warmup 0.05, one epoch, cutoff 2048 tokens. Pass ``--resume`` to continue from the
 last checkpoint in ``output_dir``.
+
+``--objective tokens`` (default) is the paper's next-token loss on the completion (teacher
+reasoning, or the grade-derived score in the think-off form). ``--objective listwise`` trains
+the think-off score distribution with a within-query pairwise loss on the expected score
+(``train/listwise.py``); it needs ``per_device_train_batch_size == docs_per_query``.
 """
 
 from __future__ import annotations
@@ -38,6 +43,15 @@ class SFTScriptArguments:
     lora_dropout: float = field(default=0.05)
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
     seed_data: int = field(default=0)
+    objective: str = field(default="tokens", metadata={"help": "tokens | listwise"})
+    pointwise_weight: float = field(
+        default=0.2, metadata={"help": "listwise: weight of the score cross-entropy term"})
+    rounds: int = field(
+        default=1, metadata={"help": "listwise: fresh document samples per query"})
+    teacher_scores: str | None = field(
+        default=None, metadata={"help": "listwise: query_likelihood.py output (JSONL)"})
+    teacher_weight: float = field(
+        default=1.0, metadata={"help": "listwise: weight of teacher score differences"})
 
 
 def build_dataset(args: SFTScriptArguments, tokenizer):
@@ -75,7 +89,6 @@ def main(argv=None) -> None:
     args, config = parser.parse_args_and_config(argv)
     config.completion_only_loss = True
     model, tokenizer = load_model(args.model)
-    dataset = build_dataset(args, tokenizer)
     peft_config = None
     if args.use_lora:
         from peft import LoraConfig
@@ -83,9 +96,50 @@ def main(argv=None) -> None:
         peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha,
                                  lora_dropout=args.lora_dropout, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    trainer = SFTTrainer(model=model, args=config, train_dataset=dataset,
-                         processing_class=tokenizer, peft_config=peft_config)
+    if args.objective == "listwise":
+        trainer = listwise_trainer(args, config, model, tokenizer, peft_config)
+    elif args.objective == "tokens":
+        trainer = SFTTrainer(model=model, args=config, train_dataset=build_dataset(args, tokenizer),
+                             processing_class=tokenizer, peft_config=peft_config)
+    else:
+        raise SystemExit(f"--objective must be 'tokens' or 'listwise', got {args.objective!r}")
     train_and_save(trainer, tokenizer, config.output_dir, args.resume)
+
+
+def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_config):
+    from datasets import Dataset
+    from listwise import LeftPaddingCollator, ListwiseTrainer, listwise_examples
+
+    from erank_fast.prompt import PromptBuilder
+    from erank_fast.scoring import ScoreTokens
+
+    if args.teacher:
+        raise SystemExit("--objective listwise trains the think-off score; it takes no --teacher")
+    queries, qrels = train_data.load(args.data, args.qrels)
+    tokens = ScoreTokens.from_tokenizer(tokenizer)
+    builder = PromptBuilder(tokenizer, args.max_query_tokens, args.max_doc_tokens)
+    teacher = None
+    if args.teacher_scores:
+        from query_likelihood import read_scores
+
+        teacher = read_scores(args.teacher_scores)
+    rows = listwise_examples(queries[: args.max_queries], qrels, builder, tokens,
+                             docs_per_query=args.docs_per_query, positives=args.positives,
+                             rounds=args.rounds, seed=args.seed_data, teacher=teacher)
+    if not rows:
+        raise SystemExit(f"no query has {args.docs_per_query} candidates with both relevant and "
+                         "irrelevant documents")
+    if peft_config is not None:
+        from peft import get_peft_model
+
+        model = get_peft_model(model, peft_config)
+    config.remove_unused_columns = False
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    return ListwiseTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
+                           data_collator=LeftPaddingCollator(pad), processing_class=tokenizer,
+                           score_tokens=tokens, pointwise_weight=args.pointwise_weight,
+                           docs_per_query=args.docs_per_query,
+                           teacher_weight=args.teacher_weight if teacher else 0.0)
 
 
 def train_and_save(trainer, tokenizer, output_dir: str, resume: bool) -> None:

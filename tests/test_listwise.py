@@ -1,0 +1,182 @@
+"""train/listwise.py: the listwise objective reads exactly what inference reads, its loss on
+hand-computed examples, and whole-query batches."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+
+pytest.importorskip("datasets")
+import listwise  # noqa: E402
+
+from erank_fast import Reranker  # noqa: E402
+from erank_fast.datasets import Candidate, Query  # noqa: E402
+from erank_fast.prompt import PromptBuilder  # noqa: E402
+from erank_fast.scoring import ScoreTokens  # noqa: E402
+
+DOCS = ["Vaccines train the immune system to recognise a virus.",
+        "The stock market closed higher today.",
+        "x",
+        "Measles vaccination is given in two doses, usually at 12 months and at 4 years."]
+
+
+def _rows(tokenizer, query: str, docs: list[str]):
+    tokens = ScoreTokens.from_tokenizer(tokenizer)
+    builder = PromptBuilder(tokenizer)
+    qrels = {"q": {f"d{i}": g for i, g in enumerate([2, 0, 0, 3])}}
+    q = Query("q", query, tuple(Candidate(f"d{i}", t, 0.0) for i, t in enumerate(docs)))
+    rows = listwise.listwise_examples([q], qrels, builder, tokens, docs_per_query=len(docs),
+                                      positives=len(docs))
+    return rows, tokens
+
+
+def test_expected_score_equals_the_rerankers(tiny_qwen3):
+    """Training optimises the score inference reports: the expected score from one left-padded
+    training batch equals Reranker(think="off", score_mode="expected") on the same weights."""
+    model, tok = tiny_qwen3
+    query = "how do vaccines work"
+    rows, tokens = _rows(tok, query, DOCS)
+    assert len(rows) == len(DOCS) and len({len(r["input_ids"]) for r in rows}) > 1
+    batch = listwise.LeftPaddingCollator(tok.pad_token_id)(rows)
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                       position_ids=batch["position_ids"], logits_to_keep=2).logits
+    log_dist = listwise.score_distribution(logits, tokens)
+    expected = (log_dist.exp() * listwise.SCORE_VALUES).sum(1)
+    reranker = Reranker.from_pretrained(model, tokenizer=tok, think="off", score_mode="expected",
+                                        backend="torch")
+    builder = PromptBuilder(tok)
+    score_of = {tuple(builder.prompt_ids(query, d, think_off=True) + [tokens.one]): s
+                for d, s in zip(DOCS, reranker.score(query, DOCS))}
+    want = [score_of[tuple(r["input_ids"])] for r in rows]
+    torch.testing.assert_close(expected, torch.tensor(want), atol=1e-4, rtol=1e-4)
+
+
+def test_score_distribution_rules():
+    """p(1) = P(1)(1 − q), p(10) = P(1)·q, digits 2..9 as read, in log space."""
+    tokens = ScoreTokens(digits=tuple(range(10)))
+    logits = torch.full((1, 2, 12), -1e4)
+    logits[0, 0, :3] = torch.log(torch.tensor([0.2, 0.5, 0.3]))
+    logits[0, 1, 0], logits[0, 1, 11] = math.log(0.4), math.log(0.6)
+    dist = listwise.score_distribution(logits, tokens).exp()[0]
+    want = torch.zeros(11)
+    want[0], want[1], want[2], want[10] = 0.2, 0.5 * 0.6, 0.3, 0.5 * 0.4
+    torch.testing.assert_close(dist, want, atol=1e-6, rtol=0)
+
+
+def _log_dist(expected: list[float]) -> torch.Tensor:
+    """Distributions putting all mass on two neighbouring scores, with the given means."""
+    rows = []
+    for e in expected:
+        lo = int(e)
+        p = torch.full((11,), 1e-12)
+        p[lo] += 1 - (e - lo)
+        if lo < 10:
+            p[lo + 1] += e - lo
+        rows.append(p / p.sum())
+    return torch.stack(rows).log()
+
+
+def test_listwise_loss_by_hand():
+    expected = [6.0, 2.0, 3.0, 9.0]
+    grades = torch.tensor([2, 0, 1, 3])
+    groups = torch.tensor([0, 0, 1, 1])  # pairs only within a group: (0 > 1) and (3 > 2)
+    loss, parts = listwise.listwise_loss(_log_dist(expected), grades, groups, pointwise_weight=0.0)
+    sp = lambda x: math.log1p(math.exp(-x))  # noqa: E731
+    want = (2 * sp(6.0 - 2.0) + 2 * sp(9.0 - 3.0)) / 4
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    assert parts["pairwise"] == pytest.approx(want, rel=1e-5)
+    # The pointwise term: cross-entropy of the grade-derived score (0→0, 1→4, 2→7, 3→10).
+    log_dist = _log_dist([7.0, 0.0, 4.0, 10.0])
+    _, parts = listwise.listwise_loss(log_dist, grades, groups, pointwise_weight=1.0)
+    assert parts["pointwise"] == pytest.approx(0.0, abs=1e-6)
+    # A group whose documents share one grade contributes nothing and does not divide by zero.
+    loss, _ = listwise.listwise_loss(_log_dist([1.0, 8.0]), torch.tensor([0, 0]),
+                                     torch.tensor([5, 5]), pointwise_weight=0.0)
+    assert loss.item() == 0.0
+
+
+def test_loss_gradient_orders_within_a_query():
+    """One gradient step on the expected scores moves the relevant document up."""
+    logits = torch.zeros(2, 11, requires_grad=True)
+    log_dist = torch.log_softmax(logits, 1)
+    loss, _ = listwise.listwise_loss(log_dist, torch.tensor([1, 0]), torch.tensor([0, 0]), 0.0)
+    loss.backward()
+    values = listwise.SCORE_VALUES
+    assert (logits.grad[0] * values).sum() < 0 < (logits.grad[1] * values).sum()
+
+
+def test_query_group_sampler_keeps_queries_whole():
+    groups = [0, 0, 0, 1, 1, 1, 2, 2, 2, 3, 3, 3]
+    sampler = listwise.QueryGroupSampler(groups, seed=1)
+    first, second = list(sampler), list(sampler)
+    for order in (first, second):
+        assert sorted(order) == list(range(12))
+        chunks = [order[i:i + 3] for i in range(0, 12, 3)]
+        assert all(len({groups[i] for i in c}) == 1 for c in chunks)
+    assert first != second  # a new group order each epoch
+
+
+def test_examples_skip_queries_without_pairs(qwen_tokenizer):
+    tokens = ScoreTokens.from_tokenizer(qwen_tokenizer)
+    builder = PromptBuilder(qwen_tokenizer)
+    docs = [Candidate(f"d{i}", f"text {i}", 0.0) for i in range(4)]
+    queries = [Query("all-irrelevant", "q one", docs), Query("mixed", "q two", docs),
+               Query("short", "q three", docs[:2])]
+    qrels = {"mixed": {"d1": 2}, "short": {"d0": 1}}
+    rows = listwise.listwise_examples(queries, qrels, builder, tokens, docs_per_query=4,
+                                      positives=2, rounds=2)
+    assert len(rows) == 8 and {r["group"] for r in rows} == {0, 1}
+    assert sorted(r["grade"] for r in rows[:4]) == [0, 0, 0, 2]
+    assert all(r["input_ids"][-1] == tokens.one for r in rows)
+
+
+def test_trainer_needs_one_query_per_batch(tiny_qwen3, tmp_path):
+    from datasets import Dataset
+    from transformers import TrainingArguments
+
+    model, tok = tiny_qwen3
+    rows, tokens = _rows(tok, "q", DOCS)
+    args = TrainingArguments(output_dir=str(tmp_path), per_device_train_batch_size=2,
+                             report_to=[], use_cpu=True)
+    with pytest.raises(ValueError, match="per_device_train_batch_size == docs_per_query"):
+        listwise.ListwiseTrainer(model=model, args=args, train_dataset=Dataset.from_list(rows),
+                                 data_collator=listwise.LeftPaddingCollator(0),
+                                 score_tokens=tokens, pointwise_weight=0.2, docs_per_query=4)
+
+
+def test_teacher_differences_add_to_pair_weights():
+    expected = [6.0, 2.0, 5.0]
+    grades = torch.tensor([1, 0, 0])
+    groups = torch.tensor([0, 0, 0])
+    teacher = torch.tensor([0.5, -1.0, 1.5])
+    loss, _ = listwise.listwise_loss(_log_dist(expected), grades, groups, 0.0, teacher, 2.0)
+    sp = lambda x: math.log1p(math.exp(-x))  # noqa: E731
+    # (i above j): grade difference + 2 × teacher difference, where positive.
+    w01, w02, w21, w20 = 1 + 2 * 1.5, 1, 2 * 2.5, 2 * 1.0
+    want = (w01 * sp(6 - 2) + w02 * sp(6 - 5) + w21 * sp(5 - 2) + w20 * sp(5 - 6)) / (
+        w01 + w02 + w21 + w20)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+
+
+def test_teacher_scores_are_normalised_per_query_and_must_cover_it(qwen_tokenizer):
+    tokens = ScoreTokens.from_tokenizer(qwen_tokenizer)
+    builder = PromptBuilder(qwen_tokenizer)
+    docs = tuple(Candidate(f"d{i}", f"text {i}", 0.0) for i in range(4))
+    q = Query("q", "a query", docs)
+    teacher = {("q", f"d{i}"): s for i, s in enumerate([-10.0, -20.0, -30.0, -40.0])}
+    rows = listwise.listwise_examples([q], {"q": {"d2": 1}}, builder, tokens, docs_per_query=4,
+                                      positives=1, teacher=teacher)
+    # z over all four candidates (population std), whichever documents were sampled.
+    assert sorted(r["teacher"] for r in rows) == pytest.approx(
+        [-1.3416408, -0.4472136, 0.4472136, 1.3416408])
+    del teacher[("q", "d3")]
+    with pytest.raises(ValueError, match="miss 1 of the 4 candidates of query q"):
+        listwise.listwise_examples([q], {"q": {"d2": 1}}, builder, tokens, docs_per_query=4,
+                                   positives=1, teacher=teacher)

@@ -1,0 +1,194 @@
+"""Listwise fine-tuning on the score distribution (``train/sft.py --objective listwise``).
+
+Pointwise next-token loss on grade-derived targets can be lowered without ranking anything
+within a query (predicting each query's share of relevant documents is enough), and nDCG only
+sees the order within a query. This objective trains what inference reads instead:
+
+- each example is a think-off prompt exactly as the engine builds it, followed by a
+  teacher-forced "1", so one forward gives the two distributions the engine reads: the digits
+  at the answer position and P("0" | "1") one position later (``erank_fast.scoring``);
+- from them, the 0..10 distribution p(s) and the expected score E = Σ s·p(s), the "expected"
+  rank score of inference, computed the same way;
+- the loss is a pairwise logistic (RankNet) loss on E over the documents of one query, each
+  pair weighted by its grade difference, plus ``pointwise_weight`` × the cross-entropy of the
+  grade-derived score under p(s), which keeps answers readable and the scale anchored;
+- optionally, teacher scores for every candidate (``train/query_likelihood.py``), z-normalised
+  within each query over all its candidates, add ``teacher_weight`` × their difference to each
+  pair's weight: a dense signal on the many unjudged and same-grade pairs.
+
+Batches hold whole queries: ``QueryGroupSampler`` yields each query's documents together, and
+the per-device batch size must equal ``docs_per_query``. Only the last two positions of each
+row go through the vocabulary projection (``logits_to_keep``), with left padding.
+"""
+
+from __future__ import annotations
+
+import random
+
+import data as train_data
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Sampler
+from transformers import Trainer
+
+from erank_fast.prompt import PromptBuilder
+from erank_fast.scoring import ScoreTokens
+
+SCORE_VALUES = torch.arange(11, dtype=torch.float32)
+
+
+def listwise_examples(queries, qrels, builder: PromptBuilder, tokens: ScoreTokens, *,
+                      docs_per_query: int, positives: int, rounds: int = 1, seed: int = 0,
+                      instruction: str | None = None,
+                      teacher: dict[tuple[str, str], float] | None = None) -> list[dict]:
+    """Rows {"input_ids", "group", "grade", "teacher"}, ``docs_per_query`` consecutive rows per
+    group; "teacher" is the query-normalised teacher score (0 without a teacher).
+
+    Each round draws a fresh sample of documents per query (``train/data.py`` sampling). Queries
+    with fewer candidates than ``docs_per_query``, or without both a relevant and an irrelevant
+    document among them, give no pairs and are left out."""
+    rng = random.Random(seed)
+    rows, group = [], 0
+    normalised = {q.qid: teacher_zscores(q, teacher) for q in queries} if teacher else {}
+    for _ in range(rounds):
+        for q in queries:
+            picks = train_data.pick_documents(q, qrels.get(q.qid, {}), docs_per_query, positives,
+                                              rng)
+            grades = {p.grade > 0 for p in picks}
+            if len(picks) != docs_per_query or grades != {True, False}:
+                continue
+            z = normalised.get(q.qid, {})
+            for p in picks:
+                ids = builder.prompt_ids(q.text, p.text, instruction, think_off=True)
+                rows.append({"input_ids": ids + [tokens.one], "group": group, "grade": p.grade,
+                             "teacher": z.get(p.docid, 0.0)})
+            group += 1
+    return rows
+
+
+def teacher_zscores(query, teacher: dict[tuple[str, str], float]) -> dict[str, float]:
+    """Teacher scores of all the query's candidates, z-normalised (population std)."""
+    missing = [c.docid for c in query.candidates if (query.qid, c.docid) not in teacher]
+    if missing:
+        raise ValueError(f"teacher scores miss {len(missing)} of the {len(query.candidates)} "
+                         f"candidates of query {query.qid} (e.g. {missing[0]}); score them all")
+    scores = torch.tensor([teacher[(query.qid, c.docid)] for c in query.candidates],
+                          dtype=torch.float64)
+    z = (scores - scores.mean()) / scores.std(unbiased=False).clamp(min=1e-12)
+    return {c.docid: float(v) for c, v in zip(query.candidates, z)}
+
+
+def score_distribution(logits: torch.Tensor, tokens: ScoreTokens) -> torch.Tensor:
+    """log p(s), s = 0..10, from logits [B, 2, V] at the answer position and after a forced "1"
+    (the rules of ``erank_fast.scoring.distribution``, in log space and differentiable)."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    digits = logp[:, 0, list(tokens.digits)]
+    log_q = logp[:, 1, tokens.digits[0]]
+    log_not_q = torch.log1p(-log_q.exp().clamp(max=1 - 1e-7))
+    one = digits[:, 1]
+    return torch.cat([digits[:, :1], (one + log_not_q)[:, None], digits[:, 2:],
+                      (one + log_q)[:, None]], dim=1)
+
+
+def listwise_loss(log_dist: torch.Tensor, grades: torch.Tensor, groups: torch.Tensor,
+                  pointwise_weight: float, teacher: torch.Tensor | None = None,
+                  teacher_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Pairwise logistic loss on the expected score within each group, pair (i above j)
+    weighted by max(grade_i − grade_j, 0) + teacher_weight · max(t_i − t_j, 0), plus
+    ``pointwise_weight`` × cross-entropy of the grade-derived target."""
+    expected = (log_dist.exp() * SCORE_VALUES.to(log_dist.device)).sum(dim=1)
+    diff = expected[:, None] - expected[None, :]
+    weight = (grades[:, None] - grades[None, :]).clamp(min=0).float()
+    if teacher is not None and teacher_weight:
+        t = teacher.float()
+        weight = weight + teacher_weight * (t[:, None] - t[None, :]).clamp(min=0)
+    weight = weight * (groups[:, None] == groups[None, :])
+    pairwise = (weight * F.softplus(-diff)).sum() / weight.sum().clamp(min=1.0)
+    targets = torch.tensor([train_data.GRADE_TO_SCORE[min(int(g), 3)] for g in grades],
+                           device=log_dist.device)
+    pointwise = -log_dist.gather(1, targets[:, None]).squeeze(1).mean()
+    loss = pairwise + pointwise_weight * pointwise
+    return loss, {"pairwise": float(pairwise.detach()), "pointwise": float(pointwise.detach())}
+
+
+class QueryGroupSampler(Sampler):
+    """Indices group by group (groups in a seeded random order, a new one each epoch)."""
+
+    def __init__(self, groups: list[int], seed: int = 0):
+        self.members: dict[int, list[int]] = {}
+        for i, g in enumerate(groups):
+            self.members.setdefault(g, []).append(i)
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self.members.values())
+
+    def __iter__(self):
+        order = list(self.members)
+        random.Random(self.seed + self.epoch).shuffle(order)
+        self.epoch += 1
+        for g in order:
+            yield from self.members[g]
+
+
+class LeftPaddingCollator:
+    """Left-pads input_ids so every row ends at its answer position + the forced "1"."""
+
+    def __init__(self, pad_id: int):
+        self.pad_id = pad_id
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            n = len(r["input_ids"])
+            ids[i, width - n:] = torch.tensor(r["input_ids"])
+            mask[i, width - n:] = 1
+        return {"input_ids": ids, "attention_mask": mask,
+                "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
+                "grade": torch.tensor([r["grade"] for r in rows]),
+                "group": torch.tensor([r["group"] for r in rows]),
+                "teacher": torch.tensor([float(r.get("teacher", 0.0)) for r in rows])}
+
+
+class ListwiseTrainer(Trainer):
+    """A ``transformers.Trainer`` with the listwise loss and whole-query batches."""
+
+    def __init__(self, *args, score_tokens: ScoreTokens, pointwise_weight: float,
+                 docs_per_query: int, teacher_weight: float = 0.0, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.args.per_device_train_batch_size != docs_per_query:
+            raise ValueError(
+                f"--objective listwise needs per_device_train_batch_size == docs_per_query "
+                f"(one query per batch), got {self.args.per_device_train_batch_size} and "
+                f"{docs_per_query}; raise gradient_accumulation_steps for more queries per step")
+        self.score_tokens = score_tokens
+        self.pointwise_weight = pointwise_weight
+        self.teacher_weight = teacher_weight
+        self._part_sums: dict[str, float] = {}
+        self._part_count = 0
+
+    def _get_train_sampler(self, train_dataset=None):
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        return QueryGroupSampler(list(dataset["group"]), seed=self.args.seed)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        grades, groups, teacher = inputs.pop("grade"), inputs.pop("group"), inputs.pop("teacher")
+        outputs = model(**inputs, logits_to_keep=2, use_cache=False)
+        log_dist = score_distribution(outputs.logits, self.score_tokens)
+        loss, parts = listwise_loss(log_dist, grades, groups, self.pointwise_weight, teacher,
+                                    self.teacher_weight)
+        if model.training:
+            for k, v in parts.items():
+                self._part_sums[k] = self._part_sums.get(k, 0.0) + v
+            self._part_count += 1
+        return (loss, outputs) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Adds the two loss terms, averaged over the batches since the last log."""
+        if "loss" in logs and self._part_count:
+            logs = {**logs, **{f"loss_{k}": round(v / self._part_count, 4)
+                               for k, v in self._part_sums.items()}}
+            self._part_sums, self._part_count = {}, 0
+        super().log(logs, *args, **kwargs)

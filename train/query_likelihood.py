@@ -1,0 +1,112 @@
+"""Teacher scores from query likelihood: log P(query | passage) under a causal LM.
+
+    python train/query_likelihood.py --model smollm2-135m-instruct \\
+        --data ../shared/data/dl21-bm25-top100.jsonl --out runs/dl21-qlm.jsonl
+
+A language model that cannot yet write a useful 0..10 relevance score often still knows which
+passage makes a query likely (unsupervised passage re-ranking, "UPR": the passage is given, and
+the model reads the query after "Please write a question based on this passage."). These scores
+are a dense teacher for ``train/sft.py --objective listwise --teacher_scores FILE``: every
+candidate of every training query gets one, judged or not.
+
+Output: JSONL ``{"qid", "docid", "score"}`` with ``score`` the summed log-probability of the
+query's tokens. Resumable: queries already complete in ``--out`` are skipped, so an interrupted run
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+PASSAGE_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
+
+
+def query_loglikelihoods(model, tokenizer, query: str, passages: list[str], *,
+                         max_passage_tokens: int = 256, batch_size: int = 25) -> list[float]:
+    """Summed log P(query tokens | prompt with the passage), one per passage (left-padded
+    batches; only the query's positions go through the vocabulary projection)."""
+    import torch
+
+    if not query.strip():
+        raise ValueError("empty query: there is nothing to score the likelihood of")
+    query_ids = tokenizer.encode(" " + query.strip(), add_special_tokens=False)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(model.parameters()).device
+    scores: list[float] = []
+    for start in range(0, len(passages), batch_size):
+        rows = []
+        for text in passages[start:start + batch_size]:
+            ids = tokenizer.encode(text, add_special_tokens=False)[:max_passage_tokens]
+            prompt = PASSAGE_PROMPT.format(passage=tokenizer.decode(ids))
+            rows.append(tokenizer.encode(prompt, add_special_tokens=False) + query_ids)
+        width = max(len(r) for r in rows)
+        ids = torch.full((len(rows), width), pad, dtype=torch.long)
+        mask = torch.zeros_like(ids)
+        for i, r in enumerate(rows):
+            ids[i, width - len(r):] = torch.tensor(r)
+            mask[i, width - len(r):] = 1
+        with torch.no_grad():
+            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
+                           position_ids=(mask.cumsum(1) - 1).clamp(min=0).to(device),
+                           logits_to_keep=len(query_ids) + 1).logits[:, :-1].float()
+        target = torch.tensor(query_ids, device=device)[None, :, None].expand(len(rows), -1, 1)
+        scores += torch.log_softmax(logits, -1).gather(2, target)[..., 0].sum(1).tolist()
+    return scores
+
+
+def read_scores(path: str | Path) -> dict[tuple[str, str], float]:
+    """{(qid, docid): score} from a file this script wrote."""
+    out = {}
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                row = json.loads(line)
+                out[(str(row["qid"]), str(row["docid"]))] = float(row["score"])
+    return out
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--data", required=True, help="reranking JSONL (qid, query, candidates)")
+    parser.add_argument("--out", required=True, help="JSONL of {qid, docid, score}")
+    parser.add_argument("--depth", type=int, default=None, help="score the top K candidates")
+    parser.add_argument("--max-queries", type=int, default=None)
+    parser.add_argument("--max-passage-tokens", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=25)
+    args = parser.parse_args(argv)
+
+    from sft import load_model
+    from tqdm.auto import tqdm
+
+    from erank_fast.datasets import read_jsonl
+
+    queries = read_jsonl(args.data, depth=args.depth)[: args.max_queries]
+    counts: dict[str, int] = {}
+    if Path(args.out).is_file():
+        for qid, _ in read_scores(args.out):
+            counts[qid] = counts.get(qid, 0) + 1
+    # A query cut off mid-write is scored again (read_scores keeps one score per document).
+    todo = [q for q in queries if counts.get(q.qid, 0) < len(q.candidates)]
+    if not todo:
+        print(f"{args.out}: all {len(queries)} queries already scored")
+        return
+    model, tokenizer = load_model(args.model)
+    model.eval()
+    with open(args.out, "a", encoding="utf-8") as out:
+        for q in tqdm(todo, desc="query likelihood", unit="query"):
+            scores = query_loglikelihoods(model, tokenizer, q.text, [c.text for c in q.candidates],
+                                          max_passage_tokens=args.max_passage_tokens,
+                                          batch_size=args.batch_size)
+            out.writelines(json.dumps({"qid": q.qid, "docid": c.docid, "score": s}) + "\n"
+                           for c, s in zip(q.candidates, scores))
+            out.flush()
+
+
+if __name__ == "__main__":
+    main()
