@@ -104,10 +104,16 @@ def rl_groups(queries: list[Query], qrels, *, docs_per_query: int = 8, positives
 
 def read_teacher(path: str | Path) -> dict[tuple[str, str], str]:
     """Teacher outputs written by distill.py: JSONL {"qid", "docid", "output", ...}."""
+    return read_per_document(path, "output")
+
+
+def read_per_document(path: str | Path, key: str) -> dict:
+    """{(qid, docid): row[key]} from JSONL rows {"qid", "docid", key, ...} (the last row of a
+    pair wins)."""
     out = {}
     with open(path, encoding="utf-8") as f:
         for line in f:
             if line.strip():
                 row = json.loads(line)
-                out[(str(row["qid"]), str(row["docid"]))] = row["output"]
+                out[(str(row["qid"]), str(row["docid"]))] = row[key]
     return out

@@ -61,13 +61,9 @@ def query_loglikelihoods(model, tokenizer, query: str, passages: list[str], *,
 
 def read_scores(path: str | Path) -> dict[tuple[str, str], float]:
     """{(qid, docid): score} from a file this script wrote."""
-    out = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                out[(str(row["qid"]), str(row["docid"]))] = float(row["score"])
-    return out
+    from data import read_per_document
+
+    return {k: float(v) for k, v in read_per_document(path, "score").items()}
 
 
 def main(argv=None) -> None:
