@@ -59,19 +59,25 @@ def _data_args(data_dir):
             "--qrels", str(data_dir / "dl21-bm25-top100.qrels")]
 
 
+def _train_then_resume(out: Path, common: list[str]) -> list[dict]:
+    """sft.py for 2 steps (checkpoint at 2), then resumed to step 3; the logged steps."""
+    _launch("sft.py", *common, "--max_steps", "2")
+    assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
+    _launch("sft.py", *common, "--max_steps", "3", "--resume", "true")
+    assert (out / "checkpoint-3").is_dir()
+    steps = [h for h in _log_history(out) if "loss" in h]
+    assert steps and steps[-1]["step"] == 3
+    return steps
+
+
 def test_sft_zero2_checkpoint_and_resume(tiny_dir, data_dir, tmp_path):
     out = tmp_path / "sft"
     common = ["--config", "train/configs/sft.yaml", "--model", str(tiny_dir), *_data_args(data_dir),
               "--max_queries", "2", "--docs_per_query", "4", "--output_dir", str(out),
               "--per_device_train_batch_size", "2", "--gradient_accumulation_steps", "1",
               "--save_steps", "2", "--logging_steps", "1"]
-    _launch("sft.py", *common, "--max_steps", "2")
-    assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
-    _launch("sft.py", *common, "--max_steps", "3", "--resume", "true")
-    history = _log_history(out)
-    losses = [h["loss"] for h in history if "loss" in h]
-    assert (out / "checkpoint-3").is_dir() and history[-1]["step"] == 3
-    assert losses and all(math.isfinite(x) for x in losses)
+    steps = _train_then_resume(out, common)
+    assert all(math.isfinite(h["loss"]) for h in steps)
 
 
 def test_sft_zero3(tiny_dir, data_dir, tmp_path):
@@ -94,11 +100,7 @@ def test_sft_listwise_zero2_checkpoint_and_resume(tiny_dir, data_dir, tmp_path):
               "--docs_per_query", "4", "--positives", "2", "--output_dir", str(out),
               "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
               "--save_steps", "2", "--logging_steps", "1"]
-    _launch("sft.py", *common, "--max_steps", "2")
-    assert (out / "checkpoint-2").is_dir() and (out / "adapter_model.safetensors").is_file()
-    _launch("sft.py", *common, "--max_steps", "3", "--resume", "true")
-    steps = [h for h in _log_history(out) if "loss" in h]
-    assert steps[-1]["step"] == 3
+    steps = _train_then_resume(out, common)
     assert all(math.isfinite(h["loss_pairwise"]) and math.isfinite(h["loss_pointwise"])
                for h in steps)
 

@@ -117,3 +117,18 @@ def read_per_document(path: str | Path, key: str) -> dict:
                 row = json.loads(line)
                 out[(str(row["qid"]), str(row["docid"]))] = row[key]
     return out
+
+
+def left_pad(sequences: list[list[int]], pad_id: int) -> dict:
+    """Token id lists as one left-padded batch {"input_ids", "attention_mask", "position_ids"}:
+    every row ends at its last token, so the last positions line up across rows."""
+    import torch
+
+    width = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, s in enumerate(sequences):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    return {"input_ids": ids, "attention_mask": mask,
+            "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}

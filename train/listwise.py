@@ -138,15 +138,7 @@ class LeftPaddingCollator:
         self.pad_id = pad_id
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
-        mask = torch.zeros((len(rows), width), dtype=torch.long)
-        for i, r in enumerate(rows):
-            n = len(r["input_ids"])
-            ids[i, width - n:] = torch.tensor(r["input_ids"])
-            mask[i, width - n:] = 1
-        return {"input_ids": ids, "attention_mask": mask,
-                "position_ids": (mask.cumsum(1) - 1).clamp(min=0),
+        return {**train_data.left_pad([r["input_ids"] for r in rows], self.pad_id),
                 "grade": torch.tensor([r["grade"] for r in rows]),
                 "group": torch.tensor([r["group"] for r in rows]),
                 "teacher": torch.tensor([float(r.get("teacher", 0.0)) for r in rows])}

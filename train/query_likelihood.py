@@ -31,6 +31,7 @@ def query_loglikelihoods(model, tokenizer, query: str, passages: list[str], *,
     """Summed log P(query tokens | prompt with the passage), one per passage (left-padded
     batches; only the query's positions go through the vocabulary projection)."""
     import torch
+    from data import left_pad
 
     if not query.strip():
         raise ValueError("empty query: there is nothing to score the likelihood of")
@@ -44,16 +45,9 @@ def query_loglikelihoods(model, tokenizer, query: str, passages: list[str], *,
             ids = tokenizer.encode(text, add_special_tokens=False)[:max_passage_tokens]
             prompt = PASSAGE_PROMPT.format(passage=tokenizer.decode(ids))
             rows.append(tokenizer.encode(prompt, add_special_tokens=False) + query_ids)
-        width = max(len(r) for r in rows)
-        ids = torch.full((len(rows), width), pad, dtype=torch.long)
-        mask = torch.zeros_like(ids)
-        for i, r in enumerate(rows):
-            ids[i, width - len(r):] = torch.tensor(r)
-            mask[i, width - len(r):] = 1
+        batch = {k: v.to(device) for k, v in left_pad(rows, pad).items()}
         with torch.no_grad():
-            logits = model(input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=(mask.cumsum(1) - 1).clamp(min=0).to(device),
-                           logits_to_keep=len(query_ids) + 1).logits[:, :-1].float()
+            logits = model(**batch, logits_to_keep=len(query_ids) + 1).logits[:, :-1].float()
         target = torch.tensor(query_ids, device=device)[None, :, None].expand(len(rows), -1, 1)
         scores += torch.log_softmax(logits, -1).gather(2, target)[..., 0].sum(1).tolist()
     return scores
