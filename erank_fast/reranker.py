@@ -146,18 +146,21 @@ class Reranker:
         return out
 
     def sample(self, prompts: Sequence[Sequence[int]], *, n: int = 1, temperature: float = 1.0,
-               top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 256, seed: int = 0
-               ) -> list[list[Sample]]:
+               top_p: float = 1.0, top_k: int = 0, max_new_tokens: int = 256, seed: int = 0,
+               first_token_ids: Sequence[int] | None = None) -> list[list[Sample]]:
         """``n`` sampled completions per prompt (token ids), for RL rollouts. The n samples of a
         prompt share its prefill; each has its own generator seeded from (seed, prompt, sample),
         so results do not depend on batching. Each Sample has prompt_ids, completion_ids (ending
         with end-of-sequence when the model stopped) and the log-probability of every sampled
-        token under the full temperature-scaled distribution."""
+        token under the full temperature-scaled distribution. ``first_token_ids`` restricts
+        the first sampled token to those ids (e.g. the score digits after ``<answer>``)."""
         if not isinstance(self.backend, Engine):
             raise ValueError("sampling runs on the erank_fast engine: use backend 'auto', "
                              "'torch' or 'triton'")
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
-                                max_new_tokens=max_new_tokens, seed=seed)
+                                max_new_tokens=max_new_tokens, seed=seed,
+                                first_token_ids=None if first_token_ids is None
+                                else tuple(first_token_ids))
         prompts = [list(p) for p in prompts]
         for i, p in enumerate(prompts):
             if not p or not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in p):

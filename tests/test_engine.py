@@ -97,6 +97,31 @@ def test_sample_logprobs_equal_the_models_log_softmax(tiny_qwen3):
         torch.testing.assert_close(torch.tensor(s.logprobs), want, atol=1e-5, rtol=1e-5)
 
 
+def test_first_token_restricted_to_given_ids(tiny_qwen3):
+    """first_token_ids: the first token comes from the set (the rest is free), and every
+    log-probability is still the model's over the whole vocabulary."""
+    model, tok = tiny_qwen3
+    rr = Reranker.from_pretrained(model, tokenizer=tok)
+    prompt = tok.encode("Score: <answer>")
+    allowed = tuple(tok.encode(str(d), add_special_tokens=False)[0] for d in range(10))
+    (samples,) = rr.sample([prompt], n=8, temperature=1.0, max_new_tokens=3, seed=5,
+                           first_token_ids=allowed)
+    assert all(s.completion_ids[0] in allowed for s in samples)
+    assert len({s.completion_ids[0] for s in samples}) > 1
+    for s in samples:
+        with torch.no_grad():
+            logits = model(torch.tensor([s.prompt_ids + s.completion_ids])).logits[0].float()
+        want = torch.log_softmax(logits[len(prompt) - 1 : -1], -1)
+        want = want.gather(1, torch.tensor(s.completion_ids)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(s.logprobs), want, atol=1e-5, rtol=1e-5)
+    (greedy,) = rr.sample([prompt], temperature=0, max_new_tokens=1, first_token_ids=allowed)
+    with torch.no_grad():
+        last = model(torch.tensor([prompt])).logits[0, -1]
+    assert greedy[0].completion_ids == [max(allowed, key=lambda i: last[i].item())]
+    with pytest.raises(ValueError, match="first_token_ids"):
+        rr.sample([prompt], first_token_ids=())
+
+
 def test_sampling_rejects_bad_arguments(tiny_qwen3):
     model, tok = tiny_qwen3
     rr = Reranker.from_pretrained(model, tokenizer=tok)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,3 +49,51 @@ def test_reward_call_needs_whole_queries():
     with pytest.raises(RuntimeError, match="query q: 3 rollouts"):
         reward(None, completions[:3], qid=["q"] * 3, relevant=[True, True, False],
                reference=[8.0, 8.0, 1.0])
+
+
+def test_rollout_on_a_live_lora_policy(tiny_qwen3):
+    """A trainable adapter: rollouts see base + LoRA (merged for the call), and the base
+    weights are as before afterwards."""
+    peft = pytest.importorskip("peft")
+    model, tok = tiny_qwen3
+    policy = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules="all-linear", init_lora_weights=False))
+    before = {k: v.clone() for k, v in policy.state_dict().items()}
+    rollout = rl.make_rollout(tok, max_new_tokens=4, temperature=1.0, top_p=1.0, top_k=0)
+    out = rollout(["a prompt about lora", "a prompt about lora"], _fake_trainer(policy))
+    for p, c, lp in zip(out["prompt_ids"], out["completion_ids"], out["logprobs"]):
+        with torch.no_grad():
+            logits = policy(input_ids=torch.tensor([p + c])).logits[0, len(p) - 1 : -1].float()
+            base = model(torch.tensor([p + c])).logits[0, len(p) - 1 : -1].float()
+        want = torch.log_softmax(logits, -1).gather(1, torch.tensor(c)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(lp), want, atol=1e-4, rtol=0)
+        assert not torch.allclose(logits, base, atol=1e-3)  # the adapter does change the policy
+    for k, v in policy.state_dict().items():
+        torch.testing.assert_close(v, before[k], atol=1e-6, rtol=0)
+
+
+def test_engine_refuses_an_unmerged_adapter(tiny_qwen3):
+    peft = pytest.importorskip("peft")
+    from erank_fast.models.loading import decoder_from_hf_model
+
+    model, _ = tiny_qwen3
+    policy = peft.get_peft_model(copy.deepcopy(model), peft.LoraConfig(
+        r=2, target_modules=["q_proj"], init_lora_weights=False))
+    with pytest.raises(ValueError, match="not merged"):
+        decoder_from_hf_model(policy)
+    with rl.merged_adapters(policy):
+        decoder_from_hf_model(policy)  # merged: readable
+
+
+def test_think_off_completions_continue_the_answer_tag():
+    reward = rl.make_listwise_reward(RewardConfig(), docs_per_query=2, generations=2,
+                                     think="off")
+    completions = ["9</", "10", "2</answer>", "</answer>"]  # the last writes no score
+    got = reward(None, completions, qid=["q"] * 4, relevant=[True, True, False, False],
+                 reference=[8.0, 8.0, 1.0, 1.0])
+    assert got == pytest.approx([0.5, 1.0, 0.5 * (1 - 0.01), -1.0])
+    # Read as think-off inference reads the answer position: one digit, or "10".
+    assert rl.answer_text("7</answer>", off=True) == "<answer>7"
+    assert rl.answer_text("73", off=True) == "<answer>7"
+    assert rl.answer_text("12", off=True) == "<answer>1"
+    assert rl.answer_text("<answer>7</answer>", off=False) == "<answer>7</answer>"

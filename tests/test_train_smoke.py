@@ -14,6 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import make_tiny_model
 
@@ -117,3 +118,29 @@ def test_rl_zero2_rollouts_on_the_engine(tiny_dir, data_dir, tmp_path):
     steps = [h for h in history if "loss" in h]
     assert len(steps) == 2 and all(math.isfinite(h["loss"]) for h in steps)
     assert all("unparseable_fraction" in h and "kl" in h for h in steps)
+
+
+def test_rl_think_off_keeps_training_an_adapter(tiny_dir, data_dir, tmp_path):
+    """--think off --adapter A --train_adapter true: rollouts are scores drawn from the digits,
+    the adapter itself is trained (KL against it as loaded) and saved as an adapter again."""
+    import peft
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), peft.LoraConfig(
+        r=2, lora_alpha=4, target_modules="all-linear")).save_pretrained(adapter)
+    out = tmp_path / "rl-off"
+    _launch("rl.py", "--config", "train/configs/rl.yaml", "--model", str(tiny_dir),
+            *_data_args(data_dir), "--adapter", str(adapter), "--train_adapter", "true",
+            "--think", "off", "--max_queries", "1", "--docs_per_query", "4",
+            "--num_generations", "2", "--per_device_train_batch_size", "8",
+            "--gradient_accumulation_steps", "1", "--max_completion_length", "2",
+            "--learning_rate", "1e-2", "--max_steps", "1", "--save_steps", "1",
+            "--logging_steps", "1", "--output_dir", str(out))
+    steps = [h for h in _log_history(out) if "loss" in h]
+    assert steps and all(h["unparseable_fraction"] == 0 for h in steps)
+    before = load_file(adapter / "adapter_model.safetensors")
+    after = load_file(out / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)

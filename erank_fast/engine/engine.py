@@ -330,7 +330,8 @@ class Engine:
         for params, items in by_params.items():
             rows = hidden[self._tensor([r for _, r in items])]
             tokens, logprobs = sample_rows(rows, self.decoder.lm_head_weight, params,
-                                           [d.sampler.generator for d, _ in items])
+                                           [d.sampler.generator for d, _ in items],
+                                           [not d.generated for d, _ in items])
             for (d, _), token, logprob in zip(items, tokens, logprobs):
                 d.generated.append(token)
                 d.logprobs.append(logprob)

@@ -16,7 +16,10 @@ ROW_CHUNK = 8
 
 @dataclass(frozen=True)
 class SamplingParams:
-    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters."""
+    """temperature 0 means greedy; top_k 0 and top_p 1.0 disable those filters.
+    ``first_token_ids``: if given, the first generated token is drawn from these ids only
+    (e.g. the score digits after ``<answer>``), the filters applying within them; its
+    reported log-probability is still the policy's over the whole vocabulary."""
 
     n: int = 1
     temperature: float = 1.0
@@ -24,8 +27,15 @@ class SamplingParams:
     top_k: int = 0
     max_new_tokens: int = 256
     seed: int = 0
+    first_token_ids: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
+        if self.first_token_ids is not None:
+            ids = self.first_token_ids
+            if (not isinstance(ids, tuple) or not ids
+                    or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids)):
+                raise ValueError(
+                    f"first_token_ids must be a non-empty tuple of token ids, got {ids!r}")
         if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
             raise ValueError(f"n must be a positive int, got {self.n!r}")
         if not self.temperature >= 0:
@@ -44,8 +54,10 @@ class SamplingParams:
 
 
 def sample_rows(hidden: torch.Tensor, weight: torch.Tensor, params: SamplingParams,
-                generators: list[torch.Generator]) -> tuple[list[int], list[float]]:
+                generators: list[torch.Generator], first: list[bool] | None = None
+                ) -> tuple[list[int], list[float]]:
     """hidden [R, H] final hidden states, weight [V, H] lm_head -> (token ids, log-probs).
+    ``first[r]``: row r draws its sample's first token (``params.first_token_ids`` apply).
 
     The log-probability is that of the sampled token under log_softmax(logits / temperature)
     over the whole vocabulary (greedy: temperature 1), i.e. the policy's own distribution
@@ -56,11 +68,22 @@ def sample_rows(hidden: torch.Tensor, weight: torch.Tensor, params: SamplingPara
         scaled = logits / params.temperature if params.temperature > 0 else logits
         full = torch.log_softmax(scaled, dim=-1)
         for i in range(logits.shape[0]):
-            token = (_draw(full[i], params, generators[r0 + i]) if params.temperature > 0
-                     else int(logits[i].argmax()))
+            allowed = params.first_token_ids if first is not None and first[r0 + i] else None
+            token = _token(full[i], logits[i], params, generators[r0 + i], allowed)
             tokens.append(token)
             logprobs.append(float(full[i, token]))
     return tokens, logprobs
+
+
+def _token(logprobs: torch.Tensor, logits: torch.Tensor, params: SamplingParams,
+           generator: torch.Generator, allowed: tuple[int, ...] | None) -> int:
+    if allowed is None:
+        return (_draw(logprobs, params, generator) if params.temperature > 0
+                else int(logits.argmax()))
+    ids = torch.tensor(allowed, device=logprobs.device)
+    if params.temperature == 0:
+        return allowed[int(logits[ids].argmax())]
+    return allowed[_draw(torch.log_softmax(logprobs[ids], -1), params, generator)]
 
 
 def _draw(logprobs: torch.Tensor, params: SamplingParams, generator: torch.Generator) -> int:

@@ -137,8 +137,22 @@ def load_decoder(path: Path, dtype: torch.dtype, device: torch.device) -> Decode
 
 def decoder_from_hf_model(model: torch.nn.Module) -> Decoder:
     """Decoder over the parameters of an in-memory transformers model, without copying them:
-    updates to the transformers model (e.g. by an optimizer) are seen by the decoder."""
+    updates to the transformers model (e.g. by an optimizer) are seen by the decoder.
+
+    A peft model (or a transformers model with peft LoRA layers in it) is read through its
+    wrappers, so its LoRA adapters must be merged into the base weights first
+    (``model.merge_adapter()``, undone by ``model.unmerge_adapter()``)."""
+    if hasattr(model, "get_base_model"):
+        model = model.get_base_model()
+    unmerged = [name for name, m in model.named_modules()
+                if hasattr(m, "base_layer") and getattr(m, "active_adapters", None)
+                and not getattr(m, "merged", True)]
+    if unmerged:
+        raise ValueError(
+            f"{len(unmerged)} LoRA layers (e.g. {unmerged[0]}) are not merged into their base "
+            "weights: call model.merge_adapter() before building a decoder over the model")
     config = DecoderConfig.from_hf(model.config)
-    state = dict(model.state_dict(keep_vars=True))
+    state = {key.replace(".base_layer.", "."): value
+             for key, value in model.state_dict(keep_vars=True).items() if ".lora_" not in key}
     device = next(model.parameters()).device
     return _build(config, state, device)
