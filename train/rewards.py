@@ -13,6 +13,12 @@ first; tied scores share the smallest rank. Then, per rollout:
 r_nDCG: as r_RR, but relevant rollouts earn ``positive_scale * (1 / log2(rank + 1)) / IDCG``,
 with IDCG over as many relevant rollouts as there are. r_SE (pointwise): every parseable
 rollout earns ``1 - ((s - t) / 10) ** 2`` against its reference (teacher) score.
+
+A trap to know: when every rollout of a query writes the same score, all tie at rank 1, so
+positives earn the most and negatives the penalty, and no document's rollouts differ in reward:
+GRPO's advantages vanish and nothing pulls the policy out. A peaked policy (e.g. think-off
+answers) reaches that state within a few steps at a high learning rate; watch
+``frac_reward_zero_std`` and the entropy (train/RESULTS.md, the RL runs).
 """
 
 from __future__ import annotations
