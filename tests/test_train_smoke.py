@@ -122,7 +122,8 @@ def test_rl_zero2_rollouts_on_the_engine(tiny_dir, data_dir, tmp_path):
 
 def test_rl_think_off_keeps_training_an_adapter(tiny_dir, data_dir, tmp_path):
     """--think off --adapter A --train_adapter true: rollouts are scores drawn from the digits,
-    the adapter itself is trained (KL against it as loaded) and saved as an adapter again."""
+    the adapter itself is trained (KL against it as loaded) and saved as an adapter again; a
+    resumed run continues from the checkpoint."""
     import peft
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
@@ -131,15 +132,19 @@ def test_rl_think_off_keeps_training_an_adapter(tiny_dir, data_dir, tmp_path):
     peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), peft.LoraConfig(
         r=2, lora_alpha=4, target_modules="all-linear")).save_pretrained(adapter)
     out = tmp_path / "rl-off"
-    _launch("rl.py", "--config", "train/configs/rl.yaml", "--model", str(tiny_dir),
-            *_data_args(data_dir), "--adapter", str(adapter), "--train_adapter", "true",
-            "--think", "off", "--max_queries", "1", "--docs_per_query", "4",
-            "--num_generations", "2", "--per_device_train_batch_size", "8",
-            "--gradient_accumulation_steps", "1", "--max_completion_length", "2",
-            "--learning_rate", "1e-2", "--max_steps", "1", "--save_steps", "1",
-            "--logging_steps", "1", "--output_dir", str(out))
+    common = ["--config", "train/configs/rl.yaml", "--model", str(tiny_dir),
+              *_data_args(data_dir), "--adapter", str(adapter), "--train_adapter", "true",
+              "--think", "off", "--max_queries", "2", "--docs_per_query", "4",
+              "--num_generations", "2", "--per_device_train_batch_size", "8",
+              "--gradient_accumulation_steps", "1", "--max_completion_length", "2",
+              "--learning_rate", "1e-2", "--save_steps", "1", "--logging_steps", "1",
+              "--output_dir", str(out)]
+    _launch("rl.py", *common, "--max_steps", "1")
+    assert (out / "checkpoint-1").is_dir()
+    _launch("rl.py", *common, "--max_steps", "2", "--resume", "true")
     steps = [h for h in _log_history(out) if "loss" in h]
-    assert steps and all(h["unparseable_fraction"] == 0 for h in steps)
+    assert [h["step"] for h in steps] == [1, 2]
+    assert all(h["unparseable_fraction"] == 0 for h in steps)
     before = load_file(adapter / "adapter_model.safetensors")
     after = load_file(out / "adapter_model.safetensors")
     assert before.keys() == after.keys()
