@@ -8,6 +8,7 @@ from erank_fast.prompt import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
 from erank_fast.scoring import SCORE_MODES
 
 BACKENDS = ("auto", "torch", "triton", "reference")
+CUDA_GRAPH_MODES = ("auto", "on", "off", "padded")
 DEFAULT_MAX_THINK_TOKENS = 4096
 
 
@@ -36,6 +37,7 @@ class RerankerConfig:
     max_think_tokens: int = DEFAULT_MAX_THINK_TOKENS
     max_batch_tokens: int | None = None  # per forward pass; None: 8192 on CUDA, 2048 on CPU
     kv_memory: int | None = None
+    cuda_graphs: str = "auto"  # decode steps from CUDA graphs: "auto", "on", "off", "padded"
 
     def __post_init__(self) -> None:
         validate_think(self.think)
@@ -43,6 +45,8 @@ class RerankerConfig:
             raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
+        if self.cuda_graphs not in CUDA_GRAPH_MODES:
+            raise ValueError(f"cuda_graphs must be one of {CUDA_GRAPH_MODES}, got {self.cuda_graphs!r}")
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise TypeError(f"instruction must be a str or None, got {type(self.instruction).__name__}")
         for name in ("max_query_tokens", "max_doc_tokens", "max_think_tokens"):

@@ -38,7 +38,7 @@ class Reranker:
             impl = "auto" if config.backend == "auto" else config.backend
             self.backend = Engine(loaded.decoder, self.tokens, detector,
                                   max_batch_tokens=config.max_batch_tokens, impl=impl,
-                                  kv_memory=config.kv_memory)
+                                  kv_memory=config.kv_memory, cuda_graphs=config.cuda_graphs)
         self._prompt_lock = threading.Lock()
         self._backend_lock = threading.Lock() if config.backend == "reference" else None
 
@@ -67,7 +67,9 @@ class Reranker:
         options: max_query_tokens, max_doc_tokens (truncation, default 2048 each),
             max_think_tokens (default 4096), max_batch_tokens (tokens per forward pass,
             default 8192 on CUDA, 2048 on CPU), kv_memory (bytes for the K/V arena; default 90%
-            of free GPU memory, or 2 GiB on CPU).
+            of free GPU memory, or 2 GiB on CPU), cuda_graphs ("auto": decode steps replayed
+            from CUDA graphs on CUDA with the Triton kernels; "on", "off", or "padded": the
+            padded steps the graphs replay, run eagerly, for checks on any device).
         """
         packaged = packaged_reranker(model)
         settings = {}

@@ -4,10 +4,12 @@ vocabulary-streaming score head.
 
 A document's life: it waits until its K/V fits the arena and its prefill fits the step's token
 budget; its query's prefix is prefilled once when the query's first document is admitted; its
-suffix is prefilled (think="off": up to the answer position plus a teacher-forced "1"); in
-thinking modes it then decodes one token per step, joined by newly admitted documents, until
-the ``AnswerDetector`` finds or forces the answer position; the step after reads its score, and
-its K/V rows are freed (the prefix's when the query's last document is done).
+suffix is prefilled (think="off": up to the answer position plus a teacher-forced "1", read
+in that step); in thinking modes it then decodes one token per step, joined by newly admitted
+documents, until the ``AnswerDetector`` finds or forces the answer position, still one token per
+step (forced tokens, then "1"), so that every pure decode step has one shape and can be replayed
+from a CUDA graph; once its score is read, its K/V rows are freed (the prefix's when the query's
+last document is done).
 
 Calls from several threads share the loop: whichever thread finds it idle drives it until all
 submitted work is done; the others wait for their own results.
@@ -20,11 +22,14 @@ import threading
 
 import torch
 
+from erank_fast.config import CUDA_GRAPH_MODES
 from erank_fast.engine.attention import PrefixPrefillAttention, SharedPrefixAttention, StepMeta
+from erank_fast.engine.decode_graphs import DecodeGraphs
 from erank_fast.engine.kv_pool import KVPool, RangeAllocator
 from erank_fast.engine.sampling import SamplingParams, sample_rows
 from erank_fast.engine.work import Doc, EngineStats, Group, Request, Sample, SamplerState
 from erank_fast.models.decoder import Decoder
+from erank_fast.ops._dispatch import use_triton
 from erank_fast.ops.score_head import score_head
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
@@ -39,10 +44,24 @@ DEFAULT_MAX_BATCH_TOKENS = {"cuda": 8192, "cpu": 2048}
 class Engine:
     def __init__(self, decoder: Decoder, tokens: ScoreTokens, detector: AnswerDetector, *,
                  max_batch_tokens: int | None = None, impl: str = "auto",
-                 kv_memory: int | None = None):
+                 kv_memory: int | None = None, cuda_graphs: str = "auto"):
         """impl: "auto" (Triton kernels on CUDA, PyTorch elsewhere), "torch" or "triton".
         max_batch_tokens: tokens per forward pass (default 8192 on CUDA, 2048 on CPU).
-        kv_memory: bytes for the K/V arena (default: 90% of free GPU memory, 2 GiB on CPU)."""
+        kv_memory: bytes for the K/V arena (default: 90% of free GPU memory, 2 GiB on CPU).
+        cuda_graphs: decode steps replayed from CUDA graphs: "auto" (on CUDA with the Triton
+        kernels), "on", "off", or "padded" (the padded steps the graphs replay, run eagerly:
+        for checking the padding on any device). Graphs record the addresses of the weights
+        and the arena: weights may change in place (training), not be reallocated."""
+        if cuda_graphs not in CUDA_GRAPH_MODES:
+            raise ValueError(f"cuda_graphs must be one of {CUDA_GRAPH_MODES}, got {cuda_graphs!r}")
+        triton = use_triton(impl, decoder.lm_head_weight)
+        if cuda_graphs == "on" and not (decoder.lm_head_weight.is_cuda and triton):
+            raise ValueError('cuda_graphs="on" needs the model on a CUDA device and the Triton '
+                             'kernels (backend "auto" or "triton")')
+        if cuda_graphs == "auto":
+            cuda_graphs = "on" if decoder.lm_head_weight.is_cuda and triton else "off"
+        self.cuda_graphs = cuda_graphs
+        self._graphs: DecodeGraphs | None = None
         self.decoder, self.tokens, self.detector, self.impl = decoder, tokens, detector, impl
         self.max_batch_tokens = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(
             decoder.lm_head_weight.device.type, 2048)
@@ -67,7 +86,8 @@ class Engine:
 
     @property
     def max_kv_tokens(self) -> int:
-        """K/V rows the memory budget allows."""
+        """K/V rows the memory budget allows for prompts and generated tokens (the budget also
+        holds the arena's scratch row)."""
         if self._max_tokens is None:
             memory = self.kv_memory
             if memory is None:
@@ -75,7 +95,8 @@ class Engine:
                     memory = int(torch.cuda.mem_get_info(self.device)[0] * DEFAULT_GPU_KV_FRACTION)
                 else:
                     memory = DEFAULT_CPU_KV_MEMORY
-            self._max_tokens = memory // KVPool.bytes_per_token(self.decoder.config, self.dtype)
+            rows = memory // KVPool.bytes_per_token(self.decoder.config, self.dtype)
+            self._max_tokens = max(0, rows - KVPool.SCRATCH_ROWS)
         return self._max_tokens
 
     # ---- public entry points -------------------------------------------------------------
@@ -259,13 +280,20 @@ class Engine:
             group_index.setdefault(id(d.group), len(group_index))
         prefixes = list({id(d.group): (d.group.kv_start, len(d.group.prefix)) for d in docs}.values())
         lens = [len(d.pending) for d in docs]
-        meta = StepMeta.build(lens, [d.kv_start for d in docs], [d.own_len for d in docs],
-                              [group_index[id(d.group)] for d in docs], prefixes, self.device)
         ids = [t for d in docs for t in d.pending]
         positions = [len(d.group.prefix) + d.own_len + j for d, n in zip(docs, lens)
                      for j in range(n)]
-        hidden = self.decoder(self._tensor(ids), self._tensor(positions),
-                              SharedPrefixAttention(self._pool, meta, self.scale, self.impl))
+        graphs = self._decode_graphs() if max(lens) == 1 else None
+        if graphs is not None and graphs.fits(len(docs)):
+            hidden = graphs.run(ids, positions, [d.kv_start for d in docs],
+                                [d.own_len for d in docs],
+                                [group_index[id(d.group)] for d in docs], prefixes)
+        else:
+            meta = StepMeta.build(lens, [d.kv_start for d in docs], [d.own_len for d in docs],
+                                  [group_index[id(d.group)] for d in docs], prefixes,
+                                  self.device)
+            hidden = self.decoder(self._tensor(ids), self._tensor(positions),
+                                  SharedPrefixAttention(self._pool, meta, self.scale, self.impl))
         requests = {}
         for d, n in zip(docs, lens):
             request = d.group.request
@@ -281,9 +309,18 @@ class Engine:
         self._read_scores(docs, lens, hidden)
         self._sample(docs, lens, hidden)
 
+    def _decode_graphs(self) -> DecodeGraphs | None:
+        """The decode-step graphs over the current arena (None when off)."""
+        if self.cuda_graphs == "off":
+            return None
+        if self._graphs is None or self._graphs.pool is not self._pool:
+            self._graphs = DecodeGraphs(self.decoder, self._pool, self.scale, self.impl,
+                                        capture=self.cuda_graphs == "on")
+        return self._graphs
+
     def _read_scores(self, docs: list[Doc], lens: list[int], hidden: torch.Tensor) -> None:
         # Rows whose next-token distribution is needed: the last one of a decoding document;
-        # the answer position and the position after "1" of a document being read.
+        # the answer position and the position after "1" of a think="off" document.
         rows, owners, end = [], [], 0
         for d, n in zip(docs, lens):
             end += n
@@ -305,20 +342,39 @@ class Engine:
                     generated=tuple(d.generated), forced=d.forced))
                 r += 2
             else:
-                self._advance(d, argmax[r])
+                self._advance(d, argmax[r], logprobs[r])
                 r += 1
 
-    def _advance(self, d: Doc, token: int) -> None:
-        d.generated.append(token)
-        decision = self.detector.decide(d.generated, d.budget)
-        if decision.kind == "continue":
-            d.pending = [token]
+    def _advance(self, d: Doc, token: int, digit_logprobs: list[float]) -> None:
+        """One decode row of a scored document: the argmax token and the digits' log-probs of
+        the distribution after its last fed token. Decoding documents are fed exactly one token
+        per step (the forced answer and the "1" too), so decode steps keep one shape."""
+        if d.phase == "think":
+            d.generated.append(token)
+            decision = self.detector.decide(d.generated, d.budget)
+            if decision.kind == "continue":
+                d.pending = [token]
+                return
+            if decision.drop_last:
+                d.generated.pop()
+            d.forced = decision.forced
+            d.queue = ([] if decision.drop_last else [token]) + list(decision.forced)
+            d.phase = "force"
+        elif d.phase == "answer":
+            d.answer = (tuple(digit_logprobs), token)
+            d.pending, d.phase = [self.tokens.one], "one"
             return
-        if decision.drop_last:
-            d.generated.pop()
-        d.forced = decision.forced
-        d.pending = ([] if decision.drop_last else [token]) + list(decision.forced) + [self.tokens.one]
-        d.reading = True
+        elif d.phase == "one":
+            (answer_logprobs, answer_argmax) = d.answer
+            self._finish(d, Readout(
+                digit_logprobs=answer_logprobs, zero_after_one_logprob=digit_logprobs[0],
+                argmax_answer=answer_argmax, argmax_after_one=token,
+                generated=tuple(d.generated), forced=d.forced))
+            return
+        # "force": feed the next token of the answer's opening; after the last, the answer position
+        d.pending = [d.queue.pop(0)]
+        if not d.queue:
+            d.phase = "answer"
 
     def _sample(self, docs: list[Doc], lens: list[int], hidden: torch.Tensor) -> None:
         by_params: dict[SamplingParams, list[tuple[Doc, int]]] = {}

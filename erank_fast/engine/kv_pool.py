@@ -48,13 +48,20 @@ class RangeAllocator:
 
 
 class KVPool:
-    """K/V rows for every layer. Rows are zero until written, so they are always finite."""
+    """K/V rows for every layer. Rows are zero until written, so they are always finite.
+
+    ``tokens`` rows are allocated to prompts and generated tokens; one more row at the end,
+    ``scratch_row``, is never allocated: padding documents of a padded decode step (CUDA
+    graphs) write and read it."""
+
+    SCRATCH_ROWS = 1
 
     def __init__(self, config: DecoderConfig, tokens: int, dtype: torch.dtype, device):
-        shape = (tokens, config.num_kv_heads, config.head_dim)
+        shape = (tokens + self.SCRATCH_ROWS, config.num_kv_heads, config.head_dim)
         self.k = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
         self.v = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_layers)]
         self.ranges = RangeAllocator(tokens)
+        self.scratch_row = tokens
 
     @property
     def tokens(self) -> int:

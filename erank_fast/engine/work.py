@@ -73,12 +73,15 @@ class Doc:
     index: int
     pending: list[int]          # tokens fed at the next step
     reserve: int                # own K/V rows reserved: the most this document can ever need
-    reading: bool = False       # pending ends with [answer position, "1"]: read the score
+    reading: bool = False       # think="off": pending ends with [answer position, "1"]
     budget: int | None = None   # reasoning tokens allowed (None: think="off")
     sampler: "SamplerState | None" = None
     kv_start: int = -1
     own_len: int = 0
     started: bool = False
+    phase: str = "think"        # decoding: "think", "force" (feeding queue), "answer", "one"
+    queue: list[int] = field(default_factory=list)   # tokens still to feed, one per step
+    answer: tuple | None = None  # (digit log-probs, argmax) read at the answer position
     generated: list[int] = field(default_factory=list)
     forced: tuple[int, ...] = ()
     logprobs: list[float] = field(default_factory=list)

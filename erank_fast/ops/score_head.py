@@ -5,13 +5,20 @@ from __future__ import annotations
 
 import torch
 
-from erank_fast.ops._dispatch import cdiv, dot_precision, use_triton
+from erank_fast.ops._dispatch import cdiv, dot_precision, next_power_of_2, use_triton
 from erank_fast.reference.score_head import score_head_ref
 
 BLOCK_B, BLOCK_V, BLOCK_H = 16, 128, 64
 # Vocabulary splits per row tile: enough programs to fill a GPU at small batch.
 TARGET_PROGRAMS = 528
 MAX_TOKEN_IDS = 16
+# The Triton interpreter (CPU) runs every program and loop iteration in Python: there, large
+# vocabularies stream in at most this many tiles per row tile (same results, fewer steps).
+INTERPRETER_TILES = 64
+
+
+def _block_v(vocab: int, on_gpu: bool) -> int:
+    return BLOCK_V if on_gpu else max(BLOCK_V, next_power_of_2(cdiv(vocab, INTERPRETER_TILES)))
 
 
 @torch.library.custom_op("erank_fast::score_head", mutates_args=())
@@ -22,8 +29,9 @@ def _score_head_triton(hidden: torch.Tensor, weight: torch.Tensor
     rows, h = hidden.shape
     vocab = weight.shape[0]
     row_tiles = cdiv(rows, BLOCK_B)
-    splits = max(1, min(cdiv(TARGET_PROGRAMS, row_tiles), cdiv(vocab, BLOCK_V)))
-    per_split = cdiv(cdiv(vocab, splits), BLOCK_V) * BLOCK_V
+    block_v = _block_v(vocab, hidden.is_cuda)
+    splits = max(1, min(cdiv(TARGET_PROGRAMS, row_tiles), cdiv(vocab, block_v)))
+    per_split = cdiv(cdiv(vocab, splits), block_v) * block_v
     splits = cdiv(vocab, per_split)
     part_max = torch.empty((splits, rows), dtype=torch.float32, device=hidden.device)
     part_arg = torch.empty((splits, rows), dtype=torch.int32, device=hidden.device)
@@ -31,7 +39,7 @@ def _score_head_triton(hidden: torch.Tensor, weight: torch.Tensor
     _score_head_kernel[(row_tiles, splits)](
         hidden, weight, part_max, part_arg, part_sum, rows, vocab, h, per_split,
         hidden.stride(0), weight.stride(0), part_max.stride(0),
-        BLOCK_B=BLOCK_B, BLOCK_V=BLOCK_V, BLOCK_H=BLOCK_H, PRECISION=dot_precision(hidden.dtype))
+        BLOCK_B=BLOCK_B, BLOCK_V=block_v, BLOCK_H=BLOCK_H, PRECISION=dot_precision(hidden.dtype))
     best, split = part_max.max(dim=0)  # first maximal split: the smallest id among ties
     best_id = part_arg.gather(0, split[None]).squeeze(0).long()
     lse = best + torch.log((part_sum * torch.exp(part_max - best[None])).sum(0))

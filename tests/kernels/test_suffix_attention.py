@@ -31,8 +31,8 @@ def _inputs(own, new, prefix_len, hq, hkv, d, dtype, seed):
     return q, k, v, own_base, torch.tensor(own, device=DEVICE), cu(new), pre_out, pre_lse
 
 
-def _check(inputs, d, dtype):
-    out = op.suffix_attention(*inputs, d**-0.5, impl="triton")
+def _check(inputs, d, dtype, **bounds):
+    out = op.suffix_attention(*inputs, d**-0.5, impl="triton", **bounds)
     q, k, v, own_base, own, q_cu, pre_out, pre_lse = inputs
     ref = suffix_attention_ref(q.float(), k.float(), v.float(), own_base, own, q_cu,
                                pre_out.float(), pre_lse, d**-0.5)
@@ -52,3 +52,13 @@ def test_split_k_decode_matches_reference(dtype, monkeypatch):
     monkeypatch.setattr(op, "SPLIT_MIN_KEYS", 64)  # small contexts take the split path too
     own, new = [150, 0, 70], [1, 1, 1]
     _check(_inputs(own, new, 33, 8, 2, 64, dtype, seed=7), 64, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+def test_split_k_decode_with_a_rounded_up_bound(dtype, monkeypatch):
+    # CUDA graphs launch with the own-context bound of their bucket (a power of two at or above
+    # the longest): splits past a document's own keys are empty and merge as the identity.
+    monkeypatch.setattr(op, "SPLIT_MIN_KEYS", 64)
+    own, new = [150, 0, 70, 5], [1, 1, 1, 1]
+    _check(_inputs(own, new, 33, 8, 2, 64, dtype, seed=9), 64, dtype, max_q_tokens=1,
+           max_own_len=1024)
