@@ -1,6 +1,6 @@
-"""Condense a pytest-benchmark JSON into a table (printed) and a small results file.
+"""Condense pytest-benchmark JSON files into one table (printed) and one small results file.
 
-    python bench/summarize.py bench.json [--out results.json]
+    python bench/summarize.py bench.json [more.json ...] [--out results.json]
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections import defaultdict
 
 # Within a group, speedups are reported against the first of these providers present.
 BASELINES = ("sdpa_per_document", "sdpa_per_sequence", "full_logits", "transformers",
-             "generate_batch")
+             "generate_batch", "erank_fast graphs off")
 
 
 def summarize(data: dict) -> list[dict]:
@@ -32,12 +32,12 @@ def summarize(data: dict) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    head = f"{'group':<44} {'provider':<20} {'ms':>9} {'TFLOP/s':>8} {'GB/s':>8} {'roofline':>8} {'speedup':>8}"
+    head = f"{'group':<44} {'provider':<24} {'ms':>9} {'TFLOP/s':>8} {'GB/s':>8} {'roofline':>8} {'speedup':>8}"
     lines = [head, "-" * len(head)]
     for r in rows:
         def f(key, fmt):
             return format(r[key], fmt) if r.get(key) is not None else "-"
-        lines.append(f"{r['group'][:44]:<44} {r['provider'][:20]:<20} {r['median_ms']:>9.3f} "
+        lines.append(f"{r['group'][:44]:<44} {r['provider'][:24]:<24} {r['median_ms']:>9.3f} "
                      f"{f('tflops', '8.1f')} {f('gbps', '8.0f')} {f('roofline_fraction', '8.2f')} "
                      f"{f('speedup_vs_baseline', '8.2f')}")
     return "\n".join(lines)
@@ -45,11 +45,20 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("json_file")
+    parser.add_argument("json_files", nargs="+")
     parser.add_argument("--out")
     args = parser.parse_args()
-    with open(args.json_file) as f:
-        data = json.load(f)
+    data = {"benchmarks": []}
+    for name in args.json_files:
+        try:
+            with open(name) as f:
+                part = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            print(f"skipped {name}: {error}")
+            continue
+        data["benchmarks"] += part["benchmarks"]
+        data.setdefault("machine_info", part.get("machine_info", {}))
+        data.setdefault("datetime", part.get("datetime"))
     rows = summarize(data)
     if args.out:
         with open(args.out, "w") as f:
