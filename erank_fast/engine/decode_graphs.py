@@ -125,12 +125,14 @@ class DecodeGraphs:
         # Run once outside the capture (Triton compiles for these shapes), then capture. Both
         # compute the current step; its K/V writes are idempotent, and the replay computes it
         # once more.
-        side = torch.cuda.Stream(self.decoder.lm_head_weight.device)
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            step.forward()
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._mempool):
-            step.output = step.forward()
+        device = self.decoder.lm_head_weight.device
+        main, side = torch.cuda.current_stream(device), torch.cuda.Stream(device)
+        side.wait_stream(main)
+        with torch.cuda.device(device):
+            with torch.cuda.stream(side):
+                step.forward()
+            main.wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._mempool):
+                step.output = step.forward()
         step.graph = graph
