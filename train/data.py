@@ -119,6 +119,12 @@ def read_per_document(path: str | Path, key: str) -> dict:
     return out
 
 
+def pad_id(tokenizer) -> int:
+    """The id padding positions hold: the tokenizer's pad token, else its end-of-sequence token
+    (masked out either way)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def left_pad(sequences: list[list[int]], pad_id: int) -> dict:
     """Token id lists as one left-padded batch {"input_ids", "attention_mask", "position_ids"}:
     every row ends at its last token, so the last positions line up across rows."""

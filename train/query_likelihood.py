@@ -31,12 +31,12 @@ def query_loglikelihoods(model, tokenizer, query: str, passages: list[str], *,
     """Summed log P(query tokens | prompt with the passage), one per passage (left-padded
     batches; only the query's positions go through the vocabulary projection)."""
     import torch
-    from data import left_pad
+    from data import left_pad, pad_id
 
     if not query.strip():
         raise ValueError("empty query: there is nothing to score the likelihood of")
     query_ids = tokenizer.encode(" " + query.strip(), add_special_tokens=False)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad = pad_id(tokenizer)
     device = next(model.parameters()).device
     scores: list[float] = []
     for start in range(0, len(passages), batch_size):

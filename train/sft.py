@@ -134,9 +134,8 @@ def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_co
 
         model = get_peft_model(model, peft_config)
     config.remove_unused_columns = False
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     return ListwiseTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                           data_collator=LeftPaddingCollator(pad), processing_class=tokenizer,
+                           data_collator=LeftPaddingCollator(train_data.pad_id(tokenizer)), processing_class=tokenizer,
                            score_tokens=tokens, pointwise_weight=args.pointwise_weight,
                            docs_per_query=args.docs_per_query,
                            teacher_weight=args.teacher_weight if teacher else 0.0)
