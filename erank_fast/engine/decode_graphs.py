@@ -20,15 +20,30 @@ from __future__ import annotations
 
 import torch
 
+from erank_fast.config import CUDA_GRAPH_MODES
 from erank_fast.engine.attention import SharedPrefixAttention, StepMeta
 from erank_fast.engine.kv_pool import KVPool
 from erank_fast.models.decoder import Decoder
-from erank_fast.ops._dispatch import next_power_of_2
+from erank_fast.ops._dispatch import next_power_of_2, use_triton
 from erank_fast.ops.suffix_attention import SPLIT_MIN_KEYS
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,
                  448, 512)
 _FIELDS = ("ids", "positions", "own_base", "own_start", "write_rows")
+
+
+def graph_mode(mode: str, decoder: Decoder, impl: str) -> str:
+    """The engine's setting: "on", "off" or "padded" ("auto": on when the model is on CUDA and
+    the Triton kernels run, whose launches a graph can record)."""
+    if mode not in CUDA_GRAPH_MODES:
+        raise ValueError(f"cuda_graphs must be one of {CUDA_GRAPH_MODES}, got {mode!r}")
+    capturable = decoder.lm_head_weight.is_cuda and use_triton(impl, decoder.lm_head_weight)
+    if mode == "on" and not capturable:
+        raise ValueError('cuda_graphs="on" needs the model on a CUDA device and the Triton '
+                         'kernels (backend "auto" or "triton")')
+    if mode == "auto":
+        return "on" if capturable else "off"
+    return mode
 
 
 def batch_bucket(batch: int) -> int | None:

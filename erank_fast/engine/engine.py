@@ -22,14 +22,12 @@ import threading
 
 import torch
 
-from erank_fast.config import CUDA_GRAPH_MODES
 from erank_fast.engine.attention import PrefixPrefillAttention, SharedPrefixAttention, StepMeta
-from erank_fast.engine.decode_graphs import DecodeGraphs
+from erank_fast.engine.decode_graphs import DecodeGraphs, graph_mode
 from erank_fast.engine.kv_pool import KVPool, RangeAllocator
 from erank_fast.engine.sampling import SamplingParams, sample_rows
 from erank_fast.engine.work import Doc, EngineStats, Group, Request, Sample, SamplerState
 from erank_fast.models.decoder import Decoder
-from erank_fast.ops._dispatch import use_triton
 from erank_fast.ops.score_head import score_head
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
@@ -52,15 +50,7 @@ class Engine:
         kernels), "on", "off", or "padded" (the padded steps the graphs replay, run eagerly:
         for checking the padding on any device). Graphs record the addresses of the weights
         and the arena: weights may change in place (training), not be reallocated."""
-        if cuda_graphs not in CUDA_GRAPH_MODES:
-            raise ValueError(f"cuda_graphs must be one of {CUDA_GRAPH_MODES}, got {cuda_graphs!r}")
-        triton = use_triton(impl, decoder.lm_head_weight)
-        if cuda_graphs == "on" and not (decoder.lm_head_weight.is_cuda and triton):
-            raise ValueError('cuda_graphs="on" needs the model on a CUDA device and the Triton '
-                             'kernels (backend "auto" or "triton")')
-        if cuda_graphs == "auto":
-            cuda_graphs = "on" if decoder.lm_head_weight.is_cuda and triton else "off"
-        self.cuda_graphs = cuda_graphs
+        self.cuda_graphs = graph_mode(cuda_graphs, decoder, impl)
         self._graphs: DecodeGraphs | None = None
         self.decoder, self.tokens, self.detector, self.impl = decoder, tokens, detector, impl
         self.max_batch_tokens = max_batch_tokens or DEFAULT_MAX_BATCH_TOKENS.get(
