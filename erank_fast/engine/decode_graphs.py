@@ -63,7 +63,7 @@ class _PaddedStep:
     def __init__(self, decoder: Decoder, pool: KVPool, scale: float, impl: str, batch: int,
                  groups: int, own_len: int):
         device = decoder.lm_head_weight.device
-        self.batch, self.groups = batch, groups
+        self.groups = groups
         self.buffer = torch.zeros(len(_FIELDS) * batch + 3 * groups + 1, dtype=torch.int64,
                                   device=device)
         views = torch.split(self.buffer, [batch] * len(_FIELDS) + [groups + 1, groups, groups])
