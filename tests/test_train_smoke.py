@@ -35,11 +35,22 @@ def _launch(script: str, *args: str) -> str:
     env = dict(os.environ, DS_ACCELERATOR="cpu", TRL_EXPERIMENTAL_SILENCE="1",
                TOKENIZERS_PARALLELISM="false")
     env.pop("TRITON_INTERPRET", None)
-    cmd = [shutil.which("deepspeed"), "--master_port", str(_free_port()), "--num_gpus", "1",
+    port = _free_port()
+    cmd = [shutil.which("deepspeed"), "--master_port", str(port), "--num_gpus", "1",
            f"train/{script}", *args, "--bf16", "false", "--report_to", "none"]
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    finally:
+        _remove_shared_memory_buffers(port)
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
     return proc.stdout + proc.stderr
+
+
+def _remove_shared_memory_buffers(port: int) -> None:
+    """DeepSpeed's CPU accelerator leaves a 66 MB all-reduce buffer per run in /dev/shm, named
+    after the master port; a test suite of runs would fill the machine's shared memory."""
+    for path in Path("/dev/shm").glob(f"deepspeed_allreduce_buffer_*_{port}_*"):
+        path.unlink(missing_ok=True)
 
 
 def _log_history(output_dir: Path) -> list[dict]:
@@ -94,16 +105,28 @@ def test_sft_zero3(tiny_dir, data_dir, tmp_path):
 
 
 def test_sft_listwise_zero2_checkpoint_and_resume(tiny_dir, data_dir, tmp_path):
-    """--objective listwise: whole queries per batch, both loss terms logged, resumable."""
+    """--objective listwise: whole queries per batch, both loss terms logged, resumable; with
+    pseudo-query groups and LoRA on the upper decoder layer only."""
+    from safetensors.torch import load_file
+
+    from erank_fast.datasets import read_jsonl
+
+    first = read_jsonl(data_dir / "dl21-bm25-top100.jsonl")[0]
+    pseudo = tmp_path / "pseudo.jsonl"
+    pseudo.write_text(json.dumps({"qid": first.qid, "docid": first.candidates[5].docid,
+                                  "query": "what does this passage say"}) + "\n")
     out = tmp_path / "listwise"
     common = ["--config", "train/configs/sft.yaml", "--model", str(tiny_dir),
               *_data_args(data_dir), "--objective", "listwise", "--max_queries", "3",
               "--docs_per_query", "4", "--positives", "2", "--output_dir", str(out),
               "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
-              "--save_steps", "2", "--logging_steps", "1"]
+              "--save_steps", "2", "--logging_steps", "1", "--pseudo_queries", str(pseudo),
+              "--lora_layers_from", "1"]
     steps = _train_then_resume(out, common)
     assert all(math.isfinite(h["loss_pairwise"]) and math.isfinite(h["loss_pointwise"])
                for h in steps)
+    adapted = load_file(out / "adapter_model.safetensors")
+    assert adapted and all(".layers.1." in k for k in adapted)
 
 
 def test_rl_zero2_rollouts_on_the_engine(tiny_dir, data_dir, tmp_path):

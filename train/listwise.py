@@ -16,6 +16,11 @@ sees the order within a query. This objective trains what inference reads instea
   within each query over all its candidates, add ``teacher_weight`` × their difference to each
   pair's weight: a dense signal on the many unjudged and same-grade pairs.
 
+Optionally, pseudo-queries (``train/pseudo_queries.py``: questions generated from training
+passages) add groups of their own: the source passage is the one relevant document (grade 2),
+half the negatives are other candidates of the real query it came from (same topic), the other
+half candidates of other real queries. Their pairs come from these grades alone.
+
 Batches hold whole queries: ``QueryGroupSampler`` yields each query's documents together, and
 the per-device batch size must equal ``docs_per_query``. Only the last two positions of each
 row go through the vocabulary projection (``logits_to_keep``), with left padding.
@@ -63,6 +68,40 @@ def listwise_examples(queries, qrels, builder: PromptBuilder, tokens: ScoreToken
                 rows.append({"input_ids": ids + [tokens.one], "group": group, "grade": p.grade,
                              "teacher": z.get(p.docid, 0.0)})
             group += 1
+    return rows
+
+
+def pseudo_query_examples(pseudo: list[dict], queries, builder: PromptBuilder,
+                          tokens: ScoreTokens, *, docs_per_query: int, first_group: int,
+                          seed: int = 0, instruction: str | None = None) -> list[dict]:
+    """Rows as ``listwise_examples`` writes them for pseudo-queries {"qid", "docid", "query"}
+    (groups numbered from ``first_group``): the source passage (grade 2), then
+    ``docs_per_query`` − 1 negatives, half from the source's own real query, half from others.
+    Pseudo-queries whose real query is not in ``queries`` are left out."""
+    if docs_per_query < 2:
+        raise ValueError(f"pseudo-query groups need docs_per_query >= 2, got {docs_per_query}")
+    rng = random.Random(seed)
+    by_qid = {q.qid: q for q in queries}
+    rows, group = [], first_group
+    for p in pseudo:
+        source = by_qid.get(p["qid"])
+        if source is None or len(by_qid) < 2:
+            continue
+        docs = {c.docid: c.text for c in source.candidates}
+        if p["docid"] not in docs:
+            raise ValueError(f"pseudo-query source {p['docid']} is not a candidate of query "
+                             f"{p['qid']}")
+        same = [c.text for c in source.candidates if c.docid != p["docid"]]
+        n_same = min(len(same), (docs_per_query - 1) // 2)
+        negatives = rng.sample(same, n_same)
+        others = [q for q in queries if q.qid != source.qid]
+        while len(negatives) < docs_per_query - 1:
+            negatives.append(rng.choice(rng.choice(others).candidates).text)
+        for grade, text in [(2, docs[p["docid"]])] + [(0, t) for t in negatives]:
+            ids = builder.prompt_ids(p["query"], text, instruction, think_off=True)
+            rows.append({"input_ids": ids + [tokens.one], "group": group, "grade": grade,
+                         "teacher": 0.0})
+        group += 1
     return rows
 
 

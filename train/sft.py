@@ -52,6 +52,11 @@ class SFTScriptArguments:
         default=None, metadata={"help": "listwise: query_likelihood.py output (JSONL)"})
     teacher_weight: float = field(
         default=1.0, metadata={"help": "listwise: weight of teacher score differences"})
+    pseudo_queries: str | None = field(
+        default=None, metadata={"help": "listwise: pseudo_queries.py output (JSONL), extra groups"})
+    lora_layers_from: int = field(
+        default=0, metadata={"help": "LoRA on decoder layers >= N only (0: every layer); the "
+                                     "frozen layers below need no backward pass"})
 
 
 def build_dataset(args: SFTScriptArguments, tokenizer):
@@ -94,8 +99,8 @@ def main(argv=None) -> None:
         from peft import LoraConfig
 
         peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha,
-                                 lora_dropout=args.lora_dropout, target_modules="all-linear",
-                                 task_type="CAUSAL_LM")
+                                 lora_dropout=args.lora_dropout, task_type="CAUSAL_LM",
+                                 **lora_targets(model, args.lora_layers_from))
     if args.objective == "listwise":
         trainer = listwise_trainer(args, config, model, tokenizer, peft_config)
     elif args.objective == "tokens":
@@ -104,6 +109,22 @@ def main(argv=None) -> None:
     else:
         raise SystemExit(f"--objective must be 'tokens' or 'listwise', got {args.objective!r}")
     train_and_save(trainer, tokenizer, config.output_dir, args.resume)
+
+
+def lora_targets(model, layers_from: int) -> dict:
+    """peft target arguments: every linear layer of the decoder, or only those of decoder
+    layers ``layers_from`` and above."""
+    if layers_from == 0:
+        return {"target_modules": "all-linear"}
+    import torch
+
+    layers = model.model.layers
+    if not 0 < layers_from < len(layers):
+        raise SystemExit(f"--lora_layers_from must be in 0..{len(layers) - 1}, got {layers_from}")
+    names = sorted({name.rsplit(".", 1)[-1] for name, m in layers.named_modules()
+                    if isinstance(m, torch.nn.Linear)})
+    return {"target_modules": names, "layers_to_transform": list(range(layers_from, len(layers))),
+            "layers_pattern": "layers"}
 
 
 def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_config):
@@ -126,6 +147,15 @@ def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_co
     rows = listwise_examples(queries[: args.max_queries], qrels, builder, tokens,
                              docs_per_query=args.docs_per_query, positives=args.positives,
                              rounds=args.rounds, seed=args.seed_data, teacher=teacher)
+    if args.pseudo_queries:
+        from listwise import pseudo_query_examples
+        from pseudo_queries import read_pseudo_queries
+
+        first = 1 + max((r["group"] for r in rows), default=-1)
+        rows += pseudo_query_examples(read_pseudo_queries(args.pseudo_queries),
+                                      queries[: args.max_queries], builder, tokens,
+                                      docs_per_query=args.docs_per_query, first_group=first,
+                                      seed=args.seed_data)
     if not rows:
         raise SystemExit(f"no query has {args.docs_per_query} candidates with both relevant and "
                          "irrelevant documents")

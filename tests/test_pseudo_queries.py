@@ -1,0 +1,112 @@
+"""train/pseudo_queries.py and the pseudo-query groups of the listwise objective: generated
+questions are cleaned and filtered, the command writes only usable ones, groups hold the source
+passage as the one relevant document with same-topic and other-topic negatives, and
+``--lora_layers_from`` adapts only the upper decoder layers."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
+
+pytest.importorskip("datasets")
+import listwise  # noqa: E402
+import pseudo_queries as pq  # noqa: E402
+
+from erank_fast.datasets import Candidate, Query  # noqa: E402
+from erank_fast.prompt import PromptBuilder  # noqa: E402
+from erank_fast.scoring import ScoreTokens  # noqa: E402
+
+
+def test_clean_question_keeps_the_first_line_up_to_its_question_mark():
+    assert pq.clean_question(" What is a nephron? It filters blood.\nQuestion: x") == \
+        "What is a nephron?"
+    assert pq.clean_question("How are vaccines stored\nmore") == "How are vaccines stored"
+    assert pq.clean_question("\n\n") == ""
+
+
+@pytest.mark.parametrize("question, usable", [
+    ("What does a measles vaccine contain?", True),
+    ("What is the main idea of the passage?", False),          # nothing from the passage
+    ("What is the answer to the question: What is the answer to the question:", False),
+    ("Why?", False),                                             # too short
+])
+def test_usable_questions(question, usable):
+    passage = "The measles vaccine contains a live, weakened virus and is given in two doses."
+    assert pq.usable(question, passage) is usable
+
+
+def _queries():
+    return [Query(f"q{i}", f"query {i}",
+                  tuple(Candidate(f"q{i}d{j}", f"topic {i} passage {j}", 0.0) for j in range(6)))
+            for i in range(3)]
+
+
+def test_pseudo_query_groups(tiny_qwen3):
+    _, tok = tiny_qwen3
+    builder, tokens = PromptBuilder(tok), ScoreTokens.from_tokenizer(tok)
+    pseudo = [{"qid": "q0", "docid": "q0d2", "query": "what about topic 0"},
+              {"qid": "q1", "docid": "q1d0", "query": "what about topic 1"},
+              {"qid": "held-out", "docid": "x", "query": "not a training query"}]
+    rows = listwise.pseudo_query_examples(pseudo, _queries(), builder, tokens, docs_per_query=6,
+                                          first_group=7, seed=0)
+    assert [r["group"] for r in rows] == [7] * 6 + [8] * 6   # the unknown query is left out
+    first = rows[:6]
+    assert [r["grade"] for r in first] == [2, 0, 0, 0, 0, 0]
+    assert first[0]["input_ids"] == (builder.prompt_ids("what about topic 0", "topic 0 passage 2",
+                                                        think_off=True) + [tokens.one])
+    texts = [tok.decode(r["input_ids"]) for r in first[1:]]
+    same = [t for t in texts if "topic 0 passage" in t]
+    assert len(same) == 2 and not any("topic 0 passage 2" in t for t in same)
+    assert all("topic 0 passage" in t or "topic 1 passage" in t or "topic 2 passage" in t
+               for t in texts)
+    with pytest.raises(ValueError, match="not a candidate"):
+        listwise.pseudo_query_examples([{"qid": "q0", "docid": "q1d0", "query": "x"}],
+                                       _queries(), builder, tokens, docs_per_query=6,
+                                       first_group=0)
+
+
+def test_command_writes_usable_questions(tiny_qwen3, tmp_path, monkeypatch):
+    model, tok = tiny_qwen3
+    data = tmp_path / "data.jsonl"
+    data.write_text("".join(json.dumps({
+        "qid": q.qid, "query": q.text,
+        "candidates": [{"docid": c.docid, "text": c.text, "score": 0.0} for c in q.candidates]})
+        + "\n" for q in _queries()))
+    answers = iter(["What is topic 0 about?", "The answer", "What does passage 3 say?"] * 4)
+    monkeypatch.setattr("sft.load_model", lambda name: (model, tok))
+    monkeypatch.setattr(pq, "generate_questions",
+                        lambda m, t, passages, **kw: [next(answers) for _ in passages])
+    out = tmp_path / "pseudo.jsonl"
+    pq.main(["--data", str(data), "--out", str(out), "--max-queries", "2", "--per-query", "3"])
+    rows = pq.read_pseudo_queries(out)
+    assert {r["qid"] for r in rows} <= {"q0", "q1"}
+    assert all(pq.usable(r["query"], next(c.text for q in _queries() for c in q.candidates
+                                          if c.docid == r["docid"])) for r in rows)
+    assert 0 < len(rows) < 6
+    with pytest.raises(SystemExit):            # an existing output is never overwritten
+        pq.main(["--data", str(data), "--out", str(out)])
+
+
+def test_generate_questions_runs_on_a_model(tiny_qwen3):
+    model, tok = tiny_qwen3
+    questions = pq.generate_questions(model, tok, ["a passage", "another, longer passage"],
+                                      max_new_tokens=4, batch_size=2)
+    assert len(questions) == 2 and all(isinstance(q, str) and "\n" not in q for q in questions)
+
+
+def test_lora_layers_from(tiny_qwen3):
+    import sft
+
+    model, _ = tiny_qwen3
+    n = len(model.model.layers)
+    assert sft.lora_targets(model, 0) == {"target_modules": "all-linear"}
+    upper = sft.lora_targets(model, n - 1)
+    assert upper["layers_to_transform"] == [n - 1] and "q_proj" in upper["target_modules"]
+    assert "lm_head" not in upper["target_modules"]
+    with pytest.raises(SystemExit, match="lora_layers_from"):
+        sft.lora_targets(model, n)
