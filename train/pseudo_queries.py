@@ -26,7 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from query_likelihood import PASSAGE_PROMPT  # noqa: E402
+from query_likelihood import passage_prompt_ids  # noqa: E402
 
 MIN_QUERY_CHARS = 8
 
@@ -52,11 +52,8 @@ def generate_questions(model, tokenizer, passages: list[str], *, max_passage_tok
     pad = pad_id(tokenizer)
     questions: list[str] = []
     for start in range(0, len(passages), batch_size):
-        rows = []
-        for text in passages[start:start + batch_size]:
-            ids = tokenizer.encode(text, add_special_tokens=False)[:max_passage_tokens]
-            prompt = PASSAGE_PROMPT.format(passage=tokenizer.decode(ids))
-            rows.append(tokenizer.encode(prompt, add_special_tokens=False))
+        rows = [passage_prompt_ids(tokenizer, text, max_passage_tokens)
+                for text in passages[start:start + batch_size]]
         batch = {k: v.to(device) for k, v in left_pad(rows, pad).items()}
         batch.pop("position_ids")
         with torch.no_grad():

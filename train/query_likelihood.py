@@ -26,6 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 PASSAGE_PROMPT = "Passage: {passage}\nPlease write a question based on this passage.\nQuestion:"
 
 
+def passage_prompt_ids(tokenizer, passage: str, max_passage_tokens: int) -> list[int]:
+    """Token ids of the passage prompt (the passage cut to ``max_passage_tokens`` tokens),
+    ready for the question to follow."""
+    ids = tokenizer.encode(passage, add_special_tokens=False)[:max_passage_tokens]
+    prompt = PASSAGE_PROMPT.format(passage=tokenizer.decode(ids))
+    return tokenizer.encode(prompt, add_special_tokens=False)
+
+
 def query_loglikelihoods(model, tokenizer, query: str, passages: list[str], *,
                          max_passage_tokens: int = 256, batch_size: int = 25) -> list[float]:
     """Summed log P(query tokens | prompt with the passage), one per passage (left-padded
@@ -40,11 +48,8 @@ def query_loglikelihoods(model, tokenizer, query: str, passages: list[str], *,
     device = next(model.parameters()).device
     scores: list[float] = []
     for start in range(0, len(passages), batch_size):
-        rows = []
-        for text in passages[start:start + batch_size]:
-            ids = tokenizer.encode(text, add_special_tokens=False)[:max_passage_tokens]
-            prompt = PASSAGE_PROMPT.format(passage=tokenizer.decode(ids))
-            rows.append(tokenizer.encode(prompt, add_special_tokens=False) + query_ids)
+        rows = [passage_prompt_ids(tokenizer, text, max_passage_tokens) + query_ids
+                for text in passages[start:start + batch_size]]
         batch = {k: v.to(device) for k, v in left_pad(rows, pad).items()}
         with torch.no_grad():
             logits = model(**batch, logits_to_keep=len(query_ids) + 1).logits[:, :-1].float()
