@@ -64,6 +64,11 @@ def test_pseudo_query_groups(tiny_qwen3):
     assert len(same) == 2 and not any("topic 0 passage 2" in t for t in same)
     assert all("topic 0 passage" in t or "topic 1 passage" in t or "topic 2 passage" in t
                for t in texts)
+    alone = listwise.pseudo_query_examples(pseudo[:1], _queries()[:1], builder, tokens,
+                                           docs_per_query=6, first_group=0)
+    assert [r["grade"] for r in alone] == [2, 0, 0, 0, 0, 0]  # one query: its own negatives
+    assert not listwise.pseudo_query_examples(pseudo[:1], _queries()[:1], builder, tokens,
+                                              docs_per_query=7, first_group=0)
     with pytest.raises(ValueError, match="not a candidate"):
         listwise.pseudo_query_examples([{"qid": "q0", "docid": "q1d0", "query": "x"}],
                                        _queries(), builder, tokens, docs_per_query=6,
@@ -97,6 +102,19 @@ def test_generate_questions_runs_on_a_model(tiny_qwen3):
     questions = pq.generate_questions(model, tok, ["a passage", "another, longer passage"],
                                       max_new_tokens=4, batch_size=2)
     assert len(questions) == 2 and all(isinstance(q, str) and "\n" not in q for q in questions)
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--pseudo_queries", "p.jsonl"], "needs --objective listwise"),
+    (["--objective", "listwise", "--lora_layers_from", "1", "--use_lora", "false"],
+     "needs --use_lora true"),
+])
+def test_sft_refuses_flags_that_would_be_ignored(flags, message, monkeypatch, tmp_path):
+    import sft
+
+    monkeypatch.setattr(sft, "load_model", lambda name: pytest.fail("loaded a model"))
+    with pytest.raises(SystemExit, match=message):
+        sft.main(["--output_dir", str(tmp_path), "--bf16", "false", *flags])
 
 
 def test_lora_layers_from(tiny_qwen3):

@@ -85,16 +85,18 @@ def pseudo_query_examples(pseudo: list[dict], queries, builder: PromptBuilder,
     rows, group = [], first_group
     for p in pseudo:
         source = by_qid.get(p["qid"])
-        if source is None or len(by_qid) < 2:
+        if source is None:
             continue
         docs = {c.docid: c.text for c in source.candidates}
         if p["docid"] not in docs:
             raise ValueError(f"pseudo-query source {p['docid']} is not a candidate of query "
                              f"{p['qid']}")
         same = [c.text for c in source.candidates if c.docid != p["docid"]]
-        n_same = min(len(same), (docs_per_query - 1) // 2)
-        negatives = rng.sample(same, n_same)
         others = [q for q in queries if q.qid != source.qid]
+        n_same = min(len(same), (docs_per_query - 1) // 2 if others else docs_per_query - 1)
+        negatives = rng.sample(same, n_same)
+        if len(negatives) < docs_per_query - 1 and not others:
+            continue  # one query with too few candidates: no full group
         while len(negatives) < docs_per_query - 1:
             negatives.append(rng.choice(rng.choice(others).candidates).text)
         for grade, text in [(2, docs[p["docid"]])] + [(0, t) for t in negatives]:

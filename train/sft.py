@@ -93,6 +93,10 @@ def main(argv=None) -> None:
     parser = TrlParser((SFTScriptArguments, SFTConfig))
     args, config = parser.parse_args_and_config(argv)
     config.completion_only_loss = True
+    if args.pseudo_queries and args.objective != "listwise":
+        raise SystemExit("--pseudo_queries adds listwise groups; it needs --objective listwise")
+    if args.lora_layers_from and not args.use_lora:
+        raise SystemExit("--lora_layers_from places LoRA adapters; it needs --use_lora true")
     model, tokenizer = load_model(args.model)
     peft_config = None
     if args.use_lora:
