@@ -35,11 +35,16 @@ def usable(question: str, passage: str) -> bool:
     """A question worth training on: long enough, no repeated word trigram (a degenerate loop),
     and at least one word of four or more letters from its passage (not a generic "What is
     the main idea of the article?")."""
-    words = [w.strip(".,;:!?\"'()").lower() for w in question.split()]
+    words = _words(question)
     trigrams = list(zip(words, words[1:], words[2:]))
-    passage_words = {w.strip(".,;:!?\"'()").lower() for w in passage.split()}
+    passage_words = set(_words(passage))
     return (len(question) >= MIN_QUERY_CHARS and len(set(trigrams)) == len(trigrams)
             and any(len(w) >= 4 and w in passage_words for w in words[2:]))
+
+
+def _words(text: str) -> list[str]:
+    """Lower-cased words without surrounding punctuation."""
+    return [w.strip(".,;:!?\"'()").lower() for w in text.split()]
 
 
 def generate_questions(model, tokenizer, passages: list[str], *, max_passage_tokens: int = 256,
