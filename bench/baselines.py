@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import torch
 
-from erank_fast.scoring import Readout
+from erank_fast.scoring import Readout, readout_from_logits
+from erank_fast.training.data import left_pad
 
 BATCH = 16
 
@@ -23,20 +24,15 @@ class TransformersScorer:
         self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     def _padded(self, seqs):
-        width = max(map(len, seqs))
-        ids = torch.full((len(seqs), width), self.pad, dtype=torch.long)
-        mask = torch.zeros((len(seqs), width), dtype=torch.long)
-        for i, s in enumerate(seqs):  # left padding: every sequence ends at the last column
-            ids[i, width - len(s):] = torch.tensor(s)
-            mask[i, width - len(s):] = 1
+        batch = left_pad(seqs, self.pad)  # every sequence ends at the last column
         device = next(self.model.parameters()).device
-        return ids.to(device), mask.to(device)
+        return batch["input_ids"].to(device), batch["attention_mask"].to(device)
 
     @torch.inference_mode()
     def score(self, query: str, docs: list[str], think) -> tuple[list[Readout], int]:
         """Readouts in input order and the number of tokens the model computed (padding too)."""
         budget = self.rr.config.budget(think)
-        prompts = [self.rr.prompts.prompt_ids(query, d, think_off=think == "off") for d in docs]
+        prompts = [self.rr.prompt_ids(query, d, think_off=think == "off") for d in docs]
         readouts, computed = [], 0
         for b0 in range(0, len(prompts), BATCH):
             batch = prompts[b0 : b0 + BATCH]
@@ -45,15 +41,8 @@ class TransformersScorer:
                 computed += n
             ids, mask = self._padded([p + [self.rr.tokens.one] for p in batch])
             computed += ids.numel()
-            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -2:].float()
-            logprobs = torch.log_softmax(logits, dim=-1)
-            digits = torch.tensor(self.rr.tokens.digits, device=logits.device)
-            for i in range(len(batch)):
-                readouts.append(Readout(
-                    digit_logprobs=tuple(logprobs[i, 0, digits].tolist()),
-                    zero_after_one_logprob=float(logprobs[i, 1, digits[0]]),
-                    argmax_answer=int(logits[i, 0].argmax()),
-                    argmax_after_one=int(logits[i, 1].argmax())))
+            logits = self.model(input_ids=ids, attention_mask=mask).logits[:, -2:]
+            readouts += [readout_from_logits(row, self.rr.tokens) for row in logits]
         return readouts, computed
 
     def _think(self, batch, budget):
@@ -61,7 +50,7 @@ class TransformersScorer:
 
         ids, mask = self._padded(batch)
         config = GenerationConfig(do_sample=False, max_new_tokens=budget,
-                                  eos_token_id=sorted(self.rr.backend.detector.eos_ids),
+                                  eos_token_id=sorted(self.rr.answer_detector.eos_ids),
                                   pad_token_id=self.pad)
         out = self.model.generate(ids, attention_mask=mask, generation_config=config)
         forced = []
@@ -69,7 +58,7 @@ class TransformersScorer:
             generated = []
             for t in row:  # the same stop and forcing rules as the engine
                 generated.append(t)
-                decision = self.rr.backend.detector.decide(generated, budget)
+                decision = self.rr.answer_detector.decide(generated, budget)
                 if decision.kind != "continue":
                     break
             if decision.drop_last:

@@ -73,7 +73,7 @@ def test_decode_step(benchmark, graphs):
     extra = BUDGETS[1] - BUDGETS[0]
     step = (t_long - t_short) / extra
     decoded = box["results"].stats.decode_tokens - short_results.stats.decode_tokens
-    prompts = long.prompts.segment(QUERY, docs)
+    prompts = long.segment(QUERY, docs)
     prefix = len(prompts.prefix)
     own = sum(map(len, prompts.suffixes)) / DOCS + sum(BUDGETS) / 2  # mean over the extra steps
     info = {"provider": f"erank_fast graphs {graphs}", "device": device_name(),

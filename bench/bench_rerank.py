@@ -110,7 +110,7 @@ def test_rerank_one_query(benchmark, model_name, dtype, think, provider):
         def fn():
             box["readouts"], box["computed"] = scorer.score(query, docs, think)
     else:
-        prompts = [rr.prompts.prompt_ids(query, d, think_off=think == "off") for d in docs]
+        prompts = [rr.prompt_ids(query, d, think_off=think == "off") for d in docs]
 
         def fn():
             box["generated"] = generate_batch_scores(model, prompts, 0 if think == "off" else think)

@@ -31,7 +31,7 @@ def test_vllm_rerank_one_query(benchmark, think, tmp_path):
     del model
     rr = Reranker.from_pretrained(str(tmp_path), think=think, backend="reference", device="cpu")
     query, docs = workload()
-    prompts = [{"prompt_token_ids": rr.prompts.prompt_ids(query, d, think_off=think == "off")}
+    prompts = [{"prompt_token_ids": rr.prompt_ids(query, d, think_off=think == "off")}
                for d in docs]
     llm = LLM(model=str(tmp_path), enable_prefix_caching=True, dtype="bfloat16")
     params = SamplingParams(temperature=0, max_tokens=1 if think == "off" else think + 8,

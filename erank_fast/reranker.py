@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Mapping, Sequence
 
 from erank_fast.config import RerankerConfig, validate_think
-from erank_fast.engine.engine import Engine
-from erank_fast.engine.reference_backend import ReferenceBackend
+from erank_fast.engine.backend import make_backend
 from erank_fast.engine.sampling import SamplingParams
 from erank_fast.engine.work import Sample
 from erank_fast.models.packaged import packaged_reranker
@@ -29,18 +27,12 @@ class Reranker:
         self.config = config
         self.tokenizer = loaded.tokenizer
         self.name = loaded.name
-        self.prompts = PromptBuilder(loaded.tokenizer, config.max_query_tokens, config.max_doc_tokens)
         self.tokens = ScoreTokens.from_tokenizer(loaded.tokenizer)
-        detector = AnswerDetector(loaded.tokenizer, loaded.eos_ids)
-        if config.backend == "reference":
-            self.backend = ReferenceBackend(loaded.hf_model, self.tokens, detector)
-        else:
-            impl = "auto" if config.backend == "auto" else config.backend
-            self.backend = Engine(loaded.decoder, self.tokens, detector,
-                                  max_batch_tokens=config.max_batch_tokens, impl=impl,
-                                  kv_memory=config.kv_memory, cuda_graphs=config.cuda_graphs)
+        self.answer_detector = AnswerDetector(loaded.tokenizer, loaded.eos_ids)
+        self._prompts = PromptBuilder(loaded.tokenizer, config.max_query_tokens,
+                                      config.max_doc_tokens)
+        self._backend = make_backend(loaded, self.tokens, self.answer_detector, config)
         self._prompt_lock = threading.Lock()
-        self._backend_lock = threading.Lock() if config.backend == "reference" else None
 
     @classmethod
     def from_pretrained(cls, model, *, tokenizer=None, adapter=None, device=None, dtype=None,
@@ -91,11 +83,13 @@ class Reranker:
 
     def rerank(self, query: str, documents: Sequence, *, top_k: int | None = None,
                instruction: str | None = None, return_reasoning: bool = False,
-               think=None) -> RerankResults:
+               think=None, cancel: threading.Event | None = None) -> RerankResults:
         """Documents (strings, or mappings with a "text" key) sorted by score, best first;
-        ``top_k`` keeps the best k. ``think`` overrides the reranker's setting for this call."""
+        ``top_k`` keeps the best k. ``think`` overrides the reranker's setting for this call.
+        ``cancel``: an event that, once set from another thread, abandons the call: it raises
+        ``erank_fast.Cancelled`` and its documents' memory is released."""
         return self.rerank_many([query], [documents], top_k=top_k, instruction=instruction,
-                                return_reasoning=return_reasoning, think=think)[0]
+                                return_reasoning=return_reasoning, think=think, cancel=cancel)[0]
 
     def score(self, query: str, documents: Sequence, *, instruction: str | None = None,
               think=None) -> list[float]:
@@ -108,8 +102,10 @@ class Reranker:
 
     def rerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence], *,
                     top_k: int | None = None, instruction: str | None = None,
-                    return_reasoning: bool = False, think=None) -> list[RerankResults]:
-        """Rerank several queries in one engine call (their documents are batched together)."""
+                    return_reasoning: bool = False, think=None,
+                    cancel: threading.Event | None = None) -> list[RerankResults]:
+        """Rerank several queries in one engine call (their documents are batched together);
+        ``cancel`` as in ``rerank``."""
         if isinstance(queries, str) or len(queries) != len(documents_per_query):
             raise ValueError("queries and documents_per_query must be sequences of equal length")
         for i, q in enumerate(queries):
@@ -125,13 +121,12 @@ class Reranker:
         start = time.perf_counter()
         asked = [i for i, t in enumerate(texts) if t]
         with self._prompt_lock:  # tokenizers are not guaranteed to be thread-safe
-            prompts = [self.prompts.segment(queries[i], texts[i], instruction, think == "off")
+            prompts = [self._prompts.segment(queries[i], texts[i], instruction, think == "off")
                        for i in asked]
         readouts, engine_stats = ([], None)
         if prompts:
-            # The engine batches concurrent calls together; the reference backend runs one at a time.
-            with self._backend_lock or contextlib.nullcontext():
-                readouts, engine_stats = self.backend.run(prompts, self.config.budget(think))
+            readouts, engine_stats = self._backend.run(prompts, self.config.budget(think),
+                                                       cancel=cancel)
         seconds = time.perf_counter() - start
         stats = CallStats(
             seconds=seconds, documents=sum(len(t) for t in texts),
@@ -156,9 +151,6 @@ class Reranker:
         with end-of-sequence when the model stopped) and the log-probability of every sampled
         token under the full temperature-scaled distribution. ``first_token_ids`` restricts
         the first sampled token to those ids (e.g. the score digits after ``<answer>``)."""
-        if not isinstance(self.backend, Engine):
-            raise ValueError("sampling runs on the erank_fast engine: use backend 'auto', "
-                             "'torch' or 'triton'")
         params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
                                 max_new_tokens=max_new_tokens, seed=seed,
                                 first_token_ids=None if first_token_ids is None
@@ -167,14 +159,37 @@ class Reranker:
         for i, p in enumerate(prompts):
             if not p or not all(isinstance(t, int) and 0 <= t < self.vocab_size for t in p):
                 raise ValueError(f"prompt {i} must be a non-empty list of token ids < {self.vocab_size}")
-        samples, _ = self.backend.sample(prompts, params)
+        samples, _ = self._backend.sample(prompts, params)
         return samples
 
     @property
+    def backend(self):
+        """The backend scoring this reranker's calls (an ``Engine`` or ``ReferenceBackend``),
+        for inspection; calls go through the Reranker."""
+        return self._backend
+
+    @property
     def vocab_size(self) -> int:
-        if isinstance(self.backend, Engine):
-            return self.backend.decoder.config.vocab_size
-        return self.backend.model.config.vocab_size
+        return self._backend.vocab_size
+
+    @property
+    def eos_ids(self) -> frozenset[int]:
+        """The end-of-sequence ids generation stops at (generation config and tokenizer)."""
+        return self.answer_detector.eos_ids
+
+    def prompt_ids(self, query: str, document: str, *, instruction: str | None = None,
+                   think_off: bool = False) -> list[int]:
+        """Token ids of one document's full prompt exactly as this reranker builds it
+        (truncation included; with ``think_off`` it ends at the answer position)."""
+        with self._prompt_lock:
+            return self._prompts.prompt_ids(query, document, instruction, think_off)
+
+    def segment(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
+                think_off: bool = False):
+        """The query's prompts as one shared prefix and per-document suffixes
+        (``erank_fast.prompt.QueryPrompts``), as the engine receives them."""
+        with self._prompt_lock:
+            return self._prompts.segment(query, list(documents), instruction, think_off)
 
     def _result(self, index, document, readout, return_reasoning) -> RerankResult:
         s = score_document(readout, self.tokens, self.config.score_mode)

@@ -80,6 +80,24 @@ class Readout:
     forced: tuple[int, ...] = ()       # tokens appended by forcing before the answer
 
 
+def readout_from_logits(logits: torch.Tensor, tokens: ScoreTokens, generated=(), forced=()
+                        ) -> Readout:
+    """The readout from full-vocabulary logits [2, V]: at the answer position and after a
+    teacher-forced "1" (how the reference paths read; the engine streams the same numbers
+    through its score head without a [batch, vocab] tensor)."""
+    logits = logits.float()
+    logprobs = torch.log_softmax(logits, dim=-1)
+    digits = torch.tensor(tokens.digits, device=logits.device)
+    return Readout(
+        digit_logprobs=tuple(logprobs[0, digits].tolist()),
+        zero_after_one_logprob=float(logprobs[1, tokens.digits[0]]),
+        argmax_answer=int(logits[0].argmax()),
+        argmax_after_one=int(logits[1].argmax()),
+        generated=tuple(generated),
+        forced=tuple(forced),
+    )
+
+
 @dataclass(frozen=True)
 class DocScore:
     score: float

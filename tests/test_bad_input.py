@@ -64,7 +64,7 @@ def test_overlong_texts_are_truncated(reranker):
     """Documented: query and document are cut to max_query_tokens / max_doc_tokens tokens."""
     long_doc = "lorem ipsum " * 5000
     results = reranker.rerank("q " * 1000, [long_doc, long_doc[:64]])
-    prompts = reranker.prompts.segment("q " * 1000, [long_doc], think_off=True)
+    prompts = reranker.segment("q " * 1000, [long_doc], think_off=True)
     assert len(prompts.full(0)) < 64 + 16 + 200  # template + truncated query and document
     assert len(results) == 2
 

@@ -42,8 +42,8 @@ def test_continuous_batching_equals_one_batch_per_query(tiny_qwen3, think):
     together = tight.rerank_many(QUERIES, DOCS)
     _assert_same(per_query, together)
     # One row of the budget is the arena's scratch row; the arena never exceeds the budget.
-    assert tight.backend._pool.tokens <= tight.backend.max_kv_tokens == 1399
-    assert sum(t.numel() * t.element_size() for t in tight.backend._pool.k + tight.backend._pool.v
+    assert tight.backend.scheduler.pool.tokens <= tight.backend.max_kv_tokens == 1399
+    assert sum(t.numel() * t.element_size() for t in tight.backend.scheduler.pool.k + tight.backend.scheduler.pool.v
                ) <= 1400 * KVPool.bytes_per_token(roomy.backend.decoder.config, torch.float32)
 
 

@@ -2,16 +2,21 @@
 
 Greedy ``generate`` with the same stopping and forcing rules as the engine (the shared
 ``AnswerDetector``), then one forward pass over the whole sequence and a full-vocabulary
-log-softmax at the answer position. It is the oracle for tests and the baseline for benchmarks.
+log-softmax at the answer position; sampling token by token with a KV cache and the engine's
+own sampling rule. It is the oracle for tests and the baseline for benchmarks. Calls run one at
+a time (transformers models are not re-entrant).
 """
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
-from erank_fast.engine.work import EngineStats
+from erank_fast.engine.sampling import SamplingParams, sample_logits
+from erank_fast.engine.work import Cancelled, EngineStats, Sample
 from erank_fast.prompt import QueryPrompts
-from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
+from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens, readout_from_logits
 
 
 class _StopAtDecision:
@@ -31,47 +36,50 @@ class ReferenceBackend:
         self.model = hf_model.eval()
         self.tokens = tokens
         self.detector = detector
+        self._lock = threading.Lock()
 
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def run(self, prompts: list[QueryPrompts], budget: int | None
-            ) -> tuple[list[list[Readout]], EngineStats]:
-        results, prefill, decode = [], 0, 0
-        for p in prompts:
-            row = []
-            for i in range(len(p.suffixes)):
-                readout, n_prompt, n_generated = self._score_one(p.full(i), budget)
-                row.append(readout)
-                prefill += n_prompt
-                decode += n_generated
-            results.append(row)
-        return results, EngineStats(prefill, decode, steps=decode)
+    @property
+    def vocab_size(self) -> int:
+        return self.model.config.vocab_size
+
+    def run(self, prompts: list[QueryPrompts], budget: int | None, *,
+            cancel: threading.Event | None = None) -> tuple[list[list[Readout]], EngineStats]:
+        """As ``Engine.run`` (``cancel`` is checked between documents). Counts as the engine does: the prompt and, with think="off", the
+        teacher-forced "1" (read in the same pass) are prefill; generated, forced and "1"
+        tokens after reasoning are decode; each forward pass is a step."""
+        results, prefill, decode, steps = [], 0, 0, 0
+        with self._lock:
+            for p in prompts:
+                row = []
+                for i in range(len(p.suffixes)):
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled("the call was cancelled")
+                    readout, n_prefill, n_decode, n_steps = self._score_one(p.full(i), budget)
+                    row.append(readout)
+                    prefill, decode, steps = prefill + n_prefill, decode + n_decode, steps + n_steps
+                results.append(row)
+        return results, EngineStats(prefill, decode, steps)
 
     @torch.inference_mode()
     def _score_one(self, prompt: list[int], budget: int | None):
-        generated: list[int] = []
-        forced: tuple[int, ...] = ()
-        if budget is not None:
-            generated = self._generate(prompt, budget)
-            decision = self.detector.decide(generated, budget)
-            if decision.drop_last:
-                generated = generated[:-1]
-            forced = decision.forced
-        ids = prompt + generated + list(forced) + [self.tokens.one]
-        logits = self.model(torch.tensor([ids], device=self.device)).logits[0, -2:].float()
-        logprobs = torch.log_softmax(logits, dim=-1)
-        digits = torch.tensor(self.tokens.digits, device=self.device)
-        readout = Readout(
-            digit_logprobs=tuple(logprobs[0, digits].tolist()),
-            zero_after_one_logprob=float(logprobs[1, self.tokens.digits[0]]),
-            argmax_answer=int(logits[0].argmax()),
-            argmax_after_one=int(logits[1].argmax()),
-            generated=tuple(generated),
-            forced=forced,
-        )
-        return readout, len(prompt), len(ids) - len(prompt)
+        if budget is None:
+            ids = prompt + [self.tokens.one]
+            readout = readout_from_logits(self._logits(ids)[-2:], self.tokens)
+            return readout, len(ids), 0, 1
+        raw = self._generate(prompt, budget)
+        decision = self.detector.decide(raw, budget)
+        generated = raw[:-1] if decision.drop_last else raw
+        ids = prompt + generated + list(decision.forced) + [self.tokens.one]
+        readout = readout_from_logits(self._logits(ids)[-2:], self.tokens, generated,
+                                      decision.forced)
+        return readout, len(prompt), len(ids) - len(prompt), len(raw) + 1
+
+    def _logits(self, ids: list[int]) -> torch.Tensor:
+        return self.model(torch.tensor([ids], device=self.device)).logits[0]
 
     def _generate(self, prompt: list[int], budget: int) -> list[int]:
         from transformers import GenerationConfig, StoppingCriteriaList
@@ -87,3 +95,36 @@ class ReferenceBackend:
             stopping_criteria=StoppingCriteriaList([_StopAtDecision(self.detector, len(prompt), budget)]),
         )
         return out[0, len(prompt):].tolist()
+
+    @torch.inference_mode()
+    def sample(self, prompts: list[list[int]], params: SamplingParams, *,
+               cancel: threading.Event | None = None) -> tuple[list[list[Sample]], EngineStats]:
+        """As ``Engine.sample``: the same generators and sampling rule, one sample at a time
+        through the transformers model's KV cache."""
+        results, prefill, decode, steps = [], 0, 0, 0
+        with self._lock:
+            for p, prompt in enumerate(prompts):
+                if not prompt:
+                    raise ValueError(f"prompt {p} is empty")
+                row = []
+                for i in range(params.n):
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled("the call was cancelled")
+                    generator = params.generator(p, i)
+                    out = self.model(torch.tensor([prompt], device=self.device), use_cache=True)
+                    prefill, steps = prefill + len(prompt), steps + 1
+                    completion, logprobs = [], []
+                    while True:
+                        (token,), (logprob,) = sample_logits(out.logits[0, -1:], params,
+                                                             [generator], [not completion])
+                        completion.append(token)
+                        logprobs.append(logprob)
+                        if token in self.detector.eos_ids or len(completion) >= params.max_new_tokens:
+                            break
+                        out = self.model(torch.tensor([[token]], device=self.device),
+                                         past_key_values=out.past_key_values, use_cache=True)
+                        decode, steps = decode + 1, steps + 1
+                    row.append(Sample(prompt_ids=list(prompt), completion_ids=completion,
+                                      logprobs=logprobs))
+                results.append(row)
+        return results, EngineStats(prefill, decode, steps)

@@ -56,22 +56,35 @@ class SamplingParams:
 def sample_rows(hidden: torch.Tensor, weight: torch.Tensor, params: SamplingParams,
                 generators: list[torch.Generator], first: list[bool] | None = None
                 ) -> tuple[list[int], list[float]]:
-    """hidden [R, H] final hidden states, weight [V, H] lm_head -> (token ids, log-probs).
-    ``first[r]``: row r draws its sample's first token (``params.first_token_ids`` apply).
+    """hidden [R, H] final hidden states, weight [V, H] lm_head -> (token ids, log-probs),
+    ``ROW_CHUNK`` rows of logits at a time (``sample_logits`` on each chunk)."""
+    tokens, logprobs = [], []
+    for r0 in range(0, hidden.shape[0], ROW_CHUNK):
+        t, lp = sample_logits(hidden[r0 : r0 + ROW_CHUNK] @ weight.T, params,
+                              generators[r0 : r0 + ROW_CHUNK],
+                              None if first is None else first[r0 : r0 + ROW_CHUNK])
+        tokens += t
+        logprobs += lp
+    return tokens, logprobs
+
+
+def sample_logits(logits: torch.Tensor, params: SamplingParams, generators: list[torch.Generator],
+                  first: list[bool] | None = None) -> tuple[list[int], list[float]]:
+    """logits [R, V] -> (token ids, log-probs). ``first[r]``: row r draws its sample's first
+    token (``params.first_token_ids`` apply).
 
     The log-probability is that of the sampled token under log_softmax(logits / temperature)
     over the whole vocabulary (greedy: temperature 1), i.e. the policy's own distribution
     before the top-k / top-p filters, as RL importance ratios need."""
+    logits = logits.float()
+    scaled = logits / params.temperature if params.temperature > 0 else logits
+    full = torch.log_softmax(scaled, dim=-1)
     tokens, logprobs = [], []
-    for r0 in range(0, hidden.shape[0], ROW_CHUNK):
-        logits = (hidden[r0 : r0 + ROW_CHUNK] @ weight.T).float()
-        scaled = logits / params.temperature if params.temperature > 0 else logits
-        full = torch.log_softmax(scaled, dim=-1)
-        for i in range(logits.shape[0]):
-            allowed = params.first_token_ids if first is not None and first[r0 + i] else None
-            token = _token(full[i], logits[i], params, generators[r0 + i], allowed)
-            tokens.append(token)
-            logprobs.append(float(full[i, token]))
+    for i in range(logits.shape[0]):
+        allowed = params.first_token_ids if first is not None and first[i] else None
+        token = _token(full[i], logits[i], params, generators[i], allowed)
+        tokens.append(token)
+        logprobs.append(float(full[i, token]))
     return tokens, logprobs
 
 
@@ -100,3 +113,33 @@ def _draw(logprobs: torch.Tensor, params: SamplingParams, generator: torch.Gener
     u = torch.rand((), generator=generator).item() * cdf[-1].item()
     index = min(int(torch.searchsorted(cdf, torch.tensor(u))), len(order) - 1)
     return int(order[index])
+
+
+def sample_step(docs: list, lens: list[int], hidden: torch.Tensor, weight: torch.Tensor,
+                eos_ids: frozenset[int]) -> list:
+    """Advance every sampling document of an engine step by one token; returns
+    [(doc, Sample)] for those that finished (end of sequence or ``max_new_tokens``)."""
+    from erank_fast.engine.work import Sample
+
+    by_params: dict[SamplingParams, list] = {}
+    end = 0
+    for d, n in zip(docs, lens):
+        end += n
+        if d.sampler is not None:
+            by_params.setdefault(d.sampler.params, []).append((d, end - 1))
+    done = []
+    for params, items in by_params.items():
+        rows = hidden[torch.tensor([r for _, r in items], device=hidden.device)]
+        tokens, logprobs = sample_rows(rows, weight, params,
+                                       [d.sampler.generator for d, _ in items],
+                                       [not d.generated for d, _ in items])
+        for (d, _), token, logprob in zip(items, tokens, logprobs):
+            d.generated.append(token)
+            d.logprobs.append(logprob)
+            if token in eos_ids or len(d.generated) >= params.max_new_tokens:
+                done.append((d, Sample(prompt_ids=d.group.prefix + [d.sampler.last_prompt_token],
+                                       completion_ids=list(d.generated),
+                                       logprobs=list(d.logprobs))))
+            else:
+                d.pending = [token]
+    return done

@@ -3,6 +3,7 @@ documents (or samples), with their per-document decode state."""
 
 from __future__ import annotations
 
+import enum
 import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -13,6 +14,19 @@ from erank_fast.scoring import Readout
 
 if TYPE_CHECKING:
     from erank_fast.engine.sampling import SamplingParams
+
+
+class Cancelled(RuntimeError):
+    """The call was cancelled (its cancel event was set) before its results were ready."""
+
+
+class Phase(enum.Enum):
+    """Where a decoding document is in the ERank readout (``erank_fast.engine.readout``)."""
+
+    THINK = "think"    # writing its reasoning, one greedy token per step
+    FORCE = "force"    # being fed the forced answer opening, one token per step
+    ANSWER = "answer"  # fed the last token before the answer position: read the digits next
+    ONE = "one"        # fed a teacher-forced "1": read P("0" | "1") next, then done
 
 
 @dataclass(frozen=True)
@@ -35,7 +49,8 @@ class Sample:
 class Request:
     """One engine call: its groups and documents, results, counters, and a done signal."""
 
-    def __init__(self):
+    def __init__(self, cancel: threading.Event | None = None):
+        self.cancel = cancel  # set by the caller (from any thread) to abandon the call
         self.groups: list[Group] = []
         self.results: list[list] = []
         self.docs_left = 0
@@ -50,6 +65,10 @@ class Request:
         self.groups.append(group)
         self.results.append([])
         return group
+
+    @property
+    def cancelled(self) -> bool:
+        return self.cancel is not None and self.cancel.is_set()
 
     def stats(self) -> EngineStats:
         return EngineStats(self.prefill_tokens, self.decode_tokens, self.steps)
@@ -79,7 +98,7 @@ class Doc:
     kv_start: int = -1
     own_len: int = 0
     started: bool = False
-    phase: str = "think"        # decoding: "think", "force" (feeding queue), "answer", "one"
+    phase: Phase = Phase.THINK
     queue: list[int] = field(default_factory=list)   # tokens still to feed, one per step
     answer: tuple | None = None  # (digit log-probs, argmax) read at the answer position
     generated: list[int] = field(default_factory=list)

@@ -1,0 +1,87 @@
+"""The ERank readout: each scored document's state from its last fed token to its score.
+
+think="off": a document's suffix ends with the answer position and a teacher-forced "1", so the
+step that feeds it reads both distributions and the document is done. Thinking modes: the
+document writes greedy tokens (``Phase.THINK``) until the ``AnswerDetector`` finds or forces
+the answer position; forced tokens are fed one per step (``Phase.FORCE``), then the digits are
+read at the answer position (``Phase.ANSWER``), a "1" is fed and P("0" | "1") read
+(``Phase.ONE``). One token per step throughout, so every pure decode step has one shape.
+Digits, argmax and log-sum-exp come from the vocabulary-streaming score head.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from erank_fast.engine.work import Doc, Phase
+from erank_fast.ops.score_head import score_head
+from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
+
+
+class ScoreReader:
+    def __init__(self, lm_head_weight: torch.Tensor, tokens: ScoreTokens,
+                 detector: AnswerDetector, impl: str):
+        self.weight, self.tokens, self.detector, self.impl = lm_head_weight, tokens, detector, impl
+        self.digit_ids = torch.tensor(tokens.digits, dtype=torch.int64, device=lm_head_weight.device)
+
+    def read(self, docs: list[Doc], lens: list[int], hidden: torch.Tensor
+             ) -> list[tuple[Doc, Readout]]:
+        """Advance every scored document of a step; returns those whose readout is complete."""
+        # Rows whose next-token distribution is needed: the last one of a decoding document;
+        # the answer position and the position after "1" of a think="off" document.
+        rows, owners, end = [], [], 0
+        for d, n in zip(docs, lens):
+            end += n
+            if d.sampler is None:
+                rows += [end - 2, end - 1] if d.reading else [end - 1]
+                owners.append(d)
+        if not owners:
+            return []
+        index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
+        _, argmax, lse, digit_logits = score_head(hidden[index], self.weight, self.digit_ids,
+                                                  impl=self.impl)
+        argmax, logprobs = argmax.tolist(), (digit_logits - lse[:, None]).tolist()
+        done, r = [], 0
+        for d in owners:
+            if d.reading:
+                done.append((d, Readout(
+                    digit_logprobs=tuple(logprobs[r]), zero_after_one_logprob=logprobs[r + 1][0],
+                    argmax_answer=argmax[r], argmax_after_one=argmax[r + 1],
+                    generated=tuple(d.generated), forced=d.forced)))
+                r += 2
+            else:
+                result = self._advance(d, argmax[r], logprobs[r])
+                if result is not None:
+                    done.append((d, result))
+                r += 1
+        return done
+
+    def _advance(self, d: Doc, token: int, digit_logprobs: list[float]) -> Readout | None:
+        """One decode row: the argmax token and the digits' log-probs of the distribution after
+        the document's last fed token. Sets the next token to feed, or returns the readout."""
+        if d.phase is Phase.THINK:
+            d.generated.append(token)
+            decision = self.detector.decide(d.generated, d.budget)
+            if decision.kind == "continue":
+                d.pending = [token]
+                return None
+            if decision.drop_last:
+                d.generated.pop()
+            d.forced = decision.forced
+            d.queue = ([] if decision.drop_last else [token]) + list(decision.forced)
+            d.phase = Phase.FORCE
+        elif d.phase is Phase.ANSWER:
+            d.answer = (tuple(digit_logprobs), token)
+            d.pending, d.phase = [self.tokens.one], Phase.ONE
+            return None
+        elif d.phase is Phase.ONE:
+            answer_logprobs, answer_argmax = d.answer
+            return Readout(digit_logprobs=answer_logprobs,
+                           zero_after_one_logprob=digit_logprobs[0],
+                           argmax_answer=answer_argmax, argmax_after_one=token,
+                           generated=tuple(d.generated), forced=d.forced)
+        # FORCE: feed the next token of the answer's opening; after the last, the answer position
+        d.pending = [d.queue.pop(0)]
+        if not d.queue:
+            d.phase = Phase.ANSWER
+        return None
