@@ -25,3 +25,20 @@ def decoder_logits(decoder, ids: list[int]) -> torch.Tensor:
     attention = PlainCausal([0, len(ids)], decoder.config.head_dim**-0.5)
     hidden = decoder(x, torch.arange(len(ids), device=device), attention)
     return (hidden @ decoder.lm_head_weight.T).float()
+
+
+def train_script(name: str):
+    """An entry script of train/ as a module, to call its ``main`` (scripts are no package)."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    module_name = f"train_script_{name}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    path = Path(__file__).resolve().parents[1] / "train" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,24 +1,20 @@
-"""train/listwise.py: the listwise objective reads exactly what inference reads, its loss on
+"""erank_fast.training.listwise: the listwise objective reads exactly what inference reads, its loss on
 hand-computed examples, and whole-query batches."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-
 pytest.importorskip("datasets")
-import listwise  # noqa: E402
 
 from erank_fast import Reranker  # noqa: E402
 from erank_fast.datasets import Candidate, Query  # noqa: E402
 from erank_fast.prompt import PromptBuilder  # noqa: E402
 from erank_fast.scoring import ScoreTokens  # noqa: E402
+from erank_fast.training import listwise  # noqa: E402
 
 DOCS = ["Vaccines train the immune system to recognise a virus.",
         "The stock market closed higher today.",
@@ -180,3 +176,64 @@ def test_teacher_scores_are_normalised_per_query_and_must_cover_it(qwen_tokenize
     with pytest.raises(ValueError, match="miss 1 of the 4 candidates of query q"):
         listwise.listwise_examples([q], {"q": {"d2": 1}}, builder, tokens, docs_per_query=4,
                                    positives=1, teacher=teacher)
+
+
+def test_kl_teacher_term_by_hand():
+    """"kl": teacher_weight × KL(softmax(t / T) ‖ softmax(E)) per group, averaged over groups."""
+    expected = [6.0, 2.0, 5.0, 1.0, 3.0]
+    grades = torch.tensor([0, 0, 0, 0, 0])  # no grade pairs: the teacher term alone
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    teacher = torch.tensor([0.5, -1.0, 1.5, 0.0, 1.0])
+    loss, parts = listwise.listwise_loss(_log_dist(expected), grades, groups, 0.0, teacher, 2.0,
+                                         teacher_loss="kl", teacher_temperature=0.5)
+
+    def kl(t, e):
+        p = torch.softmax(torch.tensor(t) / 0.5, 0)
+        q = torch.softmax(torch.tensor(e), 0)
+        return float((p * (p / q).log()).sum())
+
+    want = (kl([0.5, -1.0, 1.5], [6.0, 2.0, 5.0]) + kl([0.0, 1.0], [1.0, 3.0])) / 2
+    assert parts["kl"] == pytest.approx(want, rel=1e-5)
+    assert loss.item() == pytest.approx(2.0 * want, rel=1e-5)
+    # The student matching the teacher's softmax exactly (E = t / T + c) gives no KL.
+    _, parts = listwise.listwise_loss(_log_dist([3.0, 0.0, 5.0]), torch.tensor([0, 0, 0]),
+                                      torch.tensor([0, 0, 0]), 0.0,
+                                      torch.tensor([0.5, -1.0, 1.5]), 1.0, teacher_loss="kl",
+                                      teacher_temperature=0.5)
+    assert parts["kl"] == pytest.approx(0.0, abs=1e-4)
+    with pytest.raises(ValueError, match="teacher_loss"):
+        listwise.listwise_loss(_log_dist(expected), grades, groups, 0.0, teacher, 1.0,
+                               teacher_loss="mse")
+
+
+def test_kl_gradient_moves_the_student_towards_the_teacher():
+    log_dist = _log_dist([5.0, 5.0]).requires_grad_(True)
+    loss, _ = listwise.listwise_loss(log_dist, torch.tensor([0, 0]), torch.tensor([0, 0]), 0.0,
+                                     torch.tensor([1.0, -1.0]), 1.0, teacher_loss="kl")
+    loss.backward()
+    up = log_dist.grad @ listwise.SCORE_VALUES  # d loss / d(mass on high scores), roughly
+    assert up[0] < 0 < up[1]  # raise the teacher's favourite, lower the other
+
+
+def test_pseudo_query_groups_with_a_teacher_stay_on_topic(qwen_tokenizer):
+    """With teacher scores, a pseudo-query's negatives all come from its source query, each
+    carrying the teacher's z-score for the pseudo-query."""
+    from erank_fast.training.teachers import pseudo_qid
+
+    tokens = ScoreTokens.from_tokenizer(qwen_tokenizer)
+    builder = PromptBuilder(qwen_tokenizer)
+    queries = [Query(f"q{k}", f"query {k}", tuple(Candidate(f"q{k}d{i}", f"text {k} {i}", 0.0)
+                                                  for i in range(6))) for k in range(2)]
+    pseudo = [{"qid": "q0", "docid": "q0d2", "query": "what is text 0 2?"}]
+    teacher = {(pseudo_qid(pseudo[0]), c.docid): float(i)
+               for i, c in enumerate(queries[0].candidates)}
+    rows = listwise.pseudo_query_examples(pseudo, queries, builder, tokens, docs_per_query=4,
+                                          first_group=7, teacher=teacher)
+    assert len(rows) == 4 and {r["group"] for r in rows} == {7}
+    assert rows[0]["grade"] == 2 and all(r["grade"] == 0 for r in rows[1:])
+    texts = [qwen_tokenizer.decode(r["input_ids"]) for r in rows]
+    assert all("text 0 " in t and "text 1 " not in t for t in texts)
+    z = {i: (i - 2.5) / math.sqrt(35 / 12) for i in range(6)}  # population z of 0..5
+    assert rows[0]["teacher"] == pytest.approx(z[2])
+    assert sorted(r["teacher"] for r in rows[1:]) == pytest.approx(
+        sorted(z[i] for i in range(6) if i != 2 and any(f"text 0 {i}" in t for t in texts[1:])))

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
@@ -11,9 +10,7 @@ import torch
 
 from erank_fast import Reranker
 from erank_fast.models.lora import merge_lora
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-import export_adapter
+from erank_fast.training.export import export
 
 DOCS = ["one document", "another, longer document", "a third"]
 
@@ -92,7 +89,7 @@ def test_unsupported_or_mismatched_adapters_are_refused(trained_adapter, tmp_pat
 
 def test_export_then_load_as_a_packaged_directory(trained_adapter, tmp_path):
     root, peft_merged = trained_adapter
-    out = export_adapter.export(root / "adapter", tmp_path / "packaged", base=str(root / "base"),
+    out = export(root / "adapter", tmp_path / "packaged", base=str(root / "base"),
                                 think=2, score_mode="expected")
     meta = json.loads((out / "erank_fast.json").read_text())
     assert meta == {"base": str(root / "base"), "think": 2, "score_mode": "expected"}
@@ -110,7 +107,7 @@ def test_packaged_reranker_settings_and_overrides(monkeypatch, trained_adapter, 
     from erank_fast.models import packaged
 
     root, _ = trained_adapter
-    export_adapter.export(root / "adapter", tmp_path / "pkg", base=str(root / "base"),
+    export(root / "adapter", tmp_path / "pkg", base=str(root / "base"),
                           score_mode="expected", extra={"max_doc_tokens": 16})
     monkeypatch.setitem(packaged.PACKAGED_DIRS, "tiny-packaged", tmp_path / "pkg")
     rr = Reranker.from_pretrained("tiny-packaged")

@@ -1,4 +1,4 @@
-"""train/pseudo_queries.py and the pseudo-query groups of the listwise objective: generated
+"""erank_fast.training.pseudo_queries, train/pseudo_queries.py and the pseudo-query groups of the listwise objective: generated
 questions are cleaned and filtered, the command writes only usable ones, groups hold the source
 passage as the one relevant document with same-topic and other-topic negatives, and
 ``--lora_layers_from`` adapts only the upper decoder layers."""
@@ -6,20 +6,19 @@ passage as the one relevant document with same-topic and other-topic negatives, 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-
 pytest.importorskip("datasets")
-import listwise  # noqa: E402
-import pseudo_queries as pq  # noqa: E402
+
+from helpers import train_script  # noqa: E402
 
 from erank_fast.datasets import Candidate, Query  # noqa: E402
 from erank_fast.prompt import PromptBuilder  # noqa: E402
 from erank_fast.scoring import ScoreTokens  # noqa: E402
+from erank_fast.training import listwise  # noqa: E402
+from erank_fast.training import pseudo_queries as pq  # noqa: E402
+from erank_fast.training.models import lora_targets  # noqa: E402
 
 
 def test_clean_question_keeps_the_first_line_up_to_its_question_mark():
@@ -83,18 +82,19 @@ def test_command_writes_usable_questions(tiny_qwen3, tmp_path, monkeypatch):
         "candidates": [{"docid": c.docid, "text": c.text, "score": 0.0} for c in q.candidates]})
         + "\n" for q in _queries()))
     answers = iter(["What is topic 0 about?", "The answer", "What does passage 3 say?"] * 4)
-    monkeypatch.setattr("sft.load_model", lambda name: (model, tok))
-    monkeypatch.setattr(pq, "generate_questions",
+    script = train_script("pseudo_queries")
+    monkeypatch.setattr("erank_fast.training.models.load_model", lambda name: (model, tok))
+    monkeypatch.setattr(script, "generate_questions",
                         lambda m, t, passages, **kw: [next(answers) for _ in passages])
     out = tmp_path / "pseudo.jsonl"
-    pq.main(["--data", str(data), "--out", str(out), "--max-queries", "2", "--per-query", "3"])
+    script.main(["--data", str(data), "--out", str(out), "--max_queries", "2", "--per-query", "3"])
     rows = pq.read_pseudo_queries(out)
     assert {r["qid"] for r in rows} <= {"q0", "q1"}
     assert all(pq.usable(r["query"], next(c.text for q in _queries() for c in q.candidates
                                           if c.docid == r["docid"])) for r in rows)
     assert 0 < len(rows) < 6
     with pytest.raises(SystemExit):            # an existing output is never overwritten
-        pq.main(["--data", str(data), "--out", str(out)])
+        script.main(["--data", str(data), "--out", str(out)])
 
 
 def test_generate_questions_runs_on_a_model(tiny_qwen3):
@@ -110,21 +110,18 @@ def test_generate_questions_runs_on_a_model(tiny_qwen3):
      "needs --use_lora true"),
 ])
 def test_sft_refuses_flags_that_would_be_ignored(flags, message, monkeypatch, tmp_path):
-    import sft
-
+    sft = train_script("sft")
     monkeypatch.setattr(sft, "load_model", lambda name: pytest.fail("loaded a model"))
     with pytest.raises(SystemExit, match=message):
         sft.main(["--output_dir", str(tmp_path), "--bf16", "false", *flags])
 
 
 def test_lora_layers_from(tiny_qwen3):
-    import sft
-
     model, _ = tiny_qwen3
     n = len(model.model.layers)
-    assert sft.lora_targets(model, 0) == {"target_modules": "all-linear"}
-    upper = sft.lora_targets(model, n - 1)
+    assert lora_targets(model, 0) == {"target_modules": "all-linear"}
+    upper = lora_targets(model, n - 1)
     assert upper["layers_to_transform"] == [n - 1] and "q_proj" in upper["target_modules"]
     assert "lm_head" not in upper["target_modules"]
-    with pytest.raises(SystemExit, match="lora_layers_from"):
-        sft.lora_targets(model, n)
+    with pytest.raises(ValueError, match="lora_layers_from"):
+        lora_targets(model, n)

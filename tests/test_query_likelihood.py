@@ -1,18 +1,15 @@
-"""train/query_likelihood.py: batched, left-padded query log-likelihoods equal one-at-a-time
+"""Query likelihood (erank_fast.training.query_likelihood, train/query_likelihood.py): batched, left-padded query log-likelihoods equal one-at-a-time
 ones, and the command resumes without rescoring finished queries."""
 
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
 import torch
+from helpers import train_script
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-
-import query_likelihood as qlm  # noqa: E402
+from erank_fast.training import query_likelihood as qlm
 
 
 def _direct(model, tok, query: str, passage: str) -> float:
@@ -44,9 +41,11 @@ def test_command_writes_and_resumes(tiny_qwen3, tmp_path, monkeypatch):
     out = tmp_path / "scores.jsonl"
     out.write_text(json.dumps({"qid": "q0", "docid": "d0", "score": -1.0}) + "\n")  # cut off
     loads = []
-    monkeypatch.setattr("sft.load_model", lambda name: loads.append(name) or (model, tok))
-    qlm.main(["--model", "tiny", "--data", str(data), "--out", str(out)])
+    monkeypatch.setattr("erank_fast.training.models.load_model",
+                        lambda name: loads.append(name) or (model, tok))
+    script = train_script("query_likelihood")
+    script.main(["--model", "tiny", "--data", str(data), "--out", str(out)])
     scores = qlm.read_scores(out)
     assert len(scores) == 6 and scores[("q0", "d0")] != -1.0  # the cut-off query was redone
-    qlm.main(["--model", "tiny", "--data", str(data), "--out", str(out)])
+    script.main(["--model", "tiny", "--data", str(data), "--out", str(out)])
     assert loads == ["tiny"] and len(out.read_text().splitlines()) == 7  # nothing rescored

@@ -1,16 +1,12 @@
-"""train/rewards.py: each r_RR case by hand, ties, several positives; r_nDCG and r_SE."""
+"""erank_fast.training.rewards: each r_RR case by hand, ties, several positives; r_nDCG and r_SE."""
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-
-from rewards import RewardConfig, Rollout, query_rewards, ranks  # noqa: E402
+from erank_fast.training.rewards import RewardConfig, Rollout, query_rewards, ranks
 
 from erank_fast.scoring import parse_answer  # noqa: E402
 

@@ -1,19 +1,18 @@
-"""train/rl.py's rollout function and reward plumbing, without the launcher."""
+"""RL rollouts (erank_fast.training.rollouts) and the GRPO reward plumbing
+(erank_fast.training.grpo), without the launcher."""
 
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "train"))
-
-import rl  # noqa: E402
-from rewards import RewardConfig  # noqa: E402
+from erank_fast import Reranker
+from erank_fast.training import grpo
+from erank_fast.training import rollouts as rl
+from erank_fast.training.rewards import RewardConfig
 
 
 def _fake_trainer(model):
@@ -41,7 +40,7 @@ def test_rollout_logprobs_are_the_policys_log_softmax(tiny_qwen3):
 
 
 def test_reward_call_needs_whole_queries():
-    reward = rl.make_listwise_reward(RewardConfig(), docs_per_query=2, generations=2)
+    reward = grpo.make_listwise_reward(RewardConfig(), docs_per_query=2, generations=2)
     completions = ["<answer>9</answer>", "<answer>8</answer>", "<answer>2</answer>", "bad"]
     got = reward(None, completions, qid=["q"] * 4, relevant=[True, True, False, False],
                  reference=[8.0, 8.0, 1.0, 1.0])
@@ -86,14 +85,60 @@ def test_engine_refuses_an_unmerged_adapter(tiny_qwen3):
 
 
 def test_think_off_completions_continue_the_answer_tag():
-    reward = rl.make_listwise_reward(RewardConfig(), docs_per_query=2, generations=2,
+    reward = grpo.make_listwise_reward(RewardConfig(), docs_per_query=2, generations=2,
                                      think="off")
     completions = ["9</", "10", "2</answer>", "</answer>"]  # the last writes no score
     got = reward(None, completions, qid=["q"] * 4, relevant=[True, True, False, False],
                  reference=[8.0, 8.0, 1.0, 1.0])
     assert got == pytest.approx([0.5, 1.0, 0.5 * (1 - 0.01), -1.0])
     # Read as think-off inference reads the answer position: one digit, or "10".
-    assert rl.answer_text("7</answer>", off=True) == "<answer>7"
-    assert rl.answer_text("73", off=True) == "<answer>7"
-    assert rl.answer_text("12", off=True) == "<answer>1"
-    assert rl.answer_text("<answer>7</answer>", off=False) == "<answer>7</answer>"
+    assert grpo.answer_text("7</answer>", off=True) == "<answer>7"
+    assert grpo.answer_text("73", off=True) == "<answer>7"
+    assert grpo.answer_text("12", off=True) == "<answer>1"
+    assert grpo.answer_text("<answer>7</answer>", off=False) == "<answer>7</answer>"
+
+
+def _assert_policy_logprobs(model, out, temperature=1.0):
+    for p, c, lp in zip(out["prompt_ids"], out["completion_ids"], out["logprobs"]):
+        with torch.no_grad():
+            logits = model(torch.tensor([p + c])).logits[0, len(p) - 1 : -1].float() / temperature
+        want = torch.log_softmax(logits, -1).gather(1, torch.tensor(c)[:, None])[:, 0]
+        torch.testing.assert_close(torch.tensor(lp), want, atol=1e-4, rtol=0)
+
+
+def test_one_engine_serves_every_rollout_call_and_sees_weight_updates(tiny_qwen3):
+    """The engine (arena, graphs) is built once per trainer; optimizer-style in-place updates
+    between calls are what the next rollouts sample from."""
+    model, tok = tiny_qwen3
+    policy = copy.deepcopy(model)
+    rollout = rl.make_rollout(tok, max_new_tokens=4, temperature=1.0, top_p=1.0, top_k=0)
+    prompts = ["a prompt about updates"] * 2 + ["another prompt"] * 2
+    seen = []
+    for call in range(3):
+        out = rollout(prompts, _fake_trainer(policy))
+        _assert_policy_logprobs(policy, out)
+        seen.append(out["logprobs"])
+        with torch.no_grad():  # an optimizer step: the same tensors, new values
+            for p in policy.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+    assert rollout.engine.builds == 1
+    assert seen[0] != seen[1] != seen[2]
+
+
+def test_rollouts_stop_on_every_eos_id_inference_stops_on(tiny_qwen3):
+    """A generation config listing several end-of-sequence ids: rollouts end at any of them,
+    as inference does (one helper gives both the set)."""
+    model, tok = tiny_qwen3
+    policy = copy.deepcopy(model)
+    prompt = ["a prompt that runs on"]
+    greedy = rl.make_rollout(tok, max_new_tokens=6, temperature=0.0, top_p=1.0, top_k=0)
+    free = greedy(prompt, _fake_trainer(policy))["completion_ids"][0]
+    at = next(i for i in range(1, len(free)) if free[i] not in free[:i])  # its first occurrence
+    stop = free[at]
+    assert stop != tok.eos_token_id
+    policy.generation_config.eos_token_id = [tok.eos_token_id, stop]
+    inference = Reranker.from_pretrained(policy, tokenizer=tok, backend="torch")
+    assert stop in inference.eos_ids and tok.eos_token_id in inference.eos_ids
+    stopped = rl.make_rollout(tok, max_new_tokens=6, temperature=0.0, top_p=1.0, top_k=0)
+    got = stopped(prompt, _fake_trainer(policy))["completion_ids"][0]
+    assert got == free[:at + 1]

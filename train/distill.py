@@ -10,17 +10,14 @@ already in ``--out`` are skipped, and each finished query is appended at once.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import data as train_data  # noqa: E402
+from erank_fast.training import data as train_data
+from erank_fast.training.arguments import ScriptParser
 
 
 def consensus(outputs: list[str], scores: list[int | None]) -> tuple[str, int] | None:
@@ -36,18 +33,18 @@ def main(argv=None) -> None:
     from erank_fast import Reranker
     from erank_fast.scoring import parse_answer
 
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ScriptParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--teacher", required=True, help="any Reranker-loadable model")
     p.add_argument("--data", required=True)
     p.add_argument("--qrels", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--samples", type=int, default=3)
-    p.add_argument("--max-new-tokens", type=int, default=2048, help="longer outputs are dropped")
+    p.add_argument("--max_new_tokens", type=int, default=2048, help="longer outputs are dropped")
     p.add_argument("--temperature", type=float, default=0.7)
-    p.add_argument("--top-p", type=float, default=0.95)
-    p.add_argument("--docs-per-query", type=int, default=20)
+    p.add_argument("--top_p", type=float, default=0.95)
+    p.add_argument("--docs_per_query", type=int, default=20)
     p.add_argument("--positives", type=int, default=1)
-    p.add_argument("--max-queries", type=int, default=None)
+    p.add_argument("--max_queries", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
@@ -58,7 +55,7 @@ def main(argv=None) -> None:
     if out.is_file():
         done = {(r["qid"], r["docid"]) for r in map(json.loads, out.read_text().splitlines()) if r}
     rng = random.Random(args.seed)
-    eos = teacher.backend.detector.eos_ids
+    eos = teacher.eos_ids
     with out.open("a", encoding="utf-8") as f:
         for q in tqdm(queries[: args.max_queries], desc="distilling", unit="query"):
             picks = train_data.pick_documents(q, qrels.get(q.qid, {}), args.docs_per_query,
@@ -66,7 +63,7 @@ def main(argv=None) -> None:
             picks = [pk for pk in picks if (q.qid, pk.docid) not in done]
             if not picks:
                 continue
-            prompts = [teacher.prompts.prompt_ids(q.text, pk.text) for pk in picks]
+            prompts = [teacher.prompt_ids(q.text, pk.text) for pk in picks]
             samples = teacher.sample(prompts, n=args.samples, temperature=args.temperature,
                                      top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                                      seed=args.seed)

@@ -1,116 +1,44 @@
-"""Pseudo-queries: questions a causal LM writes for training passages, as extra training queries.
+"""Pseudo-queries for training passages (``erank_fast.training.pseudo_queries``).
 
     python train/pseudo_queries.py --data ../shared/data/dl21-bm25-top100.jsonl \\
-        --max-queries 43 --per-query 10 --out runs/dl21-pseudo.jsonl
+        --max_queries 43 --per_query 10 --out runs/dl21-pseudo.jsonl
 
-A reranker fine-tuned on a few dozen judged queries can lower its loss by learning what those
-queries' relevant documents are about instead of how a query matches a document. Questions
-generated from the training passages themselves (the InPars / query-generation recipe, with the
-query-likelihood prompt of ``train/query_likelihood.py``) give many more queries, each with a
-known positive (its source passage) and same-topic negatives (the other candidates of the real
-query the passage came from). ``train/sft.py --objective listwise --pseudo_queries FILE`` mixes
-them into training.
-
-Output: JSONL ``{"qid", "docid", "query"}``: ``qid`` the real query the passage is a candidate
-of, ``docid`` the source passage, ``query`` the generated question. Passages are drawn from each
-query's candidates with a seeded generator; decoding is greedy.
+Passages are drawn from each query's candidates with a seeded generator; decoding is greedy;
+questions that fail the filter (``usable``) are dropped. Output: JSONL ``{"qid", "docid",
+"query"}``; an existing ``--out`` is refused.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from query_likelihood import passage_prompt_ids  # noqa: E402
-
-MIN_QUERY_CHARS = 8
-
-
-def usable(question: str, passage: str) -> bool:
-    """A question worth training on: long enough, no repeated word trigram (a degenerate loop),
-    and at least one word of four or more letters from its passage (not a generic "What is
-    the main idea of the article?")."""
-    words = _words(question)
-    trigrams = list(zip(words, words[1:], words[2:]))
-    passage_words = set(_words(passage))
-    return (len(question) >= MIN_QUERY_CHARS and len(set(trigrams)) == len(trigrams)
-            and any(len(w) >= 4 and w in passage_words for w in words[2:]))
-
-
-def _words(text: str) -> list[str]:
-    """Lower-cased words without surrounding punctuation."""
-    return [w.strip(".,;:!?\"'()").lower() for w in text.split()]
-
-
-def generate_questions(model, tokenizer, passages: list[str], *, max_passage_tokens: int = 256,
-                       max_new_tokens: int = 32, batch_size: int = 16) -> list[str]:
-    """One greedy question per passage: the first line the model writes after the prompt."""
-    import torch
-    from data import left_pad, pad_id
-
-    device = next(model.parameters()).device
-    pad = pad_id(tokenizer)
-    questions: list[str] = []
-    for start in range(0, len(passages), batch_size):
-        rows = [passage_prompt_ids(tokenizer, text, max_passage_tokens)
-                for text in passages[start:start + batch_size]]
-        batch = {k: v.to(device) for k, v in left_pad(rows, pad).items()}
-        batch.pop("position_ids")
-        with torch.no_grad():
-            out = model.generate(**batch, max_new_tokens=max_new_tokens, do_sample=False,
-                                 pad_token_id=pad)
-        for row in out[:, batch["input_ids"].shape[1]:]:
-            text = tokenizer.decode(row, skip_special_tokens=True)
-            questions.append(clean_question(text))
-    return questions
-
-
-def clean_question(text: str) -> str:
-    """The generated text up to its first line break (and first question mark), stripped."""
-    line = text.strip().split("\n", 1)[0].strip()
-    if "?" in line:
-        line = line[: line.index("?") + 1]
-    return line
-
-
-def read_pseudo_queries(path: str | Path) -> list[dict]:
-    """Rows {"qid", "docid", "query"} from a file this script wrote."""
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                row = json.loads(line)
-                rows.append({"qid": str(row["qid"]), "docid": str(row["docid"]),
-                             "query": str(row["query"])})
-    return rows
+from erank_fast.training.pseudo_queries import generate_questions, usable
+from erank_fast.training.arguments import ScriptParser
 
 
 def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = ScriptParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="smollm2-135m-instruct")
     parser.add_argument("--data", required=True, help="reranking JSONL (qid, query, candidates)")
     parser.add_argument("--out", required=True, help="JSONL of {qid, docid, query}")
-    parser.add_argument("--max-queries", type=int, default=None,
+    parser.add_argument("--max_queries", type=int, default=None,
                         help="use the first N queries only (keep held-out queries out)")
-    parser.add_argument("--per-query", type=int, default=10, help="passages per real query")
-    parser.add_argument("--max-passage-tokens", type=int, default=256)
-    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--per_query", type=int, default=10, help="passages per real query")
+    parser.add_argument("--max_passage_tokens", type=int, default=256)
+    parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.per_query < 1:
-        parser.error("--per-query must be at least 1")
+        parser.error("--per_query must be at least 1")
     if Path(args.out).exists():
         parser.error(f"{args.out} exists; choose another --out or remove it")
 
-    from sft import load_model
     from tqdm.auto import tqdm
 
     from erank_fast.datasets import read_jsonl
+    from erank_fast.training.models import load_model
 
     queries = read_jsonl(args.data)[: args.max_queries]
     rng = random.Random(args.seed)

@@ -11,18 +11,19 @@ last checkpoint in ``output_dir``.
 ``--objective tokens`` (default) is the paper's next-token loss on the completion (teacher
 reasoning, or the grade-derived score in the think-off form). ``--objective listwise`` trains
 the think-off score distribution with a within-query pairwise loss on the expected score
-(``train/listwise.py``); it needs ``per_device_train_batch_size == docs_per_query``.
+(``erank_fast.training.listwise``); it needs ``per_device_train_batch_size ==
+docs_per_query``. ``--teacher_scores FILE`` (``train/query_likelihood.py`` or
+``train/teacher_scores.py``) adds a dense teacher: ``--teacher_loss pairs`` weights the pairs by
+the teacher's score differences, ``--teacher_loss kl`` distils the teacher's softmax over each
+group (temperature ``--teacher_temperature``) into the student's expected scores.
 """
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-import data as train_data  # noqa: E402
+from erank_fast.training import data as train_data
+from erank_fast.training.models import load_model, lora_targets, train_and_save
 
 
 @dataclass
@@ -51,7 +52,12 @@ class SFTScriptArguments:
     teacher_scores: str | None = field(
         default=None, metadata={"help": "listwise: query_likelihood.py output (JSONL)"})
     teacher_weight: float = field(
-        default=1.0, metadata={"help": "listwise: weight of teacher score differences"})
+        default=1.0, metadata={"help": "listwise: weight of the teacher's term"})
+    teacher_loss: str = field(
+        default="pairs", metadata={"help": "listwise: 'pairs' (teacher differences weight the "
+                                           "pairs) or 'kl' (distil the teacher's softmax)"})
+    teacher_temperature: float = field(
+        default=1.0, metadata={"help": "listwise, kl: temperature on the teacher's z-scores"})
     pseudo_queries: str | None = field(
         default=None, metadata={"help": "listwise: pseudo_queries.py output (JSONL), extra groups"})
     lora_layers_from: int = field(
@@ -75,18 +81,6 @@ def build_dataset(args: SFTScriptArguments, tokenizer):
                               for e in examples])
 
 
-def load_model(name: str):
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from erank_fast.models.loading import resolve_model_path
-
-    path = resolve_model_path(name) or name
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    return model, tokenizer
-
-
 def main(argv=None) -> None:
     from trl import SFTConfig, SFTTrainer, TrlParser
 
@@ -102,9 +96,12 @@ def main(argv=None) -> None:
     if args.use_lora:
         from peft import LoraConfig
 
+        try:
+            targets = lora_targets(model, args.lora_layers_from)
+        except ValueError as e:
+            raise SystemExit(f"--{e}") from None
         peft_config = LoraConfig(r=args.lora_r, lora_alpha=args.lora_alpha,
-                                 lora_dropout=args.lora_dropout, task_type="CAUSAL_LM",
-                                 **lora_targets(model, args.lora_layers_from))
+                                 lora_dropout=args.lora_dropout, task_type="CAUSAL_LM", **targets)
     if args.objective == "listwise":
         trainer = listwise_trainer(args, config, model, tokenizer, peft_config)
     elif args.objective == "tokens":
@@ -115,51 +112,36 @@ def main(argv=None) -> None:
     train_and_save(trainer, tokenizer, config.output_dir, args.resume)
 
 
-def lora_targets(model, layers_from: int) -> dict:
-    """peft target arguments: every linear layer of the decoder, or only those of decoder
-    layers ``layers_from`` and above."""
-    if layers_from == 0:
-        return {"target_modules": "all-linear"}
-    import torch
-
-    layers = model.model.layers
-    if not 0 < layers_from < len(layers):
-        raise SystemExit(f"--lora_layers_from must be in 0..{len(layers) - 1}, got {layers_from}")
-    names = sorted({name.rsplit(".", 1)[-1] for name, m in layers.named_modules()
-                    if isinstance(m, torch.nn.Linear)})
-    return {"target_modules": names, "layers_to_transform": list(range(layers_from, len(layers))),
-            "layers_pattern": "layers"}
-
-
 def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_config):
     from datasets import Dataset
-    from listwise import LeftPaddingCollator, ListwiseTrainer, listwise_examples
 
     from erank_fast.prompt import PromptBuilder
     from erank_fast.scoring import ScoreTokens
+    from erank_fast.training.listwise import (TEACHER_LOSSES, LeftPaddingCollator,
+                                              ListwiseTrainer, listwise_examples,
+                                              pseudo_query_examples)
+    from erank_fast.training.pseudo_queries import read_pseudo_queries
+    from erank_fast.training.query_likelihood import read_scores
 
     if args.teacher:
         raise SystemExit("--objective listwise trains the think-off score; it takes no --teacher")
+    if args.teacher_loss not in TEACHER_LOSSES:
+        raise SystemExit(f"--teacher_loss must be one of {TEACHER_LOSSES}, got {args.teacher_loss!r}")
     queries, qrels = train_data.load(args.data, args.qrels)
     tokens = ScoreTokens.from_tokenizer(tokenizer)
     builder = PromptBuilder(tokenizer, args.max_query_tokens, args.max_doc_tokens)
     teacher = None
     if args.teacher_scores:
-        from query_likelihood import read_scores
-
         teacher = read_scores(args.teacher_scores)
     rows = listwise_examples(queries[: args.max_queries], qrels, builder, tokens,
                              docs_per_query=args.docs_per_query, positives=args.positives,
                              rounds=args.rounds, seed=args.seed_data, teacher=teacher)
     if args.pseudo_queries:
-        from listwise import pseudo_query_examples
-        from pseudo_queries import read_pseudo_queries
-
         first = 1 + max((r["group"] for r in rows), default=-1)
         rows += pseudo_query_examples(read_pseudo_queries(args.pseudo_queries),
                                       queries[: args.max_queries], builder, tokens,
                                       docs_per_query=args.docs_per_query, first_group=first,
-                                      seed=args.seed_data)
+                                      seed=args.seed_data, teacher=teacher)
     if not rows:
         raise SystemExit(f"no query has {args.docs_per_query} candidates with both relevant and "
                          "irrelevant documents")
@@ -172,19 +154,9 @@ def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_co
                            data_collator=LeftPaddingCollator(train_data.pad_id(tokenizer)), processing_class=tokenizer,
                            score_tokens=tokens, pointwise_weight=args.pointwise_weight,
                            docs_per_query=args.docs_per_query,
-                           teacher_weight=args.teacher_weight if teacher else 0.0)
-
-
-def train_and_save(trainer, tokenizer, output_dir: str, resume: bool) -> None:
-    """Train (from the last checkpoint in output_dir when resuming), then save the result."""
-    from transformers.trainer_utils import get_last_checkpoint
-
-    checkpoint = get_last_checkpoint(output_dir) if resume else None
-    if resume and checkpoint is None:
-        raise SystemExit(f"--resume: no checkpoint in {output_dir}")
-    trainer.train(resume_from_checkpoint=checkpoint)
-    trainer.save_model(output_dir)
-    tokenizer.save_pretrained(output_dir)
+                           teacher_weight=args.teacher_weight if teacher else 0.0,
+                           teacher_loss=args.teacher_loss,
+                           teacher_temperature=args.teacher_temperature)
 
 
 if __name__ == "__main__":

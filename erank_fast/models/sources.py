@@ -33,7 +33,9 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.bfloat16 if device.type == "cuda" else torch.float32
 
 
-def _eos_ids(tokenizer, generation_config) -> frozenset[int]:
+def eos_ids(tokenizer, generation_config) -> frozenset[int]:
+    """Every id generation stops at: the generation config's end-of-sequence ids (one or a list)
+    and the tokenizer's. Inference and RL rollouts both stop on exactly these."""
     ids = set()
     eos = getattr(generation_config, "eos_token_id", None) if generation_config else None
     if isinstance(eos, int):
@@ -73,7 +75,7 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
         if adapter is not None:  # merged into a copy: the caller's model stays as it was
             model = _merge_adapter(copy.deepcopy(model), adapter)
         decoder = decoder_from_hf_model(model) if need == "decoder" else None
-        return LoadedModel(tokenizer, _eos_ids(tokenizer, model.generation_config), decoder, model,
+        return LoadedModel(tokenizer, eos_ids(tokenizer, model.generation_config), decoder, model,
                            name=type(model).__name__)
     if not isinstance(model, (str, Path)):
         raise TypeError(
@@ -88,7 +90,7 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
         if need == "decoder" and path is not None and adapter is None:
             decoder = load_decoder(path, dtype, device)
-            return LoadedModel(tokenizer, _eos_ids(tokenizer, _generation_config(path)), decoder,
+            return LoadedModel(tokenizer, eos_ids(tokenizer, _generation_config(path)), decoder,
                                name=name)
         if adapter is None:
             hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
@@ -104,4 +106,4 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
             "Download the checkpoint and pass its local directory."
         ) from e
     decoder = decoder_from_hf_model(hf) if need == "decoder" else None
-    return LoadedModel(tokenizer, _eos_ids(tokenizer, hf.generation_config), decoder, hf, name=name)
+    return LoadedModel(tokenizer, eos_ids(tokenizer, hf.generation_config), decoder, hf, name=name)

@@ -12,9 +12,12 @@ sees the order within a query. This objective trains what inference reads instea
 - the loss is a pairwise logistic (RankNet) loss on E over the documents of one query, each
   pair weighted by its grade difference, plus ``pointwise_weight`` × the cross-entropy of the
   grade-derived score under p(s), which keeps answers readable and the scale anchored;
-- optionally, teacher scores for every candidate (``train/query_likelihood.py``), z-normalised
-  within each query over all its candidates, add ``teacher_weight`` × their difference to each
-  pair's weight: a dense signal on the many unjudged and same-grade pairs.
+- optionally, teacher scores for every candidate (``train/query_likelihood.py``, or a
+  sentence-transformers teacher through ``train/teacher_scores.py``), z-normalised within each
+  query over all its candidates: either added, × ``teacher_weight``, to each pair's weight
+  ("pairs"), or distilled as the KL divergence from the teacher's softmax over each group to the
+  student's softmax of expected scores ("kl"): a dense signal on the many unjudged and
+  same-grade pairs.
 
 Optionally, pseudo-queries (``train/pseudo_queries.py``: questions generated from training
 passages) add groups of their own: the source passage is the one relevant document (grade 2),
@@ -30,16 +33,19 @@ from __future__ import annotations
 
 import random
 
-import data as train_data
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Sampler
 from transformers import Trainer
 
+from erank_fast.datasets import Query
 from erank_fast.prompt import PromptBuilder
 from erank_fast.scoring import ScoreTokens
+from erank_fast.training import data as train_data
+from erank_fast.training.teachers import pseudo_qid
 
 SCORE_VALUES = torch.arange(11, dtype=torch.float32)
+TEACHER_LOSSES = ("pairs", "kl")
 
 
 def listwise_examples(queries, qrels, builder: PromptBuilder, tokens: ScoreTokens, *,
@@ -49,7 +55,7 @@ def listwise_examples(queries, qrels, builder: PromptBuilder, tokens: ScoreToken
     """Rows {"input_ids", "group", "grade", "teacher"}, ``docs_per_query`` consecutive rows per
     group; "teacher" is the query-normalised teacher score (0 without a teacher).
 
-    Each round draws a fresh sample of documents per query (``train/data.py`` sampling). Queries
+    Each round draws a fresh sample of documents per query (``erank_fast.training.data`` sampling). Queries
     with fewer candidates than ``docs_per_query``, or without both a relevant and an irrelevant
     document among them, give no pairs and are left out."""
     rng = random.Random(seed)
@@ -73,11 +79,15 @@ def listwise_examples(queries, qrels, builder: PromptBuilder, tokens: ScoreToken
 
 def pseudo_query_examples(pseudo: list[dict], queries, builder: PromptBuilder,
                           tokens: ScoreTokens, *, docs_per_query: int, first_group: int,
-                          seed: int = 0, instruction: str | None = None) -> list[dict]:
+                          seed: int = 0, instruction: str | None = None,
+                          teacher: dict[tuple[str, str], float] | None = None) -> list[dict]:
     """Rows as ``listwise_examples`` writes them for pseudo-queries {"qid", "docid", "query"}
     (groups numbered from ``first_group``): the source passage (grade 2), then
     ``docs_per_query`` − 1 negatives, half from the source's own real query, half from others.
-    Pseudo-queries whose real query is not in ``queries`` are left out."""
+    With ``teacher`` (scores keyed by ``pseudo_qid``, over the source query's candidates), all
+    negatives come from the source query, each with its teacher z-score: same-topic passages
+    are where a teacher's judgement matters. Pseudo-queries whose real query is not in
+    ``queries`` are left out."""
     if docs_per_query < 2:
         raise ValueError(f"pseudo-query groups need docs_per_query >= 2, got {docs_per_query}")
     rng = random.Random(seed)
@@ -87,22 +97,26 @@ def pseudo_query_examples(pseudo: list[dict], queries, builder: PromptBuilder,
         source = by_qid.get(p["qid"])
         if source is None:
             continue
-        docs = {c.docid: c.text for c in source.candidates}
-        if p["docid"] not in docs:
+        if p["docid"] not in {c.docid for c in source.candidates}:
             raise ValueError(f"pseudo-query source {p['docid']} is not a candidate of query "
                              f"{p['qid']}")
-        same = [c.text for c in source.candidates if c.docid != p["docid"]]
-        others = [q for q in queries if q.qid != source.qid]
+        same = [c for c in source.candidates if c.docid != p["docid"]]
+        others = [q for q in queries if q.qid != source.qid] if teacher is None else []
         n_same = min(len(same), (docs_per_query - 1) // 2 if others else docs_per_query - 1)
         negatives = rng.sample(same, n_same)
         if len(negatives) < docs_per_query - 1 and not others:
-            continue  # one query with too few candidates: no full group
+            continue  # too few candidates for a full group
         while len(negatives) < docs_per_query - 1:
-            negatives.append(rng.choice(rng.choice(others).candidates).text)
-        for grade, text in [(2, docs[p["docid"]])] + [(0, t) for t in negatives]:
-            ids = builder.prompt_ids(p["query"], text, instruction, think_off=True)
+            negatives.append(rng.choice(rng.choice(others).candidates))
+        z = {}
+        if teacher is not None:
+            z = teacher_zscores(Query(pseudo_qid(p), p["query"], source.candidates), teacher)
+        positive = next(c for c in source.candidates if c.docid == p["docid"])
+        picks = [(2, positive)] + [(0, c) for c in negatives]
+        for grade, c in picks:
+            ids = builder.prompt_ids(p["query"], c.text, instruction, think_off=True)
             rows.append({"input_ids": ids + [tokens.one], "group": group, "grade": grade,
-                         "teacher": 0.0})
+                         "teacher": z.get(c.docid, 0.0)})
         group += 1
     return rows
 
@@ -133,23 +147,54 @@ def score_distribution(logits: torch.Tensor, tokens: ScoreTokens) -> torch.Tenso
 
 def listwise_loss(log_dist: torch.Tensor, grades: torch.Tensor, groups: torch.Tensor,
                   pointwise_weight: float, teacher: torch.Tensor | None = None,
-                  teacher_weight: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """Pairwise logistic loss on the expected score within each group, pair (i above j)
-    weighted by max(grade_i − grade_j, 0) + teacher_weight · max(t_i − t_j, 0), plus
-    ``pointwise_weight`` × cross-entropy of the grade-derived target."""
+                  teacher_weight: float = 0.0, teacher_loss: str = "pairs",
+                  teacher_temperature: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """Pairwise logistic loss on the expected score E within each group, pair (i above j)
+    weighted by max(grade_i − grade_j, 0), plus ``pointwise_weight`` × cross-entropy of the
+    grade-derived target, plus the teacher's term (``teacher`` holds z-scores):
+
+    - "pairs": ``teacher_weight`` · max(t_i − t_j, 0) added to every pair's weight;
+    - "kl": ``teacher_weight`` × KL(softmax(t / T) ‖ softmax(E)) over each group, T the
+      ``teacher_temperature`` (E is in score units 0..10, so T sets how many score points the
+      teacher's preferences are worth)."""
+    if teacher_loss not in TEACHER_LOSSES:
+        raise ValueError(f"teacher_loss must be one of {TEACHER_LOSSES}, got {teacher_loss!r}")
+    if not teacher_temperature > 0:
+        raise ValueError(f"teacher_temperature must be > 0, got {teacher_temperature!r}")
     expected = (log_dist.exp() * SCORE_VALUES.to(log_dist.device)).sum(dim=1)
     diff = expected[:, None] - expected[None, :]
+    same_group = groups[:, None] == groups[None, :]
     weight = (grades[:, None] - grades[None, :]).clamp(min=0).float()
-    if teacher is not None and teacher_weight:
+    use_teacher = teacher is not None and teacher_weight > 0
+    if use_teacher and teacher_loss == "pairs":
         t = teacher.float()
         weight = weight + teacher_weight * (t[:, None] - t[None, :]).clamp(min=0)
-    weight = weight * (groups[:, None] == groups[None, :])
+    weight = weight * same_group
     pairwise = (weight * F.softplus(-diff)).sum() / weight.sum().clamp(min=1.0)
     targets = torch.tensor([train_data.GRADE_TO_SCORE[min(int(g), 3)] for g in grades],
                            device=log_dist.device)
     pointwise = -log_dist.gather(1, targets[:, None]).squeeze(1).mean()
     loss = pairwise + pointwise_weight * pointwise
-    return loss, {"pairwise": float(pairwise.detach()), "pointwise": float(pointwise.detach())}
+    parts = {"pairwise": float(pairwise.detach()), "pointwise": float(pointwise.detach())}
+    if use_teacher and teacher_loss == "kl":
+        kl = group_kl(teacher.float() / teacher_temperature, expected, groups)
+        loss = loss + teacher_weight * kl
+        parts["kl"] = float(kl.detach())
+    return loss, parts
+
+
+def group_kl(target_logits: torch.Tensor, student_logits: torch.Tensor,
+             groups: torch.Tensor) -> torch.Tensor:
+    """Mean over groups of KL(softmax(target) ‖ softmax(student)), each softmax taken within a
+    group (rows [N], group ids [N])."""
+    total = target_logits.new_zeros(())
+    ids = torch.unique(groups)
+    for g in ids:
+        rows = groups == g
+        p = torch.log_softmax(target_logits[rows], 0)
+        q = torch.log_softmax(student_logits[rows], 0)
+        total = total + (p.exp() * (p - q)).sum()
+    return total / len(ids)
 
 
 class QueryGroupSampler(Sampler):
@@ -189,7 +234,8 @@ class ListwiseTrainer(Trainer):
     """A ``transformers.Trainer`` with the listwise loss and whole-query batches."""
 
     def __init__(self, *args, score_tokens: ScoreTokens, pointwise_weight: float,
-                 docs_per_query: int, teacher_weight: float = 0.0, **kwargs):
+                 docs_per_query: int, teacher_weight: float = 0.0, teacher_loss: str = "pairs",
+                 teacher_temperature: float = 1.0, **kwargs):
         super().__init__(*args, **kwargs)
         if self.args.per_device_train_batch_size != docs_per_query:
             raise ValueError(
@@ -199,6 +245,7 @@ class ListwiseTrainer(Trainer):
         self.score_tokens = score_tokens
         self.pointwise_weight = pointwise_weight
         self.teacher_weight = teacher_weight
+        self.teacher_loss, self.teacher_temperature = teacher_loss, teacher_temperature
         self._part_sums: dict[str, float] = {}
         self._part_count = 0
 
@@ -211,7 +258,8 @@ class ListwiseTrainer(Trainer):
         outputs = model(**inputs, logits_to_keep=2, use_cache=False)
         log_dist = score_distribution(outputs.logits, self.score_tokens)
         loss, parts = listwise_loss(log_dist, grades, groups, self.pointwise_weight, teacher,
-                                    self.teacher_weight)
+                                    self.teacher_weight, self.teacher_loss,
+                                    self.teacher_temperature)
         if model.training:
             for k, v in parts.items():
                 self._part_sums[k] = self._part_sums.get(k, 0.0) + v

@@ -1,0 +1,62 @@
+"""Loading models for training (float32 transformers models, LoRA placement, adapters) and the
+train-then-save step every trainer ends with."""
+
+from __future__ import annotations
+
+
+def load_model(name: str):
+    """(transformers causal LM in float32, tokenizer) from a checkpoint directory, a ``.gguf``
+    or an offline name (``smollm2-135m-instruct``)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from erank_fast.models.loading import resolve_model_path
+
+    path = resolve_model_path(name) or name
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    return model, tokenizer
+
+
+def load_policy(name: str, adapter: str | None = None, train_adapter: bool = False):
+    """The model to train: ``adapter`` merged into it, or, with ``train_adapter``, kept as a
+    trainable LoRA adapter (a peft model)."""
+    if train_adapter and not adapter:
+        raise ValueError("train_adapter needs an adapter to continue training")
+    model, tokenizer = load_model(name)
+    if adapter:
+        from peft import PeftModel
+
+        if train_adapter:
+            model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
+        else:
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+    return model, tokenizer
+
+
+def lora_targets(model, layers_from: int) -> dict:
+    """peft target arguments: every linear layer of the decoder, or only those of decoder
+    layers ``layers_from`` and above (the frozen layers below need no backward pass)."""
+    if layers_from == 0:
+        return {"target_modules": "all-linear"}
+    import torch
+
+    layers = model.model.layers
+    if not 0 < layers_from < len(layers):
+        raise ValueError(f"lora_layers_from must be in 0..{len(layers) - 1}, got {layers_from}")
+    names = sorted({name.rsplit(".", 1)[-1] for name, m in layers.named_modules()
+                    if isinstance(m, torch.nn.Linear)})
+    return {"target_modules": names, "layers_to_transform": list(range(layers_from, len(layers))),
+            "layers_pattern": "layers"}
+
+
+def train_and_save(trainer, tokenizer, output_dir: str, resume: bool) -> None:
+    """Train (from the last checkpoint in output_dir when resuming), then save the result."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    checkpoint = get_last_checkpoint(output_dir) if resume else None
+    if resume and checkpoint is None:
+        raise ValueError(f"resume: no checkpoint in {output_dir}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    trainer.save_model(output_dir)
+    tokenizer.save_pretrained(output_dir)
