@@ -17,13 +17,17 @@ def _positive_int(name: str, value) -> None:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def validate_think(think) -> None:
-    """think: "off" (score right away), "full" (reason until the model closes its thinking, at
-    most max_think_tokens), or an int N >= 1 (at most N reasoning tokens, then forced)."""
+def parse_think(think) -> str | int:
+    """The think setting from a value or its command-line text: "off" (score right away),
+    "full" (reason until the model closes its thinking, at most max_think_tokens), or an int
+    N >= 1 (at most N reasoning tokens, then forced); "16" is read as 16."""
     if think in ("off", "full"):
-        return
+        return think
+    if isinstance(think, str) and think.strip().isdigit():
+        think = int(think)
     if isinstance(think, bool) or not isinstance(think, int) or think < 1:
         raise ValueError(f'think must be "off", "full" or a positive int, got {think!r}')
+    return think
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,7 @@ class RerankerConfig:
     cuda_graphs: str = "auto"  # decode steps from CUDA graphs: "auto", "on", "off", "padded"
 
     def __post_init__(self) -> None:
-        validate_think(self.think)
+        object.__setattr__(self, "think", parse_think(self.think))
         if self.score_mode not in SCORE_MODES:
             raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
         if self.backend not in BACKENDS:

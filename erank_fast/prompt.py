@@ -26,17 +26,17 @@ Desired output format:
 
 Your output:"""
 
-# Instructions used by ERank per benchmark family (grammar as in the original).
+# Instructions used by ERank per benchmark family (grammar as in the original), by name:
+# ``instruction="bright"`` selects the BRIGHT one; any other string is the instruction itself.
 DEFAULT_INSTRUCTION = "Given a query, retrieval relevant passage."
-FOLLOWIR_INSTRUCTION = (
-    "Retrieval the relevant passage for the given query. Be careful about the extra "
-    "requirements about relevance in the query."
-)
-BRIGHT_INSTRUCTION = (
-    "A document is relevant if it contains information that helps answer or address the query. "
-    "A document is not relevant if it doesn't contain information that helps answer the query, "
-    "even if it mentions similar topics."
-)
+INSTRUCTIONS = {
+    "default": DEFAULT_INSTRUCTION,  # TREC DL and BEIR
+    "followir": "Retrieval the relevant passage for the given query. Be careful about the extra "
+                "requirements about relevance in the query.",
+    "bright": "A document is relevant if it contains information that helps answer or address "
+              "the query. A document is not relevant if it doesn't contain information that "
+              "helps answer the query, even if it mentions similar topics.",
+}
 
 # Forced continuations. Each is tokenized on its own and appended to the token ids.
 THINK_CLOSE = "</think>"
@@ -45,8 +45,6 @@ ANSWER_OPEN = "<answer>"
 THINK_OFF_CONTINUATION = "<think>\n\n</think>\n\n" + ANSWER_OPEN
 # think=N (budget exhausted) or end of sequence before an answer: close reasoning, open answer.
 BUDGET_CONTINUATION = THINK_CLOSE + ANSWER_OPEN
-# The model closed its reasoning itself: open the answer.
-ANSWER_CONTINUATION = ANSWER_OPEN
 
 DEFAULT_MAX_QUERY_TOKENS = 2048
 DEFAULT_MAX_DOC_TOKENS = 2048
@@ -86,8 +84,10 @@ class PromptBuilder:
         return self.tokenizer.decode(ids[:max_tokens])
 
     def user_message(self, query: str, doc: str, instruction: str | None = None) -> str:
+        """``instruction``: a name of ``INSTRUCTIONS`` ("default", "followir", "bright"), the
+        text of an instruction, or None (the default one)."""
         return ERANK_TEMPLATE.format(
-            instruction=instruction or DEFAULT_INSTRUCTION,
+            instruction=INSTRUCTIONS.get(instruction or "default", instruction),
             query=self.truncate(query, self.max_query_tokens),
             doc=self.truncate(doc, self.max_doc_tokens),
         )

@@ -72,3 +72,28 @@ def test_segmentation_shared_first_words_unicode_and_long(builder):
 @given(query=st.text(max_size=40), docs=st.lists(st.text(max_size=60), min_size=1, max_size=4))
 def test_segmentation_is_exact_for_any_text(builder, query, docs):
     _assert_exact(builder, query, docs)
+
+
+def test_named_instructions_and_free_text(qwen_tokenizer):
+    from erank_fast.prompt import DEFAULT_INSTRUCTION, INSTRUCTIONS
+
+    builder = PromptBuilder(qwen_tokenizer)
+    assert INSTRUCTIONS["bright"] in builder.user_message("q", "d", "bright")
+    assert INSTRUCTIONS["followir"] in builder.user_message("q", "d", "followir")
+    assert DEFAULT_INSTRUCTION in builder.user_message("q", "d")
+    assert "Judge medical accuracy." in builder.user_message("q", "d", "Judge medical accuracy.")
+
+
+@pytest.mark.parametrize("value, want", [("off", "off"), ("full", "full"), (16, 16), ("16", 16)])
+def test_parse_think(value, want):
+    from erank_fast.config import parse_think
+
+    assert parse_think(value) == want
+
+
+@pytest.mark.parametrize("value", [0, -3, "many", True, 2.5, None])
+def test_parse_think_refuses(value):
+    from erank_fast.config import parse_think
+
+    with pytest.raises(ValueError, match="think must be"):
+        parse_think(value)

@@ -11,6 +11,7 @@ reranker settings the adapter was trained for; see erank_fast/models/packaged.py
 
 from __future__ import annotations
 
+from erank_fast.config import parse_think
 from erank_fast.training.arguments import ScriptParser
 from erank_fast.training.export import export
 
@@ -20,19 +21,18 @@ def main(argv=None) -> None:
     parser.add_argument("source", help="adapter directory written by train/sft.py or train/rl.py")
     parser.add_argument("target", help="packaged reranker directory to write")
     parser.add_argument("--base", required=True, help="offline name of the base model")
-    parser.add_argument("--think", default="off")
+    parser.add_argument("--think", default="off", type=parse_think)
     parser.add_argument("--score_mode", default="expected", choices=["erank", "expected"])
     parser.add_argument("--max_doc_tokens", type=int, default=None,
                         help="the document truncation the adapter was trained with")
     parser.add_argument("--recipe", default=None, help="where the training run is recorded")
     args = parser.parse_args(argv)
-    think = args.think if args.think in ("off", "full") else int(args.think)
     extra = {}
     if args.max_doc_tokens is not None:
         extra["max_doc_tokens"] = args.max_doc_tokens
     if args.recipe:
         extra["recipe"] = args.recipe
-    out = export(args.source, args.target, base=args.base, think=think,
+    out = export(args.source, args.target, base=args.base, think=args.think,
                  score_mode=args.score_mode, extra=extra)
     size = sum(f.stat().st_size for f in out.iterdir()) / 2**20
     print(f"wrote {out} ({size:.1f} MiB)")

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from erank_fast.engine.kv_pool import KVPool
-from erank_fast.ops._dispatch import use_triton
+from erank_fast.ops.dispatch import use_triton
 from erank_fast.ops.causal_attention import causal_attention
 from erank_fast.ops.prefix_attention import prefix_attention
 from erank_fast.ops.suffix_attention import suffix_attention
-from erank_fast.reference.shared_prefix_prefill import shared_prefix_prefill_ref
+from erank_fast.ops.shared_prefix_prefill import shared_prefix_prefill
 
 
 @dataclass(frozen=True)
@@ -78,7 +78,7 @@ class SharedPrefixAttention:
         v_arena[m.write_rows] = v
         if m.max_q_tokens > 1 and not use_triton(self.impl, q):
             # PyTorch path, prefill: one fused SDPA per group beats materialised score blocks.
-            return shared_prefix_prefill_ref(q, k_arena, v_arena, list(m.prefixes), list(m.docs),
+            return shared_prefix_prefill(q, k_arena, v_arena, list(m.prefixes), list(m.docs),
                                              self.scale)
         out_p, lse_p = prefix_attention(q, k_arena, v_arena, m.group_q_cu, m.prefix_start,
                                         m.prefix_len, self.scale, impl=self.impl,

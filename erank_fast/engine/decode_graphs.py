@@ -24,7 +24,7 @@ from erank_fast.config import CUDA_GRAPH_MODES
 from erank_fast.engine.attention import SharedPrefixAttention, StepMeta
 from erank_fast.engine.kv_pool import KVPool
 from erank_fast.models.decoder import Decoder
-from erank_fast.ops._dispatch import next_power_of_2, use_triton
+from erank_fast.ops.dispatch import next_power_of_2, use_triton
 from erank_fast.ops.suffix_attention import SPLIT_MIN_KEYS
 
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384,

@@ -45,10 +45,6 @@ class DecoderConfig:
                 f"{', '.join(SUPPORTED_ROPE_TYPES)}"
             )
 
-    @property
-    def group_size(self) -> int:
-        return self.num_heads // self.num_kv_heads
-
     @classmethod
     def from_hf(cls, hf_config: Any) -> "DecoderConfig":
         """Build from a ``transformers`` config of a Qwen3, Qwen2 or Llama checkpoint."""

@@ -1,2 +1,4 @@
-"""Op launchers: validate, allocate, and run the Triton kernel on CUDA or the PyTorch
-reference elsewhere. The engine calls only these."""
+"""Every implementation the engine calls: each op validates its inputs and runs its Triton
+kernel (kernels/, on CUDA or the Triton interpreter) or its PyTorch path (elsewhere); prefix
+prefill and the CPU prefill of shared-prefix attention have PyTorch paths only. Their oracle is
+erank_fast.reference."""

@@ -1,12 +1,11 @@
-"""Launcher for shared-prefix attention: kernels/prefix_attention.py on CUDA (or the Triton
-interpreter), erank_fast.reference.prefix_attention elsewhere."""
+"""Shared-prefix attention: kernels/prefix_attention.py on CUDA (or the Triton interpreter), a
+PyTorch path elsewhere; the oracle of both is erank_fast.reference.prefix_attention."""
 
 from __future__ import annotations
 
 import torch
 
-from erank_fast.ops._dispatch import LOG2E, block_d, cdiv, dot_precision, max_segment, use_triton
-from erank_fast.reference.prefix_attention import prefix_attention_ref
+from erank_fast.ops.dispatch import LOG2E, block_d, cdiv, dot_precision, max_segment, use_triton
 
 BLOCK_M, BLOCK_N = 64, 64
 
@@ -56,8 +55,34 @@ def prefix_attention(q, k, v, q_cu_seqlens, kv_starts, kv_lens, scale: float, *,
     if not q_cu_seqlens.numel() - 1 == kv_starts.numel() == kv_lens.numel():
         raise ValueError("q_cu_seqlens [G+1], kv_starts [G] and kv_lens [G] must describe the same groups")
     if not use_triton(impl, q):
-        return prefix_attention_ref(q, k, v, q_cu_seqlens, kv_starts, kv_lens, scale)
+        return _prefix_attention_torch(q, k, v, q_cu_seqlens, kv_starts, kv_lens, scale)
     if max_q_tokens is None:
         max_q_tokens = max_segment(q_cu_seqlens)
     q, k, v = (t if t.stride(-1) == 1 else t.contiguous() for t in (q, k, v))
     return _prefix_attention_triton(q, k, v, q_cu_seqlens, kv_starts, kv_lens, max_q_tokens, scale)
+
+
+def _prefix_attention_torch(q, k, v, q_cu_seqlens, kv_starts, kv_lens, scale):
+    """The PyTorch path: per group, the query heads of one KV head packed into one block."""
+    n, hq, d = q.shape
+    hkv = k.shape[1]
+    group = hq // hkv
+    out = torch.zeros_like(q)
+    lse = torch.full((n, hq), float("-inf"), dtype=torch.float32, device=q.device)
+    q_cu, starts, lens = q_cu_seqlens.tolist(), kv_starts.tolist(), kv_lens.tolist()
+    for g in range(len(q_cu) - 1):
+        q0, q1, k0, k1 = q_cu[g], q_cu[g + 1], starts[g], starts[g] + lens[g]
+        if q1 == q0 or k1 == k0:
+            continue
+        # GQA packing: the query heads of one KV head form one [rows, D] block against it.
+        qg = q[q0:q1].float().view(q1 - q0, hkv, group, d).permute(1, 0, 2, 3)
+        qg = qg.reshape(hkv, (q1 - q0) * group, d)
+        kg = k[k0:k1].float().permute(1, 2, 0)  # [Hkv, D, P]
+        vg = v[k0:k1].float().permute(1, 0, 2)  # [Hkv, P, D]
+        scores = torch.bmm(qg, kg) * scale
+        lse_g = torch.logsumexp(scores, dim=-1)
+        og = torch.bmm(torch.exp(scores - lse_g[..., None]), vg)
+        og = og.view(hkv, q1 - q0, group, d).permute(1, 0, 2, 3).reshape(q1 - q0, hq, d)
+        out[q0:q1] = og.to(q.dtype)
+        lse[q0:q1] = lse_g.view(hkv, q1 - q0, group).permute(1, 0, 2).reshape(q1 - q0, hq)
+    return out, lse

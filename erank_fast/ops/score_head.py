@@ -1,12 +1,12 @@
-"""Launcher for the vocabulary-streaming score head: kernels/score_head.py on CUDA (or the
-Triton interpreter), erank_fast.reference.score_head elsewhere."""
+"""The vocabulary-streaming score head: kernels/score_head.py on CUDA (or the Triton
+interpreter), a PyTorch path streaming vocabulary chunks elsewhere; the oracle of both is
+erank_fast.reference.score_head."""
 
 from __future__ import annotations
 
 import torch
 
-from erank_fast.ops._dispatch import cdiv, dot_precision, next_power_of_2, use_triton
-from erank_fast.reference.score_head import score_head_ref
+from erank_fast.ops.dispatch import cdiv, dot_precision, next_power_of_2, use_triton
 
 BLOCK_B, BLOCK_V, BLOCK_H = 16, 128, 64
 # Vocabulary splits per row tile: enough programs to fill a GPU at small batch.
@@ -15,6 +15,8 @@ MAX_TOKEN_IDS = 16
 # The Triton interpreter (CPU) runs every program and loop iteration in Python: there, large
 # vocabularies stream in at most this many tiles per row tile (same results, fewer steps).
 INTERPRETER_TILES = 64
+# The PyTorch path's vocabulary chunk: a [rows, 8192] float32 block at a time.
+VOCAB_CHUNK = 8192
 
 
 def _block_v(vocab: int, on_gpu: bool) -> int:
@@ -63,7 +65,7 @@ def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tens
     if token_ids.numel() > MAX_TOKEN_IDS:
         raise ValueError(f"at most {MAX_TOKEN_IDS} token ids, got {token_ids.numel()}")
     if not use_triton(impl, hidden):
-        return score_head_ref(hidden, weight, token_ids)
+        return _score_head_torch(hidden, weight, token_ids)
     if hidden.shape[0] == 0:
         empty = hidden.new_empty((0,), dtype=torch.float32)
         return empty, empty.long(), empty, hidden.new_empty((0, token_ids.numel()), dtype=torch.float32)
@@ -72,3 +74,25 @@ def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tens
     best, best_id, lse = _score_head_triton(hidden, weight)
     gathered = (hidden @ weight[token_ids].T).float()  # K <= 16 columns: a tiny matmul
     return best, best_id, lse, gathered
+
+
+def _score_head_torch(hidden, weight, token_ids, vocab_chunk: int = VOCAB_CHUNK):
+    """The PyTorch path: logits chunk by chunk with an online log-sum-exp and argmax."""
+    b = hidden.shape[0]
+    v = weight.shape[0]
+    dev = hidden.device
+    best = torch.full((b,), float("-inf"), dtype=torch.float32, device=dev)
+    best_id = torch.zeros((b,), dtype=torch.int64, device=dev)
+    sum_exp = torch.zeros((b,), dtype=torch.float32, device=dev)
+    gathered = (hidden @ weight[token_ids].T).float()
+    for v0 in range(0, v, vocab_chunk):
+        logits = (hidden @ weight[v0 : v0 + vocab_chunk].T).float()
+        chunk_arg = logits.argmax(dim=-1)  # first maximum, as torch.argmax over the vocabulary
+        chunk_max = logits.gather(1, chunk_arg[:, None])[:, 0]
+        new_best = torch.maximum(best, chunk_max)
+        # Online log-sum-exp: rescale the running sum to the new maximum.
+        sum_exp = sum_exp * torch.exp(best - new_best) + torch.exp(logits - new_best[:, None]).sum(-1)
+        take = chunk_max > best  # strict: earlier chunks keep ties (smallest id wins)
+        best_id = torch.where(take, chunk_arg + v0, best_id)
+        best = new_best
+    return best, best_id, best + torch.log(sum_exp), gathered

@@ -1,19 +1,22 @@
-"""Launcher for own-context attention merged with the prefix part: kernels/suffix_attention.py
-on CUDA (or the Triton interpreter), erank_fast.reference.suffix_attention elsewhere."""
+"""Own-context attention merged with the prefix part: kernels/suffix_attention.py on CUDA (or the
+Triton interpreter), a PyTorch path elsewhere; the oracle of both is
+erank_fast.reference.suffix_attention."""
 
 from __future__ import annotations
 
 import torch
 
-from erank_fast.ops._dispatch import (LOG2E, block_d, cdiv, dot_precision, max_segment,
+from erank_fast.ops.dispatch import (LOG2E, block_d, cdiv, dot_precision, max_segment,
                                       next_power_of_2, use_triton)
-from erank_fast.reference.suffix_attention import suffix_attention_ref
+from erank_fast.ops.attention_merge import merge_attention
 
 BLOCK_N = 64
 # Split-K decode when a step has one token per document, long own contexts, and too few
 # (document, KV head) programs to fill the GPU.
 SPLIT_MIN_KEYS = 512
 SPLIT_TARGET_PROGRAMS = 512
+# Upper bound on the float32 score block of one chunk of documents (bytes).
+_CHUNK_BYTES = 256 * 2**20
 
 
 @torch.library.custom_op("erank_fast::suffix_attention", mutates_args=())
@@ -72,7 +75,7 @@ def suffix_attention(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens, pre
                      scale: float, *, impl: str = "auto", max_q_tokens: int | None = None,
                      max_own_len: int | None = None):
     """Causal attention of each document's new tokens over its own K/V, merged with the prefix
-    part. Shapes as in ``suffix_attention_ref``; max_q_tokens (most new tokens of a document)
+    part. Shapes as in ``erank_fast.reference.suffix_attention``; max_q_tokens (most new tokens of a document)
     and max_own_len (longest own context after this step) are computed if omitted."""
     if q.dim() != 3 or k_cache.dim() != 3 or k_cache.shape != v_cache.shape:
         raise ValueError(f"expected q [N, Hq, D] and caches [T, Hkv, D]; got {tuple(q.shape)}, "
@@ -82,8 +85,8 @@ def suffix_attention(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens, pre
     if prefix_out.shape != q.shape or prefix_lse.shape != q.shape[:2]:
         raise ValueError("prefix_out / prefix_lse do not match q")
     if not use_triton(impl, q):
-        return suffix_attention_ref(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens,
-                                    prefix_out, prefix_lse, scale)
+        return _suffix_attention_torch(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens,
+                                       prefix_out, prefix_lse, scale)
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("k_cache and v_cache must be contiguous in their last dimension")
     if max_q_tokens is None:
@@ -95,3 +98,62 @@ def suffix_attention(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens, pre
     return _suffix_attention_triton(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens,
                                     prefix_out.contiguous(), prefix_lse.contiguous(),
                                     max_q_tokens, max_own_len, scale)
+
+
+def _suffix_attention_torch(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens, prefix_out,
+                            prefix_lse, scale):
+    """The PyTorch path: documents in chunks, each chunk one padded, masked score block."""
+    n, hq, d = q.shape
+    hkv = k_cache.shape[1]
+    group = hq // hkv
+    cu = q_cu_seqlens.tolist()
+    lens = [cu[b + 1] - cu[b] for b in range(len(cu) - 1)]
+    starts = own_start.tolist()
+    own_out = torch.empty_like(q)
+    own_lse = torch.empty((n, hq), dtype=torch.float32, device=q.device)
+    b0 = 0
+    while b0 < len(lens):
+        # Chunk documents so the padded [docs, Hq, rows, keys] score block stays bounded.
+        b1, rows, keys = b0, 0, 0
+        while b1 < len(lens):
+            r, kk = max(rows, lens[b1]), max(keys, starts[b1] + lens[b1])
+            if b1 > b0 and (b1 - b0 + 1) * hq * r * kk * 4 > _CHUNK_BYTES:
+                break
+            rows, keys, b1 = r, kk, b1 + 1
+        _own_chunk(q, k_cache, v_cache, own_base, lens, starts, cu, b0, b1, rows, keys,
+                   group, scale, own_out, own_lse)
+        b0 = b1
+    out, _ = merge_attention(own_out, own_lse, prefix_out, prefix_lse)
+    return out
+
+
+def _own_chunk(q, k_cache, v_cache, own_base, lens, starts, cu, b0, b1, rows, keys,
+               group, scale, own_out, own_lse):
+    hkv, d = k_cache.shape[1], k_cache.shape[2]
+    nb = b1 - b0
+    dev = q.device
+    qp = q.new_zeros((nb, rows, hkv * group, d), dtype=torch.float32)
+    for i, b in enumerate(range(b0, b1)):
+        qp[i, : lens[b]] = q[cu[b] : cu[b + 1]].float()
+    qp = qp.view(nb, rows, hkv, group, d).permute(0, 2, 3, 1, 4).reshape(nb, hkv, group * rows, d)
+    # Arena rows of each document's keys; rows past the arena's end are clamped, then masked.
+    index = (own_base[b0:b1, None] + torch.arange(keys, device=dev)[None]).clamp(max=k_cache.shape[0] - 1)
+    kp = k_cache[index].float().permute(0, 2, 3, 1)  # [nb, Hkv, D, keys]
+    vp = v_cache[index].float().permute(0, 2, 1, 3)  # [nb, Hkv, keys, D]
+    scores = torch.matmul(qp, kp) * scale  # [nb, Hkv, group*rows, keys]
+    row = torch.arange(rows, device=dev)
+    start = torch.tensor(starts[b0:b1], device=dev)
+    allowed = torch.arange(keys, device=dev)[None, None, :] <= (start[:, None, None] + row[None, :, None])
+    allowed = allowed[:, None, None, :, :].expand(nb, 1, group, rows, keys).reshape(nb, 1, group * rows, keys)
+    scores = scores.masked_fill(~allowed, float("-inf"))
+    # Cache rows past a document's length hold stale or uninitialised values (maybe NaN):
+    # zero them, since a zero attention weight times NaN would still be NaN.
+    valid = torch.arange(keys, device=dev)[None, :] < (start + torch.tensor(lens[b0:b1], device=dev))[:, None]
+    vp = vp.masked_fill(~valid[:, None, :, None], 0.0)
+    lse = torch.logsumexp(scores, dim=-1)
+    out = torch.matmul(torch.exp(scores - lse[..., None]), vp)  # [nb, Hkv, group*rows, D]
+    out = out.view(nb, hkv, group, rows, d).permute(0, 3, 1, 2, 4).reshape(nb, rows, hkv * group, d)
+    lse = lse.view(nb, hkv, group, rows).permute(0, 3, 1, 2).reshape(nb, rows, hkv * group)
+    for i, b in enumerate(range(b0, b1)):
+        own_out[cu[b] : cu[b + 1]] = out[i, : lens[b]].to(own_out.dtype)
+        own_lse[cu[b] : cu[b + 1]] = lse[i, : lens[b]]

@@ -1,4 +1,5 @@
-"""Shared-prefix attention: every new token of a query group attends to the group's prefix."""
+"""Shared-prefix attention, the oracle: every new token of a query group attends to the group's
+prefix, one token and one head at a time in float64."""
 
 from __future__ import annotations
 
@@ -22,25 +23,18 @@ def prefix_attention_ref(
     Returns out [N, Hq, D] (q's dtype) and lse [N, Hq] float32; a group with an empty prefix
     gets out 0 and lse -inf, so that merging with it is the identity.
     """
-    n, hq, d = q.shape
-    hkv = k.shape[1]
-    group = hq // hkv
+    n, hq, _ = q.shape
+    group = hq // k.shape[1]
     out = torch.zeros_like(q)
     lse = torch.full((n, hq), float("-inf"), dtype=torch.float32, device=q.device)
     q_cu, starts, lens = q_cu_seqlens.tolist(), kv_starts.tolist(), kv_lens.tolist()
     for g in range(len(q_cu) - 1):
-        q0, q1, k0, k1 = q_cu[g], q_cu[g + 1], starts[g], starts[g] + lens[g]
-        if q1 == q0 or k1 == k0:
+        keys = slice(starts[g], starts[g] + lens[g])
+        if lens[g] == 0:
             continue
-        # GQA packing: the query heads of one KV head form one [rows, D] block against it.
-        qg = q[q0:q1].float().view(q1 - q0, hkv, group, d).permute(1, 0, 2, 3)
-        qg = qg.reshape(hkv, (q1 - q0) * group, d)
-        kg = k[k0:k1].float().permute(1, 2, 0)  # [Hkv, D, P]
-        vg = v[k0:k1].float().permute(1, 0, 2)  # [Hkv, P, D]
-        scores = torch.bmm(qg, kg) * scale
-        lse_g = torch.logsumexp(scores, dim=-1)
-        og = torch.bmm(torch.exp(scores - lse_g[..., None]), vg)
-        og = og.view(hkv, q1 - q0, group, d).permute(1, 0, 2, 3).reshape(q1 - q0, hq, d)
-        out[q0:q1] = og.to(q.dtype)
-        lse[q0:q1] = lse_g.view(hkv, q1 - q0, group).permute(1, 0, 2).reshape(q1 - q0, hq)
+        for row in range(q_cu[g], q_cu[g + 1]):
+            for h in range(hq):
+                scores = (k[keys, h // group].double() @ q[row, h].double()) * scale
+                lse[row, h] = torch.logsumexp(scores, 0).float()
+                out[row, h] = (torch.softmax(scores, 0) @ v[keys, h // group].double()).to(q.dtype)
     return out, lse

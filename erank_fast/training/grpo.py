@@ -12,6 +12,7 @@ from __future__ import annotations
 import random
 import re
 
+from erank_fast.config import parse_think
 from erank_fast.prompt import ANSWER_OPEN, THINK_OFF_CONTINUATION
 from erank_fast.training import data as train_data
 from erank_fast.training.rewards import CASES, RewardConfig, Rollout, query_cases, query_rewards
@@ -19,8 +20,10 @@ from erank_fast.training.rollouts import merged_adapters
 
 
 def think_off(think: str) -> bool:
-    if think not in ("full", "off"):
-        raise ValueError(f"think must be 'full' or 'off', got {think!r}")
+    """Whether RL rollouts answer at once ("off") or reason first ("full"); token budgets
+    are an inference setting only."""
+    if parse_think(think) not in ("full", "off"):
+        raise ValueError(f"RL rollouts take think 'full' or 'off', got {think!r}")
     return think == "off"
 
 

@@ -1,6 +1,7 @@
-"""The reference ops: shared-prefix attention (prefix part + own part merged by LSE) equals
-plain causal attention over each document's concatenated [prefix; suffix]; the streaming score
-head equals full logits."""
+"""The PyTorch paths of the ops (what the engine runs on CPU) and their oracles: shared-prefix
+attention (prefix part + own part merged by LSE, and the fused prefill) equals plain causal
+attention over each document's concatenated [prefix; suffix]; the streaming score head equals
+full logits; prefix prefill equals its oracle."""
 
 from __future__ import annotations
 
@@ -8,9 +9,14 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from erank_fast.ops.causal_attention import causal_attention
+from erank_fast.ops.prefix_attention import prefix_attention
+from erank_fast.ops.score_head import _score_head_torch
+from erank_fast.ops.shared_prefix_prefill import shared_prefix_prefill
+from erank_fast.ops.suffix_attention import suffix_attention
+from erank_fast.reference.causal_attention import causal_attention_ref
 from erank_fast.reference.prefix_attention import prefix_attention_ref
 from erank_fast.reference.score_head import score_head_ref
-from erank_fast.reference.shared_prefix_prefill import shared_prefix_prefill_ref
 from erank_fast.reference.suffix_attention import suffix_attention_ref
 
 
@@ -51,13 +57,14 @@ def test_shared_prefix_attention_equals_plain_causal(prefix_lens, own, new, hq, 
     group_cu = [0]
     for g in range(len(prefix_lens)):
         group_cu.append(group_cu[-1] + sum(n for gg, _, n in docs if gg == g))
-    out_p, lse_p = prefix_attention_ref(q, k_arena, v_arena, torch.tensor(group_cu),
-                                        torch.tensor(prefix_starts), torch.tensor(prefix_lens), scale)
-    out = suffix_attention_ref(q, k_arena, v_arena, torch.tensor(own_base),
-                               torch.tensor([o for _, o, _ in docs]), torch.tensor(q_cu),
-                               out_p, lse_p, scale)
+    args = (torch.tensor(group_cu), torch.tensor(prefix_starts), torch.tensor(prefix_lens), scale)
+    suffix_args = (torch.tensor(own_base), torch.tensor([o for _, o, _ in docs]), torch.tensor(q_cu))
+    out_p, lse_p = prefix_attention(q, k_arena, v_arena, *args, impl="torch")
+    out = suffix_attention(q, k_arena, v_arena, *suffix_args, out_p, lse_p, scale, impl="torch")
+    ref_p, ref_lse = prefix_attention_ref(q, k_arena, v_arena, *args)
+    ref = suffix_attention_ref(q, k_arena, v_arena, *suffix_args, ref_p, ref_lse, scale)
     # The fused CPU prefill path needs finite values in the arena.
-    fused = shared_prefix_prefill_ref(
+    fused = shared_prefix_prefill(
         q, k_arena.nan_to_num(7.0), v_arena.nan_to_num(7.0), list(zip(prefix_starts, prefix_lens)),
         [(g, base, o, n) for base, (g, o, n) in zip(own_base, docs)], scale)
     for b, (g, o, n) in enumerate(docs):
@@ -66,9 +73,10 @@ def test_shared_prefix_attention_equals_plain_causal(prefix_lens, own, new, hq, 
         k = torch.cat([k_arena[pre], k_arena[mine]])
         v = torch.cat([v_arena[pre], v_arena[mine]])
         want = _plain(q[q_cu[b] : q_cu[b + 1]], k, v, scale)
-        for name, got in (("prefix+suffix", out), ("fused prefill", fused)):
+        for name, got in (("prefix+suffix", out), ("fused prefill", fused), ("oracle", ref)):
             diff = (got[q_cu[b] : q_cu[b + 1]] - want).abs().max().item()
             assert diff < 1e-5, f"{name}: doc {b} (prefix {prefix_lens[g]}, own {o}, new {n}): {diff:.3g}"
+    torch.testing.assert_close(lse_p, ref_lse, atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("rows,vocab,hidden,chunk", [(1, 1000, 64, 256), (7, 4099, 48, 1024)])
@@ -77,9 +85,20 @@ def test_score_head_equals_full_logits(rows, vocab, hidden, chunk):
     h, w = torch.randn(rows, hidden), torch.randn(vocab, hidden)
     w[3000 % vocab] = w[5]  # a tie across chunks: the smaller id must win, as torch.argmax
     ids = torch.tensor([0, 5, vocab - 1])
-    mx, arg, lse, gathered = score_head_ref(h, w, ids, vocab_chunk=chunk)
-    logits = h @ w.T
-    assert torch.equal(arg, logits.argmax(-1))
-    torch.testing.assert_close(mx, logits.max(-1).values)
-    torch.testing.assert_close(lse, torch.logsumexp(logits, -1))
-    torch.testing.assert_close(gathered, logits[:, ids])
+    got = _score_head_torch(h, w, ids, vocab_chunk=chunk)
+    want = score_head_ref(h, w, ids)
+    assert torch.equal(got[1], want[1]) and torch.equal(want[1], (h @ w.T).argmax(-1))
+    for name, g, r in zip(("max", "lse", "gathered"), got[::2] + got[3:], want[::2] + want[3:]):
+        torch.testing.assert_close(g, r, msg=name)
+
+
+@pytest.mark.parametrize("lengths,hq,hkv", [([5, 1, 17], 4, 2), ([0, 9], 8, 1)])
+def test_prefix_prefill_equals_its_oracle(lengths, hq, hkv):
+    torch.manual_seed(2)
+    n, d = sum(lengths), 32
+    q, k, v = torch.randn(n, hq, d), torch.randn(n, hkv, d), torch.randn(n, hkv, d)
+    cu = [0]
+    for length in lengths:
+        cu.append(cu[-1] + length)
+    torch.testing.assert_close(causal_attention(q, k, v, cu, d**-0.5),
+                               causal_attention_ref(q, k, v, cu, d**-0.5), atol=1e-5, rtol=1e-5)

@@ -1,6 +1,7 @@
 """Shared-prefix attention for prefill steps on the PyTorch path (CPU), as one fused SDPA per
 query group. On CUDA the engine runs the two Triton kernels (prefix part, own part merged by
-LSE) instead; in decode steps the prefix-once references are faster and are used."""
+LSE) instead; in decode steps the PyTorch prefix-once paths of those ops are faster and used.
+Tested against the references of the two ops (tests/test_torch_ops.py)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,10 @@ import torch
 from torch.nn import functional as F
 
 
-
-def shared_prefix_prefill_ref(q, k_cache, v_cache, prefixes: list[tuple[int, int]],
+def shared_prefix_prefill(q, k_cache, v_cache, prefixes: list[tuple[int, int]],
                               docs: list[tuple[int, int, int, int]], scale: float) -> torch.Tensor:
     """Prefill attention of many documents' new tokens: each attends to its query group's prefix
-    (non-causal) and causally to its own K/V. Equal to prefix_attention_ref + suffix_attention_ref
+    (non-causal) and causally to its own K/V. Equal to prefix_attention + suffix_attention
     merged, but one fused SDPA per group over each document's [prefix; own] keys, which on CPU
     is much faster than materialising padded score blocks.
 

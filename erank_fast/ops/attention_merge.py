@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 
-def merge_attention_ref(
+def merge_attention(
     out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """out_* [N, H, D], lse_* [N, H] float32 (natural log; -inf for an empty key set).
