@@ -1,10 +1,14 @@
-"""``erank-fast`` command line: rerank a file of documents, or run the built-in demo."""
+"""``erank-fast`` command line: rerank a file of documents, run the built-in demo, evaluate on
+first-stage candidates, or serve HTTP rerank requests."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+
+from erank_fast.config import BACKENDS, parse_think
+from erank_fast.scoring import SCORE_MODES
 
 DEFAULT_MODEL = "erank-smol"
 
@@ -23,10 +27,6 @@ DEMO_DOCUMENTS = [
     "mRNA vaccines deliver instructions for cells to make a viral protein, which the immune "
     "system learns to attack without ever meeting the virus itself.",
 ]
-
-
-def _think(value: str):
-    return value if value in ("off", "full") else int(value)
 
 
 def _read_documents(path: str) -> list:
@@ -113,31 +113,53 @@ def _eval(args) -> int:
     return 0
 
 
+def model_options(p: argparse.ArgumentParser) -> None:
+    """The options that choose and configure the reranker, shared by every command."""
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="packaged reranker, checkpoint directory, .gguf file or offline name "
+                        f"(default {DEFAULT_MODEL})")
+    p.add_argument("--adapter", default=None, help="LoRA adapter directory to merge")
+    p.add_argument("--think", type=parse_think, default=None,
+                   help='"off", "full" or a token budget (default: the model\'s own, else off)')
+    p.add_argument("--score-mode", default=None, choices=list(SCORE_MODES),
+                   help="default: the model's own (erank-smol: expected), else erank")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--backend", default="auto", choices=list(BACKENDS))
+
+
+def _serve(args) -> int:
+    try:
+        from erank_fast.server import ServerLimits, serve
+    except ImportError as e:
+        print(f"erank-fast serve needs the 'serve' extra (pip install 'erank_fast[serve]'): {e}",
+              file=sys.stderr)
+        return 2
+    if args.max_documents < 1 or args.max_request_bytes < 1:
+        print("erank-fast: --max-documents and --max-request-bytes must be positive",
+              file=sys.stderr)
+        return 2
+    limits = ServerLimits(max_documents=args.max_documents,
+                          max_request_bytes=args.max_request_bytes, api_key=args.api_key)
+    serve(lambda: _load(args), model_name=args.model, host=args.host, port=args.port,
+          limits=limits)
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="erank-fast", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     for name, help_text in (("rerank", "rerank documents from a file for one query"),
                             ("demo", "rerank a built-in example")):
         p = sub.add_parser(name, help=help_text)
-        p.add_argument("--model", default=DEFAULT_MODEL,
-                       help="packaged reranker, checkpoint directory, .gguf file or offline name "
-                            f"(default {DEFAULT_MODEL})")
-        p.add_argument("--adapter", default=None, help="LoRA adapter directory to merge")
-        p.add_argument("--think", type=_think, default=None,
-                       help='"off", "full" or a token budget (default: the model\'s own, else off)')
-        p.add_argument("--device", default=None)
-        p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-        p.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "reference"])
-        p.add_argument("--score-mode", default=None, choices=["erank", "expected"],
-                       help="default: the model's own (erank-smol: expected), else erank")
+        model_options(p)
         p.add_argument("--top-k", type=int, default=None)
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         if name == "rerank":
             p.add_argument("--query", required=True)
             p.add_argument("--docs", required=True, help="one document per line, or JSONL with 'text'")
     e = sub.add_parser("eval", help="rerank first-stage candidates and report nDCG / MRR")
-    e.add_argument("--model", default=DEFAULT_MODEL)
-    e.add_argument("--adapter", default=None, help="LoRA adapter directory to merge")
+    model_options(e)
     e.add_argument("--data", help="reranking JSONL (qid, query, candidates)")
     e.add_argument("--corpus", help="BEIR corpus.jsonl (with --beir-queries and --run)")
     e.add_argument("--beir-queries", help="BEIR queries.jsonl")
@@ -145,18 +167,24 @@ def main(argv=None) -> int:
     e.add_argument("--qrels", required=True, help="TREC qrels")
     e.add_argument("--queries", type=int, default=None, help="evaluate the first N queries")
     e.add_argument("--depth", type=int, default=None, help="rerank the top K candidates")
-    e.add_argument("--think", type=_think, default=None)
     e.add_argument("--save-run", default=None, help="write the reranked scores as a TREC run file")
     e.add_argument("--hybrid", type=float, default=0.2, help="first-stage weight in the fusion")
-    e.add_argument("--score-mode", default=None, choices=["erank", "expected"],
-                   help="default: the model's own (erank-smol: expected), else erank")
-    e.add_argument("--device", default=None)
-    e.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
-    e.add_argument("--backend", default="auto", choices=["auto", "torch", "triton", "reference"])
     e.add_argument("--out", help="write the full results (per query too) as JSON")
+    s = sub.add_parser("serve", help="serve /v1/rerank over HTTP (needs the 'serve' extra)")
+    model_options(s)
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-documents", type=int, default=1000,
+                   help="most documents per request (413 above)")
+    s.add_argument("--max-request-bytes", type=int, default=8 * 2**20,
+                   help="largest request body (413 above)")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' (default: no key)")
     args = parser.parse_args(argv)
     if args.command == "eval":
         return _eval(args)
+    if args.command == "serve":
+        return _serve(args)
 
     if args.command == "rerank":
         query, docs = args.query, _read_documents(args.docs)

@@ -6,7 +6,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 
-from erank_fast.config import RerankerConfig, validate_think
+from erank_fast.config import RerankerConfig, parse_think
 from erank_fast.engine.backend import make_backend
 from erank_fast.engine.sampling import SamplingParams
 from erank_fast.engine.work import Sample
@@ -83,13 +83,16 @@ class Reranker:
 
     def rerank(self, query: str, documents: Sequence, *, top_k: int | None = None,
                instruction: str | None = None, return_reasoning: bool = False,
-               think=None, cancel: threading.Event | None = None) -> RerankResults:
+               think=None, cancel: threading.Event | None = None,
+               max_doc_tokens: int | None = None) -> RerankResults:
         """Documents (strings, or mappings with a "text" key) sorted by score, best first;
         ``top_k`` keeps the best k. ``think`` overrides the reranker's setting for this call.
         ``cancel``: an event that, once set from another thread, abandons the call: it raises
-        ``erank_fast.Cancelled`` and its documents' memory is released."""
+        ``erank_fast.Cancelled`` and its documents' memory is released. ``max_doc_tokens``
+        truncates documents further for this call (never beyond the reranker's own limit)."""
         return self.rerank_many([query], [documents], top_k=top_k, instruction=instruction,
-                                return_reasoning=return_reasoning, think=think, cancel=cancel)[0]
+                                return_reasoning=return_reasoning, think=think, cancel=cancel,
+                                max_doc_tokens=max_doc_tokens)[0]
 
     def score(self, query: str, documents: Sequence, *, instruction: str | None = None,
               think=None) -> list[float]:
@@ -103,9 +106,11 @@ class Reranker:
     def rerank_many(self, queries: Sequence[str], documents_per_query: Sequence[Sequence], *,
                     top_k: int | None = None, instruction: str | None = None,
                     return_reasoning: bool = False, think=None,
-                    cancel: threading.Event | None = None) -> list[RerankResults]:
+                    cancel: threading.Event | None = None,
+                    max_doc_tokens: int | None = None) -> list[RerankResults]:
         """Rerank several queries in one engine call (their documents are batched together);
-        ``cancel`` as in ``rerank``."""
+        ``cancel`` as in ``rerank``; ``max_doc_tokens`` truncates documents further for this
+        call (never beyond the reranker's own limit)."""
         if isinstance(queries, str) or len(queries) != len(documents_per_query):
             raise ValueError("queries and documents_per_query must be sequences of equal length")
         for i, q in enumerate(queries):
@@ -113,15 +118,21 @@ class Reranker:
                 raise TypeError(f"query {i} must be a str, got {type(q).__name__}")
         if top_k is not None and (isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 0):
             raise ValueError(f"top_k must be a non-negative int or None, got {top_k!r}")
-        think = self.config.think if think is None else think
-        validate_think(think)
+        think = self.config.think if think is None else parse_think(think)
         instruction = instruction if instruction is not None else self.config.instruction
         texts = [_document_texts(docs) for docs in documents_per_query]
 
         start = time.perf_counter()
         asked = [i for i, t in enumerate(texts) if t]
+        builder = self._prompts
+        if max_doc_tokens is not None:
+            if isinstance(max_doc_tokens, bool) or not isinstance(max_doc_tokens, int) \
+                    or max_doc_tokens < 1:
+                raise ValueError(f"max_doc_tokens must be a positive int, got {max_doc_tokens!r}")
+            builder = PromptBuilder(self.tokenizer, self.config.max_query_tokens,
+                                    min(max_doc_tokens, self.config.max_doc_tokens))
         with self._prompt_lock:  # tokenizers are not guaranteed to be thread-safe
-            prompts = [self._prompts.segment(queries[i], texts[i], instruction, think == "off")
+            prompts = [builder.segment(queries[i], texts[i], instruction, think == "off")
                        for i in asked]
         readouts, engine_stats = ([], None)
         if prompts:
@@ -132,6 +143,7 @@ class Reranker:
             seconds=seconds, documents=sum(len(t) for t in texts),
             prefill_tokens=engine_stats.prefill_tokens if engine_stats else 0,
             decode_tokens=engine_stats.decode_tokens if engine_stats else 0,
+            steps=engine_stats.steps if engine_stats else 0,
         )
         by_query = dict(zip(asked, readouts))
         out = []

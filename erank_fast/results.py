@@ -29,12 +29,14 @@ class RerankResult:
 
 @dataclass(frozen=True)
 class CallStats:
-    """Per call: wall time, documents scored, and tokens computed by the model."""
+    """Per call: wall time, documents scored, tokens computed by the model, and the forward
+    passes that served the call (shared with concurrent calls batched into the same steps)."""
 
     seconds: float
     documents: int
     prefill_tokens: int
     decode_tokens: int
+    steps: int = 0
 
     @property
     def docs_per_second(self) -> float:

@@ -51,6 +51,7 @@ class Engine:
                                    max_batch_tokens=max_batch_tokens
                                    or DEFAULT_MAX_BATCH_TOKENS.get(weight.device.type, 2048))
         self.reader = ScoreReader(weight, tokens, detector, impl)
+        self.steps_run = 0  # forward passes (steps) run so far, over all calls
         self._driver = threading.Lock()
 
     @property
@@ -122,6 +123,7 @@ class Engine:
                     self.runner.prefill_prefixes(new_groups, scheduler.pool,
                                                  scheduler.max_batch_tokens)
                 hidden, lens = self.runner.step(docs, scheduler.pool)
+                self.steps_run += 1
                 scheduler.account(new_groups, docs, lens)
                 finished = self.reader.read(docs, lens, hidden) + sample_step(
                     docs, lens, hidden, self.decoder.lm_head_weight, self.detector.eos_ids)

@@ -1,0 +1,378 @@
+"""``erank-fast serve``: an HTTP rerank server (FastAPI + uvicorn) over one Reranker.
+
+Endpoints:
+- ``POST /v1/rerank`` and ``POST /rerank``: the Cohere / Jina shape, ``{model?, query,
+  documents: [str | {text, ...}], top_n?, return_documents?, max_tokens_per_doc?}`` →
+  ``{id, model, results: [{index, relevance_score, document?, erank: {answer, probability}}],
+  usage, meta}``, best first. ``/rerank`` with ``texts`` instead of ``documents`` answers in the
+  text-embeddings-inference shape: ``[{index, score, text?}]``.
+- ``POST /v1/score``: ``{query, documents}`` → scores in input order.
+- ``GET /health`` (200 once the model is loaded, 503 before), ``GET /v1/models``,
+  ``GET /metrics`` (Prometheus text).
+
+Every request runs in a worker thread on the shared engine, so documents of concurrent requests
+share forward passes. A client that disconnects has its documents cancelled in the engine (their
+K/V released at the next step). Errors are JSON ``{"error": {"type", "message"}}``: 422 for
+malformed input or a request that can never fit the K/V memory, 413 over ``max_documents`` or
+``max_request_bytes``, 401 for a missing or wrong API key (when one is set), 503 while loading.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
+                               generate_latest)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from erank_fast.engine.work import Cancelled
+
+DISCONNECT_POLL_SECONDS = 0.05
+WORKER_THREADS = 256  # requests scored at once; the engine batches them into shared steps
+
+
+@dataclass(frozen=True)
+class ServerLimits:
+    max_documents: int = 1000
+    max_request_bytes: int = 8 * 2**20
+    api_key: str | None = None
+
+
+class DocumentObject(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    text: str
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    query: str
+    documents: list[str | DocumentObject] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+    max_tokens_per_doc: int | None = Field(default=None, ge=1)
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query is empty")
+        return value
+
+
+class TEIRerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str
+    texts: list[str] = Field(min_length=1)
+    return_text: bool = False
+    raw_scores: bool = False
+    truncate: bool = True
+
+    _query_not_blank = field_validator("query")(RerankRequest._query_not_blank.__func__)
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    query: str
+    documents: list[str | DocumentObject] = Field(min_length=1)
+
+    _query_not_blank = field_validator("query")(RerankRequest._query_not_blank.__func__)
+
+
+class ServerMetrics:
+    """Prometheus metrics of one server (its own registry, so servers never share counters)."""
+
+    def __init__(self, kv_tokens_in_use: Callable[[], int], engine_steps: Callable[[], int]):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("erank_fast_requests", "HTTP requests by endpoint and status",
+                                ["endpoint", "status"], registry=r)
+        self.documents = Counter("erank_fast_documents", "documents scored", registry=r)
+        self.tokens = Counter("erank_fast_tokens", "tokens computed by the model", ["kind"],
+                              registry=r)
+        self.cancelled = Counter("erank_fast_cancelled_requests",
+                                 "requests cancelled because the client went away", registry=r)
+        self.in_flight = Gauge("erank_fast_requests_in_flight",
+                               "requests being scored (the engine's queue)", registry=r)
+        self.latency = Histogram("erank_fast_request_seconds", "rerank/score request latency",
+                                 ["endpoint"], registry=r,
+                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
+        kv = Gauge("erank_fast_kv_tokens_in_use", "K/V arena rows held by requests", registry=r)
+        kv.set_function(kv_tokens_in_use)
+        steps = Gauge("erank_fast_engine_steps", "forward passes the engine has run", registry=r)
+        steps.set_function(engine_steps)
+
+
+OPEN_PATHS = ("/health", "/metrics", "/docs", "/openapi.json")
+
+
+class _Guard:
+    """ASGI middleware: the API key, the declared body size, and request counts by status.
+    (A plain ASGI wrapper: it leaves the receive channel alone, so handlers still see a client
+    disconnecting.)"""
+
+    def __init__(self, app, limits: ServerLimits, metrics: ServerMetrics):
+        self.app, self.limits, self.metrics = app, limits, metrics
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        path = scope["path"]
+        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        refusal = None
+        if self.limits.api_key is not None and not path.startswith(OPEN_PATHS):
+            if headers.get("authorization") != f"Bearer {self.limits.api_key}":
+                refusal = error_response(401, "unauthorized", "missing or wrong API key "
+                                         "(send 'Authorization: Bearer <key>')")
+        length = headers.get("content-length", "")
+        if refusal is None and length.isdigit() and int(length) > self.limits.max_request_bytes:
+            refusal = error_response(413, "request_too_large",
+                                     f"the body has {length} bytes; this server takes at most "
+                                     f"{self.limits.max_request_bytes} (--max-request-bytes)")
+        if refusal is not None:
+            self.metrics.requests.labels(path, str(refusal.status_code)).inc()
+            return await refusal(scope, receive, send)
+        status = {}
+
+        async def send_counting(message):
+            if message["type"] == "http.response.start":
+                status["code"] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, send_counting)
+        if not path.startswith(OPEN_PATHS):
+            self.metrics.requests.labels(path, str(status.get("code", 500))).inc()
+
+
+def error_response(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+def create_app(load: Callable[[], object], *, model_name: str,
+               limits: ServerLimits = ServerLimits()) -> FastAPI:
+    """The FastAPI app. ``load`` builds the Reranker; it runs in a thread at startup, and
+    ``/health`` answers 503 until it has returned."""
+    state: dict = {"reranker": None, "error": None, "cancels": set()}
+    ready = threading.Event()
+
+    def kv_in_use() -> int:
+        backend = getattr(state["reranker"], "backend", None)
+        return getattr(backend, "kv_tokens_in_use", 0)
+
+    def engine_steps() -> int:
+        backend = getattr(state["reranker"], "backend", None)
+        return getattr(backend, "steps_run", 0)
+
+    metrics = ServerMetrics(kv_in_use, engine_steps)
+
+    def load_in_background() -> None:
+        try:
+            state["reranker"] = load()
+        except BaseException as e:  # reported by /health, never raised into the event loop
+            state["error"] = e
+        finally:
+            ready.set()
+
+    async def lifespan(app: FastAPI):
+        threading.Thread(target=load_in_background, name="erank-fast-load", daemon=True).start()
+        yield
+        for cancel in list(state["cancels"]):  # shutdown: end what is still in flight
+            cancel.set()
+
+    app = FastAPI(title="erank_fast", lifespan=lifespan)
+    app.state.erank = state
+    app.state.metrics = metrics
+    app.state.ready = ready
+    limiter = anyio.CapacityLimiter(WORKER_THREADS)
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        return error_response(422, "invalid_request", _describe(exc.errors()))
+
+    app.add_middleware(_Guard, limits=limits, metrics=metrics)
+
+    @app.get("/health")
+    async def health():
+        if state["error"] is not None:
+            return error_response(500, "load_failed", f"the model failed to load: {state['error']}")
+        if not ready.is_set():
+            return JSONResponse({"status": "loading"}, status_code=503)
+        return {"status": "ok", "model": model_name}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": model_name, "object": "model",
+                                             "owned_by": "erank_fast"}]}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    async def read_body(request: Request) -> dict | JSONResponse:
+        body = await request.body()  # bounded by the uvicorn limit and the check below
+        if len(body) > limits.max_request_bytes:
+            return error_response(413, "request_too_large",
+                                  f"the body has {len(body)} bytes; this server takes at most "
+                                  f"{limits.max_request_bytes} (--max-request-bytes)")
+        try:
+            payload = json.loads(body)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            return error_response(422, "invalid_json", f"the body is not JSON: {e}")
+        if not isinstance(payload, dict):
+            return error_response(422, "invalid_request", "the body must be a JSON object")
+        return payload
+
+    async def score(request: Request, endpoint: str, query: str, documents: list,
+                    max_doc_tokens: int | None):
+        """(results, stats) from the shared reranker, or an error response."""
+        if not ready.is_set():
+            return error_response(503, "loading", "the model is still loading; retry shortly")
+        reranker = state["reranker"]
+        if reranker is None:
+            return error_response(500, "load_failed", f"the model failed to load: {state['error']}")
+        if len(documents) > limits.max_documents:
+            return error_response(413, "too_many_documents",
+                                  f"{len(documents)} documents; this server takes at most "
+                                  f"{limits.max_documents} per request (--max-documents)")
+        cancel = threading.Event()
+        state["cancels"].add(cancel)
+        metrics.in_flight.inc()
+        start = time.perf_counter()
+
+        def work():
+            return reranker.rerank(query, documents, cancel=cancel, max_doc_tokens=max_doc_tokens)
+
+        async def watch_disconnect():
+            while not cancel.is_set():
+                if await request.is_disconnected():
+                    cancel.set()
+                    return
+                await asyncio.sleep(DISCONNECT_POLL_SECONDS)
+
+        watcher = asyncio.ensure_future(watch_disconnect())
+        try:
+            results = await anyio.to_thread.run_sync(work, limiter=limiter)
+        except Cancelled:
+            metrics.cancelled.inc()
+            return error_response(499, "cancelled", "the request was cancelled")
+        except ValueError as e:  # e.g. a document that can never fit the K/V memory
+            return error_response(422, "invalid_request", str(e))
+        finally:
+            cancel.set()
+            watcher.cancel()
+            state["cancels"].discard(cancel)
+            metrics.in_flight.dec()
+        metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
+        metrics.documents.inc(len(documents))
+        metrics.tokens.labels("prefill").inc(results.stats.prefill_tokens)
+        metrics.tokens.labels("decode").inc(results.stats.decode_tokens)
+        return results
+
+    def usage(stats) -> dict:
+        return {"prompt_tokens": stats.prefill_tokens,
+                "total_tokens": stats.prefill_tokens + stats.decode_tokens}
+
+    async def cohere_rerank(request: Request, payload: dict):
+        try:
+            body = RerankRequest.model_validate(payload)
+        except ValidationError as e:
+            return error_response(422, "invalid_request", _describe(e.errors()))
+        documents = [d if isinstance(d, str) else d.model_dump() for d in body.documents]
+        results = await score(request, "rerank", body.query, documents, body.max_tokens_per_doc)
+        if isinstance(results, Response):
+            return results
+        top = results[: body.top_n] if body.top_n is not None else results
+        rows = []
+        for r in top:
+            row = {"index": r.index, "relevance_score": r.score,
+                   "erank": {"answer": r.answer, "probability": r.probability}}
+            if body.return_documents:
+                doc = r.document if isinstance(r.document, dict) else {"text": r.document}
+                row["document"] = doc
+            rows.append(row)
+        s = results.stats
+        return {"id": str(uuid.uuid4()), "model": model_name, "results": rows,
+                "usage": usage(s),
+                "meta": {"documents": s.documents, "seconds": s.seconds, "engine_steps": s.steps,
+                         "decode_tokens": s.decode_tokens}}
+
+    async def tei_rerank(request: Request, payload: dict):
+        try:
+            body = TEIRerankRequest.model_validate(payload)
+        except ValidationError as e:
+            return error_response(422, "invalid_request", _describe(e.errors()))
+        results = await score(request, "rerank", body.query, body.texts, None)
+        if isinstance(results, Response):
+            return results
+        return [{"index": r.index, "score": r.score, **({"text": r.document} if body.return_text
+                                                         else {})} for r in results]
+
+    @app.post("/v1/rerank")
+    async def rerank_v1(request: Request):
+        payload = await read_body(request)
+        if isinstance(payload, Response):
+            return payload
+        return await cohere_rerank(request, payload)
+
+    @app.post("/rerank")
+    async def rerank(request: Request):
+        payload = await read_body(request)
+        if isinstance(payload, Response):
+            return payload
+        if "texts" in payload and "documents" not in payload:
+            return await tei_rerank(request, payload)
+        return await cohere_rerank(request, payload)
+
+    @app.post("/v1/score")
+    async def score_v1(request: Request):
+        payload = await read_body(request)
+        if isinstance(payload, Response):
+            return payload
+        try:
+            body = ScoreRequest.model_validate(payload)
+        except ValidationError as e:
+            return error_response(422, "invalid_request", _describe(e.errors()))
+        documents = [d if isinstance(d, str) else d.model_dump() for d in body.documents]
+        results = await score(request, "score", body.query, documents, None)
+        if isinstance(results, Response):
+            return results
+        scores = [0.0] * len(documents)
+        for r in results:
+            scores[r.index] = r.score
+        return {"id": str(uuid.uuid4()), "model": model_name, "scores": scores,
+                "usage": usage(results.stats)}
+
+    return app
+
+
+def _describe(errors) -> str:
+    """Validation errors as one line naming each field, e.g. "documents.1: Input should be a
+    valid string"."""
+    parts = []
+    for e in errors:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def serve(load: Callable[[], object], *, model_name: str, host: str = "127.0.0.1",
+          port: int = 8000, limits: ServerLimits = ServerLimits(),
+          graceful_seconds: float = 30.0) -> None:
+    """Run the server until SIGINT / SIGTERM: uvicorn stops accepting, lets requests in flight
+    finish for ``graceful_seconds``, then the rest are cancelled."""
+    import uvicorn
+
+    app = create_app(load, model_name=model_name, limits=limits)
+    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=graceful_seconds,
+                log_level="info")
