@@ -35,11 +35,15 @@ def main(argv=None) -> None:
     parser.add_argument("--max_seq_length", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=64)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--skip_queries", type=int, default=0,
+                        help="leave out the first N queries (e.g. score only held-out ones)")
+    parser.add_argument("--qrels", default=None,
+                        help="also report the teacher's ranking quality against these qrels")
     args = parser.parse_args(argv)
     if Path(args.out).exists():
         parser.error(f"{args.out} exists; choose another --out or remove it")
 
-    queries = read_jsonl(args.data)[: args.max_queries]
+    queries = read_jsonl(args.data)[args.skip_queries: args.max_queries]
     pseudo = read_pseudo_queries(args.pseudo_queries) if args.pseudo_queries else []
     teacher = DenseTeacher(args.teacher, device=args.device, batch_size=args.batch_size,
                            max_seq_length=args.max_seq_length)
@@ -47,6 +51,23 @@ def main(argv=None) -> None:
     n = write_scores(teacher.score_queries(queries, pseudo), args.out)
     seconds = time.perf_counter() - start
     print(f"{n} teacher scores in {seconds:.1f} s ({n / seconds:.0f} pairs/s) -> {args.out}")
+    if args.qrels:
+        report(queries, args.out, args.qrels)
+
+
+def report(queries, scores_path: str, qrels_path: str) -> None:
+    """nDCG@10 / MRR@10 of the first stage, the teacher and their hybrid, on ``queries``."""
+    from erank_fast.datasets import read_qrels
+    from erank_fast.metrics import evaluate, hybrid
+    from erank_fast.training.query_likelihood import read_scores
+
+    scores, qrels = read_scores(scores_path), read_qrels(qrels_path)
+    first = {q.qid: {c.docid: c.score for c in q.candidates} for q in queries}
+    teacher = {q.qid: {c.docid: scores[(q.qid, c.docid)] for c in q.candidates} for q in queries}
+    for name, run in (("first stage", first), ("teacher", teacher),
+                      ("hybrid 0.2", hybrid(first, teacher, 0.2))):
+        means, _ = evaluate(run, qrels)
+        print(f"{name:<12} " + "  ".join(f"{k} {v:.4f}" for k, v in means.items()))
 
 
 if __name__ == "__main__":
