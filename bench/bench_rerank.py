@@ -16,14 +16,15 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from baselines import TransformersScorer, generate_batch_scores
+from hardware import DEVICE, bench, peaks
+from kernel_cases import SMOKE
+
 from erank_fast import Reranker
 from erank_fast.scoring import score_document
-from hardware import DEVICE, bench, peaks
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dl19-bm25-top100.jsonl"
-NUM_DOCS = 100
+NUM_DOCS = 8 if SMOKE else 100
 ROUNDS = 3 if DEVICE.type == "cuda" else 1
 
 
@@ -70,7 +71,9 @@ def load(name: str, dtype):
                        tie_word_embeddings=True, max_position_embeddings=40960), dtype)
 
 
-if DEVICE.type == "cuda":
+if SMOKE:
+    MODELS = [("qwen3-small", torch.float32)]
+elif DEVICE.type == "cuda":
     MODELS = [("qwen3-4b", torch.bfloat16)]
 else:
     MODELS = [("smollm2", torch.float32), ("smollm2", torch.bfloat16), ("qwen3-small", torch.float32)]
@@ -92,7 +95,7 @@ def ranking(readouts, rr) -> list[int]:
 
 
 @pytest.mark.parametrize("provider", ["erank_fast", "transformers", "generate_batch"])
-@pytest.mark.parametrize("think", ["off", 64])
+@pytest.mark.parametrize("think", ["off", 4 if SMOKE else 64])
 @pytest.mark.parametrize("model_name,dtype", MODELS, ids=lambda x: str(x).replace("torch.", ""))
 def test_rerank_one_query(benchmark, model_name, dtype, think, provider):
     if provider == "generate_batch" and (think != "off" and DEVICE.type != "cuda"):

@@ -1,50 +1,41 @@
-"""Score head: erank_fast's vocabulary-streaming head (max, argmax, LSE, 10 digit logits)
-against the generic path (full lm_head logits + log_softmax + gather + argmax) and the chunked
-PyTorch reference. Peak memory is recorded on CUDA."""
+"""Score head: erank_fast's vocabulary-streaming head (max, argmax, LSE, 10 digit logits), as a
+Triton kernel (CUDA) and as its PyTorch path, against the generic read (full lm_head logits +
+log_softmax + gather + argmax). Peak memory is recorded on CUDA."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from hardware import DEVICE, bench, roofline_info
+from kernel_cases import BENCH, full_logits_head, randn
 
 from erank_fast.ops.score_head import score_head
-from erank_fast.reference.score_head import score_head_ref
-from hardware import DEVICE, bench, roofline_info
 
-if DEVICE.type == "cuda":
-    DTYPE, HIDDEN, VOCAB, BATCHES = torch.bfloat16, 2560, 151936, [1, 64, 256]
-else:
-    DTYPE, HIDDEN, VOCAB, BATCHES = torch.float32, 576, 49152, [16, 64]
-
-DIGITS = torch.arange(15, 25)
+B = BENCH
 
 
-def full_logits(hidden, weight, ids):
-    logits = hidden @ weight.T
-    logprobs = torch.log_softmax(logits.float(), dim=-1)
-    return logprobs.gather(1, ids[None].expand(hidden.shape[0], -1)), logits.argmax(-1)
-
-
-@pytest.mark.parametrize("provider", ["erank_fast", "full_logits", "reference"])
-@pytest.mark.parametrize("batch", BATCHES)
-def test_score_head(benchmark, batch, provider):
-    g = torch.Generator().manual_seed(0)
-    hidden = torch.randn(batch, HIDDEN, generator=g).to(DEVICE, DTYPE)
-    weight = (torch.randn(VOCAB, HIDDEN, generator=g) * 0.02).to(DEVICE, DTYPE)
-    ids = DIGITS.to(DEVICE)
-    fn = {"erank_fast": lambda: score_head(hidden, weight, ids),
-          "full_logits": lambda: full_logits(hidden, weight, ids),
-          "reference": lambda: score_head_ref(hidden, weight, ids)}[provider]
+@pytest.mark.parametrize("provider", ["triton", "torch", "full_logits"])
+@pytest.mark.parametrize("rows", B["rows"])
+def test_score_head(benchmark, rows, provider):
+    if provider == "triton" and DEVICE.type != "cuda":
+        pytest.skip("Triton kernels are timed on CUDA only (the CPU interpreter checks them)")
+    hidden = randn(rows, B["hidden"], dtype=B["dtype"], seed=0)
+    weight = randn(B["vocab"], B["hidden"], dtype=B["dtype"], seed=1) * 0.02
+    ids = torch.arange(15, 25, device=DEVICE)
+    fn = {"triton": lambda: score_head(hidden, weight, ids, impl="triton"),
+          "torch": lambda: score_head(hidden, weight, ids, impl="torch"),
+          "full_logits": lambda: full_logits_head(hidden, weight, ids)}[provider]
     if DEVICE.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    benchmark.group = f"score-head B={batch} V={VOCAB}"
+    benchmark.group = f"score-head B={rows} V={B['vocab']}"
     seconds = bench(benchmark, fn)
-    itemsize = torch.finfo(DTYPE).bits // 8
-    flops = 2 * batch * VOCAB * HIDDEN
-    bytes_moved = itemsize * (VOCAB * HIDDEN + batch * HIDDEN)
+    itemsize = torch.finfo(B["dtype"]).bits // 8
+    flops = 2 * rows * B["vocab"] * B["hidden"]
+    bytes_moved = itemsize * (B["vocab"] * B["hidden"] + rows * B["hidden"])
     benchmark.extra_info.update(roofline_info(seconds, flops, bytes_moved))
-    benchmark.extra_info.update(provider=provider, batch=batch, vocab=VOCAB, dtype=str(DTYPE))
+    benchmark.extra_info.update(provider=provider, batch=rows, vocab=B["vocab"],
+                                dtype=str(B["dtype"]))
     if DEVICE.type == "cuda":
         benchmark.extra_info["peak_extra_bytes"] = torch.cuda.max_memory_allocated() - base

@@ -25,7 +25,7 @@ timeout 120 python3 -m pytest -q tests/kernels tests/test_decode_graphs.py \
 tests_rc=${PIPESTATUS[0]}
 
 echo "== GPU benchmarks =="
-for part in prefix_attention:45 suffix_attention:45 score_head:30 decode_step:90 rerank:150; do
+for part in shared_prefix_prefill:45 decode_attention:45 score_head:30 decode_step:90 rerank:150; do
   name=${part%%:*} limit=${part##*:}
   echo "-- bench_$name (at most ${limit}s)"
   timeout "$limit" python3 -m pytest -q "bench/bench_$name.py" --benchmark-only \

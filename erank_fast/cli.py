@@ -128,6 +128,31 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))
 
 
+def _kernels(args) -> int:
+    from erank_fast import aot
+
+    try:
+        archs = [int(a) for a in args.arch.split(",")]
+        dtypes, shapes = args.dtype.split(","), args.shape.split(",")
+        bad = ([a for a in archs if a not in aot.SHARED_LIMIT]
+               + [d for d in dtypes if d not in aot.DTYPES]
+               + [s for s in shapes if s not in aot.SHAPES])
+        if bad:
+            raise ValueError(f"unknown {bad}; archs {list(aot.SHARED_LIMIT)}, dtypes "
+                             f"{list(aot.DTYPES)}, shapes {list(aot.SHAPES)}")
+    except ValueError as e:
+        print(f"erank-fast kernels: {e}", file=sys.stderr)
+        return 2
+    records = aot.compile_all(archs, dtypes, shapes, processes=args.processes)
+    print(aot.format_table(records))
+    if args.json_out:
+        with open(args.json_out, "w", encoding="utf-8") as f:
+            json.dump(aot.records_json(records), f, indent=1)
+    failing = [r for r in records if r.problems()]
+    print(f"{len(records)} compiled kernels, {len(failing)} with problems")
+    return 1 if failing else 0
+
+
 def _serve(args) -> int:
     try:
         from erank_fast.server import ServerLimits, serve
@@ -180,7 +205,17 @@ def main(argv=None) -> int:
                    help="largest request body (413 above)")
     s.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' (default: no key)")
+    k = sub.add_parser("kernels", help="compile every Triton kernel for NVIDIA GPUs (no GPU "
+                                       "needed) and report registers, spills, shared memory, "
+                                       "tensor-core use")
+    k.add_argument("--arch", default="80,90", help="compute capabilities, e.g. 80,90 (sm_90a)")
+    k.add_argument("--dtype", default="float16,bfloat16")
+    k.add_argument("--shape", default="qwen3-4b,smollm2-135m", help="model shapes")
+    k.add_argument("--processes", type=int, default=None, help="parallel compiles (one per core)")
+    k.add_argument("--json", dest="json_out", default=None, help="write the records as JSON")
     args = parser.parse_args(argv)
+    if args.command == "kernels":
+        return _kernels(args)
     if args.command == "eval":
         return _eval(args)
     if args.command == "serve":

@@ -7,11 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from erank_fast.engine.kv_pool import KVPool
-from erank_fast.ops.dispatch import use_triton
 from erank_fast.ops.causal_attention import causal_attention
+from erank_fast.ops.dispatch import use_triton
 from erank_fast.ops.prefix_attention import prefix_attention
-from erank_fast.ops.suffix_attention import suffix_attention
 from erank_fast.ops.shared_prefix_prefill import shared_prefix_prefill
+from erank_fast.ops.suffix_attention import suffix_attention
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,7 @@ import torch
 from erank_fast.ops.dispatch import LOG2E, block_d, cdiv, dot_precision, max_segment, use_triton
 
 BLOCK_M, BLOCK_N = 64, 64
+NUM_WARPS, NUM_STAGES = 4, 3
 
 
 @torch.library.custom_op("erank_fast::prefix_attention", mutates_args=())
@@ -29,7 +30,7 @@ def _prefix_attention_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), v.stride(0), v.stride(1),
         out.stride(0), out.stride(1), lse.stride(0),
         GROUP=hq // hkv, HEAD_DIM=d, BLOCK_D=block_d(d), BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N,
-        PRECISION=dot_precision(q.dtype),
+        PRECISION=dot_precision(q.dtype), num_warps=NUM_WARPS, num_stages=NUM_STAGES,
     )
     return out, lse
 

@@ -9,6 +9,7 @@ import torch
 from erank_fast.ops.dispatch import cdiv, dot_precision, next_power_of_2, use_triton
 
 BLOCK_B, BLOCK_V, BLOCK_H = 16, 128, 64
+NUM_WARPS, NUM_STAGES = 4, 3
 # Vocabulary splits per row tile: enough programs to fill a GPU at small batch.
 TARGET_PROGRAMS = 528
 MAX_TOKEN_IDS = 16
@@ -41,7 +42,8 @@ def _score_head_triton(hidden: torch.Tensor, weight: torch.Tensor
     _score_head_kernel[(row_tiles, splits)](
         hidden, weight, part_max, part_arg, part_sum, rows, vocab, h, per_split,
         hidden.stride(0), weight.stride(0), part_max.stride(0),
-        BLOCK_B=BLOCK_B, BLOCK_V=block_v, BLOCK_H=BLOCK_H, PRECISION=dot_precision(hidden.dtype))
+        BLOCK_B=BLOCK_B, BLOCK_V=block_v, BLOCK_H=BLOCK_H, PRECISION=dot_precision(hidden.dtype),
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES)
     best, split = part_max.max(dim=0)  # first maximal split: the smallest id among ties
     best_id = part_arg.gather(0, split[None]).squeeze(0).long()
     lse = best + torch.log((part_sum * torch.exp(part_max - best[None])).sum(0))

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import torch
 
-from erank_fast.ops.dispatch import (LOG2E, block_d, cdiv, dot_precision, max_segment,
-                                      next_power_of_2, use_triton)
 from erank_fast.ops.attention_merge import merge_attention
+from erank_fast.ops.dispatch import (LOG2E, block_d, cdiv, dot_precision, max_segment,
+                                     next_power_of_2, use_triton)
 
 BLOCK_N = 64
+NUM_WARPS, NUM_STAGES = 4, 3
 # Split-K decode when a step has one token per document, long own contexts, and too few
 # (document, KV head) programs to fill the GPU.
 SPLIT_MIN_KEYS = 512
@@ -46,7 +47,8 @@ def _suffix_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
             scale * LOG2E, q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
             v_cache.stride(0), v_cache.stride(1), prefix_out.stride(0),
             prefix_out.stride(1), prefix_lse.stride(0), out.stride(0), out.stride(1),
-            GROUP=group, BLOCK_M=block_m, BLOCK_N=BLOCK_N, **common)
+            GROUP=group, BLOCK_M=block_m, BLOCK_N=BLOCK_N, num_warps=NUM_WARPS,
+            num_stages=NUM_STAGES, **common)
         return out
     keys_per_split = cdiv(cdiv(max_own_len, splits), BLOCK_N) * BLOCK_N
     part_out = torch.empty((splits, n, hq, d), dtype=torch.float32, device=q.device)
@@ -56,7 +58,8 @@ def _suffix_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: to
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1),
         v_cache.stride(0), v_cache.stride(1), part_out.stride(0), part_out.stride(1),
         part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
-        GROUP=group, BLOCK_M=max(16, next_power_of_2(group)), BLOCK_N=BLOCK_N, **common)
+        GROUP=group, BLOCK_M=max(16, next_power_of_2(group)), BLOCK_N=BLOCK_N,
+        num_warps=NUM_WARPS, num_stages=NUM_STAGES, **common)
     kern._merge_splits_kernel[(n, hq)](
         part_out, part_lse, prefix_out, prefix_lse, out, part_out.stride(0), part_out.stride(1),
         part_out.stride(2), part_lse.stride(0), part_lse.stride(1), prefix_out.stride(0),

@@ -1,0 +1,40 @@
+"""Decode attention, one new token per document: erank_fast (the shared prefix read once per
+step for all documents + each own context, split-K when long), as Triton kernels (CUDA) and as
+its PyTorch path, against per-sequence SDPA over each document's own copy of [prefix; own]."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hardware import DEVICE, bench, roofline_info
+from kernel_cases import BENCH, per_document_sdpa, shared_prefix_attention, shared_prefix_inputs
+
+B = BENCH
+PREFIX, OWN = B["decode_prefix"], B["own"]
+
+
+def cost(batch: int):
+    d, hq, hkv = B["d"], B["hq"], B["hkv"]
+    itemsize = torch.finfo(B["dtype"]).bits // 8
+    flops = 4 * d * hq * batch * (PREFIX + OWN)
+    # The floor: prefix K/V once, every document's own K/V, queries and outputs.
+    bytes_moved = itemsize * (2 * PREFIX * hkv * d + 2 * batch * OWN * hkv * d + 2 * batch * hq * d)
+    return flops, bytes_moved
+
+
+@pytest.mark.parametrize("provider", ["triton", "torch", "sdpa_per_sequence"])
+@pytest.mark.parametrize("batch", B["batches"])
+def test_decode_attention(benchmark, batch, provider):
+    if provider == "triton" and DEVICE.type != "cuda":
+        pytest.skip("Triton kernels are timed on CUDA only (the CPU interpreter checks them)")
+    inputs = shared_prefix_inputs(PREFIX, batch, OWN - 1, 1, B["hq"], B["hkv"], B["d"], B["dtype"])
+    if provider == "sdpa_per_sequence":
+        fn = per_document_sdpa(inputs[0], inputs[1], inputs[2], PREFIX, batch, OWN - 1, 1,
+                               B["d"] ** -0.5)
+    else:
+        fn = shared_prefix_attention(*inputs, impl=provider, max_q_tokens=1, max_own_len=OWN)
+    benchmark.group = f"decode-attention B={batch} P={PREFIX} own={OWN}"
+    seconds = bench(benchmark, fn)
+    benchmark.extra_info.update(roofline_info(seconds, *cost(batch)))
+    benchmark.extra_info.update(provider=provider, batch=batch, prefix=PREFIX, own=OWN,
+                                dtype=str(B["dtype"]))
