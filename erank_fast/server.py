@@ -283,75 +283,65 @@ def create_app(load: Callable[[], object], *, model_name: str,
         return {"prompt_tokens": stats.prefill_tokens,
                 "total_tokens": stats.prefill_tokens + stats.decode_tokens}
 
-    async def cohere_rerank(request: Request, payload: dict):
+    async def parse(request: Request, shape=None):
+        """The body validated as ``shape`` (for /rerank: TEI's when it has "texts" and no
+        "documents", else Cohere's), or the error response."""
+        payload = await read_body(request)
+        if isinstance(payload, Response):
+            return payload
+        if shape is None:
+            tei = "texts" in payload and "documents" not in payload
+            shape = TEIRerankRequest if tei else RerankRequest
         try:
-            body = RerankRequest.model_validate(payload)
+            return shape.model_validate(payload)
         except ValidationError as e:
             return error_response(422, "invalid_request", _describe(e.errors()))
+
+    async def answer(request: Request, body):
+        if isinstance(body, Response):
+            return body
+        if isinstance(body, TEIRerankRequest):
+            results = await score(request, "rerank", body.query, body.texts, None)
+            if isinstance(results, Response):
+                return results
+            return [{"index": r.index, "score": r.score,
+                     **({"text": r.document} if body.return_text else {})} for r in results]
         documents = [d if isinstance(d, str) else d.model_dump() for d in body.documents]
+        if isinstance(body, ScoreRequest):
+            results = await score(request, "score", body.query, documents, None)
+            if isinstance(results, Response):
+                return results
+            scores = [0.0] * len(documents)
+            for r in results:
+                scores[r.index] = r.score
+            return {"id": str(uuid.uuid4()), "model": model_name, "scores": scores,
+                    "usage": usage(results.stats)}
         results = await score(request, "rerank", body.query, documents, body.max_tokens_per_doc)
         if isinstance(results, Response):
             return results
-        top = results[: body.top_n] if body.top_n is not None else results
         rows = []
-        for r in top:
+        for r in results[: body.top_n] if body.top_n is not None else results:
             row = {"index": r.index, "relevance_score": r.score,
                    "erank": {"answer": r.answer, "probability": r.probability}}
             if body.return_documents:
-                doc = r.document if isinstance(r.document, dict) else {"text": r.document}
-                row["document"] = doc
+                row["document"] = r.document if isinstance(r.document, dict) else {"text": r.document}
             rows.append(row)
         s = results.stats
-        return {"id": str(uuid.uuid4()), "model": model_name, "results": rows,
-                "usage": usage(s),
+        return {"id": str(uuid.uuid4()), "model": model_name, "results": rows, "usage": usage(s),
                 "meta": {"documents": s.documents, "seconds": s.seconds, "engine_steps": s.steps,
                          "decode_tokens": s.decode_tokens}}
 
-    async def tei_rerank(request: Request, payload: dict):
-        try:
-            body = TEIRerankRequest.model_validate(payload)
-        except ValidationError as e:
-            return error_response(422, "invalid_request", _describe(e.errors()))
-        results = await score(request, "rerank", body.query, body.texts, None)
-        if isinstance(results, Response):
-            return results
-        return [{"index": r.index, "score": r.score, **({"text": r.document} if body.return_text
-                                                         else {})} for r in results]
-
     @app.post("/v1/rerank")
     async def rerank_v1(request: Request):
-        payload = await read_body(request)
-        if isinstance(payload, Response):
-            return payload
-        return await cohere_rerank(request, payload)
+        return await answer(request, await parse(request, RerankRequest))
 
     @app.post("/rerank")
     async def rerank(request: Request):
-        payload = await read_body(request)
-        if isinstance(payload, Response):
-            return payload
-        if "texts" in payload and "documents" not in payload:
-            return await tei_rerank(request, payload)
-        return await cohere_rerank(request, payload)
+        return await answer(request, await parse(request))
 
     @app.post("/v1/score")
     async def score_v1(request: Request):
-        payload = await read_body(request)
-        if isinstance(payload, Response):
-            return payload
-        try:
-            body = ScoreRequest.model_validate(payload)
-        except ValidationError as e:
-            return error_response(422, "invalid_request", _describe(e.errors()))
-        documents = [d if isinstance(d, str) else d.model_dump() for d in body.documents]
-        results = await score(request, "score", body.query, documents, None)
-        if isinstance(results, Response):
-            return results
-        scores = [0.0] * len(documents)
-        for r in results:
-            scores[r.index] = r.score
-        return {"id": str(uuid.uuid4()), "model": model_name, "scores": scores,
-                "usage": usage(results.stats)}
+        return await answer(request, await parse(request, ScoreRequest))
 
     return app
 
