@@ -6,9 +6,8 @@ import math
 
 import pytest
 
-from erank_fast.training.rewards import RewardConfig, Rollout, query_rewards, ranks
-
 from erank_fast.scoring import parse_answer  # noqa: E402
+from erank_fast.training.rewards import RewardConfig, Rollout, query_rewards, ranks
 
 
 def test_ranks_share_the_smallest_rank_on_ties():

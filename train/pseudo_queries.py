@@ -14,8 +14,8 @@ import json
 import random
 from pathlib import Path
 
-from erank_fast.training.pseudo_queries import generate_questions, usable
 from erank_fast.training.arguments import ScriptParser
+from erank_fast.training.pseudo_queries import generate_questions, usable
 
 
 def main(argv=None) -> None:

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from erank_fast.training.query_likelihood import query_loglikelihoods, read_scores
 from erank_fast.training.arguments import ScriptParser
+from erank_fast.training.query_likelihood import query_loglikelihoods, read_scores
 
 
 def main(argv=None) -> None:

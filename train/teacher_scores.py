@@ -18,9 +18,9 @@ import time
 from pathlib import Path
 
 from erank_fast.datasets import read_jsonl
+from erank_fast.training.arguments import ScriptParser
 from erank_fast.training.pseudo_queries import read_pseudo_queries
 from erank_fast.training.teachers import DenseTeacher, write_scores
-from erank_fast.training.arguments import ScriptParser
 
 
 def main(argv=None) -> None:
