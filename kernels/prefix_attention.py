@@ -4,8 +4,9 @@ that group's prefix K/V, non-causal, returning the partial output and its log-su
     out[t, h] = Σ_j softmax_j(q[t, h] · k[j, h // G] · scale) v[j, h // G],   j over the prefix
     lse[t, h] = log Σ_j exp(q[t, h] · k[j, h // G] · scale)                     (natural log)
 
-GQA packing: one tile holds BLOCK_M rows of (token, query head) pairs that share one KV head,
-so a prefix K/V block is loaded once for GROUP heads × BLOCK_M / GROUP tokens of many documents.
+GQA packing (kernels/gqa.py): one tile holds BLOCK_M rows of (token, query head) pairs that
+share one KV head, so a prefix K/V block is loaded once for GROUP heads × BLOCK_M / GROUP tokens
+of many documents.
 Group g's prefix is rows kv_start[g] .. kv_start[g] + kv_len[g] - 1 of the K/V arena.
 Bytes: the prefix K/V is read once per tile instead of once per document. FLOPs: 4·D per
 (row, key) pair.
@@ -13,6 +14,8 @@ Bytes: the prefix K/V is read once per tile instead of once per document. FLOPs:
 
 import triton
 import triton.language as tl
+
+from erank_fast.kernels.gqa import _load_q_tile
 
 
 @triton.jit
@@ -28,18 +31,13 @@ def _prefix_attention_kernel(
     group = tl.program_id(1)
     kv_head = tl.program_id(2)
     q_start = tl.load(q_cu_ptr + group)
-    rows_total = (tl.load(q_cu_ptr + group + 1) - q_start) * GROUP
+    n_tokens = tl.load(q_cu_ptr + group + 1) - q_start
+    rows_total = n_tokens * GROUP
     kv_start = tl.load(kv_start_ptr + group)
     kv_end = kv_start + tl.load(kv_len_ptr + group)
-
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < rows_total
-    token = q_start + rows // GROUP
-    head = kv_head * GROUP + rows % GROUP
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
-    q = tl.load(q_ptr + token[:, None] * stride_q_n + head[:, None] * stride_q_h + d[None, :],
-                mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q, row_ok, _, token, head, d, d_ok = _load_q_tile(
+        q_ptr, q_start, n_tokens, pid_m, kv_head, stride_q_n, stride_q_h, GROUP, HEAD_DIM,
+        BLOCK_D, BLOCK_M)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)

@@ -14,6 +14,8 @@ Bytes: each document's own K/V read once; FLOPs: 4·D per (row, visible key) pai
 import triton
 import triton.language as tl
 
+from erank_fast.kernels.gqa import _load_q_tile
+
 
 @triton.jit
 def _own_block(q, k_ptr, v_ptr, kv_base, kv_head, lo, hi, limit, d, d_ok, m_i, l_i, acc,
@@ -57,16 +59,10 @@ def _suffix_attention_kernel(
     own_start = tl.load(own_start_ptr + doc)
     own_base = tl.load(own_base_ptr + doc).to(tl.int64)
 
-    rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_ok = rows < n_new * GROUP
-    local = rows // GROUP
-    token = q_start + local
-    head = kv_head * GROUP + rows % GROUP
-    d = tl.arange(0, BLOCK_D)
-    d_ok = d < HEAD_DIM
+    q, row_ok, local, token, head, d, d_ok = _load_q_tile(
+        q_ptr, q_start, n_new, pid_m, kv_head, stride_q_n, stride_q_h, GROUP, HEAD_DIM, BLOCK_D,
+        BLOCK_M)
     mask_q = row_ok[:, None] & d_ok[None, :]
-    q = tl.load(q_ptr + token[:, None] * stride_q_n + head[:, None] * stride_q_h + d[None, :],
-                mask=mask_q, other=0.0)
 
     limit = own_start + local  # causal: new token i sees own keys 0 .. own_start + i
     last_local = tl.minimum((pid_m + 1) * BLOCK_M - 1, n_new * GROUP - 1) // GROUP
