@@ -32,6 +32,15 @@ def parse_think(think) -> str | int:
 
 @dataclass(frozen=True)
 class RerankerConfig:
+    """A Reranker's settings and their defaults (``Reranker.from_pretrained`` takes each by name).
+
+    max_query_tokens / max_doc_tokens: truncation of the query and each document (tokens).
+    max_think_tokens: the reasoning limit of think="full". max_batch_tokens: tokens per
+    forward pass (None: 8192 on CUDA, 2048 on CPU). kv_memory: bytes for the K/V arena (None:
+    90% of free GPU memory, 2 GiB on CPU). cuda_graphs: decode steps replayed from CUDA graphs,
+    "auto" (on CUDA with the Triton kernels), "on", "off", or "padded" (the padded steps,
+    eagerly, to check them on any device)."""
+
     think: str | int = "off"
     instruction: str | None = None
     score_mode: str = "erank"

@@ -56,12 +56,9 @@ class Reranker:
         backend: the erank_fast engine with "auto" (Triton kernels on CUDA, PyTorch ops
             elsewhere), "torch" or "triton" (on CPU only under TRITON_INTERPRET=1), or
             "reference" (transformers, each document alone).
-        options: max_query_tokens, max_doc_tokens (truncation, default 2048 each),
-            max_think_tokens (default 4096), max_batch_tokens (tokens per forward pass,
-            default 8192 on CUDA, 2048 on CPU), kv_memory (bytes for the K/V arena; default 90%
-            of free GPU memory, or 2 GiB on CPU), cuda_graphs ("auto": decode steps replayed
-            from CUDA graphs on CUDA with the Triton kernels; "on", "off", or "padded": the
-            padded steps the graphs replay, run eagerly, for checks on any device).
+        options: any other field of ``erank_fast.config.RerankerConfig`` (where the defaults
+            are documented): max_query_tokens, max_doc_tokens, max_think_tokens,
+            max_batch_tokens, kv_memory, cuda_graphs.
         """
         packaged = packaged_reranker(model)
         settings = {}

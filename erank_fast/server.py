@@ -25,138 +25,21 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import (CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram,
-                               generate_latest)
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
 
 from erank_fast.engine.work import Cancelled
+from erank_fast.server_middleware import Guard, ServerLimits, ServerMetrics
+from erank_fast.server_schema import (RerankRequest, ScoreRequest, TEIRerankRequest,
+                                      describe_errors, error_response)
 
 DISCONNECT_POLL_SECONDS = 0.05
 WORKER_THREADS = 256  # requests scored at once; the engine batches them into shared steps
-
-
-@dataclass(frozen=True)
-class ServerLimits:
-    max_documents: int = 1000
-    max_request_bytes: int = 8 * 2**20
-    api_key: str | None = None
-
-
-class DocumentObject(BaseModel):
-    model_config = ConfigDict(extra="allow")
-    text: str
-
-
-class RerankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str | None = None
-    query: str
-    documents: list[str | DocumentObject] = Field(min_length=1)
-    top_n: int | None = Field(default=None, ge=1)
-    return_documents: bool = False
-    max_tokens_per_doc: int | None = Field(default=None, ge=1)
-
-    @field_validator("query")
-    @classmethod
-    def _query_not_blank(cls, value: str) -> str:
-        if not value.strip():
-            raise ValueError("query is empty")
-        return value
-
-
-class TEIRerankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    query: str
-    texts: list[str] = Field(min_length=1)
-    return_text: bool = False
-    raw_scores: bool = False
-    truncate: bool = True
-
-    _query_not_blank = field_validator("query")(RerankRequest._query_not_blank.__func__)
-
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str | None = None
-    query: str
-    documents: list[str | DocumentObject] = Field(min_length=1)
-
-    _query_not_blank = field_validator("query")(RerankRequest._query_not_blank.__func__)
-
-
-class ServerMetrics:
-    """Prometheus metrics of one server (its own registry, so servers never share counters)."""
-
-    def __init__(self, kv_tokens_in_use: Callable[[], int], engine_steps: Callable[[], int]):
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("erank_fast_requests", "HTTP requests by endpoint and status",
-                                ["endpoint", "status"], registry=r)
-        self.documents = Counter("erank_fast_documents", "documents scored", registry=r)
-        self.tokens = Counter("erank_fast_tokens", "tokens computed by the model", ["kind"],
-                              registry=r)
-        self.cancelled = Counter("erank_fast_cancelled_requests",
-                                 "requests cancelled because the client went away", registry=r)
-        self.in_flight = Gauge("erank_fast_requests_in_flight",
-                               "requests being scored (the engine's queue)", registry=r)
-        self.latency = Histogram("erank_fast_request_seconds", "rerank/score request latency",
-                                 ["endpoint"], registry=r,
-                                 buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-        kv = Gauge("erank_fast_kv_tokens_in_use", "K/V arena rows held by requests", registry=r)
-        kv.set_function(kv_tokens_in_use)
-        steps = Gauge("erank_fast_engine_steps", "forward passes the engine has run", registry=r)
-        steps.set_function(engine_steps)
-
-
-OPEN_PATHS = ("/health", "/metrics", "/docs", "/openapi.json")
-
-
-class _Guard:
-    """ASGI middleware: the API key, the declared body size, and request counts by status.
-    (A plain ASGI wrapper: it leaves the receive channel alone, so handlers still see a client
-    disconnecting.)"""
-
-    def __init__(self, app, limits: ServerLimits, metrics: ServerMetrics):
-        self.app, self.limits, self.metrics = app, limits, metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        path = scope["path"]
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
-        refusal = None
-        if self.limits.api_key is not None and not path.startswith(OPEN_PATHS):
-            if headers.get("authorization") != f"Bearer {self.limits.api_key}":
-                refusal = error_response(401, "unauthorized", "missing or wrong API key "
-                                         "(send 'Authorization: Bearer <key>')")
-        length = headers.get("content-length", "")
-        if refusal is None and length.isdigit() and int(length) > self.limits.max_request_bytes:
-            refusal = error_response(413, "request_too_large",
-                                     f"the body has {length} bytes; this server takes at most "
-                                     f"{self.limits.max_request_bytes} (--max-request-bytes)")
-        if refusal is not None:
-            self.metrics.requests.labels(path, str(refusal.status_code)).inc()
-            return await refusal(scope, receive, send)
-        status = {}
-
-        async def send_counting(message):
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        await self.app(scope, receive, send_counting)
-        if not path.startswith(OPEN_PATHS):
-            self.metrics.requests.labels(path, str(status.get("code", 500))).inc()
-
-
-def error_response(status: int, kind: str, message: str) -> JSONResponse:
-    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
 
 
 def create_app(load: Callable[[], object], *, model_name: str,
@@ -198,9 +81,9 @@ def create_app(load: Callable[[], object], *, model_name: str,
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        return error_response(422, "invalid_request", _describe(exc.errors()))
+        return error_response(422, "invalid_request", describe_errors(exc.errors()))
 
-    app.add_middleware(_Guard, limits=limits, metrics=metrics)
+    app.add_middleware(Guard, limits=limits, metrics=metrics)
 
     @app.get("/health")
     async def health():
@@ -295,7 +178,7 @@ def create_app(load: Callable[[], object], *, model_name: str,
         try:
             return shape.model_validate(payload)
         except ValidationError as e:
-            return error_response(422, "invalid_request", _describe(e.errors()))
+            return error_response(422, "invalid_request", describe_errors(e.errors()))
 
     async def answer(request: Request, body):
         if isinstance(body, Response):
@@ -344,16 +227,6 @@ def create_app(load: Callable[[], object], *, model_name: str,
         return await answer(request, await parse(request, ScoreRequest))
 
     return app
-
-
-def _describe(errors) -> str:
-    """Validation errors as one line naming each field, e.g. "documents.1: Input should be a
-    valid string"."""
-    parts = []
-    for e in errors:
-        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
-        parts.append(f"{where}: {e.get('msg', 'invalid')}")
-    return "; ".join(parts)
 
 
 def serve(load: Callable[[], object], *, model_name: str, host: str = "127.0.0.1",

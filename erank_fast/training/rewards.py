@@ -1,5 +1,5 @@
-"""Listwise-derived rewards for ERank's RL stage (see ERANK.md), computed per query over all
-N documents × G rollouts together.
+"""Listwise-derived rewards for ERank's RL stage (the ERank paper's r_RR and variants),
+computed per query over all N documents × G rollouts together.
 
 r_RR (default). Parseable rollouts of one query are pooled and ranked by their score, higher
 first; tied scores share the smallest rank. Then, per rollout:

@@ -1,0 +1,63 @@
+"""The HTTP API's request shapes (pydantic) and its JSON errors: ``{"error": {"type",
+"message"}}``, the message naming every invalid field."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+class DocumentObject(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    text: str
+
+
+class RerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    query: str
+    documents: list[str | DocumentObject] = Field(min_length=1)
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+    max_tokens_per_doc: int | None = Field(default=None, ge=1)
+
+    @field_validator("query")
+    @classmethod
+    def _query_not_blank(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("query is empty")
+        return value
+
+
+class TEIRerankRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str
+    texts: list[str] = Field(min_length=1)
+    return_text: bool = False
+    raw_scores: bool = False
+    truncate: bool = True
+
+    _query_not_blank = field_validator("query")(RerankRequest._query_not_blank.__func__)
+
+
+class ScoreRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    model: str | None = None
+    query: str
+    documents: list[str | DocumentObject] = Field(min_length=1)
+
+    _query_not_blank = field_validator("query")(RerankRequest._query_not_blank.__func__)
+
+
+def error_response(status: int, kind: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": {"type": kind, "message": message}}, status_code=status)
+
+
+def describe_errors(errors) -> str:
+    """Validation errors as one line naming each field, e.g. "documents.1: Input should be a
+    valid string"."""
+    parts = []
+    for e in errors:
+        where = ".".join(str(x) for x in e.get("loc", ()) if x != "body") or "body"
+        parts.append(f"{where}: {e.get('msg', 'invalid')}")
+    return "; ".join(parts)
