@@ -5,8 +5,9 @@ errors, latency p50/p95/p99 and docs/s; the HTTP / in-process throughput ratio i
 in-process run's extra_info once both ran. The load is bounded (a fixed request list) and stops
 by itself.
 
-CPU: SmolLM2-135M-Instruct (erank-smol's base, think="off"); CUDA: the same. Without the shared
-data, synthetic documents.
+Model (think="off", random weights, bench_rerank's configurations): on CPU the small Qwen3
+(8 layers × 512, Qwen3 tokenizer), cheap enough per document that any server overhead shows;
+on CUDA the Qwen3-4B configuration in bfloat16. Without the shared data, synthetic documents.
 """
 
 from __future__ import annotations
@@ -46,18 +47,15 @@ def workload(n: int) -> list[tuple[str, list[str]]]:
 @pytest.fixture(scope="module")
 def reranker():
     pytest.importorskip("fastapi")
+    import torch
+
+    from bench_rerank import setup
     from erank_fast import Reranker
 
-    if SMOKE:
-        from bench_rerank import setup
-
-        model, tok, _ = setup("qwen3-small", __import__("torch").float32)
-        return Reranker.from_pretrained(model, tokenizer=tok, think="off")
-    try:
-        return Reranker.from_pretrained("smollm2-135m-instruct", think="off",
-                                        score_mode="expected", max_doc_tokens=256)
-    except (ImportError, OSError) as e:
-        pytest.skip(f"SmolLM2 weights unavailable: {e}")
+    name, dtype = ("qwen3-4b", torch.bfloat16) if DEVICE.type == "cuda" else ("qwen3-small",
+                                                                               torch.float32)
+    model, tok, _ = setup(name, dtype)
+    return Reranker.from_pretrained(model, tokenizer=tok, think="off", max_doc_tokens=256)
 
 
 @pytest.fixture(scope="module")
