@@ -68,7 +68,7 @@ def test_parse_answer():
 
 
 def test_cases_label_every_rollout():
-    from rewards import query_cases
+    from erank_fast.training.rewards import query_cases
 
     rollouts = [Rollout(True, 8, 6), Rollout(False, 1, 7), Rollout(False, 1, 2),
                 Rollout(False, 1, None)]
@@ -76,8 +76,9 @@ def test_cases_label_every_rollout():
 
 
 def test_distill_consensus_keeps_the_output_closest_to_the_mean():
-    from distill import consensus
+    from helpers import train_script
 
+    consensus = train_script("distill").consensus
     assert consensus(["a", "b", "c"], [2, 9, 6]) == ("c", 6)  # mean 5.67
     assert consensus(["a", "b"], [None, 4]) == ("b", 4)
     assert consensus(["a"], [None]) is None

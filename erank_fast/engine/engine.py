@@ -59,6 +59,14 @@ class Engine:
         return self.decoder.config.vocab_size
 
     @property
+    def device(self) -> torch.device:
+        return self.decoder.lm_head_weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.decoder.lm_head_weight.dtype
+
+    @property
     def max_kv_tokens(self) -> int:
         return self.scheduler.max_kv_tokens
 
