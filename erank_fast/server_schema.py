@@ -12,14 +12,11 @@ class DocumentObject(BaseModel):
     text: str
 
 
-class RerankRequest(BaseModel):
+class _QueryRequest(BaseModel):
+    """A non-blank query; unknown fields are refused."""
+
     model_config = ConfigDict(extra="forbid")
-    model: str | None = None
     query: str
-    documents: list[str | DocumentObject] = Field(min_length=1)
-    top_n: int | None = Field(default=None, ge=1)
-    return_documents: bool = False
-    max_tokens_per_doc: int | None = Field(default=None, ge=1)
 
     @field_validator("query")
     @classmethod
@@ -29,24 +26,26 @@ class RerankRequest(BaseModel):
         return value
 
 
-class TEIRerankRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    query: str
+class _DocumentsRequest(_QueryRequest):
+    model: str | None = None
+    documents: list[str | DocumentObject] = Field(min_length=1)
+
+
+class ScoreRequest(_DocumentsRequest):
+    pass
+
+
+class RerankRequest(_DocumentsRequest):
+    top_n: int | None = Field(default=None, ge=1)
+    return_documents: bool = False
+    max_tokens_per_doc: int | None = Field(default=None, ge=1)
+
+
+class TEIRerankRequest(_QueryRequest):
     texts: list[str] = Field(min_length=1)
     return_text: bool = False
     raw_scores: bool = False
     truncate: bool = True
-
-    _query_not_blank = field_validator("query")(RerankRequest._query_not_blank.__func__)
-
-
-class ScoreRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    model: str | None = None
-    query: str
-    documents: list[str | DocumentObject] = Field(min_length=1)
-
-    _query_not_blank = field_validator("query")(RerankRequest._query_not_blank.__func__)
 
 
 def error_response(status: int, kind: str, message: str) -> JSONResponse:

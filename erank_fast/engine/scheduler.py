@@ -32,6 +32,7 @@ class Scheduler:
         self.waiting: collections.deque[Doc] = collections.deque()
         self.active: list[Doc] = []
         self.lock = threading.Lock()
+        self._cancellable: list[Request] = []  # calls in flight that carry a cancel event
         self._order = 0
         self._max_tokens: int | None = None
 
@@ -75,6 +76,8 @@ class Scheduler:
             for g in request.groups:
                 g.order, self._order = self._order, self._order + 1
             self.waiting.extend(docs)
+            if request.cancel is not None:
+                self._cancellable.append(request)
 
     def has_work(self) -> bool:
         return bool(self.active or self.waiting)
@@ -149,7 +152,11 @@ class Scheduler:
             g.kv_start = None
 
     def _drop_cancelled(self) -> None:
+        # Per step only the few calls with a cancel event are checked, not every document.
         with self.lock:
+            self._cancellable = [r for r in self._cancellable if not r.done.is_set()]
+            if not any(r.cancelled for r in self._cancellable):
+                return
             doomed = [d for d in self.active + list(self.waiting) if d.group.request.cancelled]
             if not doomed:
                 return

@@ -62,21 +62,17 @@ class DenseTeacher:
         """Rows {"qid", "docid", "score"}: every candidate of every query, and every candidate of
         a pseudo-query's source query for that pseudo-query (under ``pseudo_qid``)."""
         by_qid = {q.qid: q for q in queries}
-        pseudo = [p for p in pseudo if p["qid"] in by_qid]
+        asks = [(q.qid, q.text, q) for q in queries] + [
+            (pseudo_qid(p), p["query"], by_qid[p["qid"]]) for p in pseudo if p["qid"] in by_qid]
         if not self.bi_encoder:
-            for q in queries:
-                yield from _rows(q.qid, q.candidates, self.score(q.text, [c.text for c in q.candidates]))
-            for p in pseudo:
-                source = by_qid[p["qid"]]
-                yield from _rows(pseudo_qid(p), source.candidates,
-                                 self.score(p["query"], [c.text for c in source.candidates]))
+            for qid, text, source in asks:
+                yield from _rows(qid, source.candidates,
+                                 self.score(text, [c.text for c in source.candidates]))
             return
         # Bi-encoder: each distinct passage and query text is encoded once.
         texts = sorted({c.text for q in queries for c in q.candidates})
         index = {t: i for i, t in enumerate(texts)}
         passages = self.embed(texts)
-        asks = [(q.qid, q.text, q) for q in queries] + [
-            (pseudo_qid(p), p["query"], by_qid[p["qid"]]) for p in pseudo]
         questions = self.embed([text for _, text, _ in asks])
         for (qid, _, source), vector in zip(asks, questions):
             rows = passages[[index[c.text] for c in source.candidates]] @ vector
