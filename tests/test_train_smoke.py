@@ -128,6 +128,31 @@ def test_sft_listwise_zero2_checkpoint_and_resume(tiny_dir, data_dir, tmp_path):
     assert adapted and all(".layers.1." in k for k in adapted)
 
 
+def test_sft_listwise_keeps_training_an_adapter(tiny_dir, data_dir, tmp_path):
+    """--adapter A --train_adapter true: the listwise run trains A itself (same tensors, with
+    its own rank and layers) and saves an adapter of the base model again."""
+    import peft
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    adapter = tmp_path / "adapter"
+    peft.get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_dir), peft.LoraConfig(
+        r=2, lora_alpha=4, target_modules="all-linear")).save_pretrained(adapter)
+    out = tmp_path / "listwise-adapter"
+    _launch("sft.py", "--config", "train/configs/sft.yaml", "--model", str(tiny_dir),
+            *_data_args(data_dir), "--objective", "listwise", "--max_queries", "2",
+            "--docs_per_query", "4", "--positives", "2", "--output_dir", str(out),
+            "--per_device_train_batch_size", "4", "--gradient_accumulation_steps", "1",
+            "--max_steps", "2", "--learning_rate", "1e-2", "--logging_steps", "1",
+            "--adapter", str(adapter), "--train_adapter", "true")
+    before = load_file(adapter / "adapter_model.safetensors")
+    after = load_file(out / "adapter_model.safetensors")
+    assert before.keys() == after.keys()
+    assert any(not torch.equal(before[k], after[k]) for k in before if "lora_B" in k)
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["r"] == 2
+
+
 def test_rl_zero2_rollouts_on_the_engine(tiny_dir, data_dir, tmp_path):
     out = tmp_path / "rl"
     _launch("rl.py", "--config", "train/configs/rl.yaml", "--model", str(tiny_dir),

@@ -16,6 +16,11 @@ docs_per_query``. ``--teacher_scores FILE`` (``train/query_likelihood.py`` or
 ``train/teacher_scores.py``) adds a dense teacher: ``--teacher_loss pairs`` weights the pairs by
 the teacher's score differences, ``--teacher_loss kl`` distils the teacher's softmax over each
 group (temperature ``--teacher_temperature``) into the student's expected scores.
+
+``--adapter A --train_adapter true`` keeps training an existing LoRA adapter (e.g. the packaged
+erank-smol's) with its own rank and layers; the result is an adapter of the base model again,
+which ``train/export_adapter.py`` packages. ``--adapter A --use_lora false`` merges it and
+fine-tunes the merged weights.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from erank_fast.training import data as train_data
-from erank_fast.training.models import load_model, lora_targets, train_and_save
+from erank_fast.training.models import load_policy, lora_targets, train_and_save
 
 
 @dataclass
@@ -63,6 +68,14 @@ class SFTScriptArguments:
     lora_layers_from: int = field(
         default=0, metadata={"help": "LoRA on decoder layers >= N only (0: every layer); the "
                                      "frozen layers below need no backward pass"})
+    adapter: str | None = field(
+        default=None, metadata={"help": "LoRA adapter to start from (e.g. "
+                                        "erank_fast/models/erank_smol); needs --train_adapter "
+                                        "true with LoRA, or is merged for --use_lora false"})
+    train_adapter: bool = field(
+        default=False, metadata={"help": "keep training --adapter itself: its rank and layers "
+                                         "replace lora_r/lora_alpha/lora_layers_from, and the "
+                                         "result is an adapter of the base model again"})
 
 
 def build_dataset(args: SFTScriptArguments, tokenizer):
@@ -91,9 +104,18 @@ def main(argv=None) -> None:
         raise SystemExit("--pseudo_queries adds listwise groups; it needs --objective listwise")
     if args.lora_layers_from and not args.use_lora:
         raise SystemExit("--lora_layers_from places LoRA adapters; it needs --use_lora true")
-    model, tokenizer = load_model(args.model)
+    if args.adapter and args.use_lora and not args.train_adapter:
+        raise SystemExit("--adapter with LoRA needs --train_adapter true (a new adapter on top of "
+                         "a merged one could not be packaged over the base model); or pass "
+                         "--use_lora false to fine-tune the merged weights")
+    if args.train_adapter and not (args.adapter and args.use_lora):
+        raise SystemExit("--train_adapter true continues a LoRA adapter: it needs --adapter DIR "
+                         "and --use_lora true")
+    if args.train_adapter and args.lora_layers_from:
+        raise SystemExit("--train_adapter keeps the adapter's own layers; drop --lora_layers_from")
+    model, tokenizer = load_policy(args.model, args.adapter, args.train_adapter)
     peft_config = None
-    if args.use_lora:
+    if args.use_lora and not args.train_adapter:
         from peft import LoraConfig
 
         try:
