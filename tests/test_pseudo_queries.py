@@ -108,10 +108,14 @@ def test_generate_questions_runs_on_a_model(tiny_qwen3):
     (["--pseudo_queries", "p.jsonl"], "needs --objective listwise"),
     (["--objective", "listwise", "--lora_layers_from", "1", "--use_lora", "false"],
      "needs --use_lora true"),
+    (["--adapter", "a"], "needs --train_adapter true"),
+    (["--train_adapter", "true"], "needs --adapter DIR"),
+    (["--adapter", "a", "--train_adapter", "true", "--lora_layers_from", "1"],
+     "drop --lora_layers_from"),
 ])
 def test_sft_refuses_flags_that_would_be_ignored(flags, message, monkeypatch, tmp_path):
     sft = train_script("sft")
-    monkeypatch.setattr(sft, "load_model", lambda name: pytest.fail("loaded a model"))
+    monkeypatch.setattr(sft, "load_policy", lambda *a, **k: pytest.fail("loaded a model"))
     with pytest.raises(SystemExit, match=message):
         sft.main(["--output_dir", str(tmp_path), "--bf16", "false", *flags])
 
