@@ -73,9 +73,10 @@ class SFTScriptArguments:
                                         "erank_fast/models/erank_smol); needs --train_adapter "
                                         "true with LoRA, or is merged for --use_lora false"})
     train_adapter: bool = field(
-        default=False, metadata={"help": "keep training --adapter itself: its rank and layers "
-                                         "replace lora_r/lora_alpha/lora_layers_from, and the "
-                                         "result is an adapter of the base model again"})
+        default=False, metadata={"help": "keep training --adapter itself with its own rank and "
+                                         "layers (lora_r/lora_alpha are not used; "
+                                         "lora_layers_from is refused); the result is an "
+                                         "adapter of the base model again"})
 
 
 def build_dataset(args: SFTScriptArguments, tokenizer):
