@@ -1,0 +1,38 @@
+"""Every recipe in train/configs parses into its script's arguments: a misspelt key would
+otherwise surface only when a run of an hour is launched."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("trl")
+
+from helpers import train_script  # noqa: E402
+
+CONFIGS = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.yaml"))
+
+
+def _parser(config: Path):
+    from trl import GRPOConfig, SFTConfig, TrlParser
+
+    if "rl" in config.stem.split("_"):
+        return TrlParser((train_script("rl").RLScriptArguments, GRPOConfig))
+    return TrlParser((train_script("sft").SFTScriptArguments, SFTConfig))
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])
+def test_recipe_parses_into_its_script_arguments(config, tmp_path):
+    # bf16 false: the configs meant for a GPU ask for it, which this CPU refuses
+    args, training = _parser(config).parse_args_and_config(
+        ["--config", str(config), "--bf16", "false", "--output_dir", str(tmp_path)])
+    assert args.model and args.data
+    assert training.output_dir == str(tmp_path)
+
+
+def test_a_misspelt_key_is_refused(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: smollm2-135m-instruct\ndata: d.jsonl\nlearning_rat: 1.0e-4\n")
+    with pytest.raises(ValueError, match="learning_rat"):
+        _parser(bad).parse_args_and_config(["--config", str(bad), "--bf16", "false",
+                                            "--output_dir", str(tmp_path)])
