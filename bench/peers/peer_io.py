@@ -1,0 +1,48 @@
+"""The files between the peers driver and the peer runners (no erank_fast import: runners live
+in their peers' own virtual environments).
+
+Workload (written by ``workload.py``)::
+
+    {"think": "off" | N, "model_dir": ..., "gguf": {"q4_1": path, "bf16": path},
+     "tokens": {"digits": [10 ids], "one": id, "answer_open": [...], "think_close_answer": [...],
+                "eos": [...]},
+     "queries": [{"qid": ..., "prefix": [...], "suffixes": [[...], ...]}]}
+
+prefix + suffixes[i] is document i's full prompt; with think "off" it ends at the answer
+position. Results (written by each runner)::
+
+    {"system": ..., "version": ..., "settings": {...}, "load_s": ..., "warmup_s": ...,
+     "queries": [{"qid": ..., "seconds": ..., "docs": [
+         {"digit_logprobs": [10 floats], "zero_after_one": float, "generated": int}]}]}
+
+``seconds`` covers only the scoring of that query's documents (the model loaded and warm).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+
+def read(path: str) -> dict:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def write(path: str, data: dict) -> None:
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(data, f)
+
+
+def log_softmax_at(logits, ids: list[int]) -> list[float]:
+    """log-softmax of a full-vocabulary logit row (a sequence of floats / numpy array) at ids."""
+    m = max(logits)
+    lse = m + math.log(sum(math.exp(x - m) for x in logits))
+    return [float(logits[i]) - lse for i in ids]
+
+
+def forced_after(text: str, think_close_answer: list[int], answer_open: list[int],
+                 stopped_at_close: bool) -> list[int]:
+    """The answer's forced opening after a reasoning: ``<answer>`` when the model closed its
+    reasoning itself, else ``</think><answer>`` (budget spent or end of sequence)."""
+    return list(answer_open if stopped_at_close or "</think>" in text else think_close_answer)

