@@ -140,7 +140,7 @@ class Reranker:
             seconds=seconds, documents=sum(len(t) for t in texts),
             prefill_tokens=engine_stats.prefill_tokens if engine_stats else 0,
             decode_tokens=engine_stats.decode_tokens if engine_stats else 0,
-            steps=engine_stats.steps if engine_stats else 0,
+            steps=engine_stats.steps if engine_stats else 0, dtype=self.dtype,
         )
         by_query = dict(zip(asked, readouts))
         out = []
@@ -176,6 +176,15 @@ class Reranker:
         """The backend scoring this reranker's calls (an ``Engine`` or ``ReferenceBackend``),
         for inspection; calls go through the Reranker."""
         return self._backend
+
+    @property
+    def dtype(self) -> str:
+        """The dtype the model computes in ("bfloat16", "float32", ...)."""
+        return str(self._backend.dtype).removeprefix("torch.")
+
+    @property
+    def device(self) -> str:
+        return str(self._backend.device)
 
     @property
     def vocab_size(self) -> int:

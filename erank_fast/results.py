@@ -29,14 +29,16 @@ class RerankResult:
 
 @dataclass(frozen=True)
 class CallStats:
-    """Per call: wall time, documents scored, tokens computed by the model, and the forward
-    passes that served the call (shared with concurrent calls batched into the same steps)."""
+    """Per call: wall time, documents scored, tokens computed by the model, the forward
+    passes that served the call (shared with concurrent calls batched into the same steps),
+    and the dtype the model computes in ("bfloat16", "float32", ...)."""
 
     seconds: float
     documents: int
     prefill_tokens: int
     decode_tokens: int
     steps: int = 0
+    dtype: str = ""
 
     @property
     def docs_per_second(self) -> float:

@@ -95,8 +95,10 @@ def create_app(load: Callable[[], object], *, model_name: str,
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": model_name, "object": "model",
-                                             "owned_by": "erank_fast"}]}
+        entry = {"id": model_name, "object": "model", "owned_by": "erank_fast"}
+        if state["reranker"] is not None:  # what it computes on, once loaded
+            entry.update(device=state["reranker"].device, dtype=state["reranker"].dtype)
+        return {"object": "list", "data": [entry]}
 
     @app.get("/metrics")
     async def prometheus():

@@ -44,5 +44,7 @@ def make_backend(loaded, tokens, detector, config) -> Backend:
     from erank_fast.engine.engine import Engine
 
     impl = "auto" if config.backend == "auto" else config.backend
+    pack = config.pack_weights == "on" or (config.pack_weights == "auto" and loaded.owns_weights)
     return Engine(loaded.decoder, tokens, detector, max_batch_tokens=config.max_batch_tokens,
-                  impl=impl, kv_memory=config.kv_memory, cuda_graphs=config.cuda_graphs)
+                  impl=impl, kv_memory=config.kv_memory, cuda_graphs=config.cuda_graphs,
+                  pack_weights=pack)

@@ -24,6 +24,7 @@ from erank_fast.engine.sampling import SamplingParams, sample_step
 from erank_fast.engine.scheduler import Scheduler
 from erank_fast.engine.work import Doc, EngineStats, Request, Sample, SamplerState
 from erank_fast.models.decoder import Decoder
+from erank_fast.ops.packed_linear import pack_linears
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
 
@@ -35,22 +36,28 @@ DEFAULT_MAX_BATCH_TOKENS = {"cuda": 8192, "cpu": 2048}
 class Engine:
     def __init__(self, decoder: Decoder, tokens: ScoreTokens, detector: AnswerDetector, *,
                  max_batch_tokens: int | None = None, impl: str = "auto",
-                 kv_memory: int | None = None, cuda_graphs: str = "auto"):
+                 kv_memory: int | None = None, cuda_graphs: str = "auto",
+                 pack_weights: bool = False):
         """impl: "auto" (Triton kernels on CUDA, PyTorch elsewhere), "torch" or "triton".
         max_batch_tokens: tokens per forward pass (default 8192 on CUDA, 2048 on CPU).
         kv_memory: bytes for the K/V arena (default: 90% of free GPU memory, 2 GiB on CPU).
         cuda_graphs: decode steps replayed from CUDA graphs: "auto" (on CUDA with the Triton
         kernels), "on", "off", or "padded" (the padded steps the graphs replay, run eagerly:
         for checking the padding on any device). Graphs record the addresses of the weights
-        and the arena: weights may change in place (training), not be reallocated."""
+        and the arena: weights may change in place (training), not be reallocated.
+        pack_weights: on CPU, replace the decoder's linear layers and the lm_head by packed
+        copies (``ops.packed_linear``): faster, but later changes to the weights are not seen,
+        so only for weights the engine owns (never a model being trained)."""
         weight = decoder.lm_head_weight
         self.decoder, self.tokens, self.detector = decoder, tokens, detector
+        self.packed_layers = pack_linears(decoder.model) if pack_weights else 0
         self.runner = ModelRunner(decoder, impl, cuda_graphs)
         self.scheduler = Scheduler(decoder.config, weight.dtype, weight.device,
                                    kv_memory=kv_memory,
                                    max_batch_tokens=max_batch_tokens
                                    or DEFAULT_MAX_BATCH_TOKENS.get(weight.device.type, 2048))
-        self.reader = ScoreReader(weight, tokens, detector, impl)
+        self.reader = ScoreReader(weight, tokens, detector, impl,
+                                  pack_weights=self.packed_layers > 0)
         self.steps_run = 0  # forward passes (steps) run so far, over all calls
         self._driver = threading.Lock()
 

@@ -14,14 +14,16 @@ from __future__ import annotations
 import torch
 
 from erank_fast.engine.work import Doc, Phase
-from erank_fast.ops.score_head import score_head
+from erank_fast.ops.score_head import pack_vocab_chunks, score_head
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
 
 
 class ScoreReader:
     def __init__(self, lm_head_weight: torch.Tensor, tokens: ScoreTokens,
-                 detector: AnswerDetector, impl: str):
+                 detector: AnswerDetector, impl: str, pack_weights: bool = False):
+        """pack_weights: multiply by a packed copy of the lm_head on CPU (ops.packed_linear)."""
         self.weight, self.tokens, self.detector, self.impl = lm_head_weight, tokens, detector, impl
+        self.packed = pack_vocab_chunks(lm_head_weight) if pack_weights else None
         self.digit_ids = torch.tensor(tokens.digits, dtype=torch.int64, device=lm_head_weight.device)
 
     def read(self, docs: list[Doc], lens: list[int], hidden: torch.Tensor
@@ -39,7 +41,7 @@ class ScoreReader:
             return []
         index = torch.tensor(rows, dtype=torch.int64, device=hidden.device)
         _, argmax, lse, digit_logits = score_head(hidden[index], self.weight, self.digit_ids,
-                                                  impl=self.impl)
+                                                  impl=self.impl, packed_chunks=self.packed)
         argmax, logprobs = argmax.tolist(), (digit_logits - lse[:, None]).tolist()
         done, r = [], 0
         for d in owners:

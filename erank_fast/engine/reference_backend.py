@@ -43,6 +43,10 @@ class ReferenceBackend:
         return next(self.model.parameters()).device
 
     @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
     def vocab_size(self) -> int:
         return self.model.config.vocab_size
 

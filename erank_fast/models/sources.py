@@ -22,6 +22,7 @@ class LoadedModel:
     decoder: Decoder | None = None
     hf_model: torch.nn.Module | None = None
     name: str = ""
+    owns_weights: bool = True  # False: the caller's in-memory model, used in place
 
 
 def default_device() -> torch.device:
@@ -84,7 +85,7 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
             model = _merge_adapter(copy.deepcopy(model), adapter)
         decoder = decoder_from_hf_model(model) if need == "decoder" else None
         return LoadedModel(tokenizer, eos_ids(tokenizer, model.generation_config), decoder, model,
-                           name=type(model).__name__)
+                           name=type(model).__name__, owns_weights=adapter is not None)
     if not isinstance(model, (str, Path)):
         raise TypeError(
             f"model must be a name, a local path or a transformers model, got {type(model).__name__}")

@@ -57,17 +57,30 @@ def _(hidden, weight):
     return f, hidden.new_empty((rows,), dtype=torch.int64), f.clone()
 
 
+def pack_vocab_chunks(weight: torch.Tensor, vocab_chunk: int = VOCAB_CHUNK
+                      ) -> list[torch.Tensor] | None:
+    """The lm_head's vocabulary chunks packed for oneDNN (``ops.packed_linear``), for the
+    PyTorch path's chunk loop; None where packing is not available for this weight."""
+    from erank_fast.ops.packed_linear import pack_weight, packing_available
+
+    if not packing_available(weight):
+        return None
+    return [pack_weight(weight[v0 : v0 + vocab_chunk].contiguous())
+            for v0 in range(0, weight.shape[0], vocab_chunk)]
+
+
 def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor, *,
-               impl: str = "auto"):
+               impl: str = "auto", packed_chunks: list[torch.Tensor] | None = None):
     """hidden [B, H] (final hidden states), weight [V, H] (lm_head), token_ids [K <= 16] ->
     (max logit [B] f32, argmax [B] int64 (ties to the smallest id), lse [B] f32,
-    logits of token_ids [B, K] f32). Never materialises a [B, V] tensor."""
+    logits of token_ids [B, K] f32). Never materialises a [B, V] tensor. ``packed_chunks``
+    (``pack_vocab_chunks(weight)``): the PyTorch path multiplies by these instead."""
     if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
         raise ValueError(f"hidden {tuple(hidden.shape)} does not match weight {tuple(weight.shape)}")
     if token_ids.numel() > MAX_TOKEN_IDS:
         raise ValueError(f"at most {MAX_TOKEN_IDS} token ids, got {token_ids.numel()}")
     if not use_triton(impl, hidden):
-        return _score_head_torch(hidden, weight, token_ids)
+        return _score_head_torch(hidden, weight, token_ids, packed_chunks=packed_chunks)
     if hidden.shape[0] == 0:
         empty = hidden.new_empty((0,), dtype=torch.float32)
         return empty, empty.long(), empty, hidden.new_empty((0, token_ids.numel()), dtype=torch.float32)
@@ -78,8 +91,11 @@ def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tens
     return best, best_id, lse, gathered
 
 
-def _score_head_torch(hidden, weight, token_ids, vocab_chunk: int = VOCAB_CHUNK):
+def _score_head_torch(hidden, weight, token_ids, vocab_chunk: int = VOCAB_CHUNK,
+                      packed_chunks=None):
     """The PyTorch path: logits chunk by chunk with an online log-sum-exp and argmax."""
+    from erank_fast.ops.packed_linear import packed_matmul
+
     b = hidden.shape[0]
     v = weight.shape[0]
     dev = hidden.device
@@ -88,7 +104,10 @@ def _score_head_torch(hidden, weight, token_ids, vocab_chunk: int = VOCAB_CHUNK)
     sum_exp = torch.zeros((b,), dtype=torch.float32, device=dev)
     gathered = (hidden @ weight[token_ids].T).float()
     for v0 in range(0, v, vocab_chunk):
-        logits = (hidden @ weight[v0 : v0 + vocab_chunk].T).float()
+        if packed_chunks is not None:
+            logits = packed_matmul(hidden, packed_chunks[v0 // vocab_chunk]).float()
+        else:
+            logits = (hidden @ weight[v0 : v0 + vocab_chunk].T).float()
         chunk_arg = logits.argmax(dim=-1)  # first maximum, as torch.argmax over the vocabulary
         chunk_max = logits.gather(1, chunk_arg[:, None])[:, 0]
         new_best = torch.maximum(best, chunk_max)

@@ -89,7 +89,7 @@ def suffix_attention(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens, pre
         raise ValueError("prefix_out / prefix_lse do not match q")
     if not use_triton(impl, q):
         return _suffix_attention_torch(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens,
-                                       prefix_out, prefix_lse, scale)
+                                       prefix_out, prefix_lse, scale, max_q_tokens, max_own_len)
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("k_cache and v_cache must be contiguous in their last dimension")
     if max_q_tokens is None:
@@ -104,9 +104,16 @@ def suffix_attention(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens, pre
 
 
 def _suffix_attention_torch(q, k_cache, v_cache, own_base, own_start, q_cu_seqlens, prefix_out,
-                            prefix_lse, scale):
-    """The PyTorch path: documents in chunks, each chunk one padded, masked score block."""
+                            prefix_lse, scale, max_q_tokens=None, max_own_len=None):
+    """The PyTorch path: a pure decode step (one new token per document) as one batched
+    gather and two batched matmuls; otherwise documents in chunks, each one padded, masked
+    score block."""
     n, hq, d = q.shape
+    if n == own_base.numel() and (max_q_tokens == 1 or max_q_tokens is None
+                                  and n == q_cu_seqlens[-1].item() == q_cu_seqlens.numel() - 1):
+        keys = max_own_len if max_own_len is not None else int(own_start.max().item()) + 1
+        own_out, own_lse = _own_decode(q, k_cache, v_cache, own_base, own_start, keys, scale)
+        return merge_attention(own_out, own_lse, prefix_out, prefix_lse)[0]
     hkv = k_cache.shape[1]
     group = hq // hkv
     cu = q_cu_seqlens.tolist()
@@ -128,6 +135,32 @@ def _suffix_attention_torch(q, k_cache, v_cache, own_base, own_start, q_cu_seqle
         b0 = b1
     out, _ = merge_attention(own_out, own_lse, prefix_out, prefix_lse)
     return out
+
+
+def _own_decode(q, k_cache, v_cache, own_base, own_start, keys: int, scale):
+    """Own-context attention of one new token per document, all documents at once: document b's
+    token (own position own_start[b]) attends to its arena rows own_base[b] .. + own_start[b].
+    Scores and softmax in float32; the weights meet V in V's dtype (as the fused CPU kernel
+    does). Returns (out [B, Hq, D] in q's dtype, lse [B, Hq] float32)."""
+    b, hq, d = q.shape
+    hkv = k_cache.shape[1]
+    group = hq // hkv
+    dev = q.device
+    pos = torch.arange(keys, device=dev)
+    index = (own_base[:, None] + pos[None]).clamp_(max=k_cache.shape[0] - 1).reshape(-1)
+    k = k_cache.index_select(0, index).view(b, keys, hkv, d)
+    v = v_cache.index_select(0, index).view(b, keys, hkv, d)
+    qg = q.view(b, hkv, group, d).float()
+    scores = torch.matmul(qg, k.float().permute(0, 2, 3, 1)).mul_(scale)  # [B, Hkv, G, keys]
+    hidden = pos[None, :] > own_start[:, None]  # later rows: padding or other documents'
+    scores.masked_fill_(hidden[:, None, None, :], float("-inf"))
+    lse = torch.logsumexp(scores, dim=-1)
+    weights = scores.sub_(lse[..., None]).exp_().to(v.dtype)
+    # Rows past a document's context may hold anything (another document's values, NaN in rows
+    # nobody owns): weight 0 times NaN is NaN, so they are zeroed in the gathered copy.
+    v.masked_fill_(hidden[:, :, None, None], 0.0)
+    out = torch.matmul(weights, v.permute(0, 2, 1, 3))  # [B, Hkv, G, D]
+    return out.reshape(b, hq, d).to(q.dtype), lse.reshape(b, hq)
 
 
 def _own_chunk(q, k_cache, v_cache, own_base, lens, starts, cu, b0, b1, rows, keys,

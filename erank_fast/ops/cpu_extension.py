@@ -1,0 +1,46 @@
+"""erank_fast's C++ CPU kernels (``ops/csrc``), built on first use by
+``torch.utils.cpp_extension`` for this machine (``-O3 -march=native``, OpenMP) and cached in
+``$ERANK_FAST_CACHE/torch_extensions`` (default ``~/.cache/erank_fast``) under a name that
+changes with the source, the CPU and torch, so a different machine or version rebuilds. The
+first build takes ~30 s; where no compiler is found, or ``ERANK_FAST_CPU_KERNELS=0``, the
+PyTorch paths run instead (a warning says so once)."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("erank_fast")
+SOURCES = [Path(__file__).resolve().parent / "csrc" / "decode_attention.cpp"]
+
+
+@functools.cache
+def cpu_kernels():
+    """The compiled module, or None when it cannot be had (then the PyTorch paths run)."""
+    if os.environ.get("ERANK_FAST_CPU_KERNELS", "1") == "0":
+        return None
+    from erank_fast.cpu import cpu_info
+    from erank_fast.models.loading import cache_root
+
+    key = hashlib.sha1()
+    for path in SOURCES:
+        key.update(path.read_bytes())
+    key.update(f"{cpu_info()['model']}|{cpu_info()['flags']}|{torch.__version__}".encode())
+    name = f"erank_fast_cpu_{key.hexdigest()[:12]}"
+    build = cache_root() / "torch_extensions" / name
+    try:
+        from torch.utils.cpp_extension import load
+
+        build.mkdir(parents=True, exist_ok=True)
+        return load(name, [str(p) for p in SOURCES], build_directory=str(build),
+                    extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
+                    extra_ldflags=["-fopenmp"], verbose=False)
+    except Exception as error:  # no compiler, no ninja, a failed build: the PyTorch paths run
+        log.warning("erank_fast's CPU kernels could not be built (%s: %s); using the PyTorch "
+                    "paths", type(error).__name__, str(error).splitlines()[0] if str(error) else "")
+        return None
