@@ -31,8 +31,12 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Normalise in float32 and cast back before the weight, as transformers does.
-        return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
+        if x.dtype == torch.float32 or not torch.is_inference_mode_enabled():
+            # As transformers does: normalise in float32, cast back, then the weight (training
+            # and exactness see this arithmetic).
+            return self.weight * F.rms_norm(x.float(), x.shape[-1:], eps=self.eps).to(x.dtype)
+        # Inference in bf16/fp16: one fused pass (float32 inside, one rounding at the end).
+        return F.rms_norm(x, x.shape[-1:], self.weight, self.eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
