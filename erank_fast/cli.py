@@ -5,12 +5,20 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from erank_fast.config import BACKENDS, parse_think
 from erank_fast.scoring import SCORE_MODES
 
 DEFAULT_MODEL = "erank-smol"
+LIMIT_OPTIONS = {  # RerankerConfig fields settable from the command line (default: the model's)
+    "max_query_tokens": "truncate queries to this many tokens",
+    "max_doc_tokens": "truncate documents to this many tokens",
+    "max_batch_tokens": "tokens per forward pass (default 8192 on CUDA, 2048 on CPU)",
+    "kv_memory": "bytes for the K/V arena (default 90%% of free GPU memory, 2 GiB on CPU)",
+}
+API_KEY_ENV = "ERANK_FAST_API_KEY"  # erank-fast serve's key, when --api-key is not given
 
 DEMO_QUERY = "how do vaccines train the immune system"
 DEMO_DOCUMENTS = [
@@ -56,9 +64,11 @@ def _load(args):
     from erank_fast import Reranker
 
     dtype = getattr(torch, args.dtype) if args.dtype else None
+    limits = {name: getattr(args, name) for name in LIMIT_OPTIONS
+              if getattr(args, name, None) is not None}
     return Reranker.from_pretrained(args.model, adapter=args.adapter, device=args.device,
                                     dtype=dtype, think=args.think,
-                                    backend=args.backend, score_mode=args.score_mode)
+                                    backend=args.backend, score_mode=args.score_mode, **limits)
 
 
 def _print(results, as_json: bool) -> None:
@@ -126,6 +136,8 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))
+    for name, help_text in LIMIT_OPTIONS.items():
+        p.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=help_text)
 
 
 def _kernels(args) -> int:
@@ -164,11 +176,11 @@ def _serve(args) -> int:
         print("erank-fast: --max-documents and --max-request-bytes must be positive",
               file=sys.stderr)
         return 2
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     limits = ServerLimits(max_documents=args.max_documents,
-                          max_request_bytes=args.max_request_bytes, api_key=args.api_key)
-    serve(lambda: _load(args), model_name=args.model, host=args.host, port=args.port,
-          limits=limits)
-    return 0
+                          max_request_bytes=args.max_request_bytes, api_key=api_key)
+    return serve(lambda: _load(args), model_name=args.model, host=args.host, port=args.port,
+                 limits=limits)
 
 
 def main(argv=None) -> int:
@@ -204,7 +216,8 @@ def main(argv=None) -> int:
     s.add_argument("--max-request-bytes", type=int, default=8 * 2**20,
                    help="largest request body (413 above)")
     s.add_argument("--api-key", default=None,
-                   help="require 'Authorization: Bearer KEY' (default: no key)")
+                   help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set, "
+                        "else no key; the variable keeps the key out of the process list)")
     k = sub.add_parser("kernels", help="compile every Triton kernel for NVIDIA GPUs (no GPU "
                                        "needed) and report registers, spills, shared memory, "
                                        "tensor-core use")

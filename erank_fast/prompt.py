@@ -2,10 +2,18 @@
 
 Training (train/) and inference build prompts only through this module, so both see the same
 token ids. Every prompt is the checkpoint's chat template applied to one user message.
+
+Queries, documents and instructions are untrusted text: only the chat template makes control
+tokens. A prompt is tokenized as one text; when a query, document or instruction spells one of
+the tokenizer's added tokens (``<|im_end|>``, ``<|im_start|>``, Qwen3's ``<think>`` ...), the
+prompt is built piece by piece instead: the template's pieces with their control tokens, and
+that text through the tokenizer's normalizer, pre-tokenizer and model only, so every marker in it
+is plain text (``<``, ``|``, ``im``, ...). Ordinary text gets exactly the ids it always had.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 ERANK_TEMPLATE = """Given a query and a document, please give a relevance score of 0~10.
@@ -48,6 +56,9 @@ BUDGET_CONTINUATION = THINK_CLOSE + ANSWER_OPEN
 
 DEFAULT_MAX_QUERY_TOKENS = 2048
 DEFAULT_MAX_DOC_TOKENS = 2048
+# Stand-ins for the untrusted parts while the chat template renders a guarded prompt.
+_SLOTS = {"instruction": "\x00erank_fast:instruction\x00", "query": "\x00erank_fast:query\x00",
+          "doc": "\x00erank_fast:doc\x00"}
 
 
 @dataclass(frozen=True)
@@ -72,25 +83,47 @@ class PromptBuilder:
         self.tokenizer = tokenizer
         self.max_query_tokens = max_query_tokens
         self.max_doc_tokens = max_doc_tokens
+        added = getattr(tokenizer, "get_added_vocab", dict)()
+        self.markers = tuple(sorted(added, key=len, reverse=True))  # texts of added tokens
 
     def encode(self, text: str) -> list[int]:
+        """Template text: the tokenizer's control tokens are recognised."""
         return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def has_markers(self, text: str) -> bool:
+        """Whether ``text`` spells one of the tokenizer's added (control) tokens."""
+        return any(m in text for m in self.markers)
+
+    def encode_text(self, text: str) -> list[int]:
+        """Untrusted text: the ids ``encode`` gives ordinary text, with every spelt control token
+        kept as plain text (never its control id)."""
+        if not self.has_markers(text):
+            return self.encode(text)
+        backend = getattr(self.tokenizer, "backend_tokenizer", None)
+        if backend is None:  # a slow (Python) tokenizer
+            return self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=True)
+        if backend.normalizer is not None:
+            text = backend.normalizer.normalize_str(text)
+        pieces = backend.pre_tokenizer.pre_tokenize_str(text) if backend.pre_tokenizer else [(text, None)]
+        return [t.id for piece, _ in pieces for t in backend.model.tokenize(piece)]
 
     def truncate(self, text: str, max_tokens: int) -> str:
         """``text`` cut to its first ``max_tokens`` tokens (then detokenised); unchanged if shorter."""
-        ids = self.encode(text)
+        ids = self.encode_text(text)
         if len(ids) <= max_tokens:
             return text
         return self.tokenizer.decode(ids[:max_tokens])
 
+    def _parts(self, query: str, doc: str, instruction: str | None) -> dict[str, str]:
+        return {"instruction": valid_unicode(INSTRUCTIONS.get(instruction or "default",
+                                                              instruction)),
+                "query": self.truncate(valid_unicode(query), self.max_query_tokens),
+                "doc": self.truncate(valid_unicode(doc), self.max_doc_tokens)}
+
     def user_message(self, query: str, doc: str, instruction: str | None = None) -> str:
         """``instruction``: a name of ``INSTRUCTIONS`` ("default", "followir", "bright"), the
         text of an instruction, or None (the default one)."""
-        return ERANK_TEMPLATE.format(
-            instruction=INSTRUCTIONS.get(instruction or "default", instruction),
-            query=self.truncate(query, self.max_query_tokens),
-            doc=self.truncate(doc, self.max_doc_tokens),
-        )
+        return ERANK_TEMPLATE.format(**self._parts(query, doc, instruction))
 
     def chat_text(self, message: str) -> str:
         """The message as the checkpoint's chat template renders it, ready for generation."""
@@ -103,9 +136,28 @@ class PromptBuilder:
     def prompt_ids(self, query: str, doc: str, instruction: str | None = None,
                    think_off: bool = False) -> list[int]:
         """Token ids of one document's full prompt (with the think-off continuation if asked)."""
-        ids = self.encode(self.chat_text(self.user_message(query, doc, instruction)))
+        parts = self._parts(query, doc, instruction)
+        if any(self.has_markers(text) for text in parts.values()):
+            ids = self._guarded_ids(parts)
+        else:
+            ids = self.encode(self.chat_text(ERANK_TEMPLATE.format(**parts)))
         if think_off:
             ids += self.encode(THINK_OFF_CONTINUATION)
+        return ids
+
+    def _guarded_ids(self, parts: dict[str, str]) -> list[int]:
+        """The prompt with the untrusted parts tokenized as plain text (see the module's doc)."""
+        rendered = self.chat_text(ERANK_TEMPLATE.format(**_SLOTS))
+        if not all(slot in rendered for slot in _SLOTS.values()):
+            raise ValueError("this tokenizer's chat template rewrites the user message; a query "
+                             "or document that spells a control token cannot be kept plain text")
+        slot_names = {v: k for k, v in _SLOTS.items()}
+        ids = []
+        for piece in re.split("(" + "|".join(map(re.escape, _SLOTS.values())) + ")", rendered):
+            if piece in slot_names:
+                ids += self.encode_text(parts[slot_names[piece]])
+            elif piece:
+                ids += self.encode(piece)
         return ids
 
     def segment(self, query: str, docs: list[str], instruction: str | None = None,
@@ -124,6 +176,16 @@ class PromptBuilder:
         # Every suffix keeps at least one token: its last position produces the next-token output.
         n = min([n] + [len(ids) - 1 for ids in full])
         return QueryPrompts(prefix=template[:n], suffixes=[ids[n:] for ids in full])
+
+
+def valid_unicode(text: str) -> str:
+    """``text`` with code points that are not Unicode text (lone surrogates, as JSON's
+    ``"\\ud800"`` gives) replaced by U+FFFD; a surrogate pair becomes its character."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def _common_prefix_len(a: list[int], b: list[int]) -> int:

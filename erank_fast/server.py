@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import threading
 import time
 import uuid
@@ -233,11 +234,24 @@ def create_app(load: Callable[[], object], *, model_name: str,
 
 def serve(load: Callable[[], object], *, model_name: str, host: str = "127.0.0.1",
           port: int = 8000, limits: ServerLimits = ServerLimits(),
-          graceful_seconds: float = 30.0) -> None:
+          graceful_seconds: float = 30.0) -> int:
     """Run the server until SIGINT / SIGTERM: uvicorn stops accepting, lets requests in flight
-    finish for ``graceful_seconds``, then the rest are cancelled."""
+    finish for ``graceful_seconds``, then the rest are cancelled. Returns 0, or 1 when the
+    model failed to load: the server then stops at once instead of serving without a model."""
     import uvicorn
 
     app = create_app(load, model_name=model_name, limits=limits)
-    uvicorn.run(app, host=host, port=port, timeout_graceful_shutdown=graceful_seconds,
-                log_level="info")
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="info",
+                                           timeout_graceful_shutdown=graceful_seconds))
+
+    def stop_if_load_failed() -> None:
+        app.state.ready.wait()
+        if app.state.erank["error"] is not None:
+            error = app.state.erank["error"]
+            print(f"erank-fast serve: the model failed to load: {type(error).__name__}: {error}",
+                  file=sys.stderr, flush=True)
+            server.should_exit = True
+
+    threading.Thread(target=stop_if_load_failed, name="erank-fast-load-watch", daemon=True).start()
+    server.run()
+    return 1 if app.state.erank["error"] is not None else 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -59,7 +60,9 @@ class Guard:
         headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
         refusal = None
         if self.limits.api_key is not None and not path.startswith(OPEN_PATHS):
-            if headers.get("authorization") != f"Bearer {self.limits.api_key}":
+            given = headers.get("authorization", "").encode("utf-8", "surrogateescape")
+            # constant time: how long the comparison takes says nothing about the key
+            if not hmac.compare_digest(given, f"Bearer {self.limits.api_key}".encode()):
                 refusal = error_response(401, "unauthorized", "missing or wrong API key "
                                          "(send 'Authorization: Bearer <key>')")
         length = headers.get("content-length", "")

