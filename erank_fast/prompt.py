@@ -152,12 +152,21 @@ class PromptBuilder:
             raise ValueError("this tokenizer's chat template rewrites the user message; a query "
                              "or document that spells a control token cannot be kept plain text")
         slot_names = {v: k for k, v in _SLOTS.items()}
+        pieces = re.split("(" + "|".join(map(re.escape, _SLOTS.values())) + ")", rendered)
+        texts = [parts[slot_names[p]] if p in slot_names else p for p in pieces]
+        # The untrusted text takes along the whitespace that joins it to the template (spaces
+        # before it, newlines after it), as the tokenizers' pre-tokenizers group them, so the
+        # template's own tokens are those of the whole text.
+        for k, p in enumerate(pieces):
+            if p in slot_names:
+                before = texts[k - 1][len(texts[k - 1].rstrip(" \t")):]
+                after = texts[k + 1][: len(texts[k + 1]) - len(texts[k + 1].lstrip("\r\n"))]
+                texts[k - 1] = texts[k - 1][: len(texts[k - 1]) - len(before)]
+                texts[k + 1] = texts[k + 1][len(after):]
+                texts[k] = before + texts[k] + after
         ids = []
-        for piece in re.split("(" + "|".join(map(re.escape, _SLOTS.values())) + ")", rendered):
-            if piece in slot_names:
-                ids += self.encode_text(parts[slot_names[piece]])
-            elif piece:
-                ids += self.encode(piece)
+        for p, text in zip(pieces, texts):
+            ids += self.encode_text(text) if p in slot_names else self.encode(text) if text else []
         return ids
 
     def segment(self, query: str, docs: list[str], instruction: str | None = None,

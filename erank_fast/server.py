@@ -35,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
 from erank_fast.engine.work import Cancelled
+from erank_fast.prompt import valid_unicode
 from erank_fast.server_middleware import Guard, ServerLimits, ServerMetrics
 from erank_fast.server_schema import (RerankRequest, ScoreRequest, TEIRerankRequest,
                                       describe_errors, error_response)
@@ -111,8 +112,8 @@ def create_app(load: Callable[[], object], *, model_name: str,
             return error_response(413, "request_too_large",
                                   f"the body has {len(body)} bytes; this server takes at most "
                                   f"{limits.max_request_bytes} (--max-request-bytes)")
-        try:
-            payload = json.loads(body)
+        try:  # JSON may escape lone surrogates: they become U+FFFD, as in every prompt
+            payload = json.loads(body, object_hook=_valid_strings)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             return error_response(422, "invalid_json", f"the body is not JSON: {e}")
         if not isinstance(payload, dict):
@@ -230,6 +231,18 @@ def create_app(load: Callable[[], object], *, model_name: str,
         return await answer(request, await parse(request, ScoreRequest))
 
     return app
+
+
+def _valid_strings(obj: dict) -> dict:
+    """json.loads object hook: every string in the object (keys, values, list items) as valid
+    Unicode (``prompt.valid_unicode``), so what is echoed back can always be encoded."""
+    def fix(v):
+        if isinstance(v, str):
+            return valid_unicode(v)
+        if isinstance(v, list):
+            return [fix(x) for x in v]
+        return v
+    return {valid_unicode(k): fix(v) for k, v in obj.items()}
 
 
 def serve(load: Callable[[], object], *, model_name: str, host: str = "127.0.0.1",

@@ -41,7 +41,7 @@ def test_corrupt_safetensors_header(checkpoint):
 
 def test_model_directory_without_config(checkpoint):
     (checkpoint / "config.json").unlink()
-    with pytest.raises(FileNotFoundError, match=r"model: no config\.json"):
+    with pytest.raises(FileNotFoundError, match=r"model is a directory but holds no config\.json"):
         Reranker.from_pretrained(str(checkpoint), device="cpu")
 
 
