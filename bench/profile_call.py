@@ -3,7 +3,7 @@ kind of work (matrix multiplies, attention, element-wise, copies and casts, the 
 scheduling, the tokenizer), the achieved FLOP/s of the matrix multiplies and of the whole call,
 and this machine's GEMM peak measured in the same run at the model's shapes.
 
-    python bench/profile.py --data ../shared/data/dl19-bm25-top100.jsonl --dtype bfloat16 \
+    python bench/profile_call.py --data ../shared/data/dl19-bm25-top100.jsonl --dtype bfloat16 \
         [--model erank-smol] [--think off|N] [--docs 100] [--json out.json]
 """
 
@@ -17,9 +17,10 @@ from pathlib import Path
 import torch
 
 KINDS = {
-    "matmul": ("mm", "addmm", "bmm", "matmul", "linear", "_linear_pointwise", "baddbmm"),
-    "attention": ("scaled_dot_product", "flash_attention", "decode_attention", "logsumexp",
-                  "softmax"),
+    # the linear layers and the score head (packed or not); attention's matmuls are batched
+    "matmul (linear layers)": ("mm", "addmm", "linear", "_linear_pointwise"),
+    "attention": ("bmm", "baddbmm", "matmul", "scaled_dot_product", "flash_attention",
+                  "decode_attention", "logsumexp", "softmax", "_softmax"),
     "copies and casts": ("copy_", "_to_copy", "to", "index", "index_select", "index_put",
                          "_index_put_impl_", "cat", "stack", "clone", "contiguous", "gather",
                          "fill_", "zero_", "empty", "masked_fill"),
@@ -93,8 +94,9 @@ def main() -> None:
     profiled = sum(by_kind.values())
     by_kind["python and scheduling"] = max(0.0, seconds - profiled)
     config = rr.backend.decoder.config
-    params = sum(p.numel() for n, p in rr.backend.decoder.named_parameters()
-                 if "embed" not in n and "lm_head" not in n)
+    h, f, d = config.hidden_size, config.intermediate_size, config.head_dim
+    params = config.num_layers * (h * d * (2 * config.num_heads + 2 * config.num_kv_heads)
+                                  + 3 * h * f)  # q, o, k, v and the MLP: non-embedding weights
     stats = results.stats
     tokens = stats.prefill_tokens + stats.decode_tokens
     flops = 2 * params * tokens
@@ -106,7 +108,7 @@ def main() -> None:
         "tokens_computed": tokens, "steps": stats.steps,
         "seconds_by_kind": {k: round(v, 3) for k, v in sorted(by_kind.items(),
                                                               key=lambda kv: -kv[1])},
-        "matmul_tflops": flops / by_kind.get("matmul", float("nan")) / 1e12,
+        "matmul_tflops": flops / by_kind.get("matmul (linear layers)", float("nan")) / 1e12,
         "call_tflops": flops / seconds / 1e12, "gemm_peak_tflops": peak / 1e12,
         "roofline_s": flops / peak, "roofline_fraction": flops / peak / seconds,
     }
