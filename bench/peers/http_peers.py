@@ -1,7 +1,7 @@
 """The HTTP servers under one bounded loopback load: `erank-fast serve` (POST /v1/rerank with
 the query and document texts) against `vllm serve` (POST /v1/completions with the same prompts
-as token ids, one request per query, max_tokens 1 and the top 20 log-probs: the digits read),
-think off, SmolLM2-135M-Instruct, one server at a time on this machine, concurrency 1, 8 and 32.
+as token ids, one request per query, max_tokens 1 and the top 20 log-probs: the digits read;
+its prefix cache reset before each level), think off, SmolLM2-135M-Instruct, one server at a time on this machine, concurrency 1, 8 and 32.
 Records per level: requests, errors, p50/p99 latency, docs/s.
 
     python bench/peers/http_peers.py --data ../shared/data/dl19-bm25-top100.jsonl
@@ -94,19 +94,29 @@ def serve_erank_fast(port: int) -> subprocess.Popen:
 
 
 def serve_vllm(port: int, model_dir: str) -> subprocess.Popen | None:
-    exe = HERE / ".venv-vllm" / "bin" / "vllm"
+    """vLLM's OpenAI-compatible server at the settings of the offline runs (run_vllm.py)."""
+    exe = HERE / ".venv-vllm" / "bin" / "python"
     if not exe.exists():
         print("skip vllm: no venv (bash bench/peers/setup.sh vllm)")
         return None
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4"}
-    return subprocess.Popen([str(exe), "serve", model_dir, "--host", "127.0.0.1", "--port",
+    # dev mode exposes /reset_prefix_cache: every concurrency level starts cold, as erank_fast
+    # (which keeps no cache between requests) does
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_SERVER_DEV_MODE": "1"}
+    log = (HERE / "work").joinpath("vllm-serve.log")
+    log.parent.mkdir(exist_ok=True)
+    # `vllm serve` itself fails under vllm-cpu (it asks for the metadata of a package named
+    # "vllm"); its OpenAI server module is the same server.
+    return subprocess.Popen([str(exe), "-m", "vllm.entrypoints.openai.api_server", "--model",
+                             model_dir, "--host", "127.0.0.1", "--port",
                              str(port), "--dtype", "bfloat16", "--enable-prefix-caching",
                              "--block-size", "32", "--max-model-len", "4096"], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 
 def stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is not None:
+        return
     os.killpg(proc.pid, signal.SIGTERM)
     try:
         proc.wait(timeout=60)
@@ -137,6 +147,10 @@ def main() -> None:
             ready_s = wait_ready(f"http://127.0.0.1:{port}/health", proc)
             for c in CONCURRENCY:
                 work = requests_for(args.data, max(16, c), seed=c)
+                if system == "vllm":
+                    import httpx
+
+                    httpx.post(f"http://127.0.0.1:{port}/reset_prefix_cache", timeout=60)
                 if system == "erank_fast":
                     url = f"http://127.0.0.1:{port}/v1/rerank"
 

@@ -79,8 +79,8 @@ def converted_gguf_dir(gguf_path: Path) -> Path:
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename,
                                                      dtype=torch.float32)
     except Exception as e:  # the gguf reader's errors say little about which file
-        raise ValueError(f"{gguf_path}: cannot read this GGUF file ({type(e).__name__}: "
-                         f"{e})") from e
+        raise ValueError(f"{gguf_path}: cannot read this GGUF file; is it truncated or "
+                         f"corrupt? ({type(e).__name__}: {e})") from e
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".converting-"))
     try:
