@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 
 def read(path: str) -> dict:
@@ -46,3 +47,28 @@ def forced_after(text: str, think_close_answer: list[int], answer_open: list[int
     """The answer's forced opening after a reasoning: ``<answer>`` when the model closed its
     reasoning itself, else ``</think><answer>`` (budget spent or end of sequence)."""
     return list(answer_open if stopped_at_close or "</think>" in text else think_close_answer)
+
+
+def timed_queries(workload: dict, score, *, system: str, warmup_docs: int = 8,
+                  before=None, after=None) -> tuple[float, list[dict]]:
+    """Warm up on the first query's first documents, then score each query timed.
+
+    score(query, n) -> the per-document result dicts of the query's first n documents (all
+    when n is None). before(query): untimed, before each timed call (e.g. a cache reset);
+    after(query, docs) -> docs: untimed, after it (e.g. a read the timing leaves out).
+    Returns (warm-up seconds, the "queries" list of a result file)."""
+    start = time.perf_counter()
+    score(workload["queries"][0], warmup_docs)
+    warmup_s = time.perf_counter() - start
+    results = []
+    for q in workload["queries"]:
+        if before is not None:
+            before(q)
+        start = time.perf_counter()
+        docs = score(q, None)
+        seconds = time.perf_counter() - start
+        if after is not None:
+            docs = after(q, docs)
+        results.append({"qid": q["qid"], "seconds": seconds, "docs": docs})
+        print(f"{system} {q['qid']}: {len(docs) / seconds:.2f} docs/s", flush=True)
+    return warmup_s, results

@@ -33,22 +33,14 @@ def main() -> None:
     load_s = time.perf_counter() - start
     budget = rr.config.budget(rr.config.think)
 
-    def score(q, n=None):
-        suffixes = q["suffixes"][:n]
-        return rr.backend.run([QueryPrompts(q["prefix"], suffixes)], budget)[0][0]
+    def score(q, n):
+        readouts = rr.backend.run([QueryPrompts(q["prefix"], q["suffixes"][:n])], budget)[0][0]
+        return [{"digit_logprobs": list(r.digit_logprobs),
+                 "zero_after_one": r.zero_after_one_logprob, "generated": len(r.generated)}
+                for r in readouts]
 
-    start = time.perf_counter()
-    score(w["queries"][0], 8)  # warm-up (compiled code, if any, is built here)
-    warmup_s = time.perf_counter() - start
-    results = []
-    for q in w["queries"]:
-        start = time.perf_counter()
-        readouts = score(q)
-        seconds = time.perf_counter() - start
-        results.append({"qid": q["qid"], "seconds": seconds, "docs": [
-            {"digit_logprobs": list(r.digit_logprobs), "zero_after_one": r.zero_after_one_logprob,
-             "generated": len(r.generated)} for r in readouts]})
-        print(f"erank_fast {q['qid']}: {len(readouts) / seconds:.2f} docs/s", flush=True)
+    # the warm-up builds what is built on first use (the CPU decode kernel, once per machine)
+    warmup_s, results = peer_io.timed_queries(w, score, system="erank_fast")
     peer_io.write(args.out, {
         "system": "erank_fast", "version": erank_fast.__version__,
         "settings": {"dtype": str(rr.backend.dtype).replace("torch.", ""), "think": w["think"]},

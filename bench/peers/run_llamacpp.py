@@ -72,22 +72,14 @@ def main() -> None:
         zero = log_softmax(last_logits(), [tok["digits"][0]])[0]
         return {"digit_logprobs": digits, "zero_after_one": zero, "generated": len(generated)}
 
-    def score(q, n=None):
+    def score(q, n):
         llm.reset()
         llm.eval(q["prefix"])
         n_prefix = llm.n_tokens
         return [score_doc(n_prefix, s) for s in q["suffixes"][:n]]
 
-    start = time.perf_counter()
-    score(w["queries"][0], 4)
-    warmup_s = time.perf_counter() - start
-    results = []
-    for q in w["queries"]:
-        start = time.perf_counter()
-        docs = score(q)
-        seconds = time.perf_counter() - start
-        results.append({"qid": q["qid"], "seconds": seconds, "docs": docs})
-        print(f"llama.cpp {args.weights} {q['qid']}: {len(docs) / seconds:.2f} docs/s", flush=True)
+    warmup_s, results = peer_io.timed_queries(w, score, system=f"llama.cpp {args.weights}",
+                                              warmup_docs=4)
     peer_io.write(args.out, {"system": f"llamacpp_{args.weights}", "version":
                              llama_cpp.__version__, "settings": settings, "load_s": load_s,
                              "warmup_s": warmup_s, "queries": results})

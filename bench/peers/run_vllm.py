@@ -57,23 +57,21 @@ def main(workload_path: str, out_path: str) -> None:
         return answer_at, generated, logprobs(llm.generate(prompts(answer_at), digits,
                                                            use_tqdm=False), tok["digits"])
 
-    first = w["queries"][0]
-    start = time.perf_counter()  # warm-up: compile and allocate on a few documents
-    score([first["prefix"] + s for s in first["suffixes"][:8]])
-    warmup_s = time.perf_counter() - start
-    results = []
-    for q in w["queries"]:
-        full = [q["prefix"] + s for s in q["suffixes"]]
-        llm.reset_prefix_cache()
-        start = time.perf_counter()
-        answer_at, generated, digit_lp = score(full)
-        seconds = time.perf_counter() - start
-        zero_lp = logprobs(llm.generate(prompts([ids + [tok["one"]] for ids in answer_at]), zero,
-                                        use_tqdm=False), [tok["digits"][0]])
-        results.append({"qid": q["qid"], "seconds": seconds, "docs": [
-            {"digit_logprobs": d, "zero_after_one": z[0], "generated": len(g)}
-            for d, z, g in zip(digit_lp, zero_lp, generated)]})
-        print(f"vllm {q['qid']}: {len(full) / seconds:.2f} docs/s", flush=True)
+    answer_at = {}
+
+    def timed(q, n):
+        full = [q["prefix"] + s for s in q["suffixes"][:n]]
+        answer_at[q["qid"]], generated, digit_lp = score(full)
+        return [{"digit_logprobs": d, "generated": len(g)} for d, g in zip(digit_lp, generated)]
+
+    def read_zero(q, docs):  # P("0" | "1"), not timed
+        zero_lp = logprobs(llm.generate(prompts([ids + [tok["one"]] for ids in answer_at[q["qid"]]]),
+                                        zero, use_tqdm=False), [tok["digits"][0]])
+        return [{**d, "zero_after_one": z[0]} for d, z in zip(docs, zero_lp)]
+
+    warmup_s, results = peer_io.timed_queries(w, timed, system="vllm",
+                                              before=lambda q: llm.reset_prefix_cache(),
+                                              after=read_zero)
     peer_io.write(out_path, {"system": "vllm", "version": vllm.__version__, "settings": settings,
                              "load_s": load_s, "warmup_s": warmup_s, "queries": results})
 

@@ -46,6 +46,10 @@ void decode_attention_kernel(const torch::Tensor& q, const torch::Tensor& k, con
     for (int64_t task = begin; task < end; ++task) {
       const int64_t b = task / hkv, h = task % hkv;
       const int64_t n_prefix = prefix_len[b], n_own = own_len[b], n = n_prefix + n_own;
+      // key j: the query's prefix rows first, then the document's own rows
+      auto row_of = [&](int64_t j) {
+        return j < n_prefix ? prefix_start[b] + j : own_base[b] + (j - n_prefix);
+      };
       if (static_cast<int64_t>(scores.size()) < group * n) scores.resize(group * n);
       for (int64_t g = 0; g < group; ++g) {
         load_row<D>(qp + b * q_sb + (h * group + g) * q_sh, qf.data() + g * d);
@@ -53,8 +57,7 @@ void decode_attention_kernel(const torch::Tensor& q, const torch::Tensor& k, con
       }
       // Scores: every key row once, all query heads of this KV head against it.
       for (int64_t j = 0; j < n; ++j) {
-        const int64_t row = j < n_prefix ? prefix_start[b] + j : own_base[b] + (j - n_prefix);
-        const scalar_t* kr = kp + row * k_st + h * k_sh;
+        const scalar_t* kr = kp + row_of(j) * k_st + h * k_sh;
         alignas(64) float kf[D];
         load_row<D>(kr, kf);
         for (int64_t g = 0; g < group; ++g) {
@@ -83,8 +86,7 @@ void decode_attention_kernel(const torch::Tensor& q, const torch::Tensor& k, con
       }
       std::fill(acc.begin(), acc.end(), 0.0f);
       for (int64_t j = 0; j < n; ++j) {
-        const int64_t row = j < n_prefix ? prefix_start[b] + j : own_base[b] + (j - n_prefix);
-        const scalar_t* vr = vp + row * v_st + h * v_sh;
+        const scalar_t* vr = vp + row_of(j) * v_st + h * v_sh;
         alignas(64) float vf[D];
         load_row<D>(vr, vf);
         for (int64_t g = 0; g < group; ++g) {
