@@ -131,3 +131,16 @@ def test_cpu_decode_kernel_equals_the_oracle(dtype, tol, hq, hkv, d):
         values = torch.cat([v_arena[p0 : p0 + plen], v_arena[base : base + start + n]])
         want = _plain(q[b : b + 1], keys, values, d**-0.5)
         torch.testing.assert_close(got[b : b + 1].float(), want, atol=tol, rtol=tol)
+
+
+def test_suffix_attention_with_ragged_lengths_is_not_taken_for_decode():
+    """Two documents with 0 and 2 new tokens (as many tokens as documents) are not a decode
+    step: the PyTorch path equals its oracle when max_q_tokens is left out."""
+    torch.manual_seed(4)
+    k, v = torch.randn(40, 2, 16), torch.randn(40, 2, 16)
+    q = torch.randn(2, 4, 16)
+    args = (torch.tensor([0, 20]), torch.tensor([3, 5]), torch.tensor([0, 0, 2]))
+    po, pl = torch.randn(2, 4, 16), torch.randn(2, 4)
+    got = suffix_attention(q, k, v, *args, po, pl, 0.25, impl="torch")
+    want = suffix_attention_ref(q, k, v, *args, po, pl, 0.25)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)

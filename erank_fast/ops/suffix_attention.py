@@ -109,8 +109,9 @@ def _suffix_attention_torch(q, k_cache, v_cache, own_base, own_start, q_cu_seqle
     gather and two batched matmuls; otherwise documents in chunks, each one padded, masked
     score block."""
     n, hq, d = q.shape
-    if n == own_base.numel() and (max_q_tokens == 1 or max_q_tokens is None
-                                  and n == q_cu_seqlens[-1].item() == q_cu_seqlens.numel() - 1):
+    if max_q_tokens is None:
+        max_q_tokens = max_segment(q_cu_seqlens)
+    if max_q_tokens == 1 and n == own_base.numel():  # every document feeds exactly one token
         keys = max_own_len if max_own_len is not None else int(own_start.max().item()) + 1
         own_out, own_lse = _own_decode(q, k_cache, v_cache, own_base, own_start, keys, scale)
         return merge_attention(own_out, own_lse, prefix_out, prefix_lse)[0]
