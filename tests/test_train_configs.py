@@ -36,3 +36,29 @@ def test_a_misspelt_key_is_refused(tmp_path):
     with pytest.raises(ValueError, match="learning_rat"):
         _parser(bad).parse_args_and_config(["--config", str(bad), "--bf16", "false",
                                             "--output_dir", str(tmp_path)])
+
+
+def test_precision_follows_the_machine_unless_forced():
+    from types import SimpleNamespace
+
+    from erank_fast.cpu import fast_bf16
+    from erank_fast.training.models import apply_precision
+
+    def config(**kw):
+        return SimpleNamespace(**{"bf16": False, "fp16": False, "use_cpu": False, **kw})
+
+    c = config(bf16=True)  # TRL's default, refused on a CPU: "float32" clears it
+    assert apply_precision(c, "float32") == "float32" and not c.bf16
+    c = config()
+    assert apply_precision(c, "bf16") == "bf16" and c.bf16
+    import torch
+
+    if not torch.cuda.is_available():
+        assert c.use_cpu  # transformers asks for it before bf16 on a CPU-only setup
+        c = config()
+        want = "bf16" if fast_bf16() else "float32"
+        assert apply_precision(c, "auto") == want and c.bf16 == (want == "bf16")
+    c = config(fp16=True)
+    assert apply_precision(c, "auto") == "fp16" and not c.bf16
+    with pytest.raises(ValueError, match="precision must be one of"):
+        apply_precision(config(), "int8")

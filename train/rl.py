@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from erank_fast.training.grpo import make_listwise_reward, rl_dataset, think_off
-from erank_fast.training.models import load_policy, train_and_save
+from erank_fast.training.models import apply_precision, load_policy, train_and_save
 from erank_fast.training.rewards import RewardConfig
 from erank_fast.training.rollouts import make_rollout
 
@@ -57,6 +57,9 @@ class RLScriptArguments:
     negative_above_penalty: float = field(default=-1.0)
     negative_se_scale: float = field(default=0.5)
     invalid_penalty: float = field(default=-1.0)
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 autocast where this device runs it fast, "
+                                          "float32 otherwise) | bf16 | float32"})
     resume: bool = field(default=False)
     seed_data: int = field(default=0)
 
@@ -70,6 +73,7 @@ def main(argv=None) -> None:
         off = think_off(args.think)  # refuse a bad value before loading anything
         if args.train_adapter and not args.adapter:
             raise ValueError("--train_adapter needs --adapter")
+        print(f"training precision: {apply_precision(config, args.precision)}")
     except ValueError as e:
         raise SystemExit(str(e)) from None
     config.shuffle_dataset = False  # queries were shuffled at build time; keep them whole

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from erank_fast.training import data as train_data
-from erank_fast.training.models import load_policy, lora_targets, train_and_save
+from erank_fast.training.models import apply_precision, load_policy, lora_targets, train_and_save
 
 
 @dataclass
@@ -47,6 +47,9 @@ class SFTScriptArguments:
     lora_r: int = field(default=32)
     lora_alpha: int = field(default=64)
     lora_dropout: float = field(default=0.05)
+    precision: str = field(
+        default="auto", metadata={"help": "auto (bf16 autocast where this device runs it fast, "
+                                          "float32 otherwise) | bf16 | float32"})
     resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
     seed_data: int = field(default=0)
     objective: str = field(default="tokens", metadata={"help": "tokens | listwise"})
@@ -101,6 +104,10 @@ def main(argv=None) -> None:
     parser = TrlParser((SFTScriptArguments, SFTConfig))
     args, config = parser.parse_args_and_config(argv)
     config.completion_only_loss = True
+    try:
+        print(f"training precision: {apply_precision(config, args.precision)}")
+    except ValueError as e:
+        raise SystemExit(f"--{e}") from None
     if args.pseudo_queries and args.objective != "listwise":
         raise SystemExit("--pseudo_queries adds listwise groups; it needs --objective listwise")
     if args.lora_layers_from and not args.use_lora:

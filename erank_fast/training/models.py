@@ -50,6 +50,37 @@ def lora_targets(model, layers_from: int) -> dict:
             "layers_pattern": "layers"}
 
 
+PRECISIONS = ("auto", "float32", "bf16")
+
+
+def apply_precision(config, precision: str) -> str:
+    """Set the trainer's mixed precision from ``precision`` and return what was chosen.
+
+    ``"auto"``: bfloat16 autocast where this device runs it fast (a CUDA device with bf16, or a
+    CPU where ``erank_fast.cpu.fast_bf16()`` measures bf16 matmuls at least 2x float32), float32
+    otherwise. ``"bf16"`` and ``"float32"`` force it. It replaces the config's ``bf16`` (TRL
+    defaults that to true, which a CPU-only setup refuses, so the configs parse with false); a
+    config asking for ``fp16`` keeps it. Weights stay float32 (the optimizer's master copy)."""
+    import torch
+
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    cuda = torch.cuda.is_available() and not getattr(config, "use_cpu", False)
+    if config.fp16:
+        return "fp16"
+    if precision == "auto":
+        if cuda:
+            precision = "bf16" if torch.cuda.is_bf16_supported() else "float32"
+        else:
+            from erank_fast.cpu import fast_bf16
+
+            precision = "bf16" if fast_bf16() else "float32"
+    config.bf16 = precision == "bf16"
+    if config.bf16 and not cuda:
+        config.use_cpu = True  # transformers refuses bf16 on a CPU-only setup without it
+    return precision
+
+
 def train_and_save(trainer, tokenizer, output_dir: str, resume: bool) -> None:
     """Train (from the last checkpoint in output_dir when resuming), then save the result."""
     from transformers.trainer_utils import get_last_checkpoint

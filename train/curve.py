@@ -1,0 +1,150 @@
+"""Learning curves: every checkpoint of one or more training runs evaluated on held-out sets.
+
+    python train/curve.py --start erank_fast/models/erank_smol \\
+        --run grpo=runs/ablation-grpo --run sft=runs/ablation-sft \\
+        --prompts_per_step 8 --out train/ablation.json --plot train/ablation.png
+
+Each run's ``checkpoint-N`` directories (LoRA adapters of ``--model``) and the start adapter
+(step 0, shared by every run) are scored as the packaged reranker is served: think off,
+expected score, 256-token documents, the CPU's default dtype. Held-out sets: the DL21 queries
+after the first ``--train_queries`` (never trained on) and NovelEval. Results are kept in
+``--out`` and a rerun scores only what is missing; the plot shows nDCG@10 (reranked and hybrid)
+against prompts seen, with each point's standard error over queries.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import re
+from pathlib import Path
+
+from erank_fast.training.arguments import ScriptParser
+
+DATA = Path("../shared/data")
+
+
+def held_out_sets(train_queries: int) -> dict:
+    from erank_fast.datasets import read_jsonl, read_qrels
+
+    dl21 = read_jsonl(DATA / "dl21-bm25-top100.jsonl")[train_queries:]
+    return {"dl21_heldout": (dl21, read_qrels(DATA / "dl21-bm25-top100.qrels")),
+            "noveleval": (read_jsonl(DATA / "noveleval-bm25-top20.jsonl"),
+                          read_qrels(DATA / "noveleval-bm25-top20.qrels"))}
+
+
+def checkpoints(run_dir: str) -> list[tuple[int, Path]]:
+    found = []
+    for p in Path(run_dir).glob("checkpoint-*"):
+        if m := re.fullmatch(r"checkpoint-(\d+)", p.name):
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def summary(result: dict) -> dict:
+    """nDCG@10 means and their standard error over queries, reranked and hybrid."""
+    out = {"docs_per_second": round(result["docs_per_second"], 2)}
+    for kind in ("first_stage", "reranked", "hybrid"):
+        values = [q[kind]["ndcg@10"] for q in result["per_query"].values()]
+        mean = sum(values) / len(values)
+        var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
+        out[kind] = round(mean, 4)
+        out[kind + "_se"] = round(math.sqrt(var / len(values)), 4)
+    return out
+
+
+def evaluate_adapter(model: str, adapter: str, sets: dict) -> dict:
+    from erank_fast import Reranker
+    from erank_fast.evaluate import run_evaluation
+
+    reranker = Reranker.from_pretrained(model, adapter=adapter, think="off",
+                                        score_mode="expected", max_doc_tokens=256)
+    out = {name: summary(run_evaluation(reranker, queries, qrels, progress=False))
+           for name, (queries, qrels) in sets.items()}
+    out["dtype"] = str(reranker.dtype).removeprefix("torch.")
+    del reranker
+    gc.collect()
+    return out
+
+
+def plot(results: dict, prompts_per_step: int, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from erank_fast.cpu import cpu_info
+
+    sets = [s for s in ("dl21_heldout", "noveleval") if s in results["start"]]
+    fig, axes = plt.subplots(1, len(sets), figsize=(6 * len(sets), 4.2), squeeze=False)
+    for ax, name in zip(axes[0], sets):
+        for i, (run, points) in enumerate(sorted(results["runs"].items())):
+            steps = [0] + sorted(int(s) for s in points)
+            rows = [results["start"]] + [points[str(s)] for s in steps[1:]]
+            x = [s * prompts_per_step for s in steps]
+            for kind, style in (("reranked", "-o"), ("hybrid", "--s")):
+                y = [r[name][kind] for r in rows]
+                err = [r[name][kind + "_se"] for r in rows]
+                ax.errorbar(x, y, yerr=err, fmt=style, color=f"C{i}", capsize=3, alpha=0.85,
+                            label=f"{run} {kind}")
+        ax.axhline(results["start"][name]["first_stage"], color="grey", lw=1, ls=":",
+                   label="BM25")
+        ax.set_title(name.replace("_", " "))
+        ax.set_xlabel("prompts seen (from the start adapter)")
+        ax.set_ylabel("nDCG@10 (± s.e. over queries)")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"held-out learning curves, {cpu_info()['model']} ({cpu_info()['cores']} cores)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def main(argv=None) -> None:
+    parser = ScriptParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m-instruct")
+    parser.add_argument("--start", required=True, help="the adapter every run started from")
+    parser.add_argument("--run", action="append", default=[], metavar="NAME=DIR",
+                        help="a training run's output directory (repeatable)")
+    parser.add_argument("--train_queries", type=int, default=43,
+                        help="DL21 queries the runs trained on (the rest are held out)")
+    parser.add_argument("--prompts_per_step", type=int, default=8)
+    parser.add_argument("--out", required=True, help="results JSON (kept between reruns)")
+    parser.add_argument("--plot", default=None, help="PNG of the curves")
+    args = parser.parse_args(argv)
+    runs = {}
+    for spec in args.run:
+        name, sep, path = spec.partition("=")
+        if not sep or not name:
+            raise SystemExit(f"--run takes NAME=DIR, got {spec!r}")
+        runs[name] = path
+    out = Path(args.out)
+    results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
+    if results.get("start_adapter") not in (None, args.start):
+        raise SystemExit(f"{out} holds results from another start adapter; pass another --out")
+    results["start_adapter"] = args.start
+    sets = held_out_sets(args.train_queries)
+
+    def save():
+        out.write_text(json.dumps(results, indent=1))
+
+    if "start" not in results:
+        results["start"] = evaluate_adapter(args.model, args.start, sets)
+        save()
+        print("start", json.dumps(results["start"]))
+    for name, path in runs.items():
+        done = results["runs"].setdefault(name, {})
+        for step, ckpt in checkpoints(path):
+            if str(step) in done:
+                continue
+            done[str(step)] = evaluate_adapter(args.model, str(ckpt), sets)
+            save()
+            print(name, step, json.dumps(done[str(step)]))
+    if args.plot:
+        plot(results, args.prompts_per_step, args.plot)
+        print(f"plot: {args.plot}")
+
+
+if __name__ == "__main__":
+    main()
