@@ -109,7 +109,7 @@ def test_soak_with_disconnects(benchmark):
     benchmark.pedantic(lambda: asyncio.run(soak(SECONDS, 0)), rounds=1, iterations=1)
     wall = time.perf_counter() - start
     deadline = time.monotonic() + 30  # cancelled work is released at the engine's next step
-    while reranker.backend.kv_tokens_in_use and time.monotonic() < deadline:
+    while reranker.inspect().kv_tokens_in_use and time.monotonic() < deadline:
         time.sleep(0.05)
     metrics = httpx.get(url + "/metrics").text
     cancelled = int(float(re.search(r"^erank_fast_cancelled_requests_total (\S+)$", metrics,
@@ -118,7 +118,7 @@ def test_soak_with_disconnects(benchmark):
     server.should_exit = True
     thread.join(timeout=10)
     info = {**counts, "seconds": wall, "concurrency": CONCURRENCY, "cancelled": cancelled,
-            "kv_tokens_in_use_after": reranker.backend.kv_tokens_in_use,
+            "kv_tokens_in_use_after": reranker.inspect().kv_tokens_in_use,
             "rss_start_mib": rss_start / 2**20, "rss_after_warmup_mib": rss_warm / 2**20,
             "rss_end_mib": rss_end / 2**20}
     benchmark.extra_info.update(info)

@@ -12,7 +12,7 @@ from erank_fast.engine.sampling import SamplingParams
 from erank_fast.engine.work import Sample
 from erank_fast.models.packaged import packaged_reranker
 from erank_fast.models.sources import LoadedModel, load_model
-from erank_fast.prompt import PromptBuilder
+from erank_fast.prompt import PromptBuilder, valid_unicode
 from erank_fast.results import CallStats, RerankResult, RerankResults
 from erank_fast.scoring import AnswerDetector, ScoreTokens, score_document
 
@@ -177,6 +177,13 @@ class Reranker:
         for inspection; calls go through the Reranker."""
         return self._backend
 
+    def inspect(self):
+        """A snapshot of the backend now (``erank_fast.engine.work.BackendSnapshot``): forward
+        passes run, documents queued and active, K/V rows in use and allowed (None for the
+        reference backend, which has no K/V arena). Public and the same for every backend, for
+        gauges and tests."""
+        return self._backend.inspect()
+
     @property
     def dtype(self) -> str:
         """The dtype the model computes in ("bfloat16", "float32", ...)."""
@@ -201,6 +208,12 @@ class Reranker:
         (truncation included; with ``think_off`` it ends at the answer position)."""
         with self._prompt_lock:
             return self._prompts.prompt_ids(query, document, instruction, think_off)
+
+    def document_tokens(self, document: str) -> int:
+        """Tokens a document's text takes in the prompt before truncation (documents over
+        ``config.max_doc_tokens`` are cut to it)."""
+        with self._prompt_lock:
+            return len(self._prompts.encode_text(valid_unicode(document)))
 
     def segment(self, query: str, documents: Sequence[str], *, instruction: str | None = None,
                 think_off: bool = False):

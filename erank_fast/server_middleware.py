@@ -21,7 +21,10 @@ class ServerLimits:
 class ServerMetrics:
     """Prometheus metrics of one server (its own registry, so servers never share counters)."""
 
-    def __init__(self, kv_tokens_in_use: Callable[[], int], engine_steps: Callable[[], int]):
+    def __init__(self, snapshot: Callable[[], object]):
+        """``snapshot``: the backend's ``inspect()`` (None before the model is loaded); the
+        engine gauges read it, NaN where it has no figure (before loading; K/V rows on a
+        backend without a K/V arena)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("erank_fast_requests", "HTTP requests by endpoint and status",
@@ -36,10 +39,21 @@ class ServerMetrics:
         self.latency = Histogram("erank_fast_request_seconds", "rerank/score request latency",
                                  ["endpoint"], registry=r,
                                  buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60))
-        kv = Gauge("erank_fast_kv_tokens_in_use", "K/V arena rows held by requests", registry=r)
-        kv.set_function(kv_tokens_in_use)
-        steps = Gauge("erank_fast_engine_steps", "forward passes the engine has run", registry=r)
-        steps.set_function(engine_steps)
+
+        def gauge(name: str, help_text: str, field: str) -> None:
+            def read() -> float:
+                value = getattr(snapshot(), field, None)
+                return float("nan") if value is None else float(value)
+
+            Gauge(name, help_text, registry=r).set_function(read)
+
+        gauge("erank_fast_kv_tokens_in_use", "K/V arena rows held by requests", "kv_tokens_in_use")
+        gauge("erank_fast_kv_tokens_total", "K/V arena rows the memory budget allows",
+              "kv_tokens_total")
+        gauge("erank_fast_engine_steps", "forward passes the engine has run", "steps_run")
+        gauge("erank_fast_documents_waiting", "documents queued for admission",
+              "documents_waiting")
+        gauge("erank_fast_documents_active", "documents being computed", "documents_active")
 
 
 OPEN_PATHS = ("/health", "/metrics", "/docs", "/openapi.json")

@@ -50,7 +50,7 @@ def test_rerank_on_arbitrary_text(reranker, query, docs, top_k):
     assert len(results) == want
     assert len({r.index for r in results}) == want
     assert all(math.isfinite(r.score) and 0.0 <= r.score <= 10.0 for r in results)
-    assert reranker.backend.kv_tokens_in_use == 0
+    assert reranker.inspect().kv_tokens_in_use == 0
 
 
 def test_a_100k_character_document_is_truncated(reranker):
@@ -113,7 +113,7 @@ def test_http_api_on_raw_bytes(live, raw):
 
 
 def test_after_the_fuzzing_the_engine_is_idle_and_answers(live, reranker):
-    assert reranker.backend.kv_tokens_in_use == 0
+    assert reranker.inspect().kv_tokens_in_use == 0
     body = httpx.post(live.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS}).json()
     assert [r["index"] for r in body["results"]] == [r.index for r in reranker.rerank(QUERY, DOCS)]
     print("error classes seen:", json.dumps(sorted(_SEEN)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import json
+import math
 import os
 import signal
 import socket
@@ -112,6 +113,52 @@ def test_score_and_tei_shapes(served):
         (r.index, r.score, DOCS[r.index]) for r in want]
 
 
+def test_tei_truncate_false_refuses_long_texts_and_raw_scores_is_refused(tiny_qwen3):
+    reranker = _reranker(tiny_qwen3, max_doc_tokens=16)
+    live = LiveServer(create_app(lambda: reranker, model_name="tiny"))
+    try:
+        long_text = "vaccines " * 40
+        assert reranker.document_tokens(long_text) > 16
+        cut = httpx.post(live.url + "/rerank", json={"query": QUERY, "texts": [DOCS[0], long_text]})
+        assert cut.status_code == 200  # truncate defaults to true: cut to 16 tokens
+        refused = httpx.post(live.url + "/rerank", json={"query": QUERY, "truncate": False,
+                                                         "texts": [DOCS[0], long_text]})
+        assert refused.status_code == 422 and refused.json()["error"]["type"] == "input_too_long"
+        assert "texts.1" in refused.json()["error"]["message"]
+        fits = httpx.post(live.url + "/rerank", json={"query": QUERY, "truncate": False,
+                                                      "texts": [DOCS[0]]})
+        assert fits.status_code == 200
+        raw = httpx.post(live.url + "/rerank", json={"query": QUERY, "texts": DOCS,
+                                                     "raw_scores": True})
+        assert raw.status_code == 422 and "raw_scores" in raw.json()["error"]["message"]
+    finally:
+        live.stop()
+
+
+def test_gauges_are_honest_for_the_reference_backend(tiny_qwen3):
+    model, tok = tiny_qwen3
+    reranker = Reranker.from_pretrained(model, tokenizer=tok, backend="reference")
+    live = LiveServer(create_app(lambda: reranker, model_name="tiny"))
+    try:
+        assert httpx.post(live.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS}
+                          ).status_code == 200
+        snapshot = reranker.inspect()
+        assert snapshot.backend == "reference" and snapshot.kv_tokens_in_use is None
+        assert snapshot.steps_run == len(DOCS)  # think off: one forward per document
+        assert _metric(live, "erank_fast_engine_steps") == len(DOCS)
+        assert math.isnan(_metric(live, "erank_fast_kv_tokens_in_use"))  # no K/V arena there
+    finally:
+        live.stop()
+
+
+def _metric(live, name: str) -> float:
+    """One unlabelled sample from the server's /metrics page."""
+    for line in httpx.get(live.url + "/metrics").text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} is not on /metrics")
+
+
 def test_health_models_and_metrics(served):
     live, _ = served
     assert httpx.get(live.url + "/health").json() == {"status": "ok", "model": "tiny"}
@@ -121,8 +168,12 @@ def test_health_models_and_metrics(served):
     text = httpx.get(live.url + "/metrics").text
     for name in ("erank_fast_requests_total", "erank_fast_documents_total",
                  "erank_fast_tokens_total", "erank_fast_requests_in_flight",
-                 "erank_fast_kv_tokens_in_use", "erank_fast_request_seconds_bucket"):
+                 "erank_fast_kv_tokens_in_use", "erank_fast_request_seconds_bucket",
+                 "erank_fast_kv_tokens_total", "erank_fast_documents_waiting"):
         assert name in text, name
+    snapshot = served[1].inspect()  # the gauges read the public snapshot
+    assert _metric(live, "erank_fast_engine_steps") == snapshot.steps_run > 0
+    assert _metric(live, "erank_fast_kv_tokens_total") == snapshot.kv_tokens_total > 0
     assert 'erank_fast_requests_total{endpoint="/v1/rerank",status="200"}' in text
 
 
@@ -145,7 +196,7 @@ def test_bad_input_gets_a_clear_error_and_the_server_keeps_serving(served, body,
                           headers={"content-type": "application/json"})
     assert response.status_code == status, response.text
     assert named in response.json()["error"]["message"]
-    assert reranker.backend.kv_tokens_in_use == 0
+    assert reranker.inspect().kv_tokens_in_use == 0
     assert httpx.post(live.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS}
                       ).status_code == 200
 
@@ -201,11 +252,11 @@ def test_disconnected_client_is_cancelled_and_memory_returns_to_idle(tiny_qwen3)
             httpx.post(live.url + "/v1/rerank", json={"query": QUERY, "documents": docs},
                        timeout=httpx.Timeout(5.0, read=0.5))
         deadline = time.time() + 30
-        while time.time() < deadline and (reranker.backend.kv_tokens_in_use
-                                          or app.state.metrics.cancelled._value.get() == 0):
+        while time.time() < deadline and (reranker.inspect().kv_tokens_in_use
+                                          or _metric(live, "erank_fast_cancelled_requests_total") == 0):
             time.sleep(0.05)
-        assert reranker.backend.kv_tokens_in_use == 0
-        assert app.state.metrics.cancelled._value.get() == 1
+        assert reranker.inspect().kv_tokens_in_use == 0
+        assert _metric(live, "erank_fast_cancelled_requests_total") == 1
         quick = Reranker.from_pretrained(tiny_qwen3[0], tokenizer=tiny_qwen3[1], backend="torch",
                                          think=3)
         want = quick.rerank(QUERY, DOCS, think=3)
@@ -221,12 +272,12 @@ def test_concurrent_clients_share_engine_steps_and_get_their_own_results(served)
                  [f"passage {j} for request {i}: " + DOCS[j % 4] for j in range(1 + i % 12)])
                 for i in range(32)]
     want = [{r.index: r.score for r in reranker.rerank(q, d)} for q, d in requests]
-    before = reranker.backend.steps_run
+    before = reranker.inspect().steps_run
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         bodies = list(pool.map(lambda qd: httpx.post(
             live.url + "/v1/rerank", json={"query": qd[0], "documents": qd[1]}, timeout=120
         ).json(), requests))
-    steps = reranker.backend.steps_run - before
+    steps = reranker.inspect().steps_run - before
     for body, expected in zip(bodies, want):
         got = {r["index"]: r["relevance_score"] for r in body["results"]}
         assert got.keys() == expected.keys()

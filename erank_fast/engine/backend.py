@@ -13,7 +13,7 @@ import threading
 from typing import Protocol
 
 from erank_fast.engine.sampling import SamplingParams
-from erank_fast.engine.work import EngineStats, Sample
+from erank_fast.engine.work import BackendSnapshot, EngineStats, Sample
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import Readout
 
@@ -32,6 +32,11 @@ class Backend(Protocol):
     def sample(self, prompts: list[list[int]], params: SamplingParams, *,
                cancel: threading.Event | None = None) -> tuple[list[list[Sample]], EngineStats]:
         """``params.n`` samples per prompt (token ids), each from its own seeded generator."""
+        ...
+
+    def inspect(self) -> BackendSnapshot:
+        """What it is doing now (steps, queued and active documents, K/V rows), the same
+        fields for every backend."""
         ...
 
 

@@ -22,7 +22,7 @@ from erank_fast.engine.model_runner import ModelRunner
 from erank_fast.engine.readout import ScoreReader
 from erank_fast.engine.sampling import SamplingParams, sample_step
 from erank_fast.engine.scheduler import Scheduler
-from erank_fast.engine.work import Doc, EngineStats, Request, Sample, SamplerState
+from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request, Sample, SamplerState
 from erank_fast.models.decoder import Decoder
 from erank_fast.ops.packed_linear import pack_linears
 from erank_fast.prompt import QueryPrompts
@@ -81,6 +81,15 @@ class Engine:
     def kv_tokens_in_use(self) -> int:
         """K/V rows held by calls in flight (0 when idle)."""
         return self.scheduler.kv_tokens_in_use
+
+    def inspect(self) -> BackendSnapshot:
+        s = self.scheduler
+        with s.lock:
+            waiting, active = len(s.waiting), len(s.active)
+        return BackendSnapshot(backend="engine", steps_run=self.steps_run,
+                               documents_waiting=waiting, documents_active=active,
+                               kv_tokens_in_use=s.kv_tokens_in_use,
+                               kv_tokens_total=s.max_kv_tokens)
 
     def run(self, prompts: list[QueryPrompts], budget: int | None, *,
             cancel: threading.Event | None = None) -> tuple[list[list[Readout]], EngineStats]:

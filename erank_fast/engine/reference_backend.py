@@ -14,7 +14,7 @@ import threading
 import torch
 
 from erank_fast.engine.sampling import SamplingParams, sample_logits
-from erank_fast.engine.work import Cancelled, EngineStats, Sample
+from erank_fast.engine.work import BackendSnapshot, Cancelled, EngineStats, Sample
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens, readout_from_logits
 
@@ -37,6 +37,13 @@ class ReferenceBackend:
         self.tokens = tokens
         self.detector = detector
         self._lock = threading.Lock()
+        self.steps_run = 0        # forward passes, over all calls
+        self._active = 0          # documents of the call being computed
+
+    def inspect(self) -> BackendSnapshot:
+        return BackendSnapshot(backend="reference", steps_run=self.steps_run,
+                               documents_waiting=0, documents_active=self._active,
+                               kv_tokens_in_use=None, kv_tokens_total=None)
 
     @property
     def device(self) -> torch.device:
@@ -57,15 +64,21 @@ class ReferenceBackend:
         tokens after reasoning are decode; each forward pass is a step."""
         results, prefill, decode, steps = [], 0, 0, 0
         with self._lock:
-            for p in prompts:
-                row = []
-                for i in range(len(p.suffixes)):
-                    if cancel is not None and cancel.is_set():
-                        raise Cancelled("the call was cancelled")
-                    readout, n_prefill, n_decode, n_steps = self._score_one(p.full(i), budget)
-                    row.append(readout)
-                    prefill, decode, steps = prefill + n_prefill, decode + n_decode, steps + n_steps
-                results.append(row)
+            self._active = sum(len(p.suffixes) for p in prompts)
+            try:
+                for p in prompts:
+                    row = []
+                    for i in range(len(p.suffixes)):
+                        if cancel is not None and cancel.is_set():
+                            raise Cancelled("the call was cancelled")
+                        readout, n_prefill, n_decode, n_steps = self._score_one(p.full(i), budget)
+                        row.append(readout)
+                        prefill, decode, steps = (prefill + n_prefill, decode + n_decode,
+                                                  steps + n_steps)
+                        self.steps_run += n_steps
+                    results.append(row)
+            finally:
+                self._active = 0
         return results, EngineStats(prefill, decode, steps)
 
     @torch.inference_mode()
@@ -131,4 +144,5 @@ class ReferenceBackend:
                     row.append(Sample(prompt_ids=list(prompt), completion_ids=completion,
                                       logprobs=logprobs))
                 results.append(row)
+            self.steps_run += steps
         return results, EngineStats(prefill, decode, steps)

@@ -37,6 +37,25 @@ class EngineStats:
 
 
 @dataclass(frozen=True)
+class BackendSnapshot:
+    """What a backend is doing now, the same fields for every backend (``Reranker.inspect()``).
+
+    kv_tokens_in_use / kv_tokens_total: K/V arena rows held by calls in flight and the rows the
+    memory budget allows; None for a backend without a K/V arena (the reference backend keeps
+    each document's cache inside transformers for the length of one forward). steps_run:
+    forward passes run so far over all calls. documents_waiting / documents_active: queued for
+    admission, and being computed (the reference backend: 0 / the documents of the call it is
+    computing)."""
+
+    backend: str
+    steps_run: int
+    documents_waiting: int
+    documents_active: int
+    kv_tokens_in_use: int | None
+    kv_tokens_total: int | None
+
+
+@dataclass(frozen=True)
 class Sample:
     """One sampled completion: token ids and log-probabilities of the sampled tokens under the
     full-vocabulary distribution (temperature-scaled) they were drawn from."""
