@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from erank_fast.prompt import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
 from erank_fast.scoring import SCORE_MODES
+from erank_fast.validation import positive_int
 
 BACKENDS = ("auto", "torch", "triton", "reference")
 CUDA_GRAPH_MODES = ("auto", "on", "off", "padded")
@@ -13,9 +14,11 @@ PACK_WEIGHTS_MODES = ("auto", "on", "off")
 DEFAULT_MAX_THINK_TOKENS = 4096
 
 
-def _positive_int(name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+def check_cuda_graphs(mode) -> str:
+    """The one check of the ``cuda_graphs`` setting (RerankerConfig and the engine use it)."""
+    if mode not in CUDA_GRAPH_MODES:
+        raise ValueError(f"cuda_graphs must be one of {CUDA_GRAPH_MODES}, got {mode!r}")
+    return mode
 
 
 def parse_think(think) -> str | int:
@@ -64,18 +67,17 @@ class RerankerConfig:
             raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {self.score_mode!r}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
-        if self.cuda_graphs not in CUDA_GRAPH_MODES:
-            raise ValueError(f"cuda_graphs must be one of {CUDA_GRAPH_MODES}, got {self.cuda_graphs!r}")
+        check_cuda_graphs(self.cuda_graphs)
         if self.pack_weights not in PACK_WEIGHTS_MODES:
             raise ValueError(f"pack_weights must be one of {PACK_WEIGHTS_MODES}, "
                              f"got {self.pack_weights!r}")
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise TypeError(f"instruction must be a str or None, got {type(self.instruction).__name__}")
         for name in ("max_query_tokens", "max_doc_tokens", "max_think_tokens"):
-            _positive_int(name, getattr(self, name))
+            positive_int(name, getattr(self, name))
         for name in ("max_batch_tokens", "kv_memory"):
             if getattr(self, name) is not None:
-                _positive_int(name, getattr(self, name))
+                positive_int(name, getattr(self, name))
 
     def budget(self, think) -> int | None:
         """Reasoning-token budget for a think setting: None for "off"."""

@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from erank_fast.validation import positive_int
+
 ERANK_TEMPLATE = """Given a query and a document, please give a relevance score of 0~10.
 The goal or relevance definition is: {instruction}
 
@@ -77,9 +79,8 @@ class PromptBuilder:
 
     def __init__(self, tokenizer, max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS,
                  max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS):
-        for name, value in (("max_query_tokens", max_query_tokens), ("max_doc_tokens", max_doc_tokens)):
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        positive_int("max_query_tokens", max_query_tokens)
+        positive_int("max_doc_tokens", max_doc_tokens)
         self.tokenizer = tokenizer
         self.max_query_tokens = max_query_tokens
         self.max_doc_tokens = max_doc_tokens

@@ -15,6 +15,7 @@ from erank_fast.models.sources import LoadedModel, load_model
 from erank_fast.prompt import PromptBuilder, valid_unicode
 from erank_fast.results import CallStats, RerankResult, RerankResults
 from erank_fast.scoring import AnswerDetector, ScoreTokens, score_document
+from erank_fast.validation import positive_int
 
 
 class Reranker:
@@ -123,9 +124,7 @@ class Reranker:
         asked = [i for i, t in enumerate(texts) if t]
         builder = self._prompts
         if max_doc_tokens is not None:
-            if isinstance(max_doc_tokens, bool) or not isinstance(max_doc_tokens, int) \
-                    or max_doc_tokens < 1:
-                raise ValueError(f"max_doc_tokens must be a positive int, got {max_doc_tokens!r}")
+            positive_int("max_doc_tokens", max_doc_tokens)
             builder = PromptBuilder(self.tokenizer, self.config.max_query_tokens,
                                     min(max_doc_tokens, self.config.max_doc_tokens))
         with self._prompt_lock:  # tokenizers are not guaranteed to be thread-safe

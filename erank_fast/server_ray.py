@@ -16,6 +16,8 @@ import signal
 import threading
 from collections.abc import Callable
 
+from erank_fast.validation import positive_int
+
 MAX_ONGOING_REQUESTS = 64  # per replica: its engine batches them into shared steps
 
 
@@ -25,9 +27,8 @@ def build_application(load: Callable[[], object], *, model_name: str, limits, re
     ``load`` must be picklable (it runs in the replicas)."""
     from ray import serve
 
-    if replicas < 1 or threads_per_replica < 1:
-        raise ValueError(f"replicas and threads per replica must be >= 1, got {replicas} and "
-                         f"{threads_per_replica}")
+    positive_int("replicas", replicas)
+    positive_int("threads_per_replica", threads_per_replica)
 
     def build_app():
         import torch

@@ -18,7 +18,7 @@ from erank_fast.prompt import PromptBuilder  # noqa: E402
 from erank_fast.scoring import ScoreTokens  # noqa: E402
 from erank_fast.training import listwise  # noqa: E402
 from erank_fast.training import pseudo_queries as pq  # noqa: E402
-from erank_fast.training.models import lora_targets  # noqa: E402
+from erank_fast.training.policy import lora_targets  # noqa: E402
 
 
 def test_clean_question_keeps_the_first_line_up_to_its_question_mark():
@@ -83,7 +83,7 @@ def test_command_writes_usable_questions(tiny_qwen3, tmp_path, monkeypatch):
         + "\n" for q in _queries()))
     answers = iter(["What is topic 0 about?", "The answer", "What does passage 3 say?"] * 4)
     script = train_script("pseudo_queries")
-    monkeypatch.setattr("erank_fast.training.models.load_model", lambda name: (model, tok))
+    monkeypatch.setattr("erank_fast.training.policy.load_float32_model", lambda name: (model, tok))
     monkeypatch.setattr(script, "generate_questions",
                         lambda m, t, passages, **kw: [next(answers) for _ in passages])
     out = tmp_path / "pseudo.jsonl"

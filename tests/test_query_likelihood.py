@@ -41,7 +41,7 @@ def test_command_writes_and_resumes(tiny_qwen3, tmp_path, monkeypatch):
     out = tmp_path / "scores.jsonl"
     out.write_text(json.dumps({"qid": "q0", "docid": "d0", "score": -1.0}) + "\n")  # cut off
     loads = []
-    monkeypatch.setattr("erank_fast.training.models.load_model",
+    monkeypatch.setattr("erank_fast.training.policy.load_float32_model",
                         lambda name: loads.append(name) or (model, tok))
     script = train_script("query_likelihood")
     script.main(["--model", "tiny", "--data", str(data), "--out", str(out)])

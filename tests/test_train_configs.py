@@ -42,7 +42,7 @@ def test_precision_follows_the_machine_unless_forced():
     from types import SimpleNamespace
 
     from erank_fast.cpu import fast_bf16
-    from erank_fast.training.models import apply_precision
+    from erank_fast.training.policy import apply_precision
 
     def config(**kw):
         return SimpleNamespace(**{"bf16": False, "fp16": False, "use_cpu": False, **kw})

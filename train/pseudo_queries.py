@@ -38,13 +38,13 @@ def main(argv=None) -> None:
     from tqdm.auto import tqdm
 
     from erank_fast.datasets import read_jsonl
-    from erank_fast.training.models import load_model
+    from erank_fast.training.policy import load_float32_model
 
     queries = read_jsonl(args.data)[: args.max_queries]
     rng = random.Random(args.seed)
     picks = [(q.qid, c) for q in queries
              for c in rng.sample(q.candidates, min(args.per_query, len(q.candidates)))]
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_float32_model(args.model)
     model.eval()
     kept = 0
     with open(args.out, "w", encoding="utf-8") as out:

@@ -30,7 +30,7 @@ def main(argv=None) -> None:
     from tqdm.auto import tqdm
 
     from erank_fast.datasets import read_jsonl
-    from erank_fast.training.models import load_model
+    from erank_fast.training.policy import load_float32_model
 
     queries = read_jsonl(args.data, depth=args.depth)[: args.max_queries]
     counts: dict[str, int] = {}
@@ -42,7 +42,7 @@ def main(argv=None) -> None:
     if not todo:
         print(f"{args.out}: all {len(queries)} queries already scored")
         return
-    model, tokenizer = load_model(args.model)
+    model, tokenizer = load_float32_model(args.model)
     model.eval()
     with open(args.out, "a", encoding="utf-8") as out:
         for q in tqdm(todo, desc="query likelihood", unit="query"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from erank_fast.training.grpo import make_listwise_reward, rl_dataset, think_off
-from erank_fast.training.models import apply_precision, load_policy, train_and_save
+from erank_fast.training.policy import apply_precision, load_policy, train_and_save
 from erank_fast.training.rewards import RewardConfig
 from erank_fast.training.rollouts import make_rollout
 

@@ -28,7 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from erank_fast.training import data as train_data
-from erank_fast.training.models import apply_precision, load_policy, lora_targets, train_and_save
+from erank_fast.training.policy import apply_precision, load_policy, lora_targets, train_and_save
 
 
 @dataclass

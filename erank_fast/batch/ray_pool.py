@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 from erank_fast.batch.inputs import read_queries
 from erank_fast.batch.outputs import ShardWriter, candidate_rows
+from erank_fast.validation import positive_int
 
 
 @dataclass(frozen=True)
@@ -71,8 +72,7 @@ def default_pool(actors: int | None, threads_per_actor: int | None) -> tuple[int
         return actors or torch.cuda.device_count(), threads_per_actor or 1, 1.0
     if actors is None:
         actors = max(1, cores // threads_per_actor) if threads_per_actor else 1
-    if actors < 1:
-        raise ValueError(f"actors must be >= 1, got {actors}")
+    positive_int("actors", actors)
     threads = threads_per_actor or max(1, cores // actors)
     return actors, threads, 0.0
 
@@ -100,8 +100,7 @@ def rerank_batch(input_path: str, output_dir: str, spec: ActorSpec, *, actors: i
         raise RuntimeError("rerank-batch runs on Ray: pip install -e '.[ray]'") from e
     from tqdm.auto import tqdm
 
-    if queries_per_batch < 1:
-        raise ValueError(f"queries_per_batch must be >= 1, got {queries_per_batch}")
+    positive_int("queries_per_batch", queries_per_batch)
     writer = ShardWriter(output_dir, fmt)
     done = writer.done_queries()
     pending, seen = [], set()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import torch
 
-from erank_fast.config import CUDA_GRAPH_MODES
+from erank_fast.config import check_cuda_graphs
 from erank_fast.engine.attention import SharedPrefixAttention, StepMeta
 from erank_fast.engine.kv_pool import KVPool
 from erank_fast.models.decoder import Decoder
@@ -35,8 +35,7 @@ _FIELDS = ("ids", "positions", "own_base", "own_start", "write_rows")
 def graph_mode(mode: str, decoder: Decoder, impl: str) -> str:
     """The engine's setting: "on", "off" or "padded" ("auto": on when the model is on CUDA and
     the Triton kernels run, whose launches a graph can record)."""
-    if mode not in CUDA_GRAPH_MODES:
-        raise ValueError(f"cuda_graphs must be one of {CUDA_GRAPH_MODES}, got {mode!r}")
+    check_cuda_graphs(mode)
     capturable = decoder.lm_head_weight.is_cuda and use_triton(impl, decoder.lm_head_weight)
     if mode == "on" and not capturable:
         raise ValueError('cuda_graphs="on" needs the model on a CUDA device and the Triton '

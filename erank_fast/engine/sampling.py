@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from erank_fast.validation import positive_int
+
 ROW_CHUNK = 8
 
 
@@ -36,16 +38,14 @@ class SamplingParams:
                     or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in ids)):
                 raise ValueError(
                     f"first_token_ids must be a non-empty tuple of token ids, got {ids!r}")
-        if isinstance(self.n, bool) or not isinstance(self.n, int) or self.n < 1:
-            raise ValueError(f"n must be a positive int, got {self.n!r}")
+        positive_int("n", self.n)
         if not self.temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature!r}")
         if not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p!r}")
         if isinstance(self.top_k, bool) or not isinstance(self.top_k, int) or self.top_k < 0:
             raise ValueError(f"top_k must be a non-negative int, got {self.top_k!r}")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be a positive int, got {self.max_new_tokens!r}")
+        positive_int("max_new_tokens", self.max_new_tokens)
 
     def generator(self, prompt: int, sample: int) -> torch.Generator:
         g = torch.Generator(device="cpu")

@@ -39,6 +39,7 @@ from torch.utils.data import Sampler
 from transformers import Trainer
 
 from erank_fast.datasets import Query
+from erank_fast.metrics import zscores
 from erank_fast.prompt import PromptBuilder
 from erank_fast.scoring import ScoreTokens
 from erank_fast.training import data as train_data
@@ -127,10 +128,7 @@ def teacher_zscores(query, teacher: dict[tuple[str, str], float]) -> dict[str, f
     if missing:
         raise ValueError(f"teacher scores miss {len(missing)} of the {len(query.candidates)} "
                          f"candidates of query {query.qid} (e.g. {missing[0]}); score them all")
-    scores = torch.tensor([teacher[(query.qid, c.docid)] for c in query.candidates],
-                          dtype=torch.float64)
-    z = (scores - scores.mean()) / scores.std(unbiased=False).clamp(min=1e-12)
-    return {c.docid: float(v) for c, v in zip(query.candidates, z)}
+    return zscores({c.docid: teacher[(query.qid, c.docid)] for c in query.candidates})
 
 
 def score_distribution(logits: torch.Tensor, tokens: ScoreTokens) -> torch.Tensor:

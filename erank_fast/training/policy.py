@@ -1,10 +1,10 @@
-"""Loading models for training (float32 transformers models, LoRA placement, adapters) and the
-train-then-save step every trainer ends with."""
+"""Loading models for training (float32 transformers models, LoRA placement, adapters), the
+train-then-save step every trainer ends with, and the training precision.
 
 from __future__ import annotations
 
 
-def load_model(name: str):
+def load_float32_model(name: str):
     """(transformers causal LM in float32, tokenizer) from a checkpoint directory, a ``.gguf``
     or an offline name (``smollm2-135m-instruct``)."""
     import torch
@@ -23,7 +23,7 @@ def load_policy(name: str, adapter: str | None = None, train_adapter: bool = Fal
     trainable LoRA adapter (a peft model)."""
     if train_adapter and not adapter:
         raise ValueError("train_adapter needs an adapter to continue training")
-    model, tokenizer = load_model(name)
+    model, tokenizer = load_float32_model(name)
     if adapter:
         from peft import PeftModel
 
