@@ -26,6 +26,7 @@ from erank_fast.training.grpo import make_listwise_reward, rl_dataset, think_off
 from erank_fast.training.policy import apply_precision, load_policy, train_and_save
 from erank_fast.training.rewards import RewardConfig
 from erank_fast.training.rollouts import make_rollout
+from erank_fast.training.trl_cpu import compact_lm_head_everywhere
 
 
 @dataclass
@@ -95,6 +96,7 @@ def main(argv=None) -> None:
         args.docs_per_query, config.num_generations, args.think)
     rollout = make_rollout(tokenizer, config.max_completion_length, config.temperature,
                            config.top_p, config.top_k or 0, prompt_ids, score_first=off)
+    compact_lm_head_everywhere()  # log-probs of the completion rows only, on a CPU too
     trainer = GRPOTrainer(model=model, reward_funcs=reward, args=config, train_dataset=dataset,
                           processing_class=tokenizer, rollout_func=rollout)
     train_and_save(trainer, tokenizer, config.output_dir, args.resume)
