@@ -7,14 +7,14 @@ import time
 from collections.abc import Mapping, Sequence
 
 from erank_fast.config import RerankerConfig, parse_think
-from erank_fast.engine.backend import make_backend
+from erank_fast.engine.backend import make_backend, score_parts
 from erank_fast.engine.sampling import SamplingParams
 from erank_fast.engine.work import Sample
 from erank_fast.models.packaged import packaged_reranker
 from erank_fast.models.sources import LoadedModel, load_model
 from erank_fast.prompt import PromptBuilder, valid_unicode
 from erank_fast.results import CallStats, RerankResult, RerankResults
-from erank_fast.scoring import AnswerDetector, ScoreTokens, score_document
+from erank_fast.scoring import score_document
 from erank_fast.validation import positive_int
 
 
@@ -28,8 +28,7 @@ class Reranker:
         self.config = config
         self.tokenizer = loaded.tokenizer
         self.name = loaded.name
-        self.tokens = ScoreTokens.from_tokenizer(loaded.tokenizer)
-        self.answer_detector = AnswerDetector(loaded.tokenizer, loaded.eos_ids)
+        self.tokens, self.answer_detector = score_parts(loaded)
         self._prompts = PromptBuilder(loaded.tokenizer, config.max_query_tokens,
                                       config.max_doc_tokens)
         self._backend = make_backend(loaded, self.tokens, self.answer_detector, config)

@@ -40,8 +40,18 @@ class Backend(Protocol):
         ...
 
 
+def score_parts(loaded) -> tuple:
+    """(ScoreTokens, AnswerDetector) of a loaded model: the score digits and how answers are
+    found, which every backend and the Reranker read the same way."""
+    from erank_fast.scoring import AnswerDetector, ScoreTokens
+
+    return ScoreTokens.from_tokenizer(loaded.tokenizer), AnswerDetector(loaded.tokenizer,
+                                                                       loaded.eos_ids)
+
+
 def make_backend(loaded, tokens, detector, config) -> Backend:
-    """The backend ``config.backend`` names, over a loaded model."""
+    """The one backend factory (the Reranker's and the RL rollouts'): the backend
+    ``config.backend`` names (a ``RerankerConfig``), over a loaded model."""
     if config.backend == "reference":
         from erank_fast.engine.reference_backend import ReferenceBackend
 

@@ -1,5 +1,5 @@
 """Loading models for training (float32 transformers models, LoRA placement, adapters), the
-train-then-save step every trainer ends with, and the training precision.
+train-then-save step every trainer ends with, and the training precision."""
 
 from __future__ import annotations
 

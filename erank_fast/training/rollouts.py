@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import contextlib
 
-from erank_fast.engine.engine import Engine
+from erank_fast.config import RerankerConfig
+from erank_fast.engine.backend import make_backend, score_parts
 from erank_fast.engine.sampling import SamplingParams
-from erank_fast.models.loading import decoder_from_hf_model
-from erank_fast.models.sources import eos_ids
-from erank_fast.scoring import AnswerDetector, ScoreTokens
+from erank_fast.models.sources import load_model
+from erank_fast.scoring import ScoreTokens
 
 
 @contextlib.contextmanager
@@ -32,13 +32,15 @@ def merged_adapters(model):
 
 
 class RolloutEngine:
-    """One engine over a policy's parameters, reused across calls while they stay in place."""
+    """One engine over a policy's parameters, reused across calls while they stay in place.
+    Built by the Reranker's factory (``engine.backend.make_backend``) from the in-memory model;
+    ``options``: ``RerankerConfig`` fields (kv_memory, max_batch_tokens, cuda_graphs, ...)."""
 
-    def __init__(self, tokenizer, **engine_options):
+    def __init__(self, tokenizer, **options):
         self.tokens = ScoreTokens.from_tokenizer(tokenizer)
         self.tokenizer = tokenizer
-        self.engine_options = engine_options
-        self.engine: Engine | None = None
+        self.config = RerankerConfig(**options)
+        self.engine = None
         self.builds = 0
         self._fingerprint: tuple | None = None
 
@@ -46,10 +48,10 @@ class RolloutEngine:
         """``params.n`` samples per prompt from ``model`` as it is now (LoRA merged by the caller)."""
         fingerprint = tuple((id(p), p.data_ptr()) for p in model.parameters())
         if self.engine is None or fingerprint != self._fingerprint:
-            detector = AnswerDetector(self.tokenizer,
-                                      eos_ids(self.tokenizer, getattr(model, "generation_config", None)))
-            self.engine = Engine(decoder_from_hf_model(model), self.tokens, detector,
-                                 **self.engine_options)
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            loaded = load_model(base, tokenizer=self.tokenizer, need="decoder")  # in place
+            self.tokens, detector = score_parts(loaded)
+            self.engine = make_backend(loaded, self.tokens, detector, self.config)
             self._fingerprint = fingerprint
             self.builds += 1
         samples, _ = self.engine.sample(prompts, params)
