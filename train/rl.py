@@ -22,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from erank_fast.training.grpo import make_listwise_reward, rl_dataset, think_off
+from erank_fast.training.grpo import (expected_score_scorer, make_listwise_reward, rl_dataset,
+                                      think_off)
 from erank_fast.training.policy import apply_precision, load_policy, train_and_save
 from erank_fast.training.rewards import RewardConfig
 from erank_fast.training.rollouts import make_rollout
@@ -86,7 +87,8 @@ def main(argv=None) -> None:
     config.generation_batch_size, config.steps_per_generation = generation, generation // per_step
     model, tokenizer = load_policy(args.model, args.adapter, args.train_adapter)
     dataset, prompt_ids = rl_dataset(
-        model, tokenizer, data=args.data, qrels=args.qrels, max_queries=args.max_queries,
+        tokenizer, scorer=expected_score_scorer(model, tokenizer, args.max_doc_tokens),
+        data=args.data, qrels=args.qrels, max_queries=args.max_queries,
         docs_per_query=args.docs_per_query, positives=args.positives, reference=args.reference,
         think=args.think, max_doc_tokens=args.max_doc_tokens, seed=args.seed_data)
     reward = make_listwise_reward(

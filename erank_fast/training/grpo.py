@@ -36,16 +36,31 @@ def answer_text(completion: str, off: bool) -> str:
     return ANSWER_OPEN + ("10" if digits.startswith("10") else digits[:1])
 
 
-def rl_dataset(model, tokenizer, *, data: str, qrels: str, max_queries: int | None,
+def expected_score_scorer(model, tokenizer, max_doc_tokens: int):
+    """A scorer for ``rl_dataset``'s reference: the model's own expected think-off score
+    (``Reranker``, on the model's weights in place, LoRA merged for the call)."""
+    def score(queries: list[str], documents: list[list[str]]) -> list[list[float]]:
+        from erank_fast import Reranker
+
+        with merged_adapters(model):
+            base = model.get_base_model() if hasattr(model, "get_base_model") else model
+            scorer = Reranker.from_pretrained(base, tokenizer=tokenizer, score_mode="expected",
+                                              think="off", max_doc_tokens=max_doc_tokens)
+            return [[r.score for r in sorted(res, key=lambda r: r.index)]
+                    for res in scorer.rerank_many(queries, documents)]
+    return score
+
+
+def rl_dataset(tokenizer, *, data: str, qrels: str, max_queries: int | None,
                docs_per_query: int, positives: int, reference: str, think: str,
-               max_doc_tokens: int, seed: int):
+               max_doc_tokens: int, seed: int, scorer=None):
     """(datasets.Dataset of rows {"prompt", "qid", "relevant", "reference"}, {prompt text:
     token ids}): ``docs_per_query`` consecutive rows per query, queries shuffled once with
     ``seed``; each prompt's token ids exactly as the reranker builds them. ``reference``:
-    "model" (the reference score t is the model's own expected think-off score) or "grades"."""
+    "model" (the reference score t from ``scorer(queries, documents)`` -> scores in input
+    order, e.g. ``expected_score_scorer``) or "grades"."""
     from datasets import Dataset
 
-    from erank_fast import Reranker
     from erank_fast.prompt import PromptBuilder
 
     queries, judgments = train_data.load(data, qrels)
@@ -59,14 +74,11 @@ def rl_dataset(model, tokenizer, *, data: str, qrels: str, max_queries: int | No
     if reference not in ("model", "grades"):
         raise ValueError(f"reference must be 'model' or 'grades', got {reference!r}")
     if reference == "model":
-        with merged_adapters(model):
-            base = model.get_base_model() if hasattr(model, "get_base_model") else model
-            scorer = Reranker.from_pretrained(base, tokenizer=tokenizer, score_mode="expected",
-                                              think="off", max_doc_tokens=max_doc_tokens)
-            scored = scorer.rerank_many([g["query"] for g in groups],
-                                        [g["docs"] for g in groups])
-        for g, results in zip(groups, scored):
-            g["reference"] = [r.score for r in sorted(results, key=lambda r: r.index)]
+        if scorer is None:
+            raise ValueError("reference 'model' needs a scorer (expected_score_scorer)")
+        scored = scorer([g["query"] for g in groups], [g["docs"] for g in groups])
+        for g, scores in zip(groups, scored):
+            g["reference"] = list(scores)
     off = think_off(think)
     builder = PromptBuilder(tokenizer, max_doc_tokens=max_doc_tokens)
     rows, prompt_ids = [], {}
