@@ -113,11 +113,15 @@ def test_generate_questions_runs_on_a_model(tiny_qwen3):
     (["--adapter", "a", "--train_adapter", "true", "--lora_layers_from", "1"],
      "drop --lora_layers_from"),
 ])
-def test_sft_refuses_flags_that_would_be_ignored(flags, message, monkeypatch, tmp_path):
-    sft = train_script("sft")
-    monkeypatch.setattr(sft, "load_policy", lambda *a, **k: pytest.fail("loaded a model"))
-    with pytest.raises(SystemExit, match=message):
-        sft.main(["--output_dir", str(tmp_path), "--bf16", "false", *flags])
+def test_sft_refuses_flags_that_would_be_ignored(flags, message, tmp_path):
+    from trl import SFTConfig, TrlParser
+
+    from erank_fast.training.arguments import SFTScriptArguments, check_sft_arguments
+
+    args, _ = TrlParser((SFTScriptArguments, SFTConfig)).parse_args_and_config(
+        ["--output_dir", str(tmp_path), "--bf16", "false", *flags])
+    with pytest.raises(ValueError, match=message):
+        check_sft_arguments(args)
 
 
 def test_lora_layers_from(tiny_qwen3):

@@ -76,9 +76,8 @@ def test_cases_label_every_rollout():
 
 
 def test_distill_consensus_keeps_the_output_closest_to_the_mean():
-    from helpers import train_script
+    from erank_fast.training.data import consensus
 
-    consensus = train_script("distill").consensus
     assert consensus(["a", "b", "c"], [2, 9, 6]) == ("c", 6)  # mean 5.67
     assert consensus(["a", "b"], [None, 4]) == ("b", 4)
     assert consensus(["a"], [None]) is None

@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("trl")
 
-from helpers import train_script  # noqa: E402
+from erank_fast.training.arguments import RLScriptArguments, SFTScriptArguments  # noqa: E402
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "train" / "configs").glob("*.yaml"))
 
@@ -17,8 +17,8 @@ def _parser(config: Path):
     from trl import GRPOConfig, SFTConfig, TrlParser
 
     if "rl" in config.stem.split("_"):
-        return TrlParser((train_script("rl").RLScriptArguments, GRPOConfig))
-    return TrlParser((train_script("sft").SFTScriptArguments, SFTConfig))
+        return TrlParser((RLScriptArguments, GRPOConfig))
+    return TrlParser((SFTScriptArguments, SFTConfig))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.name for c in CONFIGS])

@@ -17,16 +17,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from erank_fast.training import data as train_data
+from erank_fast.training.data import consensus
 from erank_fast.training.arguments import ScriptParser
-
-
-def consensus(outputs: list[str], scores: list[int | None]) -> tuple[str, int] | None:
-    """The output whose score is closest to the mean of the readable scores (first on ties)."""
-    readable = [(o, s) for o, s in zip(outputs, scores) if s is not None]
-    if not readable:
-        return None
-    mean = sum(s for _, s in readable) / len(readable)
-    return min(readable, key=lambda x: abs(x[1] - mean))
 
 
 def main(argv=None) -> None:

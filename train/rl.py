@@ -20,50 +20,13 @@ merged in place for the call and unmerged after, and the result is an adapter ag
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
+from erank_fast.training.arguments import RLScriptArguments
 from erank_fast.training.grpo import (expected_score_scorer, make_listwise_reward, rl_dataset,
                                       think_off)
 from erank_fast.training.policy import apply_precision, load_policy, train_and_save
 from erank_fast.training.rewards import RewardConfig
 from erank_fast.training.rollouts import make_rollout
 from erank_fast.training.trl_cpu import compact_lm_head_everywhere
-
-
-@dataclass
-class RLScriptArguments:
-    model: str = field(default="smollm2-135m-instruct",
-                       metadata={"help": "policy start (the SFT model): directory or offline name"})
-    adapter: str | None = field(default=None, metadata={"help": "LoRA adapter to merge first"})
-    train_adapter: bool = field(
-        default=False, metadata={"help": "train --adapter itself (LoRA) instead of merging it: "
-                                         "the result is an adapter again, and the KL reference "
-                                         "is the adapter as loaded"})
-    think: str = field(
-        default="full", metadata={"help": "'full': rollouts reason, then answer (the paper); "
-                                          "'off': prompts end with the think-off continuation "
-                                          "(...<answer>) and rollouts write only the score, "
-                                          "as think='off' inference reads it"})
-    data: str = field(default="../shared/data/dl21-bm25-top100.jsonl")
-    qrels: str = field(default="../shared/data/dl21-bm25-top100.qrels")
-    max_queries: int | None = field(default=None)
-    docs_per_query: int = field(default=20)
-    max_doc_tokens: int = field(default=2048, metadata={"help": "document truncation (as the "
-                                                                "reranker will be served)"})
-    positives: int = field(default=1)
-    reference: str = field(default="model",
-                           metadata={"help": "reference scores t: 'model' (the start model's "
-                                             "expected score, think=off) or 'grades'"})
-    reward: str = field(default="rr", metadata={"help": "rr | ndcg | se"})
-    positive_scale: float = field(default=1.0)
-    negative_above_penalty: float = field(default=-1.0)
-    negative_se_scale: float = field(default=0.5)
-    invalid_penalty: float = field(default=-1.0)
-    precision: str = field(
-        default="auto", metadata={"help": "auto (bf16 autocast where this device runs it fast, "
-                                          "float32 otherwise) | bf16 | float32"})
-    resume: bool = field(default=False)
-    seed_data: int = field(default=0)
 
 
 def main(argv=None) -> None:

@@ -25,61 +25,9 @@ fine-tunes the merged weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from erank_fast.training import data as train_data
+from erank_fast.training.arguments import SFTScriptArguments, check_sft_arguments
 from erank_fast.training.policy import apply_precision, load_policy, lora_targets, train_and_save
-
-
-@dataclass
-class SFTScriptArguments:
-    model: str = field(default="smollm2-135m-instruct",
-                       metadata={"help": "checkpoint directory, .gguf file or offline name"})
-    data: str = field(default="../shared/data/dl21-bm25-top100.jsonl")
-    qrels: str = field(default="../shared/data/dl21-bm25-top100.qrels")
-    teacher: str | None = field(default=None, metadata={"help": "distill.py output (JSONL)"})
-    max_queries: int | None = field(default=None)
-    docs_per_query: int = field(default=8)
-    positives: int = field(default=2)
-    max_query_tokens: int = field(default=2048)
-    max_doc_tokens: int = field(default=2048)
-    use_lora: bool = field(default=True)
-    lora_r: int = field(default=32)
-    lora_alpha: int = field(default=64)
-    lora_dropout: float = field(default=0.05)
-    precision: str = field(
-        default="auto", metadata={"help": "auto (bf16 autocast where this device runs it fast, "
-                                          "float32 otherwise) | bf16 | float32"})
-    resume: bool = field(default=False, metadata={"help": "continue from the last checkpoint"})
-    seed_data: int = field(default=0)
-    objective: str = field(default="tokens", metadata={"help": "tokens | listwise"})
-    pointwise_weight: float = field(
-        default=0.2, metadata={"help": "listwise: weight of the score cross-entropy term"})
-    rounds: int = field(
-        default=1, metadata={"help": "listwise: fresh document samples per query"})
-    teacher_scores: str | None = field(
-        default=None, metadata={"help": "listwise: query_likelihood.py output (JSONL)"})
-    teacher_weight: float = field(
-        default=1.0, metadata={"help": "listwise: weight of the teacher's term"})
-    teacher_loss: str = field(
-        default="pairs", metadata={"help": "listwise: 'pairs' (teacher differences weight the "
-                                           "pairs) or 'kl' (distil the teacher's softmax)"})
-    teacher_temperature: float = field(
-        default=1.0, metadata={"help": "listwise, kl: temperature on the teacher's z-scores"})
-    pseudo_queries: str | None = field(
-        default=None, metadata={"help": "listwise: pseudo_queries.py output (JSONL), extra groups"})
-    lora_layers_from: int = field(
-        default=0, metadata={"help": "LoRA on decoder layers >= N only (0: every layer); the "
-                                     "frozen layers below need no backward pass"})
-    adapter: str | None = field(
-        default=None, metadata={"help": "LoRA adapter to start from (e.g. "
-                                        "erank_fast/models/erank_smol); needs --train_adapter "
-                                        "true with LoRA, or is merged for --use_lora false"})
-    train_adapter: bool = field(
-        default=False, metadata={"help": "keep training --adapter itself with its own rank and "
-                                         "layers (lora_r/lora_alpha are not used; "
-                                         "lora_layers_from is refused); the result is an "
-                                         "adapter of the base model again"})
 
 
 def build_dataset(args: SFTScriptArguments, tokenizer):
@@ -108,19 +56,10 @@ def main(argv=None) -> None:
         print(f"training precision: {apply_precision(config, args.precision)}")
     except ValueError as e:
         raise SystemExit(f"--{e}") from None
-    if args.pseudo_queries and args.objective != "listwise":
-        raise SystemExit("--pseudo_queries adds listwise groups; it needs --objective listwise")
-    if args.lora_layers_from and not args.use_lora:
-        raise SystemExit("--lora_layers_from places LoRA adapters; it needs --use_lora true")
-    if args.adapter and args.use_lora and not args.train_adapter:
-        raise SystemExit("--adapter with LoRA needs --train_adapter true (a new adapter on top of "
-                         "a merged one could not be packaged over the base model); or pass "
-                         "--use_lora false to fine-tune the merged weights")
-    if args.train_adapter and not (args.adapter and args.use_lora):
-        raise SystemExit("--train_adapter true continues a LoRA adapter: it needs --adapter DIR "
-                         "and --use_lora true")
-    if args.train_adapter and args.lora_layers_from:
-        raise SystemExit("--train_adapter keeps the adapter's own layers; drop --lora_layers_from")
+    try:
+        check_sft_arguments(args)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
     model, tokenizer = load_policy(args.model, args.adapter, args.train_adapter)
     peft_config = None
     if args.use_lora and not args.train_adapter:

@@ -138,3 +138,12 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> dict:
         mask[i, width - len(s):] = 1
     return {"input_ids": ids, "attention_mask": mask,
             "position_ids": (mask.cumsum(1) - 1).clamp(min=0)}
+
+
+def consensus(outputs: list[str], scores: list[int | None]) -> tuple[str, int] | None:
+    """The output whose score is closest to the mean of the readable scores (first on ties)."""
+    readable = [(o, s) for o, s in zip(outputs, scores) if s is not None]
+    if not readable:
+        return None
+    mean = sum(s for _, s in readable) / len(readable)
+    return min(readable, key=lambda x: abs(x[1] - mean))
