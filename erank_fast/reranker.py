@@ -8,8 +8,7 @@ from collections.abc import Mapping, Sequence
 
 from erank_fast.config import RerankerConfig, parse_think
 from erank_fast.engine.backend import make_backend, score_parts
-from erank_fast.engine.sampling import SamplingParams
-from erank_fast.engine.work import Sample
+from erank_fast.engine.sampling import Sample, SamplingParams
 from erank_fast.models.packaged import packaged_reranker
 from erank_fast.models.sources import LoadedModel, load_model
 from erank_fast.prompt import PromptBuilder, valid_unicode

@@ -197,3 +197,46 @@ class AnswerDetector:
         if len(generated) >= budget:
             return Decision("force", self._complete(text, BUDGET_CONTINUATION))
         return Decision("continue")
+
+
+class ScoreReadout:
+    """ERank's readout, in one place for the engine, the reference backend, scoring and
+    training: a scored prompt ends at the answer position (think="off", or after the reasoning
+    and the forced answer opening), a "1" is teacher-forced after it, and two rows are read: the
+    digits' distribution at the answer position, and P("0" | "1"), which gives "10"
+    (``distribution``). Changing the score format means changing this class (and the
+    distribution rules above), nothing else."""
+
+    READ_ROWS = 2  # the answer position, and the position after the forced "1"
+
+    def __init__(self, tokens: ScoreTokens, detector: "AnswerDetector | None" = None):
+        self.tokens, self.detector = tokens, detector
+
+    @property
+    def continuation(self) -> list[int]:
+        """What is teacher-forced after the answer position: the "1" of a possible "10"."""
+        return [self.tokens.one]
+
+    def scored_ids(self, prompt_ids, generated=(), forced=()) -> list[int]:
+        """The full sequence whose last ``READ_ROWS`` positions are read: the prompt, any
+        reasoning and forced answer opening, then the continuation."""
+        return [*prompt_ids, *generated, *forced, *self.continuation]
+
+    def think_off_feed(self, suffix) -> list[int]:
+        """A think="off" document's first (and only) feed: its suffix and the continuation."""
+        return [*suffix, *self.continuation]
+
+    def reserve(self, suffix_len: int, budget: int | None) -> int:
+        """The most K/V rows a document can need beyond its shared prefix: its suffix, the
+        continuation, and with a reasoning budget the reasoning and the forced opening."""
+        if budget is None:
+            return suffix_len + len(self.continuation)
+        return suffix_len + budget + self.detector.max_forced_tokens + len(self.continuation)
+
+    def read_rows(self, end: int) -> list[int]:
+        """Rows to read of a think="off" document whose feed ends before row ``end``."""
+        return [end - 2, end - 1]
+
+    def from_logits(self, logits: torch.Tensor, generated=(), forced=()) -> Readout:
+        """The readout from the full-vocabulary logits of the last ``READ_ROWS`` positions."""
+        return readout_from_logits(logits[-self.READ_ROWS:], self.tokens, generated, forced)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import threading
 from typing import Protocol
 
-from erank_fast.engine.sampling import SamplingParams
-from erank_fast.engine.work import BackendSnapshot, EngineStats, Sample
+from erank_fast.engine.sampling import Sample, SamplingParams
+from erank_fast.engine.work import BackendSnapshot, EngineStats
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import Readout
 

@@ -20,9 +20,9 @@ import torch
 
 from erank_fast.engine.model_runner import ModelRunner
 from erank_fast.engine.readout import ScoreReader
-from erank_fast.engine.sampling import SamplingParams, sample_step
+from erank_fast.engine.sampling import Sample, SamplerState, SamplingParams, sample_step
 from erank_fast.engine.scheduler import Scheduler
-from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request, Sample, SamplerState
+from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request
 from erank_fast.models.decoder import Decoder
 from erank_fast.ops.packed_linear import pack_linears
 from erank_fast.prompt import QueryPrompts
@@ -98,14 +98,14 @@ class Engine:
         ``cancel``: set it from another thread to abandon the call (``Cancelled`` is raised
         and the call's K/V rows are released at the next step)."""
         request = Request(cancel)
-        docs = []
-        extra = 1 if budget is None else budget + self.detector.max_forced_tokens + 1
+        docs, rules = [], self.reader.rules
         for p in prompts:
             group = request.add_group(p.prefix)
             for i, suffix in enumerate(p.suffixes):
-                pending = suffix + [self.tokens.one] if budget is None else list(suffix)
+                pending = rules.think_off_feed(suffix) if budget is None else list(suffix)
                 docs.append(Doc(group=group, index=i, pending=pending,
-                                reserve=len(suffix) + extra, reading=budget is None, budget=budget))
+                                reserve=rules.reserve(len(suffix), budget),
+                                reading=budget is None, budget=budget))
         return self._submit(request, docs)
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, *,

@@ -15,7 +15,7 @@ import torch
 
 from erank_fast.engine.work import Doc, Phase
 from erank_fast.ops.score_head import pack_vocab_chunks, score_head
-from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
+from erank_fast.scoring import AnswerDetector, Readout, ScoreReadout, ScoreTokens
 
 
 class ScoreReader:
@@ -23,6 +23,7 @@ class ScoreReader:
                  detector: AnswerDetector, impl: str, pack_weights: bool = False):
         """pack_weights: multiply by a packed copy of the lm_head on CPU (ops.packed_linear)."""
         self.weight, self.tokens, self.detector, self.impl = lm_head_weight, tokens, detector, impl
+        self.rules = ScoreReadout(tokens, detector)
         self.packed = pack_vocab_chunks(lm_head_weight) if pack_weights else None
         self.digit_ids = torch.tensor(tokens.digits, dtype=torch.int64, device=lm_head_weight.device)
 
@@ -35,7 +36,7 @@ class ScoreReader:
         for d, n in zip(docs, lens):
             end += n
             if d.sampler is None:
-                rows += [end - 2, end - 1] if d.reading else [end - 1]
+                rows += self.rules.read_rows(end) if d.reading else [end - 1]
                 owners.append(d)
         if not owners:
             return []
@@ -74,7 +75,7 @@ class ScoreReader:
             d.phase = Phase.FORCE
         elif d.phase is Phase.ANSWER:
             d.answer = (tuple(digit_logprobs), token)
-            d.pending, d.phase = [self.tokens.one], Phase.ONE
+            d.pending, d.phase = list(self.rules.continuation), Phase.ONE
             return None
         elif d.phase is Phase.ONE:
             answer_logprobs, answer_argmax = d.answer

@@ -13,10 +13,10 @@ import threading
 
 import torch
 
-from erank_fast.engine.sampling import SamplingParams, sample_logits
-from erank_fast.engine.work import BackendSnapshot, Cancelled, EngineStats, Sample
+from erank_fast.engine.sampling import Sample, SamplingParams, sample_logits
+from erank_fast.engine.work import BackendSnapshot, Cancelled, EngineStats
 from erank_fast.prompt import QueryPrompts
-from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens, readout_from_logits
+from erank_fast.scoring import AnswerDetector, Readout, ScoreReadout, ScoreTokens
 
 
 class _StopAtDecision:
@@ -36,6 +36,7 @@ class ReferenceBackend:
         self.model = hf_model.eval()
         self.tokens = tokens
         self.detector = detector
+        self.rules = ScoreReadout(tokens, detector)
         self._lock = threading.Lock()
         self.steps_run = 0        # forward passes, over all calls
         self._active = 0          # documents of the call being computed
@@ -84,15 +85,14 @@ class ReferenceBackend:
     @torch.inference_mode()
     def _score_one(self, prompt: list[int], budget: int | None):
         if budget is None:
-            ids = prompt + [self.tokens.one]
-            readout = readout_from_logits(self._logits(ids)[-2:], self.tokens)
+            ids = self.rules.scored_ids(prompt)
+            readout = self.rules.from_logits(self._logits(ids))
             return readout, len(ids), 0, 1
         raw = self._generate(prompt, budget)
         decision = self.detector.decide(raw, budget)
         generated = raw[:-1] if decision.drop_last else raw
-        ids = prompt + generated + list(decision.forced) + [self.tokens.one]
-        readout = readout_from_logits(self._logits(ids)[-2:], self.tokens, generated,
-                                      decision.forced)
+        ids = self.rules.scored_ids(prompt, generated, decision.forced)
+        readout = self.rules.from_logits(self._logits(ids), generated, decision.forced)
         return readout, len(prompt), len(ids) - len(prompt), len(raw) + 1
 
     def _logits(self, ids: list[int]) -> torch.Tensor:

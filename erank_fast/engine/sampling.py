@@ -119,8 +119,6 @@ def sample_step(docs: list, lens: list[int], hidden: torch.Tensor, weight: torch
                 eos_ids: frozenset[int]) -> list:
     """Advance every sampling document of an engine step by one token; returns
     [(doc, Sample)] for those that finished (end of sequence or ``max_new_tokens``)."""
-    from erank_fast.engine.work import Sample
-
     by_params: dict[SamplingParams, list] = {}
     end = 0
     for d, n in zip(docs, lens):
@@ -143,3 +141,20 @@ def sample_step(docs: list, lens: list[int], hidden: torch.Tensor, weight: torch
             else:
                 d.pending = [token]
     return done
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One sampled completion: token ids and log-probabilities of the sampled tokens under the
+    full-vocabulary distribution (temperature-scaled) they were drawn from."""
+
+    prompt_ids: list[int]
+    completion_ids: list[int]
+    logprobs: list[float]
+
+
+@dataclass(eq=False)
+class SamplerState:
+    params: SamplingParams
+    generator: torch.Generator
+    last_prompt_token: int

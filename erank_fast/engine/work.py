@@ -8,12 +8,10 @@ import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-import torch
-
 from erank_fast.scoring import Readout
 
-if TYPE_CHECKING:
-    from erank_fast.engine.sampling import SamplingParams
+if TYPE_CHECKING:  # annotations only: sampling.py never imports this module
+    from erank_fast.engine.sampling import Sample, SamplerState
 
 
 class Cancelled(RuntimeError):
@@ -53,16 +51,6 @@ class BackendSnapshot:
     documents_active: int
     kv_tokens_in_use: int | None
     kv_tokens_total: int | None
-
-
-@dataclass(frozen=True)
-class Sample:
-    """One sampled completion: token ids and log-probabilities of the sampled tokens under the
-    full-vocabulary distribution (temperature-scaled) they were drawn from."""
-
-    prompt_ids: list[int]
-    completion_ids: list[int]
-    logprobs: list[float]
 
 
 class Request:
@@ -124,10 +112,3 @@ class Doc:
     forced: tuple[int, ...] = ()
     logprobs: list[float] = field(default_factory=list)
     readout: Readout | Sample | None = None
-
-
-@dataclass(eq=False)
-class SamplerState:
-    params: "SamplingParams"
-    generator: torch.Generator
-    last_prompt_token: int

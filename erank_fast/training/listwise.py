@@ -41,7 +41,7 @@ from transformers import Trainer
 from erank_fast.datasets import Query
 from erank_fast.metrics import zscores
 from erank_fast.prompt import PromptBuilder
-from erank_fast.scoring import ScoreTokens
+from erank_fast.scoring import ScoreReadout, ScoreTokens
 from erank_fast.training import data as train_data
 from erank_fast.training.teachers import pseudo_qid
 
@@ -72,7 +72,8 @@ def listwise_examples(queries, qrels, builder: PromptBuilder, tokens: ScoreToken
             z = normalised.get(q.qid, {})
             for p in picks:
                 ids = builder.prompt_ids(q.text, p.text, instruction, think_off=True)
-                rows.append({"input_ids": ids + [tokens.one], "group": group, "grade": p.grade,
+                rows.append({"input_ids": ScoreReadout(tokens).scored_ids(ids), "group": group,
+                             "grade": p.grade,
                              "teacher": z.get(p.docid, 0.0)})
             group += 1
     return rows
@@ -116,7 +117,8 @@ def pseudo_query_examples(pseudo: list[dict], queries, builder: PromptBuilder,
         picks = [(2, positive)] + [(0, c) for c in negatives]
         for grade, c in picks:
             ids = builder.prompt_ids(p["query"], c.text, instruction, think_off=True)
-            rows.append({"input_ids": ids + [tokens.one], "group": group, "grade": grade,
+            rows.append({"input_ids": ScoreReadout(tokens).scored_ids(ids), "group": group,
+                         "grade": grade,
                          "teacher": z.get(c.docid, 0.0)})
         group += 1
     return rows
@@ -253,7 +255,7 @@ class ListwiseTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         grades, groups, teacher = inputs.pop("grade"), inputs.pop("group"), inputs.pop("teacher")
-        outputs = model(**inputs, logits_to_keep=2, use_cache=False)
+        outputs = model(**inputs, logits_to_keep=ScoreReadout.READ_ROWS, use_cache=False)
         log_dist = score_distribution(outputs.logits, self.score_tokens)
         loss, parts = listwise_loss(log_dist, grades, groups, self.pointwise_weight, teacher,
                                     self.teacher_weight, self.teacher_loss,
