@@ -47,7 +47,7 @@ def test_padded_decode_steps_equal_unpadded(tiny_qwen3, think):
     want = plain.rerank_many(QUERIES, DOCS, return_reasoning=True)
     got = padded.rerank_many(QUERIES, DOCS, return_reasoning=True)
     _assert_same(got, want)
-    keys = padded.backend.runner.graphs._steps.keys()
+    keys = padded.backend.runner.graphs.shapes
     assert any(groups > 1 for _, groups, _ in keys), keys  # several queries in one decode step
     assert any(batch not in (1, 2, 4, 8) for batch, _, _ in keys), keys
 
@@ -59,7 +59,7 @@ def test_steps_above_the_largest_bucket_run_unpadded(tiny_qwen3, monkeypatch):
     padded = Reranker.from_pretrained(model, tokenizer=tok, think=3, cuda_graphs="padded")
     _assert_same([padded.rerank(QUERIES[2], DOCS[2], return_reasoning=True)],
                  [plain.rerank(QUERIES[2], DOCS[2], return_reasoning=True)])
-    assert {batch for batch, _, _ in padded.backend.runner.graphs._steps} <= {1, 2, 4}
+    assert {batch for batch, _, _ in padded.backend.runner.graphs.shapes} <= {1, 2, 4}
 
 
 def test_padded_sampling_equals_unpadded(tiny_qwen3):

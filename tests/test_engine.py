@@ -42,9 +42,10 @@ def test_continuous_batching_equals_one_batch_per_query(tiny_qwen3, think):
     together = tight.rerank_many(QUERIES, DOCS)
     _assert_same(per_query, together)
     # One row of the budget is the arena's scratch row; the arena never exceeds the budget.
-    assert tight.backend.scheduler.pool.tokens <= tight.backend.max_kv_tokens == 1399
-    assert sum(t.numel() * t.element_size() for t in tight.backend.scheduler.pool.k + tight.backend.scheduler.pool.v
-               ) <= 1400 * KVPool.bytes_per_token(roomy.backend.decoder.config, torch.float32)
+    snapshot = tight.inspect()
+    assert snapshot.kv_arena_rows <= snapshot.kv_tokens_total == 1399
+    assert snapshot.kv_arena_bytes <= 1400 * KVPool.bytes_per_token(roomy.backend.decoder.config,
+                                                                    torch.float32)
 
 
 def test_request_larger_than_the_budget_is_rejected_cleanly(tiny_qwen3):

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from erank_fast.ops.causal_attention import causal_attention
 from erank_fast.ops.prefix_attention import prefix_attention
-from erank_fast.ops.score_head import _score_head_torch
+from erank_fast.ops.score_head import score_head_torch
 from erank_fast.ops.shared_prefix_prefill import shared_prefix_prefill
 from erank_fast.ops.suffix_attention import suffix_attention
 from erank_fast.reference.causal_attention import causal_attention_ref
@@ -85,7 +85,7 @@ def test_score_head_equals_full_logits(rows, vocab, hidden, chunk):
     h, w = torch.randn(rows, hidden), torch.randn(vocab, hidden)
     w[3000 % vocab] = w[5]  # a tie across chunks: the smaller id must win, as torch.argmax
     ids = torch.tensor([0, 5, vocab - 1])
-    got = _score_head_torch(h, w, ids, vocab_chunk=chunk)
+    got = score_head_torch(h, w, ids, vocab_chunk=chunk)
     want = score_head_ref(h, w, ids)
     assert torch.equal(got[1], want[1]) and torch.equal(want[1], (h @ w.T).argmax(-1))
     for name, g, r in zip(("max", "lse", "gathered"), got[::2] + got[3:], want[::2] + want[3:]):

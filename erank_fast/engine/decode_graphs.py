@@ -96,6 +96,11 @@ class DecodeGraphs:
         return batch_bucket(batch) is not None
 
     @property
+    def shapes(self) -> frozenset:
+        """The padded step shapes built so far: (batch bucket, groups, own-context bound)."""
+        return frozenset(self._steps)
+
+    @property
     def captured(self) -> int:
         """Graphs captured so far."""
         return sum(s.graph is not None for s in self._steps.values())

@@ -86,10 +86,13 @@ class Engine:
         s = self.scheduler
         with s.lock:
             waiting, active = len(s.waiting), len(s.active)
+        pool = s.pool
         return BackendSnapshot(backend="engine", steps_run=self.steps_run,
                                documents_waiting=waiting, documents_active=active,
                                kv_tokens_in_use=s.kv_tokens_in_use,
-                               kv_tokens_total=s.max_kv_tokens)
+                               kv_tokens_total=s.max_kv_tokens,
+                               kv_arena_rows=pool.tokens if pool is not None else 0,
+                               kv_arena_bytes=pool.bytes if pool is not None else 0)
 
     def run(self, prompts: list[QueryPrompts], budget: int | None, *,
             cancel: threading.Event | None = None) -> tuple[list[list[Readout]], EngineStats]:

@@ -67,6 +67,11 @@ class KVPool:
     def tokens(self) -> int:
         return self.ranges.size
 
+    @property
+    def bytes(self) -> int:
+        """Bytes of the K and V tensors (every layer, the scratch row included)."""
+        return sum(t.numel() * t.element_size() for t in self.k + self.v)
+
     @staticmethod
     def bytes_per_token(config: DecoderConfig, dtype: torch.dtype) -> int:
         itemsize = torch.empty((), dtype=dtype).element_size()

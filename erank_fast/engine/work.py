@@ -43,7 +43,8 @@ class BackendSnapshot:
     each document's cache inside transformers for the length of one forward). steps_run:
     forward passes run so far over all calls. documents_waiting / documents_active: queued for
     admission, and being computed (the reference backend: 0 / the documents of the call it is
-    computing)."""
+    computing). kv_arena_rows / kv_arena_bytes: the K/V arena allocated so far (0 before the
+    first call; None without an arena)."""
 
     backend: str
     steps_run: int
@@ -51,6 +52,8 @@ class BackendSnapshot:
     documents_active: int
     kv_tokens_in_use: int | None
     kv_tokens_total: int | None
+    kv_arena_rows: int | None = None   # rows allocated so far (the arena grows to the budget)
+    kv_arena_bytes: int | None = None  # their K and V bytes
 
 
 class Request:

@@ -80,7 +80,7 @@ def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tens
     if token_ids.numel() > MAX_TOKEN_IDS:
         raise ValueError(f"at most {MAX_TOKEN_IDS} token ids, got {token_ids.numel()}")
     if not use_triton(impl, hidden):
-        return _score_head_torch(hidden, weight, token_ids, packed_chunks=packed_chunks)
+        return score_head_torch(hidden, weight, token_ids, packed_chunks=packed_chunks)
     if hidden.shape[0] == 0:
         empty = hidden.new_empty((0,), dtype=torch.float32)
         return empty, empty.long(), empty, hidden.new_empty((0, token_ids.numel()), dtype=torch.float32)
@@ -91,7 +91,7 @@ def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tens
     return best, best_id, lse, gathered
 
 
-def _score_head_torch(hidden, weight, token_ids, vocab_chunk: int = VOCAB_CHUNK,
+def score_head_torch(hidden, weight, token_ids, vocab_chunk: int = VOCAB_CHUNK,
                       packed_chunks=None):
     """The PyTorch path: logits chunk by chunk with an online log-sum-exp and argmax."""
     from erank_fast.ops.packed_linear import packed_matmul

@@ -45,7 +45,7 @@ def test_padded_decode_steps_through_the_kernels(tiny_qwen3_on_device):
     torch_rr = Reranker.from_pretrained(model, tokenizer=tok, backend="torch", think=2)
     got = fast.rerank_many(queries, docs, return_reasoning=True)
     want = torch_rr.rerank_many(queries, docs, return_reasoning=True)
-    assert (8, 4, 511) in fast.backend.runner.graphs._steps
+    assert (8, 4, 511) in fast.backend.runner.graphs.shapes
     for g_results, w_results in zip(got, want):
         assert [r.index for r in g_results] == [r.index for r in w_results]
         for g, w in zip(g_results, w_results):
