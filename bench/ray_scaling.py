@@ -82,16 +82,19 @@ def main() -> None:
                 f.write(json.dumps({"qid": q["qid"], "query": q["query"],
                                     "candidates": cands}) + "\n")
         runs = [in_process(args.model, queries, args.queries_per_batch, cores)]
+        print(f"in-process: {runs[0]['pairs_per_second']:.2f} pairs/s", flush=True)
         for actors in (1, 2):
             runs.append(with_ray(args.model, merged, actors, max(1, cores // actors),
                                  args.queries_per_batch, args.depth))
-    base = runs[0]
+            print(f"{actors} actor(s): {runs[-1]['pairs_per_second']:.2f} pairs/s", flush=True)
+    base, reference = runs[0], runs[0]["scores"]
     for r in runs:
         r["vs_in_process"] = r["pairs_per_second"] / base["pairs_per_second"]
-        diffs = [abs(r["scores"][k] - v) for k, v in base["scores"].items()]
-        r["missing_pairs"] = len(set(base["scores"]) - set(r["scores"]))
-        r["max_abs_score_diff"] = max(diffs) if not r["missing_pairs"] else None
+        r["missing_pairs"] = len(set(reference) - set(r["scores"]))
+        r["max_abs_score_diff"] = (None if r["missing_pairs"] else
+                                   max(abs(r["scores"][k] - v) for k, v in reference.items()))
         r["identical_scores"] = r["max_abs_score_diff"] == 0.0
+    for r in runs:
         del r["scores"]
     info = cpu_info()
     result = {"cpu": info, "model": args.model, "depth": args.depth, "queries": len(queries),
