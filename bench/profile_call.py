@@ -18,16 +18,17 @@ import torch
 
 KINDS = {
     # the linear layers and the score head (packed or not); attention's matmuls are batched
-    "matmul (linear layers)": ("mm", "addmm", "linear", "_linear_pointwise"),
+    "matmul (linear layers)": ("mm", "addmm", "linear", "_linear_pointwise"),  # + epilogues
     "attention": ("bmm", "baddbmm", "matmul", "scaled_dot_product", "flash_attention",
-                  "decode_attention", "logsumexp", "softmax", "_softmax"),
+                  "decode_attention", "shared_prefix_attention", "logsumexp", "softmax",
+                  "_softmax"),
     "copies and casts": ("copy_", "_to_copy", "to", "index", "index_select", "index_put",
                          "_index_put_impl_", "cat", "stack", "clone", "contiguous", "gather",
                          "fill_", "zero_", "empty", "masked_fill"),
     "element-wise": ("mul", "add", "sub", "div", "silu", "pow", "rsqrt", "rms_norm",
                      "_fused_rms_norm", "neg", "exp", "where", "maximum", "le", "lt", "ge",
                      "bitwise", "sum", "mean", "max", "argmax", "amax", "embedding", "cos",
-                     "sin", "log", "logaddexp", "nan_to_num"),
+                     "sin", "log", "logaddexp", "nan_to_num", "rotary_"),
 }
 
 
@@ -77,6 +78,7 @@ def main() -> None:
     parser.add_argument("--think", default="off")
     parser.add_argument("--docs", type=int, default=100)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--top", type=int, default=0, help="also list the N costliest operators")
     args = parser.parse_args()
     row = json.loads(args.data.open(encoding="utf-8").readline())
     docs = [c["text"] for c in row["candidates"][: args.docs]]
@@ -121,6 +123,8 @@ def main() -> None:
           f"{report['call_tflops']:.3f}; GEMM peak here {report['gemm_peak_tflops']:.3f} "
           f"(linear-layer FLOPs {flops / 1e12:.2f} T, roofline {report['roofline_s']:.2f} s, "
           f"{100 * report['roofline_fraction']:.0f} % of it)")
+    if args.top:
+        print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=args.top))
     if args.json:
         args.json.write_text(json.dumps(report, indent=1), encoding="utf-8")
 

@@ -144,3 +144,81 @@ def test_suffix_attention_with_ragged_lengths_is_not_taken_for_decode():
     got = suffix_attention(q, k, v, *args, po, pl, 0.25, impl="torch")
     want = suffix_attention_ref(q, k, v, *args, po, pl, 0.25)
     torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (8, 8, 128), (4, 1, 64), (16, 8, 128)])
+@pytest.mark.parametrize("case", ["prefill", "decode", "mixed"])
+def test_cpu_arena_attention_kernel_equals_plain_causal(case, hq, hkv, d, dtype, tol):
+    """The C++ shared-prefix kernel (any tokens per document, prefix + own rows read in place):
+    odd lengths, tiles cut mid-token, empty and 1-token prefixes, NaN in rows nobody owns;
+    bfloat16 inputs against float32 attention on the same values."""
+    from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu, kernel_applies
+
+    torch.manual_seed(4)
+    prefixes = [(2, 17), (25, 1), (30, 0), (31, 70)]
+    news = {"prefill": [1, 37, 5, 73, 11, 2], "decode": [1] * 6, "mixed": [1, 9, 1, 33, 1, 4]}
+    docs = [(g, base, start, n) for g, base, start, n in zip(
+        [0, 0, 1, 2, 3, 3], [110, 160, 230, 330, 470, 560], [0, 3, 0, 40, 1, 63], news[case])]
+    k_arena, v_arena = torch.randn(700, hkv, d), torch.randn(700, hkv, d)
+    k_arena[[0, 1, 20, 109, 699]] = v_arena[[0, 1, 20, 109, 699]] = float("nan")  # nobody's
+    q = torch.randn(sum(n for *_, n in docs), hq, d)
+    k_arena, v_arena, q = (t.to(dtype).float() for t in (k_arena, v_arena, q))  # same values
+    if not kernel_applies(q.to(dtype), k_arena.to(dtype)):
+        pytest.skip(f"erank_fast's CPU attention kernel is not built for {dtype} on this CPU")
+    rows = ArenaRows.of_step(docs, prefixes)
+    got = arena_attention_cpu(q.to(dtype), k_arena.to(dtype), v_arena.to(dtype), rows, d**-0.5)
+    assert got is not None and got.dtype == dtype and not got.isnan().any()
+    cu = rows.q_cu.tolist()
+    for b, (g, base, start, n) in enumerate(docs):
+        p0, plen = prefixes[g]
+        keys = torch.cat([k_arena[p0 : p0 + plen], k_arena[base : base + start + n]])
+        values = torch.cat([v_arena[p0 : p0 + plen], v_arena[base : base + start + n]])
+        want = _plain(q[cu[b] : cu[b + 1]], keys, values, d**-0.5)
+        diff = (got[cu[b] : cu[b + 1]].float() - want).abs().max().item()
+        assert diff < tol, f"doc {b} (prefix {plen}, own {start}, new {n}): {diff:.3g}"
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("d", [64, 128, 48])
+def test_cpu_rotary_kernel_equals_the_decoder_rotation(d, dtype, tol):
+    """The C++ in-place RoPE of q and k, on views of one fused QKV projection (strided rows),
+    against the decoder's PyTorch rotation in float32 on the same values."""
+    from erank_fast.models.decoder import Rotary
+    from erank_fast.ops.cpu_extension import cpu_kernels
+
+    if cpu_kernels() is None:
+        pytest.skip("erank_fast's CPU kernels could not be built here (no compiler)")
+    torch.manual_seed(5)
+    n, hq, hkv = 37, 6, 2
+    positions = torch.randint(0, 4000, (n,))
+    inv_freq = 1.0 / (10000 ** (torch.arange(0, d, 2).float() / d))
+    freqs = positions.float()[:, None] * inv_freq[None]
+    qkv = torch.randn(n, (hq + 2 * hkv) * d).to(dtype)
+    q, k = qkv[:, : hq * d].view(n, hq, d), qkv[:, hq * d : (hq + hkv) * d].view(n, hkv, d)
+    emb = torch.cat((freqs, freqs), -1)
+    cos, sin = emb.cos()[:, None], emb.sin()[:, None]
+    want_q, want_k = Rotary.apply(q.float(), cos, sin), Rotary.apply(k.float(), cos, sin)
+    v_before = qkv[:, (hq + hkv) * d :].clone()
+    cpu_kernels().rotary_(q, k, freqs.cos().contiguous(), freqs.sin().contiguous())
+    torch.testing.assert_close(q.float(), want_q, atol=tol, rtol=tol)
+    torch.testing.assert_close(k.float(), want_k, atol=tol, rtol=tol)
+    assert torch.equal(qkv[:, (hq + hkv) * d :], v_before)  # v untouched
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
+@pytest.mark.parametrize("h", [576, 64, 37])
+def test_cpu_rms_norm_kernel_equals_transformers(h, dtype, tol):
+    """The C++ RMSNorm on strided rows against transformers' float32 arithmetic on the same
+    values (bfloat16: within its one rounding)."""
+    from erank_fast.ops.rms_norm import rms_norm_kernel
+
+    torch.manual_seed(6)
+    x = (torch.randn(23, 2 * h) * 3).to(dtype)[:, 5 : 5 + h]  # strided rows
+    w = (torch.rand(h) + 0.5).to(dtype)
+    kernel = rms_norm_kernel(x, w)
+    if kernel is None:
+        pytest.skip("erank_fast's CPU kernels could not be built here (no compiler)")
+    xf = x.float()
+    want = w.float() * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5))
+    torch.testing.assert_close(kernel(x, w, 1e-5).float(), want, atol=tol, rtol=tol)

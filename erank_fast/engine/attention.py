@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from erank_fast.engine.kv_pool import KVPool
+from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu
 from erank_fast.ops.causal_attention import causal_attention
 from erank_fast.ops.decode_attention import DecodeRows, decode_attention_cpu
 from erank_fast.ops.dispatch import use_triton
@@ -71,18 +72,21 @@ class SharedPrefixAttention:
 
     def __init__(self, pool: KVPool, meta: StepMeta, scale: float, impl: str):
         self.pool, self.meta, self.scale, self.impl = pool, meta, scale, impl
-        self.decode_rows: DecodeRows | None = None  # built by the first layer that needs them
+        self.rows: ArenaRows | None = None  # built by the first layer that needs them
 
     def __call__(self, layer: int, q, k, v):
         m = self.meta
         k_arena, v_arena = self.pool.k[layer], self.pool.v[layer]
         k_arena[m.write_rows] = k
         v_arena[m.write_rows] = v
-        if m.max_q_tokens == 1 and not use_triton(self.impl, q):
-            # PyTorch path, pure decode step: the C++ kernel reads the arena in place.
-            if self.decode_rows is None:
-                self.decode_rows = DecodeRows.of_step(m.docs, m.prefixes, q.device)
-            out = decode_attention_cpu(q, k_arena, v_arena, self.decode_rows, self.scale)
+        if not use_triton(self.impl, q) and m.docs:
+            # CPU: the C++ kernel reads the arena in place, any number of tokens per document.
+            if self.rows is None:
+                self.rows = ArenaRows.of_step(m.docs, m.prefixes, q.device)
+            out = arena_attention_cpu(q, k_arena, v_arena, self.rows, self.scale)
+            if out is None and m.max_q_tokens == 1:  # a CPU without AVX-512: the portable kernel
+                out = decode_attention_cpu(q, k_arena, v_arena, DecodeRows.of_step(
+                    m.docs, m.prefixes, q.device), self.scale)
             if out is not None:
                 return out
         if m.max_q_tokens > 1 and not use_triton(self.impl, q):

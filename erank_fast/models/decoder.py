@@ -14,6 +14,9 @@ from torch import nn
 from torch.nn import functional as F
 
 from erank_fast.models.config import DecoderConfig
+from erank_fast.ops.packed_linear import linear_add, linear_mul, linear_silu
+from erank_fast.ops.rms_norm import rms_norm_kernel
+from erank_fast.ops.rotary import rotary_kernel
 
 
 class Attention(Protocol):
@@ -31,6 +34,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.is_inference_mode_enabled() and (kernel := rms_norm_kernel(x, self.weight)):
+            # CPU inference: one pass, float32 inside, one rounding (ops.rms_norm).
+            return kernel(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view(x.shape)
         if x.dtype == torch.float32 or not torch.is_inference_mode_enabled():
             # As transformers does: normalise in float32, cast back, then the weight (training
             # and exactness see this arithmetic).
@@ -52,6 +58,11 @@ class Rotary(nn.Module):
         inv_freq, self.scaling = config.rope_inv_freq()
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
+    def half_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """float32 cos and sin [N, head_dim // 2] of the positions (scaling applied)."""
+        freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]
+        return freqs.cos().mul_(self.scaling), freqs.sin().mul_(self.scaling)
+
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
         freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]
         emb = torch.cat((freqs, freqs), dim=-1)
@@ -62,6 +73,25 @@ class Rotary(nn.Module):
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
         return x * cos + _rotate_half(x) * sin
+
+
+class Rotation:
+    """The rotation of one forward pass's positions, applied to each layer's q and k: on CPU
+    the C++ kernel rotates them in place in float32 (one rounding); elsewhere transformers'
+    arithmetic in the model's dtype."""
+
+    def __init__(self, rotary: Rotary, positions: torch.Tensor, dtype: torch.dtype):
+        self.kernel = rotary_kernel(positions.device, dtype)
+        if self.kernel is not None:
+            self.cos, self.sin = rotary.half_tables(positions)
+        else:
+            self.cos, self.sin = rotary.cos_sin(positions, dtype)
+
+    def __call__(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.kernel is not None:
+            self.kernel(q, k, self.cos, self.sin)
+            return q, k
+        return Rotary.apply(q, self.cos, self.sin), Rotary.apply(k, self.cos, self.sin)
 
 
 class SelfAttention(nn.Module):
@@ -75,22 +105,30 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
         self.v_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.num_heads * d, h, bias=False)
+        self.qkv_proj: nn.Module | None = None  # q, k and v in one packed GEMM (fuse_for_cpu)
         if config.qk_norm:
             self.q_norm = RMSNorm(d, config.rms_norm_eps)
             self.k_norm = RMSNorm(d, config.rms_norm_eps)
         else:
             self.q_norm = self.k_norm = None
 
-    def forward(self, x, cos, sin, attention: Attention) -> torch.Tensor:
-        n = x.shape[0]
-        q = self.q_proj(x).view(n, self.num_heads, self.head_dim)
-        k = self.k_proj(x).view(n, self.num_kv_heads, self.head_dim)
-        v = self.v_proj(x).view(n, self.num_kv_heads, self.head_dim)
+    def forward(self, x, rotation: Rotation, attention: Attention, residual: torch.Tensor
+                ) -> torch.Tensor:
+        """residual + o_proj(attention(...)) (the residual may be updated in place)."""
+        n, d = x.shape[0], self.head_dim
+        if self.qkv_proj is not None:
+            q, k, v = self.qkv_proj(x).split(
+                [self.num_heads * d, self.num_kv_heads * d, self.num_kv_heads * d], dim=-1)
+            q, k, v = q.view(n, self.num_heads, d), k.view(n, -1, d), v.view(n, -1, d)
+        else:
+            q = self.q_proj(x).view(n, self.num_heads, d)
+            k = self.k_proj(x).view(n, self.num_kv_heads, d)
+            v = self.v_proj(x).view(n, self.num_kv_heads, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = Rotary.apply(q, cos, sin), Rotary.apply(k, cos, sin)
+        q, k = rotation(q, k)
         out = attention(self.layer, q, k, v)
-        return self.o_proj(out.reshape(n, self.num_heads * self.head_dim))
+        return linear_add(self.o_proj, out.reshape(n, self.num_heads * d), residual)
 
 
 class MLP(nn.Module):
@@ -101,10 +139,11 @@ class MLP(nn.Module):
         self.up_proj = nn.Linear(h, f, bias=False)
         self.down_proj = nn.Linear(f, h, bias=False)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # In place: the decoder runs under inference_mode, and fewer temporaries is less traffic.
-        h = F.silu(self.gate_proj(x), inplace=True)
-        return self.down_proj(h.mul_(self.up_proj(x)))
+    def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """residual + down(silu(gate(x)) * up(x)); on packed weights the activation, product
+        and sum run in the GEMMs' epilogues (``ops.packed_linear``)."""
+        h = linear_mul(self.up_proj, x, linear_silu(self.gate_proj, x))
+        return linear_add(self.down_proj, h, residual)
 
 
 class DecoderLayer(nn.Module):
@@ -115,9 +154,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.mlp = MLP(config)
 
-    def forward(self, x, cos, sin, attention: Attention) -> torch.Tensor:
-        x = x.add_(self.self_attn(self.input_layernorm(x), cos, sin, attention))
-        return x.add_(self.mlp(self.post_attention_layernorm(x)))
+    def forward(self, x, rotation: Rotation, attention: Attention) -> torch.Tensor:
+        x = self.self_attn(self.input_layernorm(x), rotation, attention, residual=x)
+        return self.mlp(self.post_attention_layernorm(x), residual=x)
 
 
 class DecoderBody(nn.Module):
@@ -155,7 +194,7 @@ class Decoder(nn.Module):
         """input_ids, positions: [N] int64 over all packed tokens -> final hidden [N, hidden]
         (after the last norm). Logits are left to the score head, which streams the vocabulary."""
         x = self.model.embed_tokens(input_ids)
-        cos, sin = self.rotary.cos_sin(positions, x.dtype)
+        rotation = Rotation(self.rotary, positions, x.dtype)
         for layer in self.model.layers:
-            x = layer(x, cos, sin, attention)
+            x = layer(x, rotation, attention)
         return self.model.norm(x)

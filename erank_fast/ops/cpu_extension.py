@@ -16,19 +16,23 @@ from pathlib import Path
 import torch
 
 log = logging.getLogger("erank_fast")
-SOURCES = [Path(__file__).resolve().parent / "csrc" / "decode_attention.cpp"]
+CSRC = Path(__file__).resolve().parent / "csrc"
+SOURCES = [CSRC / name for name in ("bindings.cpp", "decode_attention.cpp",
+                                    "shared_prefix_attention.cpp", "rotary.cpp",
+                                    "rms_norm.cpp")]
+HEADERS = [CSRC / "erank_cpu.h"]
 
 
 @functools.cache
 def cpu_kernels():
-    """The compiled module, or None when it cannot be had (then the PyTorch paths run)."""
+    """The compiled operators (``torch.ops.erank_fast_cpu``), or None when it cannot be had (then the PyTorch paths run)."""
     if os.environ.get("ERANK_FAST_CPU_KERNELS", "1") == "0":
         return None
     from erank_fast.cpu import cpu_info
     from erank_fast.models.loading import cache_root
 
     key = hashlib.sha1()
-    for path in SOURCES:
+    for path in SOURCES + HEADERS:
         key.update(path.read_bytes())
     key.update(f"{cpu_info()['model']}|{cpu_info()['flags']}|{torch.__version__}".encode())
     name = f"erank_fast_cpu_{key.hexdigest()[:12]}"
@@ -37,9 +41,10 @@ def cpu_kernels():
         from torch.utils.cpp_extension import load
 
         build.mkdir(parents=True, exist_ok=True)
-        return load(name, [str(p) for p in SOURCES], build_directory=str(build),
-                    extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
-                    extra_ldflags=["-fopenmp"], verbose=False)
+        load(name, [str(p) for p in SOURCES], build_directory=str(build),
+             extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
+             extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+        return torch.ops.erank_fast_cpu
     except Exception as error:  # no compiler, no ninja, a failed build: the PyTorch paths run
         log.warning("erank_fast's CPU kernels could not be built (%s: %s); using the PyTorch "
                     "paths", type(error).__name__, str(error).splitlines()[0] if str(error) else "")

@@ -51,9 +51,37 @@ class PackedLinear(nn.Module):
         self.register_buffer("packed", pack_weight(linear.weight), persistent=False)
         bias = linear.bias.detach() if linear.bias is not None else None
         self.register_buffer("bias", bias, persistent=False)
+        # Element-wise work in the GEMM's epilogue (``linear_silu`` and the like): measured on
+        # a 2-core AMD EPYC (Zen 4, AVX512-BF16) at SmolLM2's MLP, 2048 rows, 6 % faster than
+        # separate passes in bfloat16 and 4 % slower in float32, so bfloat16 only.
+        self.epilogues = linear.weight.dtype == torch.bfloat16
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return packed_matmul(x, self.packed, self.bias)
+
+
+def linear_silu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """silu(linear(x)); on a packed weight, the activation runs in the GEMM's epilogue."""
+    if isinstance(linear, PackedLinear) and linear.epilogues:
+        return torch.ops.mkldnn._linear_pointwise(x, linear.packed, linear.bias, "swish", [], "")
+    return F.silu(linear(x), inplace=True)
+
+
+def linear_mul(linear: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
+    """linear(x) * other (``other`` may be overwritten); on a packed weight, in the epilogue."""
+    if isinstance(linear, PackedLinear) and linear.epilogues:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, other, linear.packed, linear.bias,
+                                                         "mul")
+    return other.mul_(linear(x))
+
+
+def linear_add(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+    """residual + linear(x) (``residual`` may be updated in place); on a packed weight, the sum
+    runs in the GEMM's epilogue, in float32 before the one rounding to the output dtype."""
+    if isinstance(linear, PackedLinear) and linear.epilogues:
+        return torch.ops.mkldnn._linear_pointwise.binary(x, residual, linear.packed,
+                                                         linear.bias, "add")
+    return residual.add_(linear(x))
 
 
 def pack_linears(module: nn.Module) -> int:

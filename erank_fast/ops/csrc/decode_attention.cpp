@@ -1,7 +1,8 @@
 // Decode attention on CPU: one new token per document against its query's prefix rows and its
 // own rows of the K/V arena, read in place (no gather), GQA-packed (the query heads of one KV
 // head share each K/V row load), float32 scores, softmax and accumulation.
-#include <torch/extension.h>
+#include "erank_cpu.h"
+
 #include <ATen/Parallel.h>
 
 #include <algorithm>
@@ -142,8 +143,4 @@ std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, to
     else run(float{}, std::integral_constant<int, 128>{});
   }
   return {out, lse};
-}
-
-PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("decode_attention", &decode_attention, "shared-prefix decode attention (CPU)");
 }

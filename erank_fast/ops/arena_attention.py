@@ -1,0 +1,65 @@
+"""Shared-prefix attention of a step's new tokens over the K/V arena on CPU, through erank_fast's
+C++ kernel (``ops/csrc/shared_prefix_attention.cpp``): every new token of every document
+against its query's prefix rows and, causally, its own rows, read in place; no padding, no mask
+tensor, no per-document Python. float32 scores, softmax and accumulation (AVX512-BF16 dot
+products for bfloat16 inputs). Equal to prefix_attention + suffix_attention merged by LSE
+(tests/test_torch_ops.py); None where the kernel does not apply, and the caller runs the
+PyTorch paths instead."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from erank_fast.ops.cpu_extension import cpu_kernels
+
+HEAD_DIMS = (64, 128)
+
+
+@dataclass(frozen=True)
+class ArenaRows:
+    """Per document of a step (int64 tensors): q_cu [B+1] (its new tokens are rows
+    q_cu[b]:q_cu[b+1] of q), own_base [B] and own_start [B] (its first own arena row, and own
+    tokens before this step), prefix_start [B] and prefix_len [B] (its query's prefix rows)."""
+
+    q_cu: torch.Tensor
+    own_base: torch.Tensor
+    own_start: torch.Tensor
+    prefix_start: torch.Tensor
+    prefix_len: torch.Tensor
+
+    @classmethod
+    def of_step(cls, docs, prefixes, device="cpu") -> "ArenaRows":
+        """docs: (group, own_base, own_start, new tokens) per document; prefixes: (first row,
+        length) per group (``StepMeta.docs`` / ``.prefixes``)."""
+        cu = [0]
+        for *_, n in docs:
+            cu.append(cu[-1] + n)
+
+        def t(values):
+            return torch.tensor(values, dtype=torch.int64, device=device)
+
+        return cls(t(cu), t([b for _, b, _, _ in docs]), t([s for _, _, s, _ in docs]),
+                   t([prefixes[g][0] for g, *_ in docs]), t([prefixes[g][1] for g, *_ in docs]))
+
+
+def kernel_applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """Whether the C++ kernel runs for these tensors on this machine."""
+    if (q.device.type != "cpu" or q.shape[-1] not in HEAD_DIMS or k_cache.dtype != q.dtype
+            or k_cache.stride(-1) != 1):
+        return False
+    kernels = cpu_kernels()
+    dtype = str(q.dtype).removeprefix("torch.")
+    return kernels is not None and kernels.shared_prefix_attention_supports(dtype)
+
+
+def arena_attention_cpu(q, k_cache, v_cache, rows: ArenaRows, scale: float):
+    """q [N, Hq, D] packed by document; k_cache, v_cache [T, Hkv, D] (this step's K/V already
+    written) -> out [N, Hq, D] in q's dtype, or None where the kernel does not apply."""
+    if not kernel_applies(q, k_cache) or v_cache.stride() != k_cache.stride():
+        return None
+    q = q if q.stride(-1) == 1 else q.contiguous()
+    return cpu_kernels().shared_prefix_attention(q, k_cache, v_cache, rows.q_cu, rows.own_base,
+                                                 rows.own_start, rows.prefix_start,
+                                                 rows.prefix_len, scale)

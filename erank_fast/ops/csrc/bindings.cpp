@@ -1,0 +1,24 @@
+// erank_fast's C++ CPU kernels as torch operators (torch.ops.erank_fast_cpu.*), so profiles,
+// torch.compile and the dispatcher see them (built and loaded by ops/cpu_extension.py).
+#include "erank_cpu.h"
+
+#include <torch/library.h>
+
+TORCH_LIBRARY(erank_fast_cpu, m) {
+  m.def("decode_attention(Tensor q, Tensor k, Tensor v, Tensor prefix_start, Tensor prefix_len, "
+        "Tensor own_base, Tensor own_len, float scale) -> Tensor[]");
+  m.def("shared_prefix_attention(Tensor q, Tensor k, Tensor v, Tensor q_cu, Tensor own_base, "
+        "Tensor own_start, Tensor prefix_start, Tensor prefix_len, float scale) -> Tensor");
+  m.def("rotary_(Tensor(a!) q, Tensor(b!) k, Tensor cos, Tensor sin) -> ()");
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
+  m.def("shared_prefix_attention_supports(str dtype) -> bool",
+        &shared_prefix_attention_supports);
+}
+
+TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
+  m.impl("decode_attention", &decode_attention);
+  m.impl("shared_prefix_attention", &shared_prefix_attention);
+  m.impl("rotary_", &rotary_);
+  m.impl("rms_norm", &rms_norm);
+}

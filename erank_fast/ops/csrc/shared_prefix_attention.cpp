@@ -1,0 +1,435 @@
+// Shared-prefix attention on CPU for a packed varlen batch (prefill, decode, or both): every new
+// token of every document attends to its query's prefix rows and causally to its own rows of
+// the K/V arena, both read in place (no gather, no padding, no mask tensor).
+//
+// One task is (document, KV head, tile of MR rows), a row being (new token i, query head g of
+// this KV head's group), token-major. The rows sit in the lanes of two 16-float vectors, so the
+// online softmax over keys is vertical: per key, a vector of 16 scores, one per row.
+//   S = Q K^T: the tile's Q packed once (bfloat16 pairs per lane for AVX512-BF16's vdpbf16ps,
+//              or floats), each key's elements broadcast from the arena row; float32 sums.
+//   P = exp2((S * scale * log2 e) - running max), masked lanes exactly 0; O = O * alpha + P V
+//   in float32 (V converted per key block). out = O / l, rounded once to the output dtype.
+// FLOPs: 4 * rows * keys * head_dim per task; bytes: the K/V rows once per tile.
+#include "erank_cpu.h"
+
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+#include <vector>
+
+#if defined(__AVX512F__)
+#include <immintrin.h>
+
+namespace {
+
+constexpr int MR = 32;  // rows per tile: two vectors of 16 lanes
+constexpr int KB = 32;  // keys per softmax block
+constexpr int NR = 8;   // keys per S micro-kernel call
+constexpr float LOG2E = 1.4426950408889634f;
+
+// 2^t elementwise: t = n + f with f in [-0.5, 0.5], 2^f by its degree-6 Taylor series
+// (relative error ~1e-7), 2^n by vscalefps. t is clamped at -126 (the result is then ~1e-38).
+inline __m512 exp2_ps(__m512 t) {
+  t = _mm512_max_ps(t, _mm512_set1_ps(-126.0f));
+  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m512 f = _mm512_sub_ps(t, n);
+  __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428441e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
+  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
+  return _mm512_scalef_ps(p, n);
+}
+
+inline __m512 bf16x16_to_float(const c10::BFloat16* src) {
+  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+// The element type's view of Q·K: bfloat16 multiplies pairs (vdpbf16ps), float32 one by one.
+template <typename T> struct QK;
+
+template <> struct QK<float> {
+  using packed_t = float;  // qp[d][MR]
+  static constexpr int per_word = 1;
+  static inline packed_t word(const float* row, int w) { return row[w]; }
+  template <int D>
+  static inline void scores(const packed_t* qp, const float* const* keys, float* s) {
+    __m512 acc[NR][2];
+    for (int j = 0; j < NR; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+    for (int d = 0; d < D; ++d) {
+      const __m512 q0 = _mm512_load_ps(qp + d * MR), q1 = _mm512_load_ps(qp + d * MR + 16);
+      for (int j = 0; j < NR; ++j) {
+        const __m512 k = _mm512_set1_ps(keys[j][d]);
+        acc[j][0] = _mm512_fmadd_ps(q0, k, acc[j][0]);
+        acc[j][1] = _mm512_fmadd_ps(q1, k, acc[j][1]);
+      }
+    }
+    for (int j = 0; j < NR; ++j) {
+      _mm512_store_ps(s + j * MR, acc[j][0]);
+      _mm512_store_ps(s + j * MR + 16, acc[j][1]);
+    }
+  }
+  template <int D>
+  static inline const float* value_row(const float* row, float*) { return row; }
+  // one query row against one key row: 16 partial sums of q . k
+  template <int D>
+  static inline __m512 dot_partials(const float* q, const float* k) {
+    __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
+    for (int d = 16; d < D; d += 16)
+      acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), acc);
+    return acc;
+  }
+};
+
+#if defined(__AVX512BF16__)
+template <> struct QK<c10::BFloat16> {
+  using packed_t = uint32_t;  // qp[d/2][MR]: the pair (q[2w], q[2w+1]) of each row
+  static constexpr int per_word = 2;
+  static inline packed_t word(const c10::BFloat16* row, int w) {
+    uint32_t x;
+    std::memcpy(&x, row + 2 * w, sizeof(x));
+    return x;
+  }
+  template <int D>
+  static inline void scores(const packed_t* qp, const c10::BFloat16* const* keys, float* s) {
+    __m512 acc[NR][2];
+    for (int j = 0; j < NR; ++j) acc[j][0] = acc[j][1] = _mm512_setzero_ps();
+    for (int w = 0; w < D / 2; ++w) {
+      const __m512bh q0 = (__m512bh)_mm512_load_si512(qp + w * MR);
+      const __m512bh q1 = (__m512bh)_mm512_load_si512(qp + w * MR + 16);
+      for (int j = 0; j < NR; ++j) {
+        const __m512bh k = (__m512bh)_mm512_set1_epi32(static_cast<int>(word(keys[j], w)));
+        acc[j][0] = _mm512_dpbf16_ps(acc[j][0], q0, k);
+        acc[j][1] = _mm512_dpbf16_ps(acc[j][1], q1, k);
+      }
+    }
+    for (int j = 0; j < NR; ++j) {
+      _mm512_store_ps(s + j * MR, acc[j][0]);
+      _mm512_store_ps(s + j * MR + 16, acc[j][1]);
+    }
+  }
+  template <int D>  // a V row in float32, converted into the block's buffer
+  static inline const float* value_row(const c10::BFloat16* row, float* buffer) {
+    for (int d = 0; d < D; d += 16) _mm512_store_ps(buffer + d, bf16x16_to_float(row + d));
+    return buffer;
+  }
+  template <int D>
+  static inline __m512 dot_partials(const c10::BFloat16* q, const c10::BFloat16* k) {
+    __m512 acc = _mm512_setzero_ps();
+    for (int d = 0; d < D; d += 32)
+      acc = _mm512_dpbf16_ps(acc, (__m512bh)_mm512_loadu_si512(q + d),
+                             (__m512bh)_mm512_loadu_si512(k + d));
+    return acc;
+  }
+};
+#endif
+
+struct Rows {  // the metadata of one call, per document
+  const int64_t *q_cu, *own_base, *own_start, *prefix_start, *prefix_len;
+  int64_t group;
+};
+
+struct Task {
+  int64_t doc, head, row0, cost;
+};
+
+template <typename T, int D>
+void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
+              int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1,
+              const Rows& m, float scale_log2) {
+  using Q = QK<T>;
+  using packed_t = typename Q::packed_t;
+  constexpr int W = D / Q::per_word;
+  alignas(64) packed_t qp[W * MR];
+  alignas(64) float s[KB * MR];
+  alignas(64) float o[D * MR];
+  alignas(64) float vbuf[KB * D];
+  alignas(64) int32_t limit[MR];
+  const T* key_rows[KB];
+  const float* value_rows[KB];
+
+  const int64_t b = t.doc, g_size = m.group;
+  const int64_t n_new = m.q_cu[b + 1] - m.q_cu[b], rows = n_new * g_size;
+  const int64_t tile_rows = std::min<int64_t>(MR, rows - t.row0);
+  const int64_t i0 = t.row0 / g_size, i1 = (t.row0 + tile_rows - 1) / g_size;
+  const int64_t start = m.own_start[b], plen = m.prefix_len[b];
+  // Q tile, packed; rows past the tile are zero (their outputs are never written).
+  std::memset(qp, 0, sizeof(qp));
+  for (int r = 0; r < tile_rows; ++r) {
+    const int64_t i = (t.row0 + r) / g_size, g = (t.row0 + r) % g_size;
+    const T* row = q + (m.q_cu[b] + i) * q_s0 + (t.head * g_size + g) * q_s1;
+    for (int w = 0; w < W; ++w) qp[w * MR + r] = Q::word(row, w);
+    limit[r] = static_cast<int32_t>(start + i);  // own keys 0..start+i are visible
+  }
+  for (int r = tile_rows; r < MR; ++r) limit[r] = std::numeric_limits<int32_t>::max();
+  const __m512i limit0 = _mm512_load_si512(limit), limit1 = _mm512_load_si512(limit + 16);
+
+  std::memset(o, 0, sizeof(o));
+  __m512 m0 = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), m1 = m0;
+  __m512 l0 = _mm512_setzero_ps(), l1 = l0;
+  const __m512 scale = _mm512_set1_ps(scale_log2);
+  const int64_t n_keys = plen + start + i1 + 1;
+  const int64_t unmasked = plen + start + i0 + 1;  // keys below this are visible to every row
+  for (int64_t j0 = 0; j0 < n_keys; j0 += KB) {
+    const int nk = static_cast<int>(std::min<int64_t>(KB, n_keys - j0));
+    for (int j = 0; j < KB; ++j) {
+      const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
+      const int64_t arena_row = key < plen ? m.prefix_start[b] + key : m.own_base[b] + key - plen;
+      key_rows[j] = k + arena_row * kv_s0 + t.head * kv_s1;
+      if (j < nk) value_rows[j] = Q::template value_row<D>(v + arena_row * kv_s0 + t.head * kv_s1, vbuf + j * D);
+    }
+    for (int j = 0; j < KB; j += NR) {
+      if (j < nk) Q::template scores<D>(qp, key_rows + j, s + j * MR);
+    }
+    // scale into log2 units, mask the causal band, block maximum
+    __m512 bm0 = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), bm1 = bm0;
+    __mmask16 keep0[KB], keep1[KB];
+    for (int j = 0; j < nk; ++j) {
+      __m512 s0 = _mm512_mul_ps(_mm512_load_ps(s + j * MR), scale);
+      __m512 s1 = _mm512_mul_ps(_mm512_load_ps(s + j * MR + 16), scale);
+      keep0[j] = keep1[j] = 0xFFFF;
+      if (j0 + j >= unmasked) {
+        const __m512i own = _mm512_set1_epi32(static_cast<int32_t>(j0 + j - plen));
+        keep0[j] = _mm512_cmp_epi32_mask(own, limit0, _MM_CMPINT_LE);
+        keep1[j] = _mm512_cmp_epi32_mask(own, limit1, _MM_CMPINT_LE);
+      }
+      bm0 = _mm512_mask_max_ps(bm0, keep0[j], bm0, s0);
+      bm1 = _mm512_mask_max_ps(bm1, keep1[j], bm1, s1);
+      _mm512_store_ps(s + j * MR, s0);
+      _mm512_store_ps(s + j * MR + 16, s1);
+    }
+    const __m512 new0 = _mm512_max_ps(m0, bm0), new1 = _mm512_max_ps(m1, bm1);
+    const __m512 alpha0 = exp2_ps(_mm512_sub_ps(m0, new0));
+    const __m512 alpha1 = exp2_ps(_mm512_sub_ps(m1, new1));
+    m0 = new0;
+    m1 = new1;
+    l0 = _mm512_mul_ps(l0, alpha0);
+    l1 = _mm512_mul_ps(l1, alpha1);
+    for (int j = 0; j < nk; ++j) {
+      const __m512 p0 = _mm512_maskz_mov_ps(keep0[j], exp2_ps(_mm512_sub_ps(_mm512_load_ps(s + j * MR), m0)));
+      const __m512 p1 = _mm512_maskz_mov_ps(keep1[j], exp2_ps(_mm512_sub_ps(_mm512_load_ps(s + j * MR + 16), m1)));
+      l0 = _mm512_add_ps(l0, p0);
+      l1 = _mm512_add_ps(l1, p1);
+      _mm512_store_ps(s + j * MR, p0);
+      _mm512_store_ps(s + j * MR + 16, p1);
+    }
+    // O = O * alpha + P V, eight head dimensions at a time
+    for (int d0 = 0; d0 < D; d0 += 8) {
+      __m512 acc[8][2];
+      for (int dd = 0; dd < 8; ++dd) {
+        acc[dd][0] = _mm512_mul_ps(_mm512_load_ps(o + (d0 + dd) * MR), alpha0);
+        acc[dd][1] = _mm512_mul_ps(_mm512_load_ps(o + (d0 + dd) * MR + 16), alpha1);
+      }
+      for (int j = 0; j < nk; ++j) {
+        const __m512 p0 = _mm512_load_ps(s + j * MR), p1 = _mm512_load_ps(s + j * MR + 16);
+        const float* vr = value_rows[j] + d0;
+        for (int dd = 0; dd < 8; ++dd) {
+          const __m512 x = _mm512_set1_ps(vr[dd]);
+          acc[dd][0] = _mm512_fmadd_ps(p0, x, acc[dd][0]);
+          acc[dd][1] = _mm512_fmadd_ps(p1, x, acc[dd][1]);
+        }
+      }
+      for (int dd = 0; dd < 8; ++dd) {
+        _mm512_store_ps(o + (d0 + dd) * MR, acc[dd][0]);
+        _mm512_store_ps(o + (d0 + dd) * MR + 16, acc[dd][1]);
+      }
+    }
+  }
+  alignas(64) float inv_l[MR];
+  _mm512_store_ps(inv_l, _mm512_div_ps(_mm512_set1_ps(1.0f), l0));
+  _mm512_store_ps(inv_l + 16, _mm512_div_ps(_mm512_set1_ps(1.0f), l1));
+  for (int r = 0; r < tile_rows; ++r) {
+    const int64_t i = (t.row0 + r) / g_size, g = (t.row0 + r) % g_size;
+    T* dst = out + (m.q_cu[b] + i) * o_s0 + (t.head * g_size + g) * o_s1;
+    for (int d = 0; d < D; ++d) dst[d] = static_cast<T>(o[d * MR + r] * inv_l[r]);
+  }
+}
+
+
+
+// The sums of 16 vectors, one per lane (lane j = the sum of x[j]): three unpack-and-add levels
+// and one across 128-bit lanes, 45 instructions instead of 16 horizontal reductions.
+inline __m512 sum16(__m512 x[16]) {
+  __m512 u[8], v[4], w[2];
+  for (int i = 0; i < 8; ++i)
+    u[i] = _mm512_add_ps(_mm512_unpacklo_ps(x[2 * i], x[2 * i + 1]),
+                         _mm512_unpackhi_ps(x[2 * i], x[2 * i + 1]));
+  for (int i = 0; i < 4; ++i) {
+    const __m512d a = _mm512_castps_pd(u[2 * i]), b = _mm512_castps_pd(u[2 * i + 1]);
+    v[i] = _mm512_add_ps(_mm512_castpd_ps(_mm512_unpacklo_pd(a, b)),
+                         _mm512_castpd_ps(_mm512_unpackhi_pd(a, b)));
+  }
+  for (int i = 0; i < 2; ++i)
+    w[i] = _mm512_add_ps(_mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0x88),
+                         _mm512_shuffle_f32x4(v[2 * i], v[2 * i + 1], 0xDD));
+  return _mm512_add_ps(_mm512_shuffle_f32x4(w[0], w[1], 0x88),
+                       _mm512_shuffle_f32x4(w[0], w[1], 0xDD));
+}
+
+// A document with one new token (a decode step): its G query heads of KV head t.head, keys in
+// the lanes (16 per block), since there are too few rows to fill them. Each block's V rows are
+// converted once for all G heads.
+template <typename T, int D>
+void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
+                int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1,
+                const Rows& m, float scale_log2) {
+  using Q = QK<T>;
+  constexpr int VB = 16;    // keys per block
+  constexpr int MAX_G = 16;  // query heads per KV head
+  const int64_t b = t.doc, groups = m.group, plen = m.prefix_len[b];
+  const int64_t n_keys = plen + m.own_start[b] + 1;
+  TORCH_CHECK(groups <= MAX_G, "at most ", MAX_G, " query heads per KV head");
+  alignas(64) float vbuf[VB * D];
+  alignas(64) float p[MAX_G][VB];
+  alignas(64) float o[MAX_G][D];
+  float run_max[MAX_G], run_sum[MAX_G], alpha[MAX_G];
+  const float* value_rows[VB];
+  const T* key_rows[VB];
+  const T* q_row = q + m.q_cu[b] * q_s0 + t.head * groups * q_s1;
+  for (int64_t g = 0; g < groups; ++g) {
+    run_max[g] = -std::numeric_limits<float>::infinity();
+    run_sum[g] = 0.0f;
+    std::memset(o[g], 0, sizeof(o[g]));
+  }
+  for (int64_t j0 = 0; j0 < n_keys; j0 += VB) {
+    const int nk = static_cast<int>(std::min<int64_t>(VB, n_keys - j0));
+    for (int j = 0; j < VB; ++j) {
+      const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
+      const int64_t row = key < plen ? m.prefix_start[b] + key : m.own_base[b] + key - plen;
+      key_rows[j] = k + row * kv_s0 + t.head * kv_s1;
+      if (j < nk)
+        value_rows[j] = Q::template value_row<D>(v + row * kv_s0 + t.head * kv_s1, vbuf + j * D);
+    }
+    const __mmask16 valid = static_cast<__mmask16>((1u << nk) - 1);
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 partial[VB];
+      for (int j = 0; j < VB; ++j)
+        partial[j] = Q::template dot_partials<D>(q_row + g * q_s1, key_rows[j]);
+      const __m512 s = _mm512_mask_mov_ps(
+          _mm512_set1_ps(-std::numeric_limits<float>::infinity()), valid,
+          _mm512_mul_ps(sum16(partial), _mm512_set1_ps(scale_log2)));
+      const float new_max = std::max(run_max[g], _mm512_reduce_max_ps(s));
+      const __m512 e =
+          _mm512_maskz_mov_ps(valid, exp2_ps(_mm512_sub_ps(s, _mm512_set1_ps(new_max))));
+      alpha[g] = std::exp2(run_max[g] - new_max);
+      run_sum[g] = run_sum[g] * alpha[g] + _mm512_reduce_add_ps(e);
+      run_max[g] = new_max;
+      _mm512_store_ps(p[g], e);
+    }
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 acc[D / 16];
+      const __m512 a = _mm512_set1_ps(alpha[g]);
+      for (int c = 0; c < D / 16; ++c) acc[c] = _mm512_mul_ps(_mm512_load_ps(o[g] + 16 * c), a);
+      for (int j = 0; j < nk; ++j) {
+        const __m512 pj = _mm512_set1_ps(p[g][j]);
+        for (int c = 0; c < D / 16; ++c)
+          acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(value_rows[j] + 16 * c), acc[c]);
+      }
+      for (int c = 0; c < D / 16; ++c) _mm512_store_ps(o[g] + 16 * c, acc[c]);
+    }
+  }
+  T* out_row = out + m.q_cu[b] * o_s0 + t.head * groups * o_s1;
+  for (int64_t g = 0; g < groups; ++g) {
+    const float inv = 1.0f / run_sum[g];
+    for (int d = 0; d < D; ++d) out_row[g * o_s1 + d] = static_cast<T>(o[g][d] * inv);
+  }
+}
+
+}  // namespace
+#endif
+
+namespace {
+
+bool attention_kernel_built() {
+#if defined(__AVX512F__)
+  return true;
+#else
+  return false;
+#endif
+}
+
+}  // namespace
+
+bool shared_prefix_attention_supports(std::string dtype) {
+#if defined(__AVX512BF16__)
+  if (dtype == "bfloat16") return true;
+#endif
+  return dtype == "float32" && attention_kernel_built();
+}
+
+// q [N, Hq, D] packed by document (rows q_cu[b]..q_cu[b+1]); k, v [T, Hkv, D], the arena;
+// per document (int64 [B]): its own rows start at own_base, own_start of them precede this
+// step's tokens, and its query's prefix is rows prefix_start .. + prefix_len. -> out [N, Hq, D].
+torch::Tensor shared_prefix_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
+                                      torch::Tensor q_cu, torch::Tensor own_base,
+                                      torch::Tensor own_start, torch::Tensor prefix_start,
+                                      torch::Tensor prefix_len, double scale) {
+  TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes(), "q [N,Hq,D], k/v [T,Hkv,D]");
+  TORCH_CHECK(q.size(1) % k.size(1) == 0 && q.size(2) == k.size(2), "incompatible heads");
+  TORCH_CHECK(q.size(2) == 64 || q.size(2) == 128, "head_dim 64 or 128");
+  TORCH_CHECK(q.stride(2) == 1 && k.stride(2) == 1 && v.stride(2) == 1, "last dim contiguous");
+  TORCH_CHECK(k.strides() == v.strides(), "k and v laid out alike");
+  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
+              "q, k, v of one dtype");
+  const int64_t docs = own_base.numel();
+  TORCH_CHECK(q_cu.numel() == docs + 1, "q_cu [B+1]");
+  for (const auto& t : {q_cu, own_base, own_start, prefix_start, prefix_len})
+    TORCH_CHECK(t.scalar_type() == torch::kLong && t.is_contiguous(), "index tensors: int64");
+  auto out = torch::empty_like(q);
+#if defined(__AVX512F__)
+  const Rows m{q_cu.data_ptr<int64_t>(), own_base.data_ptr<int64_t>(),
+               own_start.data_ptr<int64_t>(), prefix_start.data_ptr<int64_t>(),
+               prefix_len.data_ptr<int64_t>(), q.size(1) / k.size(1)};
+  TORCH_CHECK(m.q_cu[docs] == q.size(0), "q_cu must end at the number of rows of q");
+  std::vector<Task> tasks;
+  for (int64_t b = 0; b < docs; ++b) {
+    const int64_t rows = (m.q_cu[b + 1] - m.q_cu[b]) * m.group;
+    for (int64_t h = 0; h < k.size(1); ++h)
+      for (int64_t r0 = 0; r0 < rows; r0 += MR) {
+        const int64_t last = std::min(rows, r0 + MR) - 1;
+        tasks.push_back({b, h, r0, m.prefix_len[b] + m.own_start[b] + last / m.group + 1});
+      }
+  }
+  // Longest first, handed out one at a time: the two halves of a 2-core machine finish together.
+  std::sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  const float scale_log2 = static_cast<float>(scale) * LOG2E;
+  auto run = [&](auto tag, auto head_dim) {
+    using T = decltype(tag);
+    constexpr int D = decltype(head_dim)::value;
+    const T* qp = q.data_ptr<T>();
+    const T* kp = k.data_ptr<T>();
+    const T* vp = v.data_ptr<T>();
+    T* op = out.data_ptr<T>();
+    std::atomic<int64_t> next{0};
+    at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
+      for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());)
+        (m.q_cu[tasks[i].doc + 1] - m.q_cu[tasks[i].doc] == 1 ? run_single<T, D> : run_tile<T, D>)(
+            tasks[i], qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
+            out.stride(0), out.stride(1), m, scale_log2);
+    });
+  };
+  const bool d64 = q.size(2) == 64;
+  if (q.scalar_type() == torch::kFloat) {
+    if (d64) run(float{}, std::integral_constant<int, 64>{});
+    else run(float{}, std::integral_constant<int, 128>{});
+    return out;
+  }
+#if defined(__AVX512BF16__)
+  if (q.scalar_type() == torch::kBFloat16) {
+    if (d64) run(c10::BFloat16{}, std::integral_constant<int, 64>{});
+    else run(c10::BFloat16{}, std::integral_constant<int, 128>{});
+    return out;
+  }
+#endif
+#endif
+  TORCH_CHECK(false, "shared_prefix_attention: not built for ", q.scalar_type(), " on this CPU");
+  return out;
+}
