@@ -2,7 +2,7 @@
 ``torch.utils.cpp_extension`` for this machine (``-O3 -march=native``, OpenMP) and cached in
 ``$ERANK_FAST_CACHE/torch_extensions`` (default ``~/.cache/erank_fast``) under a name that
 changes with the source, the CPU and torch, so a different machine or version rebuilds. The
-first build takes ~30 s; where no compiler is found, or ``ERANK_FAST_CPU_KERNELS=0``, the
+first build takes ~20 s on 2 cores; where no compiler is found, or ``ERANK_FAST_CPU_KERNELS=0``, the
 PyTorch paths run instead (a warning says so once)."""
 
 from __future__ import annotations

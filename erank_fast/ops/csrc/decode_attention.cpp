@@ -27,10 +27,10 @@ inline void load_row(const c10::BFloat16* src, float* dst) {
 }
 
 template <typename scalar_t, int D>
-void decode_attention_kernel(const torch::Tensor& q, const torch::Tensor& k, const torch::Tensor& v,
+void decode_attention_kernel(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                              const int64_t* prefix_start, const int64_t* prefix_len,
                              const int64_t* own_base, const int64_t* own_len, float scale,
-                             torch::Tensor& out, torch::Tensor& lse) {
+                             at::Tensor& out, at::Tensor& lse) {
   const int64_t docs = q.size(0), hq = q.size(1), hkv = k.size(1);
   constexpr int64_t d = D;
   const int64_t group = hq / hkv;
@@ -110,10 +110,9 @@ void decode_attention_kernel(const torch::Tensor& q, const torch::Tensor& k, con
 // q [B, Hq, D]; k, v [T, Hkv, D] (last dim contiguous); per document: prefix rows
 // prefix_start[b] .. + prefix_len[b] and own rows own_base[b] .. + own_len[b] (int64, [B]).
 // Returns (out [B, Hq, D] in q's dtype, lse [B, Hq] float32, natural log).
-std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                            torch::Tensor prefix_start, torch::Tensor prefix_len,
-                                            torch::Tensor own_base, torch::Tensor own_len,
-                                            double scale) {
+std::vector<at::Tensor> decode_attention(at::Tensor q, at::Tensor k, at::Tensor v,
+                                         at::Tensor prefix_start, at::Tensor prefix_len,
+                                         at::Tensor own_base, at::Tensor own_len, double scale) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes(), "q [B,Hq,D], k/v [T,Hkv,D]");
   TORCH_CHECK(q.size(1) % k.size(1) == 0 && q.size(2) == k.size(2), "incompatible heads");
   TORCH_CHECK(q.size(2) == 64 || q.size(2) == 128, "head_dim 64 or 128");
@@ -121,11 +120,11 @@ std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, to
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
               "q, k, v of one dtype");
   for (const auto& t : {prefix_start, prefix_len, own_base, own_len})
-    TORCH_CHECK(t.scalar_type() == torch::kLong && t.is_contiguous() && t.numel() == q.size(0),
+    TORCH_CHECK(t.scalar_type() == at::kLong && t.is_contiguous() && t.numel() == q.size(0),
                 "index tensors: int64 [B]");
-  auto out = torch::empty_like(q);
-  auto lse = torch::empty({q.size(0), q.size(1)}, q.options().dtype(torch::kFloat));
-  TORCH_CHECK(q.scalar_type() == torch::kFloat || q.scalar_type() == torch::kBFloat16,
+  auto out = at::empty_like(q);
+  auto lse = at::empty({q.size(0), q.size(1)}, q.options().dtype(at::kFloat));
+  TORCH_CHECK(q.scalar_type() == at::kFloat || q.scalar_type() == at::kBFloat16,
               "float32 or bfloat16");
   auto run = [&](auto tag, auto head_dim) {
     using scalar_t = decltype(tag);
@@ -134,7 +133,7 @@ std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, to
         own_base.data_ptr<int64_t>(), own_len.data_ptr<int64_t>(), static_cast<float>(scale),
         out, lse);
   };
-  const bool bf16 = q.scalar_type() == torch::kBFloat16;
+  const bool bf16 = q.scalar_type() == at::kBFloat16;
   if (q.size(2) == 64) {
     if (bf16) run(c10::BFloat16{}, std::integral_constant<int, 64>{});
     else run(float{}, std::integral_constant<int, 64>{});

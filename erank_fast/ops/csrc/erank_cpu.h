@@ -1,21 +1,23 @@
 // erank_fast's C++ CPU kernels: one declaration per op; the bindings are in bindings.cpp.
+// Only ATen's core headers are included, so a first build takes seconds, not minutes.
 #pragma once
 
-#include <torch/extension.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <string>
 #include <vector>
 
-std::vector<torch::Tensor> decode_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                            torch::Tensor prefix_start, torch::Tensor prefix_len,
-                                            torch::Tensor own_base, torch::Tensor own_len,
-                                            double scale);
+std::vector<at::Tensor> decode_attention(at::Tensor q, at::Tensor k, at::Tensor v,
+                                         at::Tensor prefix_start, at::Tensor prefix_len,
+                                         at::Tensor own_base, at::Tensor own_len, double scale);
 
 bool shared_prefix_attention_supports(std::string dtype);
-torch::Tensor shared_prefix_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                      torch::Tensor q_cu, torch::Tensor own_base,
-                                      torch::Tensor own_start, torch::Tensor prefix_start,
-                                      torch::Tensor prefix_len, double scale);
+at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor q_cu,
+                                   at::Tensor own_base, at::Tensor own_start,
+                                   at::Tensor prefix_start, at::Tensor prefix_len, double scale);
 
-void rotary_(torch::Tensor q, torch::Tensor k, torch::Tensor cos, torch::Tensor sin);
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps);
+void rotary_(at::Tensor q, at::Tensor k, at::Tensor cos, at::Tensor sin);
+
+at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps);

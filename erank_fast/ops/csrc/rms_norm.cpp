@@ -65,12 +65,12 @@ void norm_row(const T* x, const T* w, T* y, int64_t h, float eps) {
 }  // namespace
 
 // x [N, H] (rows may be strided, last dim contiguous), weight [H] of x's dtype -> y [N, H].
-torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
+at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps) {
   TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "x: [N, H], last dim contiguous");
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous() &&
                   weight.scalar_type() == x.scalar_type(),
               "weight: [H], contiguous, x's dtype");
-  auto y = torch::empty({x.size(0), x.size(1)}, x.options());
+  auto y = at::empty({x.size(0), x.size(1)}, x.options());
   const int64_t n = x.size(0), h = x.size(1), stride = x.stride(0);
   auto run = [&](auto tag) {
     using T = decltype(tag);
@@ -82,8 +82,8 @@ torch::Tensor rms_norm(torch::Tensor x, torch::Tensor weight, double eps) {
         norm_row<T>(xp + r * stride, wp, yp + r * h, h, static_cast<float>(eps));
     });
   };
-  if (x.scalar_type() == torch::kFloat) run(float{});
-  else if (x.scalar_type() == torch::kBFloat16) run(c10::BFloat16{});
+  if (x.scalar_type() == at::kFloat) run(float{});
+  else if (x.scalar_type() == at::kBFloat16) run(c10::BFloat16{});
   else TORCH_CHECK(false, "rms_norm: float32 or bfloat16, got ", x.scalar_type());
   return y;
 }

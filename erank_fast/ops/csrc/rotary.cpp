@@ -40,7 +40,7 @@ inline void rotate_row(T* x, const float* cos, const float* sin, int64_t half) {
 }
 
 template <typename T>
-void rotate(torch::Tensor& x, const float* cos, const float* sin, int64_t half, int64_t n) {
+void rotate(at::Tensor& x, const float* cos, const float* sin, int64_t half, int64_t n) {
   T* base = x.data_ptr<T>();
   const int64_t heads = x.size(1), s0 = x.stride(0), s1 = x.stride(1);
   at::parallel_for(0, n, 64, [&](int64_t begin, int64_t end) {
@@ -54,23 +54,23 @@ void rotate(torch::Tensor& x, const float* cos, const float* sin, int64_t half, 
 
 // q [N, Hq, D], k [N, Hkv, D] (last dim contiguous, any other strides: views of a fused QKV
 // projection are fine), cos/sin float32 [N, D/2]; q and k are rotated in place.
-void rotary_(torch::Tensor q, torch::Tensor k, torch::Tensor cos, torch::Tensor sin) {
+void rotary_(at::Tensor q, at::Tensor k, at::Tensor cos, at::Tensor sin) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && q.size(0) == k.size(0) && q.size(2) == k.size(2),
               "q [N,Hq,D], k [N,Hkv,D]");
   TORCH_CHECK(q.stride(2) == 1 && k.stride(2) == 1, "last dim contiguous");
   TORCH_CHECK(q.scalar_type() == k.scalar_type(), "q and k of one dtype");
   const int64_t n = q.size(0), half = q.size(2) / 2;
   TORCH_CHECK(q.size(2) % 2 == 0, "even head_dim");
-  TORCH_CHECK(cos.scalar_type() == torch::kFloat && sin.scalar_type() == torch::kFloat &&
+  TORCH_CHECK(cos.scalar_type() == at::kFloat && sin.scalar_type() == at::kFloat &&
                   cos.is_contiguous() && sin.is_contiguous() && cos.numel() == n * half &&
                   sin.numel() == n * half,
               "cos, sin: float32 [N, D/2], contiguous");
   const float* c = cos.data_ptr<float>();
   const float* s = sin.data_ptr<float>();
-  if (q.scalar_type() == torch::kFloat) {
+  if (q.scalar_type() == at::kFloat) {
     rotate<float>(q, c, s, half, n);
     rotate<float>(k, c, s, half, n);
-  } else if (q.scalar_type() == torch::kBFloat16) {
+  } else if (q.scalar_type() == at::kBFloat16) {
     rotate<c10::BFloat16>(q, c, s, half, n);
     rotate<c10::BFloat16>(k, c, s, half, n);
   } else {

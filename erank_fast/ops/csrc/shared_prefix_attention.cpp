@@ -368,10 +368,9 @@ bool shared_prefix_attention_supports(std::string dtype) {
 // q [N, Hq, D] packed by document (rows q_cu[b]..q_cu[b+1]); k, v [T, Hkv, D], the arena;
 // per document (int64 [B]): its own rows start at own_base, own_start of them precede this
 // step's tokens, and its query's prefix is rows prefix_start .. + prefix_len. -> out [N, Hq, D].
-torch::Tensor shared_prefix_attention(torch::Tensor q, torch::Tensor k, torch::Tensor v,
-                                      torch::Tensor q_cu, torch::Tensor own_base,
-                                      torch::Tensor own_start, torch::Tensor prefix_start,
-                                      torch::Tensor prefix_len, double scale) {
+at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor q_cu,
+                                   at::Tensor own_base, at::Tensor own_start,
+                                   at::Tensor prefix_start, at::Tensor prefix_len, double scale) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes(), "q [N,Hq,D], k/v [T,Hkv,D]");
   TORCH_CHECK(q.size(1) % k.size(1) == 0 && q.size(2) == k.size(2), "incompatible heads");
   TORCH_CHECK(q.size(2) == 64 || q.size(2) == 128, "head_dim 64 or 128");
@@ -382,8 +381,8 @@ torch::Tensor shared_prefix_attention(torch::Tensor q, torch::Tensor k, torch::T
   const int64_t docs = own_base.numel();
   TORCH_CHECK(q_cu.numel() == docs + 1, "q_cu [B+1]");
   for (const auto& t : {q_cu, own_base, own_start, prefix_start, prefix_len})
-    TORCH_CHECK(t.scalar_type() == torch::kLong && t.is_contiguous(), "index tensors: int64");
-  auto out = torch::empty_like(q);
+    TORCH_CHECK(t.scalar_type() == at::kLong && t.is_contiguous(), "index tensors: int64");
+  auto out = at::empty_like(q);
 #if defined(__AVX512F__)
   const Rows m{q_cu.data_ptr<int64_t>(), own_base.data_ptr<int64_t>(),
                own_start.data_ptr<int64_t>(), prefix_start.data_ptr<int64_t>(),
@@ -417,13 +416,13 @@ torch::Tensor shared_prefix_attention(torch::Tensor q, torch::Tensor k, torch::T
     });
   };
   const bool d64 = q.size(2) == 64;
-  if (q.scalar_type() == torch::kFloat) {
+  if (q.scalar_type() == at::kFloat) {
     if (d64) run(float{}, std::integral_constant<int, 64>{});
     else run(float{}, std::integral_constant<int, 128>{});
     return out;
   }
 #if defined(__AVX512BF16__)
-  if (q.scalar_type() == torch::kBFloat16) {
+  if (q.scalar_type() == at::kBFloat16) {
     if (d64) run(c10::BFloat16{}, std::integral_constant<int, 64>{});
     else run(c10::BFloat16{}, std::integral_constant<int, 128>{});
     return out;
