@@ -79,6 +79,30 @@ template <> struct QK<float> {
   }
   template <int D>
   static inline const float* value_row(const float* row, float*) { return row; }
+  // o [D][MR] = o * alpha + P V for one block: s [KB][MR] holds P (zero past nk)
+  template <int D>
+  static inline void accumulate(float* o, const float* s, int nk, const float* const* v_rows,
+                                __m512 alpha0, __m512 alpha1) {
+    for (int d0 = 0; d0 < D; d0 += 8) {
+      __m512 acc[8][2];
+      for (int dd = 0; dd < 8; ++dd) {
+        acc[dd][0] = _mm512_mul_ps(_mm512_load_ps(o + (d0 + dd) * MR), alpha0);
+        acc[dd][1] = _mm512_mul_ps(_mm512_load_ps(o + (d0 + dd) * MR + 16), alpha1);
+      }
+      for (int j = 0; j < nk; ++j) {
+        const __m512 p0 = _mm512_load_ps(s + j * MR), p1 = _mm512_load_ps(s + j * MR + 16);
+        for (int dd = 0; dd < 8; ++dd) {
+          const __m512 x = _mm512_set1_ps(v_rows[j][d0 + dd]);
+          acc[dd][0] = _mm512_fmadd_ps(p0, x, acc[dd][0]);
+          acc[dd][1] = _mm512_fmadd_ps(p1, x, acc[dd][1]);
+        }
+      }
+      for (int dd = 0; dd < 8; ++dd) {
+        _mm512_store_ps(o + (d0 + dd) * MR, acc[dd][0]);
+        _mm512_store_ps(o + (d0 + dd) * MR + 16, acc[dd][1]);
+      }
+    }
+  }
   // one query row against one key row: 16 partial sums of q . k
   template <int D>
   static inline __m512 dot_partials(const float* q, const float* k) {
@@ -116,6 +140,59 @@ template <> struct QK<c10::BFloat16> {
       _mm512_store_ps(s + j * MR + 16, acc[j][1]);
     }
   }
+  // o [D][MR] = o * alpha + P V for one block with vdpbf16ps over key pairs: P rounded to
+  // bfloat16 (as transformers' bfloat16 attention does), pairs (p[2t][r], p[2t+1][r]) in each
+  // lane r, against (v[2t][d], v[2t+1][d]) broadcast; s [KB][MR] holds P, zero past nk.
+  template <int D>
+  static inline void accumulate(float* o, const float* s, int nk,
+                                const c10::BFloat16* const* v_rows, __m512 alpha0,
+                                __m512 alpha1) {
+    const int pairs = (nk + 1) / 2;
+    alignas(64) uint32_t pp[KB / 2][MR];  // P pairs per lane
+    alignas(64) uint32_t vp[KB / 2][D];   // V pairs per head dimension
+    const __m512i interleave = _mm512_set_epi16(
+        31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
+        23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    const __m512i lo = _mm512_set_epi16(
+        47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+        39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+    for (int t = 0; t < pairs; ++t) {
+      for (int half = 0; half < 2; ++half) {
+        const __m512 even = _mm512_load_ps(s + 2 * t * MR + 16 * half);
+        const __m512 odd = _mm512_load_ps(s + (2 * t + 1) * MR + 16 * half);
+        const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(odd, even);  // even low, odd high
+        _mm512_store_si512(pp[t] + 16 * half, _mm512_permutexvar_epi16(interleave, both));
+      }
+      const c10::BFloat16* a = v_rows[2 * t];
+      const c10::BFloat16* b = v_rows[2 * t + 1];
+      for (int d = 0; d < D; d += 32) {
+        const __m512i x = _mm512_loadu_si512(a + d), y = _mm512_loadu_si512(b + d);
+        _mm512_store_si512(vp[t] + d, _mm512_permutex2var_epi16(x, lo, y));
+        _mm512_store_si512(vp[t] + d + 16, _mm512_permutex2var_epi16(x, hi, y));
+      }
+    }
+    for (int d0 = 0; d0 < D; d0 += 8) {
+      __m512 acc[8][2];
+      for (int dd = 0; dd < 8; ++dd) {
+        acc[dd][0] = _mm512_mul_ps(_mm512_load_ps(o + (d0 + dd) * MR), alpha0);
+        acc[dd][1] = _mm512_mul_ps(_mm512_load_ps(o + (d0 + dd) * MR + 16), alpha1);
+      }
+      for (int t = 0; t < pairs; ++t) {
+        const __m512bh p0 = (__m512bh)_mm512_load_si512(pp[t]);
+        const __m512bh p1 = (__m512bh)_mm512_load_si512(pp[t] + 16);
+        for (int dd = 0; dd < 8; ++dd) {
+          const __m512bh x = (__m512bh)_mm512_set1_epi32(static_cast<int>(vp[t][d0 + dd]));
+          acc[dd][0] = _mm512_dpbf16_ps(acc[dd][0], p0, x);
+          acc[dd][1] = _mm512_dpbf16_ps(acc[dd][1], p1, x);
+        }
+      }
+      for (int dd = 0; dd < 8; ++dd) {
+        _mm512_store_ps(o + (d0 + dd) * MR, acc[dd][0]);
+        _mm512_store_ps(o + (d0 + dd) * MR + 16, acc[dd][1]);
+      }
+    }
+  }
   template <int D>  // a V row in float32, converted into the block's buffer
   static inline const float* value_row(const c10::BFloat16* row, float* buffer) {
     for (int d = 0; d < D; d += 16) _mm512_store_ps(buffer + d, bf16x16_to_float(row + d));
@@ -151,10 +228,9 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
   alignas(64) packed_t qp[W * MR];
   alignas(64) float s[KB * MR];
   alignas(64) float o[D * MR];
-  alignas(64) float vbuf[KB * D];
   alignas(64) int32_t limit[MR];
   const T* key_rows[KB];
-  const float* value_rows[KB];
+  const T* value_rows[KB];
 
   const int64_t b = t.doc, g_size = m.group;
   const int64_t n_new = m.q_cu[b + 1] - m.q_cu[b], rows = n_new * g_size;
@@ -184,7 +260,7 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
       const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
       const int64_t arena_row = key < plen ? m.prefix_start[b] + key : m.own_base[b] + key - plen;
       key_rows[j] = k + arena_row * kv_s0 + t.head * kv_s1;
-      if (j < nk) value_rows[j] = Q::template value_row<D>(v + arena_row * kv_s0 + t.head * kv_s1, vbuf + j * D);
+      value_rows[j] = v + arena_row * kv_s0 + t.head * kv_s1;
     }
     for (int j = 0; j < KB; j += NR) {
       if (j < nk) Q::template scores<D>(qp, key_rows + j, s + j * MR);
@@ -221,27 +297,11 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
       _mm512_store_ps(s + j * MR, p0);
       _mm512_store_ps(s + j * MR + 16, p1);
     }
-    // O = O * alpha + P V, eight head dimensions at a time
-    for (int d0 = 0; d0 < D; d0 += 8) {
-      __m512 acc[8][2];
-      for (int dd = 0; dd < 8; ++dd) {
-        acc[dd][0] = _mm512_mul_ps(_mm512_load_ps(o + (d0 + dd) * MR), alpha0);
-        acc[dd][1] = _mm512_mul_ps(_mm512_load_ps(o + (d0 + dd) * MR + 16), alpha1);
-      }
-      for (int j = 0; j < nk; ++j) {
-        const __m512 p0 = _mm512_load_ps(s + j * MR), p1 = _mm512_load_ps(s + j * MR + 16);
-        const float* vr = value_rows[j] + d0;
-        for (int dd = 0; dd < 8; ++dd) {
-          const __m512 x = _mm512_set1_ps(vr[dd]);
-          acc[dd][0] = _mm512_fmadd_ps(p0, x, acc[dd][0]);
-          acc[dd][1] = _mm512_fmadd_ps(p1, x, acc[dd][1]);
-        }
-      }
-      for (int dd = 0; dd < 8; ++dd) {
-        _mm512_store_ps(o + (d0 + dd) * MR, acc[dd][0]);
-        _mm512_store_ps(o + (d0 + dd) * MR + 16, acc[dd][1]);
-      }
+    if (nk % 2) {  // the pair partner of the last key (a repeat of it) weighs nothing
+      _mm512_store_ps(s + nk * MR, _mm512_setzero_ps());
+      _mm512_store_ps(s + nk * MR + 16, _mm512_setzero_ps());
     }
+    Q::template accumulate<D>(o, s, nk, value_rows, alpha0, alpha1);
   }
   alignas(64) float inv_l[MR];
   _mm512_store_ps(inv_l, _mm512_div_ps(_mm512_set1_ps(1.0f), l0));
