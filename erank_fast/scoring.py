@@ -222,9 +222,11 @@ class ScoreReadout:
         reasoning and forced answer opening, then the continuation."""
         return [*prompt_ids, *generated, *forced, *self.continuation]
 
-    def think_off_feed(self, suffix) -> list[int]:
-        """A think="off" document's first (and only) feed: its suffix and the continuation."""
-        return [*suffix, *self.continuation]
+    def answer_feed(self, tokens) -> list[int]:
+        """One feed that reaches the answer position and reads it: ``tokens`` (a think="off"
+        document's suffix, or a reasoning's last token and forced answer opening), then the
+        continuation; the feed's last ``READ_ROWS`` rows are read (``read_rows``)."""
+        return [*tokens, *self.continuation]
 
     def reserve(self, suffix_len: int, budget: int | None) -> int:
         """The most K/V rows a document can need beyond its shared prefix: its suffix, the
@@ -234,7 +236,7 @@ class ScoreReadout:
         return suffix_len + budget + self.detector.max_forced_tokens + len(self.continuation)
 
     def read_rows(self, end: int) -> list[int]:
-        """Rows to read of a think="off" document whose feed ends before row ``end``."""
+        """Rows to read of an ``answer_feed`` that ends before row ``end``."""
         return [end - 2, end - 1]
 
     def from_logits(self, logits: torch.Tensor, generated=(), forced=()) -> Readout:

@@ -57,7 +57,8 @@ class Engine:
                                    max_batch_tokens=max_batch_tokens
                                    or DEFAULT_MAX_BATCH_TOKENS.get(weight.device.type, 2048))
         self.reader = ScoreReader(weight, tokens, detector, impl,
-                                  pack_weights=self.packed_layers > 0)
+                                  pack_weights=self.packed_layers > 0,
+                                  one_token_steps=self.runner.cuda_graphs != "off")
         self.steps_run = 0  # forward passes (steps) run so far, over all calls
         self._driver = threading.Lock()
 
@@ -105,7 +106,7 @@ class Engine:
         for p in prompts:
             group = request.add_group(p.prefix)
             for i, suffix in enumerate(p.suffixes):
-                pending = rules.think_off_feed(suffix) if budget is None else list(suffix)
+                pending = rules.answer_feed(suffix) if budget is None else list(suffix)
                 docs.append(Doc(group=group, index=i, pending=pending,
                                 reserve=rules.reserve(len(suffix), budget),
                                 reading=budget is None, budget=budget))

@@ -3,10 +3,11 @@
 think="off": a document's suffix ends with the answer position and a teacher-forced "1", so the
 step that feeds it reads both distributions and the document is done. Thinking modes: the
 document writes greedy tokens (``Phase.THINK``) until the ``AnswerDetector`` finds or forces
-the answer position; forced tokens are fed one per step (``Phase.FORCE``), then the digits are
-read at the answer position (``Phase.ANSWER``), a "1" is fed and P("0" | "1") read
-(``Phase.ONE``). One token per step throughout, so every pure decode step has one shape.
-Digits, argmax and log-sum-exp come from the vocabulary-streaming score head.
+the answer position; then its last token, the forced answer opening and the "1" are fed in one
+step and read as in think="off". Where decode steps replay CUDA graphs, which hold one token
+per document, the forced tokens are fed one per step instead (``Phase.FORCE``), then the digits
+are read at the answer position (``Phase.ANSWER``), a "1" is fed and P("0" | "1") read
+(``Phase.ONE``). Digits, argmax and log-sum-exp come from the vocabulary-streaming score head.
 """
 
 from __future__ import annotations
@@ -20,9 +21,12 @@ from erank_fast.scoring import AnswerDetector, Readout, ScoreReadout, ScoreToken
 
 class ScoreReader:
     def __init__(self, lm_head_weight: torch.Tensor, tokens: ScoreTokens,
-                 detector: AnswerDetector, impl: str, pack_weights: bool = False):
-        """pack_weights: multiply by a packed copy of the lm_head on CPU (ops.packed_linear)."""
+                 detector: AnswerDetector, impl: str, pack_weights: bool = False,
+                 one_token_steps: bool = False):
+        """pack_weights: multiply by a packed copy of the lm_head on CPU (ops.packed_linear).
+        one_token_steps: feed every decoding document one token per step (CUDA graphs)."""
         self.weight, self.tokens, self.detector, self.impl = lm_head_weight, tokens, detector, impl
+        self.one_token_steps = one_token_steps
         self.rules = ScoreReadout(tokens, detector)
         self.packed = pack_vocab_chunks(lm_head_weight) if pack_weights else None
         self.digit_ids = torch.tensor(tokens.digits, dtype=torch.int64, device=lm_head_weight.device)
@@ -72,6 +76,9 @@ class ScoreReader:
                 d.generated.pop()
             d.forced = decision.forced
             d.queue = ([] if decision.drop_last else [token]) + list(decision.forced)
+            if not self.one_token_steps:  # the opening and the "1" in one step, then read
+                d.pending, d.reading = self.rules.answer_feed(d.queue), True
+                return None
             d.phase = Phase.FORCE
         elif d.phase is Phase.ANSWER:
             d.answer = (tuple(digit_logprobs), token)

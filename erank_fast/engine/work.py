@@ -102,7 +102,7 @@ class Doc:
     index: int
     pending: list[int]          # tokens fed at the next step
     reserve: int                # own K/V rows reserved: the most this document can ever need
-    reading: bool = False       # think="off": pending ends with [answer position, "1"]
+    reading: bool = False       # pending is an answer feed: ends at the answer position + "1"
     budget: int | None = None   # reasoning tokens allowed (None: think="off")
     sampler: "SamplerState | None" = None
     kv_start: int = -1
