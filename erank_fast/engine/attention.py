@@ -68,17 +68,23 @@ class StepMeta:
 
 
 class SharedPrefixAttention:
-    """New tokens of many documents: prefix part (shared per query) + own causal part."""
+    """New tokens of many documents: prefix part (shared per query) + own causal part.
 
-    def __init__(self, pool: KVPool, meta: StepMeta, scale: float, impl: str):
-        self.pool, self.meta, self.scale, self.impl = pool, meta, scale, impl
+    ``queries``: where the queries come from when they are not every new token's (each
+    document's last few tokens, ``last_tokens``); K and V are still every new
+    token's, written where ``meta`` says."""
+
+    def __init__(self, pool: KVPool, meta: StepMeta, scale: float, impl: str,
+                 queries: StepMeta | None = None):
+        self.pool, self.scale, self.impl = pool, scale, impl
+        self.write_rows, self.meta = meta.write_rows, queries or meta
         self.rows: ArenaRows | None = None  # built by the first layer that needs them
 
     def __call__(self, layer: int, q, k, v):
         m = self.meta
         k_arena, v_arena = self.pool.k[layer], self.pool.v[layer]
-        k_arena[m.write_rows] = k
-        v_arena[m.write_rows] = v
+        k_arena[self.write_rows] = k
+        v_arena[self.write_rows] = v
         if not use_triton(self.impl, q) and m.docs:
             # CPU: the C++ kernel reads the arena in place, any number of tokens per document.
             if self.rows is None:
@@ -99,6 +105,16 @@ class SharedPrefixAttention:
         return suffix_attention(q, k_arena, v_arena, m.own_base, m.own_start, m.q_cu_seqlens,
                                 out_p, lse_p, self.scale, impl=self.impl,
                                 max_q_tokens=m.max_q_tokens, max_own_len=m.max_own_len)
+
+
+def last_tokens(meta: StepMeta, keep: list[int]) -> StepMeta:
+    """The same documents with only their last keep[b] new tokens as queries: each sees what
+    it saw among all the new tokens (own_start moves past the tokens dropped before it)."""
+    lens = [n for *_, n in meta.docs]
+    return StepMeta.build(keep, [b for _, b, _, _ in meta.docs],
+                          [s + n - k for (_, _, s, n), k in zip(meta.docs, keep)],
+                          [g for g, *_ in meta.docs], list(meta.prefixes),
+                          meta.write_rows.device) if keep != lens else meta
 
 
 class PrefixPrefillAttention:

@@ -19,7 +19,7 @@ import threading
 import torch
 
 from erank_fast.engine.model_runner import ModelRunner
-from erank_fast.engine.readout import ScoreReader
+from erank_fast.engine.readout import ScoreReader, rows_read
 from erank_fast.engine.sampling import Sample, SamplerState, SamplingParams, sample_step
 from erank_fast.engine.scheduler import Scheduler
 from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request
@@ -150,11 +150,13 @@ class Engine:
                 if new_groups:
                     self.runner.prefill_prefixes(new_groups, scheduler.pool,
                                                  scheduler.max_batch_tokens)
-                hidden, lens = self.runner.step(docs, scheduler.pool)
+                fed = [len(d.pending) for d in docs]
+                read = [min(n, rows_read(d)) for d, n in zip(docs, fed)]
+                hidden = self.runner.step(docs, scheduler.pool, read)
                 self.steps_run += 1
-                scheduler.account(new_groups, docs, lens)
-                finished = self.reader.read(docs, lens, hidden) + sample_step(
-                    docs, lens, hidden, self.decoder.lm_head_weight, self.detector.eos_ids)
+                scheduler.account(new_groups, docs, fed)
+                finished = self.reader.read(docs, read, hidden) + sample_step(
+                    docs, read, hidden, self.decoder.lm_head_weight, self.detector.eos_ids)
                 for d, result in finished:
                     scheduler.finish(d, result)
                 scheduler.retire(docs)

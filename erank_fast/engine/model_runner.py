@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from erank_fast.engine.attention import PrefixPrefillAttention, SharedPrefixAttention, StepMeta
+from erank_fast.engine.attention import (PrefixPrefillAttention, SharedPrefixAttention, StepMeta,
+                                        last_tokens)
 from erank_fast.engine.decode_graphs import DecodeGraphs, graph_mode
 from erank_fast.engine.kv_pool import KVPool
 from erank_fast.engine.work import Doc, Group
@@ -50,9 +51,10 @@ class ModelRunner:
                              attention)
             g0 = g1
 
-    def step(self, docs: list[Doc], pool: KVPool) -> tuple[torch.Tensor, list[int]]:
+    def step(self, docs: list[Doc], pool: KVPool, keep: list[int]) -> torch.Tensor:
         """Feed every document's pending tokens (documents of a group contiguous); returns the
-        hidden states [tokens, H] of the fed tokens, in order, and the tokens per document."""
+        final hidden states [sum(keep), H] of each document's last keep[b] fed tokens, in
+        order (the rows its readout or sampler reads)."""
         group_index: dict[int, int] = {}
         for d in docs:
             group_index.setdefault(id(d.group), len(group_index))
@@ -65,12 +67,17 @@ class ModelRunner:
         groups = [group_index[id(d.group)] for d in docs]
         graphs = self._decode_graphs(pool) if max(lens) == 1 else None
         if graphs is not None and graphs.fits(len(docs)):
-            hidden = graphs.run(ids, positions, own_base, own_start, groups, prefixes)
-        else:
-            meta = StepMeta.build(lens, own_base, own_start, groups, prefixes, self.device)
-            hidden = self.decoder(self._tensor(ids), self._tensor(positions),
-                                  SharedPrefixAttention(pool, meta, self.scale, self.impl))
-        return hidden, lens
+            return graphs.run(ids, positions, own_base, own_start, groups, prefixes)
+        meta = StepMeta.build(lens, own_base, own_start, groups, prefixes, self.device)
+        attention = SharedPrefixAttention(pool, meta, self.scale, self.impl)
+        if keep == lens:
+            return self.decoder(self._tensor(ids), self._tensor(positions), attention)
+        ends = meta.q_cu_seqlens[1:].tolist()
+        rows = self._tensor([e - k + j for e, k in zip(ends, keep) for j in range(k)])
+        queries = SharedPrefixAttention(pool, meta, self.scale, self.impl,
+                                        queries=last_tokens(meta, keep))
+        return self.decoder(self._tensor(ids), self._tensor(positions), attention, rows=rows,
+                            rows_attention=queries)
 
     def _decode_graphs(self, pool: KVPool) -> DecodeGraphs | None:
         """The decode-step graphs over the current arena (None when off)."""

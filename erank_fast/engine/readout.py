@@ -19,6 +19,12 @@ from erank_fast.ops.score_head import pack_vocab_chunks, score_head
 from erank_fast.scoring import AnswerDetector, Readout, ScoreReadout, ScoreTokens
 
 
+def rows_read(d: Doc) -> int:
+    """How many of a document's last fed tokens its step reads: an answer feed's last
+    ``ScoreReadout.READ_ROWS``, otherwise the last one (a decoding or sampled document)."""
+    return ScoreReadout.READ_ROWS if d.reading else 1
+
+
 class ScoreReader:
     def __init__(self, lm_head_weight: torch.Tensor, tokens: ScoreTokens,
                  detector: AnswerDetector, impl: str, pack_weights: bool = False,
@@ -33,7 +39,8 @@ class ScoreReader:
 
     def read(self, docs: list[Doc], lens: list[int], hidden: torch.Tensor
              ) -> list[tuple[Doc, Readout]]:
-        """Advance every scored document of a step; returns those whose readout is complete."""
+        """Advance every scored document of a step; returns those whose readout is complete.
+        hidden: the rows of the step's documents, lens[b] of document b's last fed tokens."""
         # Rows whose next-token distribution is needed: the last one of a decoding document;
         # the answer position and the position after "1" of a think="off" document.
         rows, owners, end = [], [], 0
