@@ -30,9 +30,10 @@ FLAGS_OF_INTEREST = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512f
 
 @functools.cache
 def cpu_info() -> dict:
-    """Model name, core count, the vector/matrix flags that matter here, and a short slug
-    (for result file names)."""
-    model, flags = platform.processor() or platform.machine(), set()
+    """Model name (with its family and model numbers, which tell apart CPUs that report one
+    name, such as a KVM guest's "AMD EPYC"), core count, the vector/matrix flags that matter
+    here, and a short slug (for result file names)."""
+    model, flags, family = platform.processor() or platform.machine(), set(), ""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             text = f.read()
@@ -40,6 +41,9 @@ def cpu_info() -> dict:
             model = m.group(1).strip()
         if m := re.search(r"^flags\s*:\s*(.+)$", text, re.M):
             flags = set(m.group(1).split())
+        numbers = [re.search(rf"^{key}\s*:\s*(\d+)$", text, re.M) for key in ("cpu family", "model")]
+        if all(numbers):
+            family = f"f{numbers[0].group(1)}m{numbers[1].group(1)}"
     except OSError:
         pass
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
@@ -47,8 +51,9 @@ def cpu_info() -> dict:
     isa = "amx" if "amx_bf16" in flags else "avx512bf16" if "avx512_bf16" in flags else \
         "avx512" if "avx512f" in flags else "avx2" if "avx2" in flags else platform.machine()
     slug = re.sub(r"[^a-z0-9]+", "-", model.lower()).strip("-")
-    return {"model": model, "cores": cores, "flags": present, "torch_threads":
-            torch.get_num_threads(), "slug": f"{slug}-{cores}c-{isa}"}
+    return {"model": model, "family_model": family, "cores": cores, "flags": present,
+            "torch_threads": torch.get_num_threads(),
+            "slug": "-".join(p for p in (slug, family, f"{cores}c", isa) if p)}
 
 
 def _gflops(dtype: torch.dtype, repeats: int = 3) -> float:

@@ -7,7 +7,11 @@ then prints and writes docs/s per system and setting, cold start, reasoning toke
 and agreement against erank_fast's float32 path (results JSON + a PNG plot).
 
     python bench/peers/run_peers.py --data ../shared/data/dl19-bm25-top100.jsonl \
-        --queries 3 --docs 100 --think off 64
+        --queries 3 --docs 100 --think off 64 [--before GIT_REF]
+
+``--before REF`` adds erank_fast as of that commit (a git worktree in the work folder, its own
+C++ kernel build) as the systems ``erank_fast@REF`` and ``erank_fast_fp32@REF``: a change's
+speed-up measured in the same run as the peers.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -75,14 +80,31 @@ def python_of(venv: str | None) -> Path | None:
     return path if path.exists() else None
 
 
-def run_system(name: str, workload: Path, out: Path) -> dict | None:
+def checkout(ref: str, work: Path) -> Path:
+    """A worktree of erank_fast at ``ref`` (made once per commit) for the before systems."""
+    commit = subprocess.run(["git", "rev-parse", "--short", ref], cwd=HERE, check=True,
+                            capture_output=True, text=True).stdout.strip()
+    tree = work / f"erank_fast-{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "worktree", "add", "--detach", "-f", str(tree), commit], cwd=HERE,
+                       check=True)
+    return tree
+
+
+def run_system(name: str, workload: Path, out: Path, tree: Path | None = None) -> dict | None:
+    """One system on the workload in its own process; ``tree``: erank_fast from that checkout
+    (its runner and package) instead of this one."""
     runner, extra, venv = SYSTEMS[name]
     python = python_of(venv)
     if python is None:
         print(f"skip {name}: no venv (bash bench/peers/setup.sh {venv})")
         return None
-    subprocess.run([str(python), str(HERE / runner), str(workload), str(out), *extra],
-                   check=True, cwd=HERE)
+    env, script = None, HERE / runner
+    if tree is not None:
+        env = {**os.environ, "PYTHONPATH": str(tree)}
+        script = tree / "bench" / "peers" / runner
+    subprocess.run([str(python), str(script), str(workload), str(out), *extra], check=True,
+                   cwd=script.parent, env=env)
     result = peer_io.read(str(out))
     result["system"] = name
     return result
@@ -157,6 +179,8 @@ def main() -> None:
     parser.add_argument("--systems", default=",".join(SYSTEMS))
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out", type=Path, default=HERE.parent / "results")
+    parser.add_argument("--before", metavar="GIT_REF",
+                        help="also run erank_fast as of this commit (bf16 default and float32)")
     args = parser.parse_args()
     if not args.data.is_file():
         sys.exit(f"no data at {args.data} (the TREC files of shared/data)")
@@ -174,6 +198,13 @@ def main() -> None:
             r = run_system(name, wpath, args.work / f"{name}-think-{think}.json")
             if r is not None:
                 results[name] = r
+        if args.before:
+            tree = checkout(args.before, args.work)
+            for name in ("erank_fast", "erank_fast_fp32"):
+                label = f"{name}@{args.before}"
+                r = run_system(name, wpath, args.work / f"{label}-think-{think}.json", tree)
+                r["system"] = label
+                results[label] = r
         reference = results.get(REFERENCE)
         for name, r in results.items():
             rows.append({"think": think, **summarize(r, reference if name != REFERENCE else None)})
@@ -184,7 +215,7 @@ def main() -> None:
     stem.with_suffix(".json").write_text(json.dumps(
         {"cpu": cpu, "workload": {"data": args.data.name, "queries": args.queries,
                                   "docs": args.docs, "max_doc_tokens": args.max_doc_tokens,
-                                  "model": BASE_MODEL},
+                                  "model": BASE_MODEL}, "before": args.before,
          "rows": rows, "table": table(rows)}, indent=1), encoding="utf-8")
     plot(rows, stem.with_suffix(".png"),
          f"{BASE_MODEL}, {args.queries} cold TREC queries x {args.docs} BM25 passages; "
