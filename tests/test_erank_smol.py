@@ -1,4 +1,4 @@
-"""erank-smol, the packaged default reranker, end to end on real data (CPU, bfloat16).
+"""erank-smol, the packaged default reranker, end to end on real data (CPU, its default dtype).
 
 Its ranking quality is recorded in train/RESULTS.md and the README, not asserted here: these
 tests check that it ships, loads offline and runs the evaluation within the CI budget."""
@@ -33,9 +33,11 @@ def test_demo_ranks_the_relevant_documents_first(smollm2_dir, capsys):
     assert len(top & on_topic) >= len(on_topic) - 1, rows
 
 
-def test_eval_dl19_ten_queries_in_bfloat16(smollm2_dir, data_dir, tmp_path, capsys):
+def test_eval_dl19_ten_queries_at_the_cpus_dtype(smollm2_dir, data_dir, tmp_path, capsys):
+    """The dtype the CPU check picks (bfloat16 where it is fast, float32 on a CPU without
+    bf16 kernels), as a user's `erank-fast eval` runs."""
     out = tmp_path / "dl19-10.json"
-    assert cli.main(["eval", "--model", "erank-smol", "--dtype", "bfloat16",
+    assert cli.main(["eval", "--model", "erank-smol",
                      "--data", str(data_dir / "dl19-bm25-top100.jsonl"),
                      "--qrels", str(data_dir / "dl19-bm25-top100.qrels"),
                      "--queries", "10", "--out", str(out)]) == 0

@@ -23,9 +23,14 @@ BATCH_HINT = 64
 
 
 def packing_available(weight: torch.Tensor) -> bool:
-    return (weight.device.type == "cpu" and weight.dtype in PACKABLE_DTYPES
+    """Whether oneDNN packs this weight on this CPU: float32 anywhere oneDNN runs, bfloat16
+    only where oneDNN has bf16 kernels (AVX512-BW/VL/DQ or AVX-NE-CONVERT; on an AVX2-only CPU
+    ``F.linear`` keeps bfloat16 weights plain)."""
+    if not (weight.device.type == "cpu" and weight.dtype in PACKABLE_DTYPES
             and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight")):
+        return False
+    return weight.dtype != torch.bfloat16 or torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def pack_weight(weight: torch.Tensor) -> torch.Tensor:
@@ -94,7 +99,10 @@ def pack_linears(module: nn.Module) -> int:
         return 0
     _, _, probe = targets[0]
     x = torch.randn(3, probe.in_features, dtype=probe.weight.dtype)
-    packed = PackedLinear(probe)
+    try:
+        packed = PackedLinear(probe)
+    except RuntimeError:  # this oneDNN build cannot pack this dtype here: keep the plain path
+        return 0
     with torch.inference_mode():
         if not torch.allclose(packed(x).float(), F.linear(x, probe.weight, probe.bias).float(),
                               rtol=1e-2, atol=1e-2):
