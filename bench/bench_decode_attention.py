@@ -6,8 +6,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hardware import DEVICE, bench, roofline_info
-from kernel_cases import BENCH, per_document_sdpa, shared_prefix_attention, shared_prefix_inputs
+
+from bench.hardware import DEVICE, bench, roofline_info
+from tests.kernels.kernel_cases import (
+    BENCH,
+    per_document_sdpa,
+    shared_prefix_attention,
+    shared_prefix_inputs,
+)
 
 B = BENCH
 PREFIX, OWN = B["decode_prefix"], B["own"]

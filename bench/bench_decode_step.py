@@ -14,11 +14,11 @@ import time
 
 import pytest
 import torch
-from bench_rerank import setup
-from hardware import DEVICE, bench, device_name, peaks, sync
-from kernel_cases import SMOKE
 
+from bench.bench_rerank import setup
+from bench.hardware import DEVICE, bench, device_name, peaks, sync
 from erank_fast import Reranker
+from tests.kernels.kernel_cases import SMOKE
 
 if SMOKE:
     MODEL, DOCS, DOC_TOKENS, BUDGETS = ("qwen3-small", torch.float32), 4, 16, (1, 2)

@@ -16,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from baselines import TransformersScorer, generate_batch_scores
-from hardware import DEVICE, bench, peaks
-from kernel_cases import SMOKE
 
+from bench.baselines import TransformersScorer, generate_batch_scores
+from bench.hardware import DEVICE, bench, peaks
 from erank_fast import Reranker
 from erank_fast.scoring import score_document
+from tests.kernels.kernel_cases import SMOKE
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dl19-bm25-top100.jsonl"
 NUM_DOCS = 8 if SMOKE else 100

@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from hardware import DEVICE, bench, roofline_info
-from kernel_cases import BENCH, full_logits_head, randn
 
+from bench.hardware import DEVICE, bench, roofline_info
 from erank_fast.ops.score_head import score_head
+from tests.kernels.kernel_cases import BENCH, full_logits_head, randn
 
 B = BENCH
 

@@ -21,8 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
-from hardware import DEVICE
-from kernel_cases import SMOKE
+
+from bench.hardware import DEVICE
+from tests.kernels.kernel_cases import SMOKE
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dl19-bm25-top100.jsonl"
 CONCURRENCY = [1, 4] if SMOKE else [1, 8, 32]
@@ -49,7 +50,7 @@ def reranker():
     pytest.importorskip("fastapi")
     import torch
 
-    from bench_rerank import setup
+    from bench.bench_rerank import setup
     from erank_fast import Reranker
 
     name, dtype = ("qwen3-4b", torch.bfloat16) if DEVICE.type == "cuda" else ("qwen3-small",

@@ -22,7 +22,8 @@ import threading
 import time
 
 import pytest
-from kernel_cases import SMOKE
+
+from tests.kernels.kernel_cases import SMOKE
 
 SECONDS = 6 if SMOKE else float(os.environ.get("ERANK_SOAK_SECONDS", "120"))
 CONCURRENCY = 8 if SMOKE else 32
@@ -51,7 +52,7 @@ def test_soak_with_disconnects(benchmark):
     import torch
     import uvicorn
 
-    from bench_rerank import setup
+    from bench.bench_rerank import setup
     from erank_fast import Reranker
     from erank_fast.server import ServerLimits, create_app
 

@@ -3,8 +3,3 @@ on a GPU (tests/kernels/kernel_cases.py holds both, and the baselines); each rec
 time, throughput and roofline fraction in extra_info. ERANK_BENCH_SMOKE=1 shrinks every case
 (CI runs each benchmark once that way, with --benchmark-disable)."""
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "kernels"))

@@ -44,7 +44,11 @@ def gemm_peak(hidden: int, intermediate: int, dtype: torch.dtype, tokens: int = 
     """FLOP/s of the model's largest projection at this many tokens, best of 5 (same process)."""
     x = torch.randn(tokens, hidden).to(dtype)
     w = torch.randn(intermediate, hidden).to(dtype)
-    from erank_fast.ops.packed_linear import pack_weight, packed_matmul, packing_available
+    from erank_fast.ops.packed_linear import (
+        pack_weight,
+        packed_matmul,
+        packing_available,
+    )
 
     if packing_available(w):  # as the engine multiplies
         packed = pack_weight(w)

@@ -6,8 +6,17 @@ between the two. Needs the ray and serve extras and ../shared/data.
 
     python bench/serve_replicas.py
 """
-import json, os, signal, subprocess, sys, time, statistics, concurrent.futures, socket
+import concurrent.futures
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import time
+
 import httpx
+
 rows=[json.loads(l) for l in open(os.path.join(os.path.dirname(__file__), '..', '..', 'shared', 'data', 'dl19-bm25-top100.jsonl'))][:8]
 reqs=[(r['query'], [c['text'] for c in r['candidates'][i*10:(i+1)*10]]) for r in rows for i in range(4)]  # 32 requests x 10 docs
 env={**os.environ, "RAY_AUTH_MODE":"disabled", "RAY_USAGE_STATS_ENABLED":"0"}

@@ -10,8 +10,8 @@ import importlib.util
 
 import pytest
 
-from bench_rerank import workload
-from hardware import DEVICE, bench
+from bench.bench_rerank import workload
+from bench.hardware import DEVICE, bench
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("vllm") is None or DEVICE.type != "cuda",
@@ -22,8 +22,8 @@ pytestmark = pytest.mark.skipif(
 def test_vllm_rerank_one_query(benchmark, think, tmp_path):
     from vllm import LLM, SamplingParams
 
+    from bench.bench_rerank import load
     from erank_fast import Reranker
-    from bench_rerank import load
 
     model, tok = load("qwen3-4b", __import__("torch").bfloat16)
     model.save_pretrained(tmp_path)

@@ -101,8 +101,13 @@ def _stats_line(results) -> str:
 
 
 def _eval(args) -> int:
-    from erank_fast.datasets import read_beir, read_jsonl, read_qrels, write_trec_run
-    from erank_fast.evaluate import format_report, run_evaluation
+    from erank_fast.evaluation.runner import format_report, run_evaluation
+    from erank_fast.evaluation.trec import (
+        read_beir,
+        read_jsonl,
+        read_qrels,
+        write_trec_run,
+    )
 
     try:
         if args.data:

@@ -42,7 +42,7 @@ def add_rerank_batch_parser(sub, model_options) -> None:
 def serve_replicas(args, limits, reranker_options: dict) -> int:
     """``erank-fast serve --replicas N``: the server on Ray Serve."""
     try:
-        from erank_fast import server_ray
+        from erank_fast.server import replicas
     except ImportError as e:
         print(f"erank-fast serve --replicas needs the 'ray' extra (pip install "
               f"'erank_fast[ray,serve]'): {e}", file=sys.stderr)
@@ -56,9 +56,9 @@ def serve_replicas(args, limits, reranker_options: dict) -> int:
         return 2
     threads = args.threads_per_replica or max(1, (os.cpu_count() or 1) // args.replicas)
     load = functools.partial(Reranker.from_pretrained, args.model, **reranker_options)
-    return server_ray.run(load, model_name=args.model, limits=limits, replicas=args.replicas,
-                          threads_per_replica=threads, host=args.host, port=args.port,
-                          autoscale=args.autoscale, ray_address=args.ray)
+    return replicas.run(load, model_name=args.model, limits=limits, replicas=args.replicas,
+                        threads_per_replica=threads, host=args.host, port=args.port,
+                        autoscale=args.autoscale, ray_address=args.ray)
 
 
 def rerank_batch(args, reranker_options: dict) -> int:

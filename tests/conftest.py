@@ -17,6 +17,8 @@ if not torch.cuda.is_available():
 
 DATA_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
+from tests.helpers import boost_digits, make_tiny_model  # noqa: E402  (after TRITON_INTERPRET)
+
 
 def _package_dir(name: str) -> Path | None:
     spec = importlib.util.find_spec(name)
@@ -33,37 +35,6 @@ def qwen_tokenizer():
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(d / "tokenizer_files")
-
-
-def make_tiny_model(family: str, vocab_size: int, seed: int = 0, **overrides):
-    """A small random-weight causal LM of a family, float32, eval mode."""
-    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
-    from transformers import Qwen3Config, Qwen3ForCausalLM
-
-    common = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                  num_attention_heads=4, num_key_value_heads=2, vocab_size=vocab_size,
-                  initializer_range=0.1, max_position_embeddings=4096)
-    common.update(overrides)
-    torch.manual_seed(seed)
-    cls = {"qwen3": (Qwen3Config, Qwen3ForCausalLM), "qwen2": (Qwen2Config, Qwen2ForCausalLM),
-           "llama": (LlamaConfig, LlamaForCausalLM)}[family]
-    if family == "qwen3":
-        common.setdefault("head_dim", 32)
-    model = cls[1](cls[0](**common)).eval()
-    for p in model.parameters():  # norms start at 1: perturb them so they are tested too
-        if p.dim() == 1:
-            p.data.add_(0.1 * torch.randn_like(p))
-    return model
-
-
-def boost_digits(model, tokenizer, factor: float = 6.0):
-    """Make digit tokens likely at every position, so a random model writes readable scores."""
-    from erank_fast.scoring import ScoreTokens
-
-    digits = list(ScoreTokens.from_tokenizer(tokenizer).digits)
-    with torch.no_grad():
-        model.get_output_embeddings().weight[digits] *= factor
-    return model
 
 
 @pytest.fixture(scope="session")

@@ -25,7 +25,7 @@ def _spearman(a, b) -> float:
 
 
 def _workload(request):
-    from conftest import DATA_DIR
+    from tests.conftest import DATA_DIR
 
     path = DATA_DIR / "dl19-bm25-top100.jsonl"
     if path.is_file():

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny_model
-from erank_fast.models.config import DecoderConfig
+from erank_fast.models.decoder_config import DecoderConfig
 from erank_fast.models.loading import decoder_from_hf_model, load_decoder
-from helpers import decoder_logits
+from tests.helpers import decoder_logits, make_tiny_model
 
 VOCAB = 512
 

@@ -10,8 +10,8 @@ import json
 import pytest
 
 from erank_fast import cli
-from erank_fast.datasets import read_jsonl, read_qrels
-from erank_fast.metrics import evaluate
+from erank_fast.evaluation.metrics import evaluate
+from erank_fast.evaluation.trec import read_jsonl, read_qrels
 from erank_fast.models.packaged import packaged_reranker
 
 

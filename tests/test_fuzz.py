@@ -17,7 +17,7 @@ from erank_fast import Reranker
 
 pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
-from test_server import DOCS, QUERY, LiveServer  # noqa: E402
+from tests.test_server import DOCS, QUERY, LiveServer  # noqa: E402
 
 from erank_fast.server import ServerLimits, create_app  # noqa: E402
 

@@ -11,7 +11,7 @@ import torch
 pytest.importorskip("datasets")
 
 from erank_fast import Reranker  # noqa: E402
-from erank_fast.datasets import Candidate, Query  # noqa: E402
+from erank_fast.evaluation.trec import Candidate, Query  # noqa: E402
 from erank_fast.prompt import PromptBuilder  # noqa: E402
 from erank_fast.scoring import ScoreTokens  # noqa: E402
 from erank_fast.training import listwise  # noqa: E402

@@ -66,7 +66,7 @@ def test_truncated_gguf_file(tmp_path, smollm2_dir):
 
 def test_adapter_for_another_base_model(checkpoint, tmp_path):
     peft = pytest.importorskip("peft")
-    from conftest import make_tiny_model
+    from tests.helpers import make_tiny_model
 
     other = make_tiny_model("qwen3", 1000, hidden_size=48, intermediate_size=64)
     lora = peft.get_peft_model(other, peft.LoraConfig(r=2, target_modules="all-linear"))

@@ -8,8 +8,14 @@ import math
 import pytest
 
 from erank_fast import cli
-from erank_fast.datasets import read_jsonl, read_qrels
-from erank_fast.metrics import evaluate, hybrid, ndcg, reciprocal_rank, zscores
+from erank_fast.evaluation.metrics import (
+    evaluate,
+    hybrid,
+    ndcg,
+    reciprocal_rank,
+    zscores,
+)
+from erank_fast.evaluation.trec import read_jsonl, read_qrels
 
 
 def test_ndcg_graded_by_hand():

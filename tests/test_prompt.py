@@ -6,8 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from erank_fast.prompt import (DEFAULT_INSTRUCTION, ERANK_TEMPLATE, THINK_OFF_CONTINUATION,
-                               PromptBuilder)
+from erank_fast.prompt import (
+    DEFAULT_INSTRUCTION,
+    ERANK_TEMPLATE,
+    THINK_OFF_CONTINUATION,
+    PromptBuilder,
+)
 
 
 @pytest.fixture(scope="module")

@@ -11,9 +11,8 @@ import pytest
 
 pytest.importorskip("datasets")
 
-from helpers import train_script  # noqa: E402
 
-from erank_fast.datasets import Candidate, Query  # noqa: E402
+from erank_fast.evaluation.trec import Candidate, Query  # noqa: E402
 from erank_fast.prompt import PromptBuilder  # noqa: E402
 from erank_fast.scoring import ScoreTokens  # noqa: E402
 from erank_fast.training import listwise  # noqa: E402
@@ -82,7 +81,7 @@ def test_command_writes_usable_questions(tiny_qwen3, tmp_path, monkeypatch):
         "candidates": [{"docid": c.docid, "text": c.text, "score": 0.0} for c in q.candidates]})
         + "\n" for q in _queries()))
     answers = iter(["What is topic 0 about?", "The answer", "What does passage 3 say?"] * 4)
-    script = train_script("pseudo_queries")
+    script = pq  # train/pseudo_queries.py runs pq.main
     monkeypatch.setattr("erank_fast.training.policy.load_float32_model", lambda name: (model, tok))
     monkeypatch.setattr(script, "generate_questions",
                         lambda m, t, passages, **kw: [next(answers) for _ in passages])

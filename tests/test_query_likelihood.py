@@ -7,7 +7,6 @@ import json
 
 import pytest
 import torch
-from helpers import train_script
 
 from erank_fast.training import query_likelihood as qlm
 
@@ -43,7 +42,7 @@ def test_command_writes_and_resumes(tiny_qwen3, tmp_path, monkeypatch):
     loads = []
     monkeypatch.setattr("erank_fast.training.policy.load_float32_model",
                         lambda name: loads.append(name) or (model, tok))
-    script = train_script("query_likelihood")
+    script = qlm  # train/query_likelihood.py runs qlm.main
     script.main(["--model", "tiny", "--data", str(data), "--out", str(out)])
     scores = qlm.read_scores(out)
     assert len(scores) == 6 and scores[("q0", "d0")] != -1.0  # the cut-off query was redone

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import make_tiny_model
 from erank_fast import Reranker
+from tests.helpers import make_tiny_model
 
 QUERY = "how do vaccines train the immune system"
 DOCS = [

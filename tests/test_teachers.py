@@ -8,9 +8,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from helpers import train_script
 
-from erank_fast.datasets import Candidate, Query
+from erank_fast.evaluation.trec import Candidate, Query
+from erank_fast.training import teachers
 from erank_fast.training.teachers import DenseTeacher, pseudo_qid
 
 pytest.importorskip("sentence_transformers")
@@ -60,7 +60,7 @@ def test_command_writes_jsonl_and_refuses_to_overwrite(minilm_dir, tmp_path):
         "candidates": [{"docid": c.docid, "text": c.text, "score": 0.0} for c in q.candidates]})
         + "\n" for q in _queries()))
     out = tmp_path / "teacher.jsonl"
-    script = train_script("teacher_scores")
+    script = teachers  # train/teacher_scores.py runs teachers.main
     script.main(["--teacher", str(minilm_dir), "--data", str(data), "--max_queries", "1",
                  "--out", str(out)])
     rows = [json.loads(line) for line in out.read_text().splitlines()]

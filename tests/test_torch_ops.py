@@ -153,7 +153,11 @@ def test_cpu_arena_attention_kernel_equals_plain_causal(case, hq, hkv, d, dtype,
     """The C++ shared-prefix kernel (any tokens per document, prefix + own rows read in place):
     odd lengths, tiles cut mid-token, empty and 1-token prefixes, NaN in rows nobody owns;
     bfloat16 inputs against float32 attention on the same values."""
-    from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu, kernel_applies
+    from erank_fast.ops.arena_attention import (
+        ArenaRows,
+        arena_attention_cpu,
+        kernel_applies,
+    )
 
     torch.manual_seed(4)
     prefixes = [(2, 17), (25, 1), (30, 0), (31, 70)]

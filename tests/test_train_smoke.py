@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import make_tiny_model
+
+from tests.helpers import make_tiny_model
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.skipif(
@@ -108,7 +109,7 @@ def test_sft_listwise_zero2_checkpoint_and_resume(tiny_dir, data_dir, tmp_path):
     pseudo-query groups and LoRA on the upper decoder layer only."""
     from safetensors.torch import load_file
 
-    from erank_fast.datasets import read_jsonl
+    from erank_fast.evaluation.trec import read_jsonl
 
     first = read_jsonl(data_dir / "dl21-bm25-top100.jsonl")[0]
     pseudo = tmp_path / "pseudo.jsonl"

@@ -11,8 +11,8 @@ import torch
 
 trl_utils = pytest.importorskip("trl.trainer.utils")
 
-from conftest import make_tiny_model  # noqa: E402
 from erank_fast.training.trl_cpu import compact_lm_head_everywhere  # noqa: E402
+from tests.helpers import make_tiny_model  # noqa: E402
 
 
 def _fused_outputs(model, ids, labels):

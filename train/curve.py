@@ -26,7 +26,7 @@ DATA = Path("../shared/data")
 
 
 def held_out_sets(train_queries: int) -> dict:
-    from erank_fast.datasets import read_jsonl, read_qrels
+    from erank_fast.evaluation.trec import read_jsonl, read_qrels
 
     dl21 = read_jsonl(DATA / "dl21-bm25-top100.jsonl")[train_queries:]
     return {"dl21_heldout": (dl21, read_qrels(DATA / "dl21-bm25-top100.qrels")),
@@ -56,7 +56,7 @@ def summary(result: dict) -> dict:
 
 def evaluate_adapter(model: str, adapter: str, sets: dict) -> dict:
     from erank_fast import Reranker
-    from erank_fast.evaluate import run_evaluation
+    from erank_fast.evaluation.runner import run_evaluation
 
     reranker = Reranker.from_pretrained(model, adapter=adapter, think="off",
                                         score_mode="expected", max_doc_tokens=256)

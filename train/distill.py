@@ -17,8 +17,8 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from erank_fast.training import data as train_data
-from erank_fast.training.data import consensus
 from erank_fast.training.arguments import ScriptParser
+from erank_fast.training.data import consensus
 
 
 def main(argv=None) -> None:

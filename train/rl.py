@@ -21,8 +21,12 @@ merged in place for the call and unmerged after, and the result is an adapter ag
 from __future__ import annotations
 
 from erank_fast.training.arguments import RLScriptArguments
-from erank_fast.training.grpo import (expected_score_scorer, make_listwise_reward, rl_dataset,
-                                      think_off)
+from erank_fast.training.grpo import (
+    expected_score_scorer,
+    make_listwise_reward,
+    rl_dataset,
+    think_off,
+)
 from erank_fast.training.policy import apply_precision, load_policy, train_and_save
 from erank_fast.training.rewards import RewardConfig
 from erank_fast.training.rollouts import make_rollout

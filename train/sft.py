@@ -27,7 +27,12 @@ from __future__ import annotations
 
 from erank_fast.training import data as train_data
 from erank_fast.training.arguments import SFTScriptArguments, check_sft_arguments
-from erank_fast.training.policy import apply_precision, load_policy, lora_targets, train_and_save
+from erank_fast.training.policy import (
+    apply_precision,
+    load_policy,
+    lora_targets,
+    train_and_save,
+)
 
 
 def build_dataset(args: SFTScriptArguments, tokenizer):
@@ -86,9 +91,13 @@ def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_co
 
     from erank_fast.prompt import PromptBuilder
     from erank_fast.scoring import ScoreTokens
-    from erank_fast.training.listwise import (TEACHER_LOSSES, LeftPaddingCollator,
-                                              ListwiseTrainer, listwise_examples,
-                                              pseudo_query_examples)
+    from erank_fast.training.listwise import (
+        TEACHER_LOSSES,
+        LeftPaddingCollator,
+        ListwiseTrainer,
+        listwise_examples,
+        pseudo_query_examples,
+    )
     from erank_fast.training.pseudo_queries import read_pseudo_queries
     from erank_fast.training.query_likelihood import read_scores
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from erank_fast.models.config import DecoderConfig
+from erank_fast.models.decoder_config import DecoderConfig
 
 
 class RangeAllocator:

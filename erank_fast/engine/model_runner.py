@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import torch
 
-from erank_fast.engine.attention import (PrefixPrefillAttention, SharedPrefixAttention, StepMeta,
-                                        last_tokens)
+from erank_fast.engine.attention import (
+    PrefixPrefillAttention,
+    SharedPrefixAttention,
+    StepMeta,
+    last_tokens,
+)
 from erank_fast.engine.decode_graphs import DecodeGraphs, graph_mode
 from erank_fast.engine.kv_pool import KVPool
 from erank_fast.engine.work import Doc, Group

@@ -17,7 +17,7 @@ import torch
 
 from erank_fast.engine.kv_pool import KVPool, RangeAllocator
 from erank_fast.engine.work import Cancelled, Doc, Group, Request
-from erank_fast.models.config import DecoderConfig
+from erank_fast.models.decoder_config import DecoderConfig
 
 DEFAULT_CPU_KV_MEMORY = 2 * 2**30
 DEFAULT_GPU_KV_FRACTION = 0.9

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from erank_fast.models.config import DecoderConfig
+from erank_fast.models.decoder_config import DecoderConfig
 from erank_fast.ops.packed_linear import linear_add, linear_mul, linear_silu
 from erank_fast.ops.rms_norm import rms_norm_kernel
 from erank_fast.ops.rotary import rotary_kernel

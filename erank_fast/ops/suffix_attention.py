@@ -7,8 +7,15 @@ from __future__ import annotations
 import torch
 
 from erank_fast.ops.attention_merge import merge_attention
-from erank_fast.ops.dispatch import (LOG2E, block_d, cdiv, dot_precision, max_segment,
-                                     next_power_of_2, use_triton)
+from erank_fast.ops.dispatch import (
+    LOG2E,
+    block_d,
+    cdiv,
+    dot_precision,
+    max_segment,
+    next_power_of_2,
+    use_triton,
+)
 
 BLOCK_N = 64
 NUM_WARPS, NUM_STAGES = 4, 3

@@ -13,7 +13,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from erank_fast.datasets import Query, read_jsonl, read_qrels
+from erank_fast.evaluation.trec import Query, read_jsonl, read_qrels
 from erank_fast.prompt import THINK_OFF_CONTINUATION, PromptBuilder
 
 # Graded relevance (TREC DL: 0 irrelevant .. 3 perfectly relevant) to ERank's 0..10 scale.

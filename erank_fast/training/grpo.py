@@ -15,7 +15,13 @@ import re
 from erank_fast.config import parse_think
 from erank_fast.prompt import ANSWER_OPEN, THINK_OFF_CONTINUATION
 from erank_fast.training import data as train_data
-from erank_fast.training.rewards import CASES, RewardConfig, Rollout, query_cases, query_rewards
+from erank_fast.training.rewards import (
+    CASES,
+    RewardConfig,
+    Rollout,
+    query_cases,
+    query_rewards,
+)
 from erank_fast.training.rollouts import merged_adapters
 
 

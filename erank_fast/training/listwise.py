@@ -38,8 +38,8 @@ import torch.nn.functional as F
 from torch.utils.data import Sampler
 from transformers import Trainer
 
-from erank_fast.datasets import Query
-from erank_fast.metrics import zscores
+from erank_fast.evaluation.metrics import zscores
+from erank_fast.evaluation.trec import Query
 from erank_fast.prompt import PromptBuilder
 from erank_fast.scoring import ScoreReadout, ScoreTokens
 from erank_fast.training import data as train_data

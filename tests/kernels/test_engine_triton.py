@@ -8,7 +8,7 @@ import copy
 import pytest
 
 from erank_fast import Reranker
-from kernel_cases import DEVICE
+from tests.kernels.kernel_cases import DEVICE
 
 QUERY = "what causes ocean tides"
 DOCS = ["Tides are caused by the moon's gravity.", "Bread needs yeast.", "",

@@ -7,7 +7,7 @@ import torch
 
 from erank_fast.ops.prefix_attention import prefix_attention
 from erank_fast.reference.prefix_attention import prefix_attention_ref
-from kernel_cases import DEVICE, DTYPES, arena, assert_close, cu, randn
+from tests.kernels.kernel_cases import DEVICE, DTYPES, arena, assert_close, cu, randn
 
 CASES = [
     # (prefix lengths per group, new tokens per group, Hq, Hkv, D)

@@ -8,7 +8,7 @@ import torch
 
 from erank_fast.ops.score_head import score_head
 from erank_fast.reference.score_head import score_head_ref
-from kernel_cases import DEVICE, DTYPES, assert_close, randn
+from tests.kernels.kernel_cases import DEVICE, DTYPES, assert_close, randn
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)

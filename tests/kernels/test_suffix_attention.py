@@ -9,7 +9,7 @@ import torch
 from erank_fast.ops import suffix_attention as op
 from erank_fast.reference.prefix_attention import prefix_attention_ref
 from erank_fast.reference.suffix_attention import suffix_attention_ref
-from kernel_cases import DEVICE, DTYPES, arena, assert_close, cu, randn
+from tests.kernels.kernel_cases import DEVICE, DTYPES, arena, assert_close, cu, randn
 
 CASES = [
     # (own tokens before the step, new tokens, prefix length, Hq, Hkv, D) per document

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable
 import anyio
 
 from erank_fast.engine.work import Cancelled
-from erank_fast.server_middleware import ServerLimits, ServerMetrics
+from erank_fast.server.middleware import ServerLimits, ServerMetrics
 
 DISCONNECT_POLL_SECONDS = 0.05
 WORKER_THREADS = 256  # requests scored at once; the engine batches them into shared steps

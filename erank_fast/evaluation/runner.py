@@ -7,8 +7,8 @@ import time
 
 from tqdm.auto import tqdm
 
-from erank_fast.datasets import Query
-from erank_fast.metrics import evaluate, hybrid
+from erank_fast.evaluation.metrics import evaluate, hybrid
+from erank_fast.evaluation.trec import Query
 
 QUERIES_PER_CALL = 4  # queries reranked together: their documents share engine steps
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from erank_fast.server_schema import error_response
+from erank_fast.server.schema import error_response
 
 
 @dataclass(frozen=True)

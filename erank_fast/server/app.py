@@ -18,9 +18,10 @@ malformed input or a request that can never fit the K/V memory, 413 over ``max_d
 TEI's ``truncate: false`` refuses (422) a text over the reranker's ``max_doc_tokens`` instead of
 cutting it; ``raw_scores: true`` is refused (422): the score is the ERank rank score.
 
-Layout: ``server_service`` (loading, requests in flight, scoring, the engine snapshot),
-``server_formats`` (one response formatter per API shape), ``server_schema`` (request shapes,
-errors), ``server_middleware`` (metrics, API key, size guard); the routes here are thin.
+Layout of ``erank_fast.server``: ``service`` (loading, requests in flight, scoring, the engine
+snapshot), ``formats`` (one response formatter per API shape), ``schema`` (request shapes,
+errors), ``middleware`` (metrics, API key, size guard), ``replicas`` (the same app on Ray
+Serve); the routes here are thin.
 """
 
 from __future__ import annotations
@@ -36,12 +37,17 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import ValidationError
 
-from erank_fast import server_formats
 from erank_fast.prompt import valid_unicode
-from erank_fast.server_middleware import Guard, ServerLimits
-from erank_fast.server_schema import (RerankRequest, ScoreRequest, TEIRerankRequest,
-                                      describe_errors, error_response)
-from erank_fast.server_service import RerankService, ServiceError
+from erank_fast.server import formats
+from erank_fast.server.middleware import Guard, ServerLimits
+from erank_fast.server.schema import (
+    RerankRequest,
+    ScoreRequest,
+    TEIRerankRequest,
+    describe_errors,
+    error_response,
+)
+from erank_fast.server.service import RerankService, ServiceError
 
 
 def create_app(load: Callable[[], object], *, model_name: str,
@@ -100,7 +106,7 @@ def create_app(load: Callable[[], object], *, model_name: str,
                 service.check_lengths(body.texts)
             results = await service.rerank(body.query, body.texts, endpoint="rerank",
                                            is_disconnected=request.is_disconnected)
-            return server_formats.tei(results, return_text=body.return_text)
+            return formats.tei(results, return_text=body.return_text)
         return await cohere(request, body)
 
     @app.post("/v1/score")
@@ -108,13 +114,13 @@ def create_app(load: Callable[[], object], *, model_name: str,
         body = await parse(request, ScoreRequest, limits)
         results = await service.rerank(body.query, documents(body), endpoint="score",
                                        is_disconnected=request.is_disconnected)
-        return server_formats.scores(results, model_name=model_name)
+        return formats.scores(results, model_name=model_name)
 
     async def cohere(request: Request, body: RerankRequest):
         results = await service.rerank(body.query, documents(body), endpoint="rerank",
                                        max_doc_tokens=body.max_tokens_per_doc,
                                        is_disconnected=request.is_disconnected)
-        return server_formats.cohere(results, model_name=model_name, top_n=body.top_n,
+        return formats.cohere(results, model_name=model_name, top_n=body.top_n,
                                      return_documents=body.return_documents)
 
     return app

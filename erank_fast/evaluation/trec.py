@@ -86,7 +86,7 @@ def read_beir(corpus: str | Path, queries: str | Path, run: str | Path,
 
 def write_trec_run(run: dict[str, dict[str, float]], path: str | Path, tag: str = "erank_fast") -> None:
     """A run ({qid: {docid: score}}) as a TREC run file, each query's documents best first."""
-    from erank_fast.metrics import ranked
+    from erank_fast.evaluation.metrics import ranked
 
     with open(path, "w", encoding="utf-8") as f:
         for qid, scores in run.items():
