@@ -84,18 +84,8 @@ def readout_from_logits(logits: torch.Tensor, tokens: ScoreTokens, generated=(),
                         ) -> Readout:
     """The readout from full-vocabulary logits [2, V]: at the answer position and after a
     teacher-forced "1" (how the reference paths read; the engine streams the same numbers
-    through its score head without a [batch, vocab] tensor)."""
-    logits = logits.float()
-    logprobs = torch.log_softmax(logits, dim=-1)
-    digits = torch.tensor(tokens.digits, device=logits.device)
-    return Readout(
-        digit_logprobs=tuple(logprobs[0, digits].tolist()),
-        zero_after_one_logprob=float(logprobs[1, tokens.digits[0]]),
-        argmax_answer=int(logits[0].argmax()),
-        argmax_after_one=int(logits[1].argmax()),
-        generated=tuple(generated),
-        forced=tuple(forced),
-    )
+    through its score head without a [batch, vocab] tensor). ``ScoreReadout.from_logits``."""
+    return ScoreReadout(tokens).from_logits(logits, generated, forced)
 
 
 @dataclass(frozen=True)
@@ -205,9 +195,8 @@ class ScoreReadout:
     and the forced answer opening), a "1" is teacher-forced after it, and two rows are read: the
     digits' distribution at the answer position, and P("0" | "1"), which gives "10"
     (``distribution``). Changing the score format means changing this class (and the
-    distribution rules above), nothing else."""
-
-    READ_ROWS = 2  # the answer position, and the position after the forced "1"
+    distribution rules above), nothing else: the engine, the reference backend and training
+    take the continuation, the rows read and the reserve from it."""
 
     def __init__(self, tokens: ScoreTokens, detector: "AnswerDetector | None" = None):
         self.tokens, self.detector = tokens, detector
@@ -217,15 +206,21 @@ class ScoreReadout:
         """What is teacher-forced after the answer position: the "1" of a possible "10"."""
         return [self.tokens.one]
 
+    @property
+    def read_span(self) -> int:
+        """Rows read at the end of a scored sequence: the answer position, then one row per
+        continuation token."""
+        return 1 + len(self.continuation)
+
     def scored_ids(self, prompt_ids, generated=(), forced=()) -> list[int]:
-        """The full sequence whose last ``READ_ROWS`` positions are read: the prompt, any
+        """The full sequence whose last ``read_span`` positions are read: the prompt, any
         reasoning and forced answer opening, then the continuation."""
         return [*prompt_ids, *generated, *forced, *self.continuation]
 
     def answer_feed(self, tokens) -> list[int]:
         """One feed that reaches the answer position and reads it: ``tokens`` (a think="off"
         document's suffix, or a reasoning's last token and forced answer opening), then the
-        continuation; the feed's last ``READ_ROWS`` rows are read (``read_rows``)."""
+        continuation; the feed's last ``read_span`` rows are read (``read_rows``)."""
         return [*tokens, *self.continuation]
 
     def reserve(self, suffix_len: int, budget: int | None) -> int:
@@ -237,8 +232,30 @@ class ScoreReadout:
 
     def read_rows(self, end: int) -> list[int]:
         """Rows to read of an ``answer_feed`` that ends before row ``end``."""
-        return [end - 2, end - 1]
+        return list(range(end - self.read_span, end))
+
+    def readout(self, digit_logprobs, argmax, generated=(), forced=()) -> Readout:
+        """The Readout from the read rows: each row's digit log-probs and argmax token, in
+        order (the answer position, then after the "1")."""
+        return Readout(digit_logprobs=tuple(digit_logprobs[0]),
+                       zero_after_one_logprob=digit_logprobs[1][0],
+                       argmax_answer=argmax[0], argmax_after_one=argmax[1],
+                       generated=tuple(generated), forced=tuple(forced))
 
     def from_logits(self, logits: torch.Tensor, generated=(), forced=()) -> Readout:
-        """The readout from the full-vocabulary logits of the last ``READ_ROWS`` positions."""
-        return readout_from_logits(logits[-self.READ_ROWS:], self.tokens, generated, forced)
+        """The readout from the full-vocabulary logits of the last ``read_span`` positions."""
+        rows = logits[-self.read_span:].float()
+        digits = torch.tensor(self.tokens.digits, device=rows.device)
+        logprobs = torch.log_softmax(rows, dim=-1)[:, digits]
+        return self.readout(logprobs.tolist(), rows.argmax(dim=-1).tolist(), generated, forced)
+
+    def log_distribution(self, logits: torch.Tensor) -> torch.Tensor:
+        """log p(s), s = 0..10, from logits [B, read_span, V] (``distribution``'s rules, in log
+        space and differentiable: the training objective's view of the readout)."""
+        logp = torch.log_softmax(logits.float(), dim=-1)
+        digits = logp[:, 0, list(self.tokens.digits)]
+        log_q = logp[:, 1, self.tokens.digits[0]]
+        log_not_q = torch.log1p(-log_q.exp().clamp(max=1 - 1e-7))
+        one = digits[:, 1]
+        return torch.cat([digits[:, :1], (one + log_not_q)[:, None], digits[:, 2:],
+                          (one + log_q)[:, None]], dim=1)

@@ -6,7 +6,14 @@ import math
 
 import pytest
 
-from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens, distribution, score_document
+from erank_fast.scoring import (
+    AnswerDetector,
+    Readout,
+    ScoreReadout,
+    ScoreTokens,
+    distribution,
+    score_document,
+)
 
 TOKENS = ScoreTokens(digits=tuple(range(100, 110)))  # digit d has id 100 + d
 
@@ -87,3 +94,36 @@ def test_smollm2_tokenizer_merges_tags_and_is_still_detected(smollm2):
     merged = det.decide(ids[:-2], 100)  # "...</think><": closed, and "<" already written
     assert merged.kind == "force" and tok.decode(merged.forced) == "answer>"
     assert ScoreTokens.from_tokenizer(tok).digits == tuple(_enc(tok, str(d))[0] for d in range(10))
+
+
+def test_the_readout_reads_what_it_feeds():
+    """The default readout: a "1" is teacher-forced and two rows are read."""
+    rules = ScoreReadout(TOKENS)
+    assert rules.continuation == [101] and rules.read_span == 2
+    assert rules.answer_feed([5, 6]) == [5, 6, 101]
+    assert rules.read_rows(10) == [8, 9]
+    assert rules.scored_ids([1, 2], generated=[3], forced=[4]) == [1, 2, 3, 4, 101]
+    assert rules.reserve(4, None) == 5
+
+
+def test_a_readout_variant_is_a_one_place_change():
+    """A different forced continuation is a change to ScoreReadout alone: the feed, the rows
+    read, the K/V reserve, the training sequence and the engine's scored documents follow it."""
+    import torch
+
+    from erank_fast.engine.readout import ScoreReader
+
+    class TwoTokenContinuation(ScoreReadout):
+        @property
+        def continuation(self):
+            return [self.tokens.one, self.tokens.digits[0]]
+
+    base, variant = ScoreReadout(TOKENS), TwoTokenContinuation(TOKENS)
+    assert variant.read_span == base.read_span + 1 == 3
+    assert variant.answer_feed([5, 6]) == [5, 6, 101, 100]
+    assert variant.read_rows(10) == [7, 8, 9]
+    assert variant.reserve(4, None) == base.reserve(4, None) + 1
+    assert variant.scored_ids([1, 2], generated=[3]) == [1, 2, 3, 101, 100]
+    reader = ScoreReader(torch.zeros(120, 8), TOKENS, detector=None, impl="torch", rules=variant)
+    doc = reader.document(group=None, index=0, suffix=[5, 6], budget=None)
+    assert doc.pending == [5, 6, 101, 100] and doc.reserve == 4 and doc.rows_read() == 3

@@ -19,8 +19,14 @@ import threading
 import torch
 
 from erank_fast.engine.model_runner import ModelRunner
-from erank_fast.engine.readout import ScoreReader, rows_read
-from erank_fast.engine.sampling import Sample, SamplerState, SamplingParams, sample_step
+from erank_fast.engine.readout import ScoreReader
+from erank_fast.engine.sampling import (
+    Sample,
+    SampledDoc,
+    SamplerState,
+    SamplingParams,
+    sample_step,
+)
 from erank_fast.engine.scheduler import Scheduler
 from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request
 from erank_fast.models.decoder import Decoder
@@ -102,14 +108,11 @@ class Engine:
         ``cancel``: set it from another thread to abandon the call (``Cancelled`` is raised
         and the call's K/V rows are released at the next step)."""
         request = Request(cancel)
-        docs, rules = [], self.reader.rules
+        docs = []
         for p in prompts:
             group = request.add_group(p.prefix)
-            for i, suffix in enumerate(p.suffixes):
-                pending = rules.answer_feed(suffix) if budget is None else list(suffix)
-                docs.append(Doc(group=group, index=i, pending=pending,
-                                reserve=rules.reserve(len(suffix), budget),
-                                reading=budget is None, budget=budget))
+            docs += [self.reader.document(group, i, suffix, budget)
+                     for i, suffix in enumerate(p.suffixes)]
         return self._submit(request, docs)
 
     def sample(self, prompts: list[list[int]], params: SamplingParams, *,
@@ -123,8 +126,8 @@ class Engine:
             group = request.add_group(list(prompt[:-1]))
             for i in range(params.n):
                 state = SamplerState(params, params.generator(p, i), prompt[-1])
-                docs.append(Doc(group=group, index=i, pending=[prompt[-1]],
-                                reserve=1 + params.max_new_tokens, sampler=state))
+                docs.append(SampledDoc(group=group, index=i, pending=[prompt[-1]],
+                                       reserve=1 + params.max_new_tokens, sampler=state))
         return self._submit(request, docs)
 
     @torch.inference_mode()
@@ -151,7 +154,7 @@ class Engine:
                     self.runner.prefill_prefixes(new_groups, scheduler.pool,
                                                  scheduler.max_batch_tokens)
                 fed = [len(d.pending) for d in docs]
-                read = [min(n, rows_read(d)) for d, n in zip(docs, fed)]
+                read = [min(n, d.rows_read()) for d, n in zip(docs, fed)]
                 hidden = self.runner.step(docs, scheduler.pool, read)
                 self.steps_run += 1
                 scheduler.account(new_groups, docs, fed)

@@ -12,33 +12,66 @@ are read at the answer position (``Phase.ANSWER``), a "1" is fed and P("0" | "1"
 
 from __future__ import annotations
 
+import enum
+from dataclasses import dataclass, field
+
 import torch
 
-from erank_fast.engine.work import Doc, Phase
+from erank_fast.engine.work import Doc
 from erank_fast.ops.score_head import pack_vocab_chunks, score_head
 from erank_fast.scoring import AnswerDetector, Readout, ScoreReadout, ScoreTokens
 
 
-def rows_read(d: Doc) -> int:
-    """How many of a document's last fed tokens its step reads: an answer feed's last
-    ``ScoreReadout.READ_ROWS``, otherwise the last one (a decoding or sampled document)."""
-    return ScoreReadout.READ_ROWS if d.reading else 1
+class Phase(enum.Enum):
+    """Where a decoding document is in the ERank readout."""
+
+    THINK = "think"    # writing its reasoning, one greedy token per step
+    FORCE = "force"    # being fed the forced answer opening, one token per step
+    ANSWER = "answer"  # fed the last token before the answer position: read the digits next
+    ONE = "one"        # fed a teacher-forced "1": read P("0" | "1") next, then done
+
+
+@dataclass(eq=False)
+class ScoredDoc(Doc):
+    """A document being scored: its reasoning so far and where it is in the readout."""
+
+    read_span: int = 1          # rows an answer feed reads (``ScoreReadout.read_span``)
+    reading: bool = False       # pending is an answer feed: ends at the answer position + "1"
+    budget: int | None = None   # reasoning tokens allowed (None: think="off")
+    phase: Phase = Phase.THINK
+    queue: list[int] = field(default_factory=list)   # tokens still to feed, one per step
+    answer: tuple | None = None  # (digit log-probs, argmax) read at the answer position
+    forced: tuple[int, ...] = ()
+
+    def rows_read(self) -> int:
+        """An answer feed's last ``read_span`` rows, otherwise the last one."""
+        return self.read_span if self.reading else 1
 
 
 class ScoreReader:
     def __init__(self, lm_head_weight: torch.Tensor, tokens: ScoreTokens,
                  detector: AnswerDetector, impl: str, pack_weights: bool = False,
-                 one_token_steps: bool = False):
+                 one_token_steps: bool = False, rules: ScoreReadout | None = None):
         """pack_weights: multiply by a packed copy of the lm_head on CPU (ops.packed_linear).
-        one_token_steps: feed every decoding document one token per step (CUDA graphs)."""
+        one_token_steps: feed every decoding document one token per step (CUDA graphs).
+        rules: the readout (default ``ScoreReadout(tokens, detector)``)."""
         self.weight, self.tokens, self.detector, self.impl = lm_head_weight, tokens, detector, impl
         self.one_token_steps = one_token_steps
-        self.rules = ScoreReadout(tokens, detector)
+        self.rules = rules or ScoreReadout(tokens, detector)
         self.packed = pack_vocab_chunks(lm_head_weight) if pack_weights else None
         self.digit_ids = torch.tensor(tokens.digits, dtype=torch.int64, device=lm_head_weight.device)
 
+    def document(self, group, index: int, suffix: list[int], budget: int | None) -> ScoredDoc:
+        """A document to score: think="off" feeds its suffix as an answer feed (read at once),
+        a thinking one feeds its suffix and starts writing its reasoning."""
+        rules = self.rules
+        return ScoredDoc(group=group, index=index,
+                         pending=rules.answer_feed(suffix) if budget is None else list(suffix),
+                         reserve=rules.reserve(len(suffix), budget), read_span=rules.read_span,
+                         reading=budget is None, budget=budget)
+
     def read(self, docs: list[Doc], lens: list[int], hidden: torch.Tensor
-             ) -> list[tuple[Doc, Readout]]:
+             ) -> list[tuple[ScoredDoc, Readout]]:
         """Advance every scored document of a step; returns those whose readout is complete.
         hidden: the rows of the step's documents, lens[b] of document b's last fed tokens."""
         # Rows whose next-token distribution is needed: the last one of a decoding document;
@@ -46,7 +79,7 @@ class ScoreReader:
         rows, owners, end = [], [], 0
         for d, n in zip(docs, lens):
             end += n
-            if d.sampler is None:
+            if isinstance(d, ScoredDoc):
                 rows += self.rules.read_rows(end) if d.reading else [end - 1]
                 owners.append(d)
         if not owners:
@@ -58,11 +91,10 @@ class ScoreReader:
         done, r = [], 0
         for d in owners:
             if d.reading:
-                done.append((d, Readout(
-                    digit_logprobs=tuple(logprobs[r]), zero_after_one_logprob=logprobs[r + 1][0],
-                    argmax_answer=argmax[r], argmax_after_one=argmax[r + 1],
-                    generated=tuple(d.generated), forced=d.forced)))
-                r += 2
+                span = d.read_span
+                done.append((d, self.rules.readout(logprobs[r:r + span], argmax[r:r + span],
+                                                   d.generated, d.forced)))
+                r += span
             else:
                 result = self._advance(d, argmax[r], logprobs[r])
                 if result is not None:
@@ -70,7 +102,7 @@ class ScoreReader:
                 r += 1
         return done
 
-    def _advance(self, d: Doc, token: int, digit_logprobs: list[float]) -> Readout | None:
+    def _advance(self, d: ScoredDoc, token: int, digit_logprobs: list[float]) -> Readout | None:
         """One decode row: the argmax token and the digits' log-probs of the distribution after
         the document's last fed token. Sets the next token to feed, or returns the readout."""
         if d.phase is Phase.THINK:
@@ -93,10 +125,8 @@ class ScoreReader:
             return None
         elif d.phase is Phase.ONE:
             answer_logprobs, answer_argmax = d.answer
-            return Readout(digit_logprobs=answer_logprobs,
-                           zero_after_one_logprob=digit_logprobs[0],
-                           argmax_answer=answer_argmax, argmax_after_one=token,
-                           generated=tuple(d.generated), forced=d.forced)
+            return self.rules.readout([answer_logprobs, digit_logprobs], [answer_argmax, token],
+                                      d.generated, d.forced)
         # FORCE: feed the next token of the answer's opening; after the last, the answer position
         d.pending = [d.queue.pop(0)]
         if not d.queue:

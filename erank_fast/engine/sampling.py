@@ -7,10 +7,11 @@ prompt index and the sample index), so results do not depend on batch compositio
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
+from erank_fast.engine.work import Doc
 from erank_fast.validation import positive_int
 
 ROW_CHUNK = 8
@@ -123,7 +124,7 @@ def sample_step(docs: list, lens: list[int], hidden: torch.Tensor, weight: torch
     end = 0
     for d, n in zip(docs, lens):
         end += n
-        if d.sampler is not None:
+        if isinstance(d, SampledDoc):
             by_params.setdefault(d.sampler.params, []).append((d, end - 1))
     done = []
     for params, items in by_params.items():
@@ -158,3 +159,11 @@ class SamplerState:
     params: SamplingParams
     generator: torch.Generator
     last_prompt_token: int
+
+
+@dataclass(eq=False)
+class SampledDoc(Doc):
+    """A sequence being sampled: its sampler and the log-probs of the tokens drawn so far."""
+
+    sampler: SamplerState | None = None
+    logprobs: list[float] = field(default_factory=list)

@@ -3,28 +3,12 @@ documents (or samples), with their per-document decode state."""
 
 from __future__ import annotations
 
-import enum
 import threading
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
-
-from erank_fast.scoring import Readout
-
-if TYPE_CHECKING:  # annotations only: sampling.py never imports this module
-    from erank_fast.engine.sampling import Sample, SamplerState
 
 
 class Cancelled(RuntimeError):
     """The call was cancelled (its cancel event was set) before its results were ready."""
-
-
-class Phase(enum.Enum):
-    """Where a decoding document is in the ERank readout (``erank_fast.engine.readout``)."""
-
-    THINK = "think"    # writing its reasoning, one greedy token per step
-    FORCE = "force"    # being fed the forced answer opening, one token per step
-    ANSWER = "answer"  # fed the last token before the answer position: read the digits next
-    ONE = "one"        # fed a teacher-forced "1": read P("0" | "1") next, then done
 
 
 @dataclass(frozen=True)
@@ -98,20 +82,21 @@ class Group:
 
 @dataclass(eq=False)
 class Doc:
+    """What the scheduler and the model runner need of any document: its group, the tokens it
+    feeds next, its own K/V rows, and its result once done. A scored document
+    (``readout.ScoredDoc``) and a sampled sequence (``sampling.SampledDoc``) add their own state."""
+
     group: Group
     index: int
     pending: list[int]          # tokens fed at the next step
     reserve: int                # own K/V rows reserved: the most this document can ever need
-    reading: bool = False       # pending is an answer feed: ends at the answer position + "1"
-    budget: int | None = None   # reasoning tokens allowed (None: think="off")
-    sampler: "SamplerState | None" = None
     kv_start: int = -1
     own_len: int = 0
     started: bool = False
-    phase: Phase = Phase.THINK
-    queue: list[int] = field(default_factory=list)   # tokens still to feed, one per step
-    answer: tuple | None = None  # (digit log-probs, argmax) read at the answer position
     generated: list[int] = field(default_factory=list)
-    forced: tuple[int, ...] = ()
-    logprobs: list[float] = field(default_factory=list)
-    readout: Readout | Sample | None = None
+    readout: object | None = None  # the finished result (a Readout or a Sample)
+
+    def rows_read(self) -> int:
+        """How many of the last fed tokens the next step reads (the others' last-layer rows
+        are not computed)."""
+        return 1

@@ -135,14 +135,8 @@ def teacher_zscores(query, teacher: dict[tuple[str, str], float]) -> dict[str, f
 
 def score_distribution(logits: torch.Tensor, tokens: ScoreTokens) -> torch.Tensor:
     """log p(s), s = 0..10, from logits [B, 2, V] at the answer position and after a forced "1"
-    (the rules of ``erank_fast.scoring.distribution``, in log space and differentiable)."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    digits = logp[:, 0, list(tokens.digits)]
-    log_q = logp[:, 1, tokens.digits[0]]
-    log_not_q = torch.log1p(-log_q.exp().clamp(max=1 - 1e-7))
-    one = digits[:, 1]
-    return torch.cat([digits[:, :1], (one + log_not_q)[:, None], digits[:, 2:],
-                      (one + log_q)[:, None]], dim=1)
+    (``ScoreReadout.log_distribution``: differentiable)."""
+    return ScoreReadout(tokens).log_distribution(logits)
 
 
 def listwise_loss(log_dist: torch.Tensor, grades: torch.Tensor, groups: torch.Tensor,
@@ -255,8 +249,9 @@ class ListwiseTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         grades, groups, teacher = inputs.pop("grade"), inputs.pop("group"), inputs.pop("teacher")
-        outputs = model(**inputs, logits_to_keep=ScoreReadout.READ_ROWS, use_cache=False)
-        log_dist = score_distribution(outputs.logits, self.score_tokens)
+        readout = ScoreReadout(self.score_tokens)
+        outputs = model(**inputs, logits_to_keep=readout.read_span, use_cache=False)
+        log_dist = readout.log_distribution(outputs.logits)
         loss, parts = listwise_loss(log_dist, grades, groups, self.pointwise_weight, teacher,
                                     self.teacher_weight, self.teacher_loss,
                                     self.teacher_temperature)
