@@ -226,3 +226,16 @@ def test_cpu_rms_norm_kernel_equals_transformers(h, dtype, tol):
     xf = x.float()
     want = w.float() * (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-5))
     torch.testing.assert_close(kernel(x, w, 1e-5).float(), want, atol=tol, rtol=tol)
+
+
+def test_cpu_kernels_are_built_when_a_cpu_engine_is_made(tiny_qwen3, monkeypatch):
+    """A CPU reranker builds (or loads) erank_fast's C++ kernels at load, so its first call does
+    not pay for the one-time build."""
+    from erank_fast import Reranker
+    from erank_fast.engine import engine
+
+    asked = []
+    monkeypatch.setattr(engine, "cpu_kernels", lambda: asked.append(1))
+    model, tok = tiny_qwen3
+    Reranker.from_pretrained(model, tokenizer=tok, device="cpu")
+    assert asked == [1]

@@ -30,6 +30,7 @@ from erank_fast.engine.sampling import (
 from erank_fast.engine.scheduler import Scheduler
 from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request
 from erank_fast.models.decoder import Decoder
+from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.packed_linear import pack_linears
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
@@ -55,6 +56,8 @@ class Engine:
         copies (``ops.packed_linear``): faster, but later changes to the weights are not seen,
         so only for weights the engine owns (never a model being trained)."""
         weight = decoder.lm_head_weight
+        if weight.device.type == "cpu":
+            cpu_kernels()  # built (once per machine) or loaded here, not in the first call
         self.decoder, self.tokens, self.detector = decoder, tokens, detector
         self.packed_layers = pack_linears(decoder.model) if pack_weights else 0
         self.runner = ModelRunner(decoder, impl, cuda_graphs)

@@ -2,7 +2,8 @@
 ``torch.utils.cpp_extension`` for this machine (``-O3 -march=native``, OpenMP) and cached in
 ``$ERANK_FAST_CACHE/torch_extensions`` (default ``~/.cache/erank_fast``) under a name that
 changes with the source, the CPU and torch, so a different machine or version rebuilds. The
-first build takes ~20 s on 2 cores; where no compiler is found, or ``ERANK_FAST_CPU_KERNELS=0``, the
+first build takes ~20 s on 2 cores and happens when an engine is made on CPU (at load, so a
+server is ready only once they are built, and no call pays for it); where no compiler is found, or ``ERANK_FAST_CPU_KERNELS=0``, the
 PyTorch paths run instead (a warning says so once)."""
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ import functools
 import hashlib
 import logging
 import os
+import time
 from pathlib import Path
 
 import torch
@@ -41,9 +43,16 @@ def cpu_kernels():
         from torch.utils.cpp_extension import load
 
         build.mkdir(parents=True, exist_ok=True)
+        cached = (build / f"{name}.so").is_file()
+        if not cached:
+            log.info("building erank_fast's CPU kernels for this machine (once; ~20 s on 2 cores)")
+        started = time.perf_counter()
         load(name, [str(p) for p in SOURCES], build_directory=str(build),
              extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
              extra_ldflags=["-fopenmp"], is_python_module=False, verbose=False)
+        if not cached:
+            log.info("erank_fast's CPU kernels built in %.1f s (%s)", time.perf_counter() - started,
+                     build)
         return torch.ops.erank_fast_cpu
     except Exception as error:  # no compiler, no ninja, a failed build: the PyTorch paths run
         log.warning("erank_fast's CPU kernels could not be built (%s: %s); using the PyTorch "
