@@ -45,7 +45,10 @@ class Reranker:
             hub id (needs network access), or an in-memory transformers model (then pass
             ``tokenizer``; its parameters are used in place, not copied).
         adapter: a LoRA adapter directory (peft), merged into the weights at load.
-        device / dtype: default CUDA + bfloat16 when available, else CPU + float32.
+        device / dtype: default CUDA + bfloat16 when available; on CPU, the dtype a start-up
+            check finds fast on this machine (``erank_fast.cpu``: bfloat16 where the CPU
+            multiplies it fast, else float32). dtype: a torch dtype, "float32", "bfloat16",
+            "float16" or "auto" (the default).
         think: "off" (default: one forward pass per document), an int N (at most N reasoning
             tokens, then the answer is forced) or "full" (until the model closes its reasoning,
             at most ``max_think_tokens``).

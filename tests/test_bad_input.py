@@ -79,7 +79,8 @@ def test_unknown_model_path_is_a_clear_error():
 def test_bad_settings_are_refused(tiny_qwen3):
     model, tok = tiny_qwen3
     for kwargs, match in [({"think": "sometimes"}, "think"), ({"score_mode": "mean"}, "score_mode"),
-                          ({"backend": "vllm"}, "backend"), ({"max_batch_tokens": 0}, "max_batch")]:
+                          ({"backend": "vllm"}, "backend"), ({"max_batch_tokens": 0}, "max_batch"),
+                          ({"dtype": "fp8"}, "dtype must be"), ({"dtype": 3}, "dtype must be")]:
         with pytest.raises(ValueError, match=match):
             Reranker.from_pretrained(model, tokenizer=tok, **kwargs)
     with pytest.raises(ValueError, match="tokenizer"):
@@ -98,3 +99,11 @@ def test_concurrent_calls_give_sequential_results(reranker):
         concurrent = list(pool.map(lambda q: reranker.score(q, docs), queries))
     # Concurrent calls are batched together: equal up to float rounding.
     assert concurrent == [pytest.approx(s, abs=1e-6) for s in sequential]
+
+
+def test_dtype_may_be_named(tiny_qwen3):
+    """dtype takes a torch dtype or its name; "auto" is the default choice."""
+    model, tok = tiny_qwen3
+    for dtype in ("float32", "torch.float32", "auto", None):
+        reranker = Reranker.from_pretrained(model, tokenizer=tok, dtype=dtype)
+        assert len(reranker.rerank("q", ["a", "b"])) == 2

@@ -47,6 +47,24 @@ def default_dtype(device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+DTYPE_NAMES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_dtype(dtype) -> torch.dtype | None:
+    """A torch dtype, its name ("float32", "bfloat16", "float16"), or None / "auto" (the
+    device's default, ``default_dtype``) -> a torch dtype or None."""
+    if dtype is None or dtype == "auto":
+        return None
+    if isinstance(dtype, str):
+        name = dtype.removeprefix("torch.")
+        if name not in DTYPE_NAMES:
+            raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)} or 'auto', got {dtype!r}")
+        return DTYPE_NAMES[name]
+    if dtype not in DTYPE_NAMES.values():
+        raise ValueError(f"dtype must be one of {sorted(DTYPE_NAMES)} or 'auto', got {dtype!r}")
+    return dtype
+
+
 def eos_ids(tokenizer, generation_config) -> frozenset[int]:
     """Every id generation stops at: the generation config's end-of-sequence ids (one or a list)
     and the tokenizer's. Inference and RL rollouts both stop on exactly these."""
@@ -81,6 +99,7 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
     of an in-memory model)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
 
+    dtype = resolve_dtype(dtype)
     if isinstance(model, PreTrainedModel):
         if tokenizer is None:
             raise ValueError("pass tokenizer=... together with an in-memory transformers model")

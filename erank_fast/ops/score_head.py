@@ -87,8 +87,14 @@ def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tens
     hidden = hidden.contiguous()
     weight = weight if weight.stride(-1) == 1 else weight.contiguous()
     best, best_id, lse = _score_head_triton(hidden, weight)
-    gathered = (hidden @ weight[token_ids].T).float()  # K <= 16 columns: a tiny matmul
+    gathered = _token_logits(hidden, weight, token_ids)
     return best, best_id, lse, gathered
+
+
+def _token_logits(hidden, weight, token_ids):
+    """[B, K] float32 logits of K <= 16 tokens: a tiny matmul, in float32 so that low-precision
+    weights do not round the logits the score is read from."""
+    return hidden.float() @ weight[token_ids].float().T
 
 
 def score_head_torch(hidden, weight, token_ids, vocab_chunk: int = VOCAB_CHUNK,
@@ -102,7 +108,7 @@ def score_head_torch(hidden, weight, token_ids, vocab_chunk: int = VOCAB_CHUNK,
     best = torch.full((b,), float("-inf"), dtype=torch.float32, device=dev)
     best_id = torch.zeros((b,), dtype=torch.int64, device=dev)
     sum_exp = torch.zeros((b,), dtype=torch.float32, device=dev)
-    gathered = (hidden @ weight[token_ids].T).float()
+    gathered = _token_logits(hidden, weight, token_ids)
     for v0 in range(0, v, vocab_chunk):
         if packed_chunks is not None:
             logits = packed_matmul(hidden, packed_chunks[v0 // vocab_chunk]).float()
