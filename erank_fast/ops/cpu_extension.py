@@ -22,7 +22,7 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = [CSRC / name for name in ("bindings.cpp", "decode_attention.cpp",
                                     "shared_prefix_attention.cpp", "rotary.cpp",
                                     "rms_norm.cpp")]
-HEADERS = [CSRC / "erank_cpu.h"]
+HEADERS = [CSRC / "erank_cpu.h", CSRC / "shared_prefix_attention_portable.h"]
 
 
 @functools.cache

@@ -1,6 +1,8 @@
 // Shared-prefix attention on CPU for a packed varlen batch (prefill, decode, or both): every new
 // token of every document attends to its query's prefix rows and causally to its own rows of
-// the K/V arena, both read in place (no gather, no padding, no mask tensor).
+// the K/V arena, both read in place (no gather, no padding, no mask tensor). This file holds
+// the AVX-512 kernels (float32, and bfloat16 with AVX512-BF16); a CPU without AVX-512 builds the
+// float32 tile of shared_prefix_attention_portable.h instead.
 //
 // One task is (document, KV head, tile of MR rows), a row being (new token i, query head g of
 // this KV head's group), token-major. The rows sit in the lanes of two 16-float vectors, so the
@@ -404,25 +406,23 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
 }
 
 }  // namespace
-#endif
-
-namespace {
-
-bool attention_kernel_built() {
-#if defined(__AVX512F__)
-  return true;
 #else
-  return false;
+#include "shared_prefix_attention_portable.h"
 #endif
-}
-
-}  // namespace
 
 bool shared_prefix_attention_supports(std::string dtype) {
 #if defined(__AVX512BF16__)
   if (dtype == "bfloat16") return true;
 #endif
-  return dtype == "float32" && attention_kernel_built();
+  return dtype == "float32";
+}
+
+std::string shared_prefix_attention_isa() {
+#if defined(__AVX512F__)
+  return "avx512";
+#else
+  return "portable";
+#endif
 }
 
 // q [N, Hq, D] packed by document (rows q_cu[b]..q_cu[b+1]); k, v [T, Hkv, D], the arena;
@@ -443,7 +443,6 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   for (const auto& t : {q_cu, own_base, own_start, prefix_start, prefix_len})
     TORCH_CHECK(t.scalar_type() == at::kLong && t.is_contiguous(), "index tensors: int64");
   auto out = at::empty_like(q);
-#if defined(__AVX512F__)
   const Rows m{q_cu.data_ptr<int64_t>(), own_base.data_ptr<int64_t>(),
                own_start.data_ptr<int64_t>(), prefix_start.data_ptr<int64_t>(),
                prefix_len.data_ptr<int64_t>(), q.size(1) / k.size(1)};
@@ -487,7 +486,6 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
     else run(c10::BFloat16{}, std::integral_constant<int, 128>{});
     return out;
   }
-#endif
 #endif
   TORCH_CHECK(false, "shared_prefix_attention: not built for ", q.scalar_type(), " on this CPU");
   return out;
