@@ -182,6 +182,8 @@ def main() -> None:
     parser.add_argument("--before", metavar="GIT_REF",
                         help="also run erank_fast as of this commit (bf16 default and float32)")
     args = parser.parse_args()
+    # every system runs in its own process and folder: paths must not depend on the cwd
+    args.data, args.work, args.out = args.data.resolve(), args.work.resolve(), args.out.resolve()
     if not args.data.is_file():
         sys.exit(f"no data at {args.data} (the TREC files of shared/data)")
     args.work.mkdir(parents=True, exist_ok=True)
