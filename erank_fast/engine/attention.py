@@ -7,7 +7,11 @@ from dataclasses import dataclass
 import torch
 
 from erank_fast.engine.kv_pool import KVPool
-from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu, decodes_in_arena_kernel
+from erank_fast.ops.arena_attention import (
+    ArenaRows,
+    arena_attention_cpu,
+    decodes_in_arena_kernel,
+)
 from erank_fast.ops.causal_attention import causal_attention
 from erank_fast.ops.decode_attention import DecodeRows, decode_attention_cpu
 from erank_fast.ops.dispatch import use_triton
