@@ -62,8 +62,9 @@ class ScoreReader:
         # A bfloat16/float16 GEMM on CPU rounds its output: logits of ~20 rounded to bfloat16
         # move by up to 0.06, a score by ~0.1 (measured: mean |Δ| 0.11 on erank-smol, DL19).
         # The rows whose distribution is read take a float32 copy of the lm_head instead (the
-        # thinking rows, whose argmax is all that is used, keep the model's dtype). CUDA's
-        # score head accumulates and keeps float32 already.
+        # thinking rows, whose argmax is all that is used, keep the model's dtype). Memory: the
+        # lm_head again in float32 (113 MB for SmolLM2, 1.6 GB for Qwen3-4B). CUDA's score head
+        # accumulates and keeps float32 already.
         self.exact = None
         if lm_head_weight.device.type == "cpu" and lm_head_weight.dtype != torch.float32:
             weight32 = lm_head_weight.float()

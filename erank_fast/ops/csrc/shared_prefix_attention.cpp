@@ -458,7 +458,11 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   }
   // Longest first, handed out one at a time: the two halves of a 2-core machine finish together.
   std::sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
-  const float scale_log2 = static_cast<float>(scale) * LOG2E;
+#if defined(__AVX512F__)
+  const float scale_log2 = static_cast<float>(scale) * LOG2E;  // these kernels: log2 units
+#else
+  const float scale_log2 = static_cast<float>(scale);  // the portable tile: natural units
+#endif
   auto run = [&](auto tag, auto head_dim) {
     using T = decltype(tag);
     constexpr int D = decltype(head_dim)::value;

@@ -81,17 +81,16 @@ inline void scores(const float* qp, const float* const* keys, float* s) {
   }
 }
 
-// o [D][MR] = o * alpha + P V for one block: s [KB][MR] holds P for nk keys.
+// o [D][MR] = o * alpha + P V for one block: s [KB][MR] holds P for nk keys. The block's sum
+// starts from zero and is added once (two-level summation: float32 error grows with the
+// block length and the number of blocks, not with all keys in one chain).
 template <int D>
 inline void accumulate(float* o, const float* s, int nk, const float* const* v_rows, v8f alpha0,
                        v8f alpha1) {
   constexpr int DD = 4;
   for (int d0 = 0; d0 < D; d0 += DD) {
     v8f acc[DD][2];
-    for (int dd = 0; dd < DD; ++dd) {
-      acc[dd][0] = load(o + (d0 + dd) * MR) * alpha0;
-      acc[dd][1] = load(o + (d0 + dd) * MR + 8) * alpha1;
-    }
+    for (int dd = 0; dd < DD; ++dd) acc[dd][0] = acc[dd][1] = splat(0.0f);
     for (int j = 0; j < nk; ++j) {
       const v8f p0 = load(s + j * MR), p1 = load(s + j * MR + 8);
       for (int dd = 0; dd < DD; ++dd) {
@@ -101,8 +100,8 @@ inline void accumulate(float* o, const float* s, int nk, const float* const* v_r
       }
     }
     for (int dd = 0; dd < DD; ++dd) {
-      store(o + (d0 + dd) * MR, acc[dd][0]);
-      store(o + (d0 + dd) * MR + 8, acc[dd][1]);
+      store(o + (d0 + dd) * MR, load(o + (d0 + dd) * MR) * alpha0 + acc[dd][0]);
+      store(o + (d0 + dd) * MR + 8, load(o + (d0 + dd) * MR + 8) * alpha1 + acc[dd][1]);
     }
   }
 }
@@ -110,7 +109,7 @@ inline void accumulate(float* o, const float* s, int nk, const float* const* v_r
 template <typename T, int D>
 void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
               int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1, const Rows& m,
-              float scale_log2) {
+              float softmax_scale) {
   static_assert(std::is_same_v<T, float>, "the portable kernel is float32 only");
   alignas(32) float qp[D * MR];
   alignas(32) float s[KB * MR];
@@ -140,7 +139,10 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
   std::memset(o, 0, sizeof(o));
   const float inf = std::numeric_limits<float>::infinity();
   v8f m0 = splat(-inf), m1 = m0, l0 = splat(0.0f), l1 = l0;
-  const v8f scale = splat(scale_log2);
+  // Scores stay in natural units (the softmax scale is exact for power-of-two head dims);
+  // only the difference to the running maximum goes to log2 units, so the rounding of log2(e)
+  // does not scale every logit.
+  const v8f scale = splat(softmax_scale), log2e = splat(LOG2E);
   const int64_t n_keys = plen + start + i1 + 1;
   const int64_t unmasked = plen + start + i0 + 1;  // keys below this are visible to every row
   for (int64_t j0 = 0; j0 < n_keys; j0 += KB) {
@@ -152,7 +154,8 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
       value_rows[j] = v + arena_row * kv_s0 + t.head * kv_s1;
     }
     for (int j = 0; j < nk; j += NR) scores<D>(qp, key_rows + j, s + j * MR);
-    // scale into log2 units, mask the causal band, block maximum
+    // mask the causal band, block maximum (s keeps the raw scores: each probability is
+    // exp2 of (s * scale - max) * log2(e), the first part one fused multiply-add)
     v8f bm0 = splat(-inf), bm1 = bm0;
     for (int j = 0; j < nk; ++j) {
       const v8f s0 = load(s + j * MR) * scale, s1 = load(s + j * MR + 8) * scale;
@@ -164,23 +167,22 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
       }
       bm0 = keep0[j] ? vmax(bm0, s0) : bm0;
       bm1 = keep1[j] ? vmax(bm1, s1) : bm1;
-      store(s + j * MR, s0);
-      store(s + j * MR + 8, s1);
     }
     const v8f new0 = vmax(m0, bm0), new1 = vmax(m1, bm1);
-    const v8f alpha0 = exp2_ps(m0 - new0), alpha1 = exp2_ps(m1 - new1);
+    const v8f alpha0 = exp2_ps((m0 - new0) * log2e), alpha1 = exp2_ps((m1 - new1) * log2e);
     m0 = new0;
     m1 = new1;
-    l0 *= alpha0;
-    l1 *= alpha1;
+    v8f block0 = splat(0.0f), block1 = block0;  // this block's probability sums
     for (int j = 0; j < nk; ++j) {
-      const v8f p0 = keep0[j] ? exp2_ps(load(s + j * MR) - m0) : splat(0.0f);
-      const v8f p1 = keep1[j] ? exp2_ps(load(s + j * MR + 8) - m1) : splat(0.0f);
-      l0 += p0;
-      l1 += p1;
+      const v8f p0 = keep0[j] ? exp2_ps((load(s + j * MR) * scale - m0) * log2e) : splat(0.0f);
+      const v8f p1 = keep1[j] ? exp2_ps((load(s + j * MR + 8) * scale - m1) * log2e) : splat(0.0f);
+      block0 += p0;
+      block1 += p1;
       store(s + j * MR, p0);
       store(s + j * MR + 8, p1);
     }
+    l0 = l0 * alpha0 + block0;
+    l1 = l1 * alpha1 + block1;
     accumulate<D>(o, s, nk, value_rows, alpha0, alpha1);
   }
   alignas(32) float inv_l[MR];
@@ -196,8 +198,8 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
 template <typename T, int D>
 void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
                 int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1, const Rows& m,
-                float scale_log2) {
-  run_tile<T, D>(t, q, q_s0, q_s1, k, v, kv_s0, kv_s1, out, o_s0, o_s1, m, scale_log2);
+                float softmax_scale) {
+  run_tile<T, D>(t, q, q_s0, q_s1, k, v, kv_s0, kv_s1, out, o_s0, o_s1, m, softmax_scale);
 }
 
 }  // namespace
