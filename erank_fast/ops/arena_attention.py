@@ -8,6 +8,7 @@ PyTorch paths instead."""
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -54,6 +55,7 @@ def kernel_applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     return kernels is not None and kernels.shared_prefix_attention_supports(dtype)
 
 
+@functools.cache
 def decodes_in_arena_kernel() -> bool:
     """Whether the kernel has its one-token (decode) path on this machine: the AVX-512 build
     does; the portable float32 build tiles every document alike, and a pure decode step is
