@@ -5,6 +5,7 @@ passage as the one relevant document with same-topic and other-topic negatives, 
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -80,7 +81,7 @@ def test_command_writes_usable_questions(tiny_qwen3, tmp_path, monkeypatch):
         "qid": q.qid, "query": q.text,
         "candidates": [{"docid": c.docid, "text": c.text, "score": 0.0} for c in q.candidates]})
         + "\n" for q in _queries()))
-    answers = iter(["What is topic 0 about?", "The answer", "What does passage 3 say?"] * 4)
+    answers = itertools.cycle(["What is topic 0 about?", "The answer", "What does passage 3 say?"])
     script = pq  # train/pseudo_queries.py runs pq.main
     monkeypatch.setattr("erank_fast.training.policy.load_float32_model", lambda name: (model, tok))
     monkeypatch.setattr(script, "generate_questions",
@@ -94,6 +95,12 @@ def test_command_writes_usable_questions(tiny_qwen3, tmp_path, monkeypatch):
     assert 0 < len(rows) < 6
     with pytest.raises(SystemExit):            # an existing output is never overwritten
         script.main(["--data", str(data), "--out", str(out)])
+    more = tmp_path / "more.jsonl"             # a second draw skips the passages already used
+    script.main(["--data", str(data), "--out", str(more), "--max_queries", "2",
+                 "--per_query", "6", "--exclude", str(out)])
+    before = {(r["qid"], r["docid"]) for r in rows}
+    after = {(r["qid"], r["docid"]) for r in pq.read_pseudo_queries(more)}
+    assert after and not before & after
 
 
 def test_generate_questions_runs_on_a_model(tiny_qwen3):

@@ -4,7 +4,9 @@
         --max_queries 43 --per_query 10 --out runs/dl21-pseudo.jsonl
 
 Passages are drawn from each query's candidates with a seeded generator; decoding is greedy;
-questions that fail the filter (``usable``) are dropped. Output: JSONL ``{"qid", "docid",
+questions that fail the filter (``usable``) are dropped. ``--exclude`` an earlier output to draw
+only passages it does not hold (a passage whose question was dropped may be drawn again);
+concatenated, the files are one training set. Output: JSONL ``{"qid", "docid",
 "query"}``; an existing ``--out`` is refused.
 """
 

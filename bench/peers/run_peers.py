@@ -34,6 +34,7 @@ SYSTEMS = {
     "erank_fast": ("run_erank_fast.py", ["--dtype", "auto"], None),
     "erank_fast_fp32": ("run_erank_fast.py", ["--dtype", "float32"], None),
     "vllm": ("run_vllm.py", [], "vllm"),
+    "vllm_fp32": ("run_vllm.py", ["--dtype", "float32"], "vllm"),
     "llamacpp_q4_1": ("run_llamacpp.py", ["--weights", "q4_1"], "llamacpp"),
     "llamacpp_bf16": ("run_llamacpp.py", ["--weights", "bf16"], "llamacpp"),
 }

@@ -3,30 +3,31 @@ bf16, prefix caching with 32-token blocks (a short query prefix is cached only i
 the CPU default of 128 wastes most of it), the score read with ``max_tokens=1`` and
 ``logprob_token_ids`` (exact log-probs of the digits; no ``prompt_logprobs``, which disables
 prefix-cache reads), the prefix cache reset before each query so every query starts cold.
+``--dtype float32`` runs it unrounded (its better choice on CPUs without bf16 units).
 think = N: one call generating up to N tokens (stopping at ``</think>``), then one call at the
 forced answer position (its prompt is cached). "10"'s second token, P("0" | "1"), is read by an
 extra call that is not timed (the digits are what ERank's own vLLM serving reads).
 
-    bench/peers/.venv-vllm/bin/python bench/peers/run_vllm.py WORKLOAD.json OUT.json
+    bench/peers/.venv-vllm/bin/python bench/peers/run_vllm.py WORKLOAD.json OUT.json [--dtype D]
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import time
 
 import peer_io
 
 
-def main(workload_path: str, out_path: str) -> None:
+def main(workload_path: str, out_path: str, dtype: str) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB of K/V cache in RAM
     import vllm
     from vllm import LLM, SamplingParams
 
     w = peer_io.read(workload_path)
     tok = w["tokens"]
-    settings = dict(dtype="bfloat16", enable_prefix_caching=True, block_size=32,
+    settings = dict(dtype=dtype, enable_prefix_caching=True, block_size=32,
                     max_model_len=4096, max_num_batched_tokens=4096, seed=0)
     start = time.perf_counter()
     llm = LLM(model=w["model_dir"], **settings)
@@ -77,4 +78,9 @@ def main(workload_path: str, out_path: str) -> None:
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("workload")
+    parser.add_argument("out")
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    args = parser.parse_args()
+    main(args.workload, args.out, args.dtype)

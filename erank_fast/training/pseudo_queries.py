@@ -95,6 +95,9 @@ def main(argv=None) -> None:
     parser.add_argument("--max_passage_tokens", type=int, default=256)
     parser.add_argument("--batch_size", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--exclude", action="append", default=[], metavar="JSONL",
+                        help="pseudo-queries already made (this script's output): their passages "
+                             "are not drawn again (repeatable)")
     args = parser.parse_args(argv)
     if args.per_query < 1:
         parser.error("--per_query must be at least 1")
@@ -107,9 +110,12 @@ def main(argv=None) -> None:
     from erank_fast.training.policy import load_float32_model
 
     queries = read_jsonl(args.data)[: args.max_queries]
+    done = {(r["qid"], r["docid"]) for path in args.exclude for r in read_pseudo_queries(path)}
     rng = random.Random(args.seed)
-    picks = [(q.qid, c) for q in queries
-             for c in rng.sample(q.candidates, min(args.per_query, len(q.candidates)))]
+    picks = []
+    for q in queries:
+        pool = [c for c in q.candidates if (q.qid, c.docid) not in done]
+        picks += [(q.qid, c) for c in rng.sample(pool, min(args.per_query, len(pool)))]
     model, tokenizer = load_float32_model(args.model)
     model.eval()
     kept = 0
