@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from erank_fast.fusion import DEFAULT_HYBRID_ALPHA, check_alpha
 from erank_fast.prompt import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
 from erank_fast.scoring import SCORE_MODES
 from erank_fast.validation import positive_int
@@ -47,7 +48,8 @@ class RerankerConfig:
     lm_head multiply by copies of their weights packed once for oneDNN (1.2-3× faster
     matmuls; "auto": when erank_fast loaded the weights itself, from a path, so no one else
     changes them; "on" also for an in-memory model, whose later changes are then not seen;
-    "off")."""
+    "off"). hybrid_alpha: the first stage's weight when a call passes first-stage scores
+    (``erank_fast.fusion``; ERank's 0.2)."""
 
     think: str | int = "off"
     instruction: str | None = None
@@ -60,6 +62,7 @@ class RerankerConfig:
     kv_memory: int | None = None
     cuda_graphs: str = "auto"  # decode steps from CUDA graphs: "auto", "on", "off", "padded"
     pack_weights: str = "auto"  # CPU matmuls on packed weight copies: "auto", "on", "off"
+    hybrid_alpha: float = DEFAULT_HYBRID_ALPHA
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "think", parse_think(self.think))
@@ -71,6 +74,7 @@ class RerankerConfig:
         if self.pack_weights not in PACK_WEIGHTS_MODES:
             raise ValueError(f"pack_weights must be one of {PACK_WEIGHTS_MODES}, "
                              f"got {self.pack_weights!r}")
+        object.__setattr__(self, "hybrid_alpha", check_alpha(self.hybrid_alpha))
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise TypeError(f"instruction must be a str or None, got {type(self.instruction).__name__}")
         for name in ("max_query_tokens", "max_doc_tokens", "max_think_tokens"):

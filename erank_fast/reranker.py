@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Mapping, Sequence
@@ -9,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from erank_fast.config import RerankerConfig, parse_think
 from erank_fast.engine.backend import make_backend, score_parts
 from erank_fast.engine.sampling import Sample, SamplingParams
+from erank_fast.fusion import check_first_stage_scores, fuse
 from erank_fast.models.packaged import packaged_reranker
 from erank_fast.models.sources import LoadedModel, load_model
 from erank_fast.prompt import PromptBuilder, valid_unicode
@@ -60,7 +62,7 @@ class Reranker:
             "reference" (transformers, each document alone).
         options: any other field of ``erank_fast.config.RerankerConfig`` (where the defaults
             are documented): max_query_tokens, max_doc_tokens, max_think_tokens,
-            max_batch_tokens, kv_memory, cuda_graphs.
+            max_batch_tokens, kv_memory, cuda_graphs, pack_weights, hybrid_alpha.
         """
         packaged = packaged_reranker(model)
         settings = {}
@@ -83,15 +85,22 @@ class Reranker:
     def rerank(self, query: str, documents: Sequence, *, top_k: int | None = None,
                instruction: str | None = None, return_reasoning: bool = False,
                think=None, cancel: threading.Event | None = None,
-               max_doc_tokens: int | None = None) -> RerankResults:
+               max_doc_tokens: int | None = None,
+               first_stage_scores: Sequence[float] | None = None) -> RerankResults:
         """Documents (strings, or mappings with a "text" key) sorted by score, best first;
         ``top_k`` keeps the best k. ``think`` overrides the reranker's setting for this call.
         ``cancel``: an event that, once set from another thread, abandons the call: it raises
         ``erank_fast.Cancelled`` and its documents' memory is released. ``max_doc_tokens``
-        truncates documents further for this call (never beyond the reranker's own limit)."""
+        truncates documents further for this call (never beyond the reranker's own limit).
+        ``first_stage_scores``: the retriever's score of each document (BM25's, say; higher is
+        more relevant): the results are then sorted by the hybrid of both (``hybrid_alpha`` ·
+        z(first stage) + (1 − ``hybrid_alpha``) · z(model), ``erank_fast.fusion``), each
+        result's ``model_score`` keeping the model's own."""
         return self.rerank_many([query], [documents], top_k=top_k, instruction=instruction,
                                 return_reasoning=return_reasoning, think=think, cancel=cancel,
-                                max_doc_tokens=max_doc_tokens)[0]
+                                max_doc_tokens=max_doc_tokens,
+                                first_stage_scores=None if first_stage_scores is None
+                                else [first_stage_scores])[0]
 
     def score(self, query: str, documents: Sequence, *, instruction: str | None = None,
               think=None) -> list[float]:
@@ -106,10 +115,12 @@ class Reranker:
                     top_k: int | None = None, instruction: str | None = None,
                     return_reasoning: bool = False, think=None,
                     cancel: threading.Event | None = None,
-                    max_doc_tokens: int | None = None) -> list[RerankResults]:
+                    max_doc_tokens: int | None = None,
+                    first_stage_scores: Sequence[Sequence[float]] | None = None,
+                    ) -> list[RerankResults]:
         """Rerank several queries in one engine call (their documents are batched together);
-        ``cancel`` as in ``rerank``; ``max_doc_tokens`` truncates documents further for this
-        call (never beyond the reranker's own limit)."""
+        ``cancel``, ``max_doc_tokens`` and ``first_stage_scores`` (here one list per query) as
+        in ``rerank``."""
         if isinstance(queries, str) or len(queries) != len(documents_per_query):
             raise ValueError("queries and documents_per_query must be sequences of equal length")
         for i, q in enumerate(queries):
@@ -120,6 +131,12 @@ class Reranker:
         think = self.config.think if think is None else parse_think(think)
         instruction = instruction if instruction is not None else self.config.instruction
         texts = [_document_texts(docs) for docs in documents_per_query]
+        if first_stage_scores is not None:
+            if isinstance(first_stage_scores, (str, bytes)) or \
+                    len(first_stage_scores) != len(texts):
+                raise ValueError("first_stage_scores must hold one list of scores per query")
+            first_stage_scores = [check_first_stage_scores(s, len(t))
+                                  for s, t in zip(first_stage_scores, texts)]
 
         start = time.perf_counter()
         asked = [i for i, t in enumerate(texts) if t]
@@ -147,6 +164,10 @@ class Reranker:
         for qi, docs in enumerate(documents_per_query):
             results = [self._result(i, doc, r, return_reasoning)
                        for i, (doc, r) in enumerate(zip(docs, by_query.get(qi, [])))]
+            if first_stage_scores is not None and results:
+                fused = fuse(first_stage_scores[qi], [r.score for r in results],
+                             self.config.hybrid_alpha)
+                results = [dataclasses.replace(r, score=f) for r, f in zip(results, fused)]
             results.sort(key=lambda r: (-r.score, r.index))
             out.append(RerankResults(results[:top_k] if top_k is not None else results, stats))
         return out
@@ -229,7 +250,7 @@ class Reranker:
         return RerankResult(index=index, score=s.score, answer=s.answer, probability=s.probability,
                             distribution=s.distribution,
                             num_generated_tokens=len(readout.generated),
-                            reasoning=reasoning, document=document)
+                            reasoning=reasoning, document=document, model_score=s.score)
 
 
 def _document_texts(documents) -> list[str]:

@@ -10,8 +10,9 @@ from typing import Any
 class RerankResult:
     """One document's result.
 
-    index: position in the input list. score: the rank score (higher is more relevant).
-    answer: the model's integer score 0..10, or None when none could be read (see
+    index: position in the input list. score: the rank score the results are sorted by
+    (higher is more relevant): the model's, or, when the call passed first-stage scores, the
+    hybrid of both (``erank_fast.fusion``). model_score: the model's own rank score. answer: the model's integer score 0..10, or None when none could be read (see
     erank_fast.scoring). probability: p(answer). distribution: p(0) .. p(10).
     num_generated_tokens: reasoning tokens the model wrote (0 with think="off").
     reasoning: the reasoning text when asked for, else None. document: the input as given.
@@ -25,6 +26,7 @@ class RerankResult:
     num_generated_tokens: int
     reasoning: str | None
     document: Any
+    model_score: float | None = None
 
 
 @dataclass(frozen=True)

@@ -54,6 +54,39 @@ def test_non_text_query_and_bad_options(reranker):
     _still_works(reranker)
 
 
+@pytest.mark.parametrize("scores,error,match", [
+    ([1.0], ValueError, "1 values for 2 documents"),
+    ([1.0, float("nan")], ValueError, r"first_stage_scores\[1\] is nan"),
+    ([1.0, "2"], TypeError, r"first_stage_scores\[1\] must be a number"),
+    ("12", TypeError, "sequence of numbers"),
+])
+def test_bad_first_stage_scores_are_refused(reranker, scores, error, match):
+    with pytest.raises(error, match=match):
+        reranker.rerank("q", ["doc a", "doc b"], first_stage_scores=scores)
+    with pytest.raises(ValueError, match="one list of scores per query"):
+        reranker.rerank_many(["a", "b"], [["doc"], ["doc"]], first_stage_scores=[[1.0]])
+    _still_works(reranker)
+
+
+def test_first_stage_scores_sort_by_the_hybrid(reranker):
+    """Documented: with the retriever's scores, results are sorted by ERank's hybrid (the same
+    fusion the evaluation reports), each keeping the model's own score."""
+    from erank_fast.evaluation.metrics import hybrid
+
+    docs = ["vaccines train the immune system", "the stock market", "x", "measles doses"]
+    first = [2.0, 7.0, -1.0, 0.5]
+    plain = reranker.rerank("how do vaccines work", docs)
+    fused = reranker.rerank("how do vaccines work", docs, first_stage_scores=first)
+    model = {r.index: r.score for r in plain}
+    assert {r.index: r.model_score for r in fused} == model
+    assert all(r.model_score == r.score for r in plain)
+    want = hybrid({"q": dict(enumerate(first))}, {"q": model}, 0.2)["q"]
+    assert [r.index for r in fused] == sorted(want, key=lambda i: (-want[i], i))
+    assert [r.score for r in fused] == pytest.approx(sorted(want.values(), reverse=True))
+    alone = reranker.rerank("how do vaccines work", docs, first_stage_scores=[1.0] * 4)
+    assert [r.index for r in alone] == [r.index for r in plain]  # a flat first stage: no change
+
+
 def test_dict_documents_keep_their_keys(reranker):
     docs = [{"text": "alpha", "docid": "d1"}, {"text": "beta", "docid": "d2"}]
     results = reranker.rerank("q", docs, top_k=1)
@@ -80,7 +113,9 @@ def test_bad_settings_are_refused(tiny_qwen3):
     model, tok = tiny_qwen3
     for kwargs, match in [({"think": "sometimes"}, "think"), ({"score_mode": "mean"}, "score_mode"),
                           ({"backend": "vllm"}, "backend"), ({"max_batch_tokens": 0}, "max_batch"),
-                          ({"dtype": "fp8"}, "dtype must be"), ({"dtype": 3}, "dtype must be")]:
+                          ({"dtype": "fp8"}, "dtype must be"), ({"dtype": 3}, "dtype must be"),
+                          ({"hybrid_alpha": 1.5}, "hybrid_alpha"),
+                          ({"hybrid_alpha": "0.2"}, "hybrid_alpha")]:
         with pytest.raises(ValueError, match=match):
             Reranker.from_pretrained(model, tokenizer=tok, **kwargs)
     with pytest.raises(ValueError, match="tokenizer"):

@@ -113,6 +113,22 @@ def test_score_and_tei_shapes(served):
         (r.index, r.score, DOCS[r.index]) for r in want]
 
 
+def test_first_stage_scores_give_the_hybrid_ranking(served):
+    """The erank_fast extension: with the retriever's scores the relevance score is the hybrid
+    the Python API computes, the model's own score kept beside it."""
+    live, reranker = served
+    first = [3.0, 9.5, 0.5, 1.0]
+    want = reranker.rerank(QUERY, DOCS, first_stage_scores=first)
+    body = httpx.post(live.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS,
+                                                      "first_stage_scores": first}).json()
+    assert [(r["index"], r["relevance_score"], r["erank"]["model_score"])
+            for r in body["results"]] == [(r.index, r.score, r.model_score) for r in want]
+    scores = httpx.post(live.url + "/v1/score", json={"query": QUERY, "documents": DOCS,
+                                                      "first_stage_scores": first}).json()
+    assert scores["scores"] == [next(r.score for r in want if r.index == i)
+                                for i in range(len(DOCS))]
+
+
 def test_tei_truncate_false_refuses_long_texts_and_raw_scores_is_refused(tiny_qwen3):
     reranker = _reranker(tiny_qwen3, max_doc_tokens=16)
     live = LiveServer(create_app(lambda: reranker, model_name="tiny"))
@@ -185,6 +201,12 @@ def test_health_models_and_metrics(served):
     (json.dumps({"query": QUERY, "documents": []}).encode(), 422, "documents"),
     (json.dumps({"query": QUERY, "documents": DOCS, "top_n": 0}).encode(), 422, "top_n"),
     (json.dumps({"query": QUERY, "documents": DOCS, "extra": 1}).encode(), 422, "extra"),
+    (json.dumps({"query": QUERY, "documents": DOCS, "first_stage_scores": [1.0]}).encode(), 422,
+     "first_stage_scores has 1 values for 4 documents"),
+    (json.dumps({"query": QUERY, "documents": DOCS, "first_stage_scores": ["a", 1, 2, 3]}).encode(),
+     422, "first_stage_scores.0"),
+    (b'{"query": "q", "documents": ["a"], "first_stage_scores": [NaN]}', 422,
+     "first_stage_scores.0"),
     (json.dumps({"query": QUERY, "documents": ["d"] * 41}).encode(), 413, "at most 40"),
     (json.dumps({"query": QUERY, "documents": ["d" * 300_000]}).encode(), 413, "at most 200000"),
     (json.dumps({"query": QUERY, "documents": ["lorem ipsum " * 2000]}).encode(), 422,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from erank_fast import fusion
+
 Run = dict[str, dict[str, float]]
 Qrels = dict[str, dict[str, int]]
 
@@ -54,17 +56,15 @@ def evaluate(run: Run, qrels: Qrels) -> tuple[dict[str, float], dict[str, dict[s
 
 
 def zscores(scores: dict[str, float]) -> dict[str, float]:
-    """Standardise within one query (population std); constant scores map to 0."""
-    values = list(scores.values())
-    mean = sum(values) / len(values)
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values))
-    return {d: (v - mean) / std if std > 0 else 0.0 for d, v in scores.items()}
+    """Standardise within one query (``erank_fast.fusion.zscores``)."""
+    return dict(zip(scores, fusion.zscores(list(scores.values()))))
 
 
-def hybrid(first_stage: Run, rerank: Run, alpha: float = 0.2) -> Run:
-    """alpha · z(first stage) + (1 − alpha) · z(rerank), per query (ERank's fusion, alpha 0.2)."""
+def hybrid(first_stage: Run, rerank: Run, alpha: float = fusion.DEFAULT_HYBRID_ALPHA) -> Run:
+    """alpha · z(first stage) + (1 − alpha) · z(rerank), per query (``erank_fast.fusion``)."""
     fused = {}
     for qid, scores in rerank.items():
-        z_first, z_rerank = zscores(first_stage[qid]), zscores(scores)
-        fused[qid] = {d: alpha * z_first[d] + (1 - alpha) * z_rerank[d] for d in scores}
+        first = first_stage[qid]
+        fused[qid] = dict(zip(scores, fusion.fuse([first[d] for d in scores],
+                                                  list(scores.values()), alpha)))
     return fused

@@ -2,9 +2,12 @@
 
 Endpoints:
 - ``POST /v1/rerank`` and ``POST /rerank``: the Cohere / Jina shape, ``{model?, query,
-  documents: [str | {text, ...}], top_n?, return_documents?, max_tokens_per_doc?}`` →
-  ``{id, model, results: [{index, relevance_score, document?, erank: {answer, probability}}],
-  usage, meta}``, best first. ``/rerank`` with ``texts`` instead of ``documents`` answers in the
+  documents: [str | {text, ...}], top_n?, return_documents?, max_tokens_per_doc?,
+  first_stage_scores?}`` → ``{id, model, results: [{index, relevance_score, document?, erank:
+  {answer, probability, model_score}}], usage, meta}``, best first. ``first_stage_scores`` (an
+  erank_fast extension, also on ``/v1/score``): the retriever's score of each document; the
+  relevance score is then the hybrid of both (``erank_fast.fusion``), ``model_score`` the
+  model's own. ``/rerank`` with ``texts`` instead of ``documents`` answers in the
   text-embeddings-inference shape: ``[{index, score, text?}]``.
 - ``POST /v1/score``: ``{query, documents}`` → scores in input order.
 - ``GET /health`` (200 once the model is loaded, 503 before), ``GET /v1/models``,
@@ -113,12 +116,14 @@ def create_app(load: Callable[[], object], *, model_name: str,
     async def score_v1(request: Request):
         body = await parse(request, ScoreRequest, limits)
         results = await service.rerank(body.query, documents(body), endpoint="score",
+                                       first_stage_scores=body.first_stage_scores,
                                        is_disconnected=request.is_disconnected)
         return formats.scores(results, model_name=model_name)
 
     async def cohere(request: Request, body: RerankRequest):
         results = await service.rerank(body.query, documents(body), endpoint="rerank",
                                        max_doc_tokens=body.max_tokens_per_doc,
+                                       first_stage_scores=body.first_stage_scores,
                                        is_disconnected=request.is_disconnected)
         return formats.cohere(results, model_name=model_name, top_n=body.top_n,
                                      return_documents=body.return_documents)

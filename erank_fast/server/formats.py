@@ -16,7 +16,8 @@ def cohere(results, *, model_name: str, top_n: int | None, return_documents: boo
     rows = []
     for r in results[:top_n] if top_n is not None else results:
         row = {"index": r.index, "relevance_score": r.score,
-               "erank": {"answer": r.answer, "probability": r.probability}}
+               "erank": {"answer": r.answer, "probability": r.probability,
+                         "model_score": r.model_score}}
         if return_documents:
             row["document"] = r.document if isinstance(r.document, dict) else {"text": r.document}
         rows.append(row)

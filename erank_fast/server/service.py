@@ -89,6 +89,7 @@ class RerankService:
 
     async def rerank(self, query: str, documents: list, *, endpoint: str,
                      max_doc_tokens: int | None = None,
+                     first_stage_scores: list[float] | None = None,
                      is_disconnected: Callable[[], Awaitable[bool]] | None = None):
         """The documents scored (``RerankResults``, best first). A client that disconnects
         (``is_disconnected``), or a caller that is itself cancelled, has its documents
@@ -104,7 +105,8 @@ class RerankService:
         start = time.perf_counter()
 
         def work():
-            return reranker.rerank(query, documents, cancel=cancel, max_doc_tokens=max_doc_tokens)
+            return reranker.rerank(query, documents, cancel=cancel, max_doc_tokens=max_doc_tokens,
+                                   first_stage_scores=first_stage_scores)
 
         async def watch_disconnect():
             while not cancel.is_set():
