@@ -12,7 +12,8 @@ class RerankResult:
 
     index: position in the input list. score: the rank score the results are sorted by
     (higher is more relevant): the model's, or, when the call passed first-stage scores, the
-    hybrid of both (``erank_fast.fusion``). model_score: the model's own rank score. answer: the model's integer score 0..10, or None when none could be read (see
+    hybrid of both (``erank_fast.fusion``). model_score: the model's own rank score.
+    answer: the model's integer score 0..10, or None when none could be read (see
     erank_fast.scoring). probability: p(answer). distribution: p(0) .. p(10).
     num_generated_tokens: reasoning tokens the model wrote (0 with think="off").
     reasoning: the reasoning text when asked for, else None. document: the input as given.

@@ -8,6 +8,7 @@ import time
 from tqdm.auto import tqdm
 
 from erank_fast.evaluation.metrics import evaluate, hybrid
+from erank_fast.fusion import check_alpha
 from erank_fast.evaluation.trec import Query
 
 QUERIES_PER_CALL = 4  # queries reranked together: their documents share engine steps
@@ -21,8 +22,7 @@ def run_evaluation(reranker, queries: list[Query], qrels: dict[str, dict[str, in
     "docs_per_second", "seconds", "documents", "prefill_tokens", "decode_tokens",
     "queries_evaluated", "per_query": {qid: {"first_stage": {...}, "reranked": {...},
     "hybrid": {...}}}, "run": {qid: {docid: reranker score}}}."""
-    if not 0.0 <= hybrid_alpha <= 1.0:
-        raise ValueError(f"hybrid alpha must be in [0, 1], got {hybrid_alpha}")
+    check_alpha(hybrid_alpha)
     first_stage = {q.qid: {c.docid: c.score for c in q.candidates} for q in queries}
     reranked: dict[str, dict[str, float]] = {}
     seconds, prefill, decode, documents = 0.0, 0, 0, 0

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class DocumentObject(BaseModel):
@@ -30,19 +30,12 @@ class _QueryRequest(BaseModel):
 
 class _DocumentsRequest(_QueryRequest):
     """``first_stage_scores`` (an erank_fast extension): the retriever's score of each document,
-    in order; the ranking is then the hybrid of both (``erank_fast.fusion``)."""
+    in order; the ranking is then the hybrid of both (``erank_fast.fusion``). Their count is
+    checked by the Reranker (a 422 like any invalid request)."""
 
     model: str | None = None
     documents: list[str | DocumentObject] = Field(min_length=1)
     first_stage_scores: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
-
-    @model_validator(mode="after")
-    def _one_score_per_document(self):
-        if self.first_stage_scores is not None and \
-                len(self.first_stage_scores) != len(self.documents):
-            raise ValueError(f"first_stage_scores has {len(self.first_stage_scores)} values for "
-                             f"{len(self.documents)} documents")
-        return self
 
 
 class ScoreRequest(_DocumentsRequest):
