@@ -1,6 +1,8 @@
 """Decode attention, one new token per document: erank_fast (the shared prefix read once per
-step for all documents + each own context, split-K when long), as Triton kernels (CUDA) and as
-its PyTorch path, against per-sequence SDPA over each document's own copy of [prefix; own]."""
+step for all documents + each own context, split-K when long), as Triton kernels (CUDA), as its
+PyTorch path and, on CPU, as its two C++ kernels (``cpu_arena``: the shared-prefix kernel the
+engine runs, its one-token path; ``cpu_decode``: the decode-only kernel kept for dtypes the
+first lacks), against per-sequence SDPA over each document's own copy of [prefix; own]."""
 
 from __future__ import annotations
 
@@ -28,13 +30,38 @@ def cost(batch: int):
     return flops, bytes_moved
 
 
-@pytest.mark.parametrize("provider", ["triton", "torch", "sdpa_per_sequence"])
+def cpu_kernel(provider: str, inputs):
+    """The engine's CPU call on these inputs (one query group), or a skip where it is not built."""
+    from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu
+    from erank_fast.ops.decode_attention import DecodeRows, decode_attention_cpu
+
+    q, k, v, _, prefix_start, prefix_len, own_base, own_start, q_cu = inputs
+    docs = [(0, b, s, 1) for b, s in zip(own_base.tolist(), own_start.tolist())]
+    prefixes = [(int(prefix_start[0]), int(prefix_len[0]))]
+    scale = q.shape[-1] ** -0.5
+    if provider == "cpu_arena":
+        rows = ArenaRows.of_step(docs, prefixes)
+        run = lambda: arena_attention_cpu(q, k, v, rows, scale)  # noqa: E731
+    else:
+        rows = DecodeRows.of_step(docs, prefixes, q.device)
+        run = lambda: decode_attention_cpu(q, k, v, rows, scale)  # noqa: E731
+    if run() is None:
+        pytest.skip(f"{provider}: erank_fast's CPU kernel is not built for {q.dtype} here")
+    return run
+
+
+@pytest.mark.parametrize("provider",
+                         ["triton", "torch", "cpu_arena", "cpu_decode", "sdpa_per_sequence"])
 @pytest.mark.parametrize("batch", B["batches"])
 def test_decode_attention(benchmark, batch, provider):
     if provider == "triton" and DEVICE.type != "cuda":
         pytest.skip("Triton kernels are timed on CUDA only (the CPU interpreter checks them)")
+    if provider.startswith("cpu_") and DEVICE.type != "cpu":
+        pytest.skip("erank_fast's C++ kernels run on CPU tensors")
     inputs = shared_prefix_inputs(PREFIX, batch, OWN - 1, 1, B["hq"], B["hkv"], B["d"], B["dtype"])
-    if provider == "sdpa_per_sequence":
+    if provider.startswith("cpu_"):
+        fn = cpu_kernel(provider, inputs)
+    elif provider == "sdpa_per_sequence":
         fn = per_document_sdpa(inputs[0], inputs[1], inputs[2], PREFIX, batch, OWN - 1, 1,
                                B["d"] ** -0.5)
     else:

@@ -7,11 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from erank_fast.engine.kv_pool import KVPool
-from erank_fast.ops.arena_attention import (
-    ArenaRows,
-    arena_attention_cpu,
-    decodes_in_arena_kernel,
-)
+from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu
 from erank_fast.ops.causal_attention import causal_attention
 from erank_fast.ops.decode_attention import DecodeRows, decode_attention_cpu
 from erank_fast.ops.dispatch import use_triton
@@ -93,10 +89,8 @@ class SharedPrefixAttention:
             # CPU: the C++ kernel reads the arena in place, any number of tokens per document.
             if self.rows is None:
                 self.rows = ArenaRows.of_step(m.docs, m.prefixes, q.device)
-            out = None
-            if m.max_q_tokens > 1 or decodes_in_arena_kernel():
-                out = arena_attention_cpu(q, k_arena, v_arena, self.rows, self.scale)
-            if out is None and m.max_q_tokens == 1:  # a CPU without AVX-512: the decode kernel
+            out = arena_attention_cpu(q, k_arena, v_arena, self.rows, self.scale)
+            if out is None and m.max_q_tokens == 1:  # a dtype the kernel lacks here: decode's
                 out = decode_attention_cpu(q, k_arena, v_arena, DecodeRows.of_step(
                     m.docs, m.prefixes, q.device), self.scale)
             if out is not None:

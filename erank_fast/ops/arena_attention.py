@@ -2,13 +2,13 @@
 C++ kernel (``ops/csrc/shared_prefix_attention.cpp``): every new token of every document
 against its query's prefix rows and, causally, its own rows, read in place; no padding, no mask
 tensor, no per-document Python. float32 scores, softmax and accumulation (AVX512-BF16 dot
-products for bfloat16 inputs; on a CPU without AVX-512, a portable float32 kernel). Equal to prefix_attention + suffix_attention merged by LSE
-(tests/test_torch_ops.py); None where the kernel does not apply, and the caller runs the
-PyTorch paths instead."""
+products for bfloat16 inputs; on a CPU without AVX-512, a portable float32 kernel). Documents
+with one new token (decode) take the kernel's own path, keys rather than rows in the vector
+lanes. Equal to prefix_attention + suffix_attention merged by LSE (tests/test_torch_ops.py);
+None where the kernel does not apply, and the caller runs the PyTorch paths instead."""
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 
 import torch
@@ -53,15 +53,6 @@ def kernel_applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     kernels = cpu_kernels()
     dtype = str(q.dtype).removeprefix("torch.")
     return kernels is not None and kernels.shared_prefix_attention_supports(dtype)
-
-
-@functools.cache
-def decodes_in_arena_kernel() -> bool:
-    """Whether the kernel has its one-token (decode) path on this machine: the AVX-512 build
-    does; the portable float32 build tiles every document alike, and a pure decode step is
-    faster through ``ops.decode_attention`` there."""
-    kernels = cpu_kernels()
-    return kernels is not None and kernels.shared_prefix_attention_isa() == "avx512"
 
 
 def arena_attention_cpu(q, k_cache, v_cache, rows: ArenaRows, scale: float):

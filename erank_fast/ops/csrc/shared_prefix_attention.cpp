@@ -213,8 +213,11 @@ template <> struct QK<c10::BFloat16> {
 
 struct Rows {  // the metadata of one call, per document
   const int64_t *q_cu, *own_base, *own_start, *prefix_start, *prefix_len;
-  int64_t group;
+  int64_t group, kv_heads;
 };
+
+constexpr bool DECODE_TASK_PER_DOCUMENT = false;  // run_single: one KV head per task
+constexpr int MAX_Q_HEADS = 0;
 
 struct Task {
   int64_t doc, head, row0, cost;
@@ -445,17 +448,27 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   auto out = at::empty_like(q);
   const Rows m{q_cu.data_ptr<int64_t>(), own_base.data_ptr<int64_t>(),
                own_start.data_ptr<int64_t>(), prefix_start.data_ptr<int64_t>(),
-               prefix_len.data_ptr<int64_t>(), q.size(1) / k.size(1)};
+               prefix_len.data_ptr<int64_t>(), q.size(1) / k.size(1), k.size(1)};
   TORCH_CHECK(m.q_cu[docs] == q.size(0), "q_cu must end at the number of rows of q");
   std::vector<Task> tasks;
   for (int64_t b = 0; b < docs; ++b) {
     const int64_t rows = (m.q_cu[b + 1] - m.q_cu[b]) * m.group;
+    if (DECODE_TASK_PER_DOCUMENT && rows == m.group && q.size(1) <= MAX_Q_HEADS) {
+      // one new token: one task for every head (head -1)
+      tasks.push_back({b, -1, 0, (m.prefix_len[b] + m.own_start[b] + 1) * k.size(1)});
+      continue;
+    }
     for (int64_t h = 0; h < k.size(1); ++h)
       for (int64_t r0 = 0; r0 < rows; r0 += MR) {
         const int64_t last = std::min(rows, r0 + MR) - 1;
         tasks.push_back({b, h, r0, m.prefix_len[b] + m.own_start[b] + last / m.group + 1});
       }
   }
+  // A document with one new token takes run_single: a task per KV head, or (portable) one task
+  // for all of them, marked head -1.
+  auto is_single = [](const Task& t, const Rows& m) {
+    return DECODE_TASK_PER_DOCUMENT ? t.head < 0 : m.q_cu[t.doc + 1] - m.q_cu[t.doc] == 1;
+  };
   // Longest first, handed out one at a time: the two halves of a 2-core machine finish together.
   std::sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
 #if defined(__AVX512F__)
@@ -473,7 +486,7 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
     std::atomic<int64_t> next{0};
     at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
       for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());)
-        (m.q_cu[tasks[i].doc + 1] - m.q_cu[tasks[i].doc] == 1 ? run_single<T, D> : run_tile<T, D>)(
+        (is_single(tasks[i], m) ? run_single<T, D> : run_tile<T, D>)(
             tasks[i], qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
             out.stride(0), out.stride(1), m, scale_log2);
     });
