@@ -147,7 +147,8 @@ def test_suffix_attention_with_ragged_lengths_is_not_taken_for_decode():
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
-@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (8, 8, 128), (4, 1, 64), (16, 8, 128)])
+@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (8, 8, 128), (4, 1, 64), (16, 8, 128),
+                                     (72, 8, 64)])  # more query heads than one decode task takes
 @pytest.mark.parametrize("case", ["prefill", "decode", "mixed"])
 def test_cpu_arena_attention_kernel_equals_plain_causal(case, hq, hkv, d, dtype, tol):
     """The C++ shared-prefix kernel (any tokens per document, prefix + own rows read in place):

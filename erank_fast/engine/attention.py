@@ -90,7 +90,7 @@ class SharedPrefixAttention:
             if self.rows is None:
                 self.rows = ArenaRows.of_step(m.docs, m.prefixes, q.device)
             out = arena_attention_cpu(q, k_arena, v_arena, self.rows, self.scale)
-            if out is None and m.max_q_tokens == 1:  # a dtype the kernel lacks here: decode's
+            if out is None and m.max_q_tokens == 1:  # bf16 without AVX512-BF16: decode kernel
                 out = decode_attention_cpu(q, k_arena, v_arena, DecodeRows.of_step(
                     m.docs, m.prefixes, q.device), self.scale)
             if out is not None:

@@ -14,9 +14,6 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
   m.def("shared_prefix_attention_supports(str dtype) -> bool",
         &shared_prefix_attention_supports);
-  // "avx512" or "portable" (float32 only, one tile for every document: pure decode steps are
-  // faster through decode_attention there)
-  m.def("shared_prefix_attention_isa() -> str", &shared_prefix_attention_isa);
 }
 
 TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {

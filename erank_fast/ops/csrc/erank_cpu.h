@@ -14,7 +14,6 @@ std::vector<at::Tensor> decode_attention(at::Tensor q, at::Tensor k, at::Tensor 
                                          at::Tensor own_base, at::Tensor own_len, double scale);
 
 bool shared_prefix_attention_supports(std::string dtype);
-std::string shared_prefix_attention_isa();
 at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor q_cu,
                                    at::Tensor own_base, at::Tensor own_start,
                                    at::Tensor prefix_start, at::Tensor prefix_len, double scale);

@@ -24,6 +24,25 @@
 #include <limits>
 #include <vector>
 
+namespace {
+
+struct Rows {  // the metadata of one call, per document
+  const int64_t *q_cu, *own_base, *own_start, *prefix_start, *prefix_len;
+  int64_t group, kv_heads;
+  // The arena row of document b's key j: its query's prefix rows first, then its own rows.
+  int64_t arena_row(int64_t b, int64_t j) const {
+    return j < prefix_len[b] ? prefix_start[b] + j : own_base[b] + j - prefix_len[b];
+  }
+};
+
+// One unit of work: (document, KV head, first row of its tile); head -1 is every head of a
+// one-token document (the builds whose run_single takes them, decode_task_per_document).
+struct Task {
+  int64_t doc, head, row0, cost;
+};
+
+}  // namespace
+
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
@@ -211,17 +230,8 @@ template <> struct QK<c10::BFloat16> {
 };
 #endif
 
-struct Rows {  // the metadata of one call, per document
-  const int64_t *q_cu, *own_base, *own_start, *prefix_start, *prefix_len;
-  int64_t group, kv_heads;
-};
-
-constexpr bool DECODE_TASK_PER_DOCUMENT = false;  // run_single: one KV head per task
-constexpr int MAX_Q_HEADS = 0;
-
-struct Task {
-  int64_t doc, head, row0, cost;
-};
+// run_single here takes one KV head per task.
+inline bool decode_task_per_document(int64_t) { return false; }
 
 template <typename T, int D>
 void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
@@ -263,7 +273,7 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
     const int nk = static_cast<int>(std::min<int64_t>(KB, n_keys - j0));
     for (int j = 0; j < KB; ++j) {
       const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
-      const int64_t arena_row = key < plen ? m.prefix_start[b] + key : m.own_base[b] + key - plen;
+      const int64_t arena_row = m.arena_row(b, key);
       key_rows[j] = k + arena_row * kv_s0 + t.head * kv_s1;
       value_rows[j] = v + arena_row * kv_s0 + t.head * kv_s1;
     }
@@ -368,7 +378,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
     const int nk = static_cast<int>(std::min<int64_t>(VB, n_keys - j0));
     for (int j = 0; j < VB; ++j) {
       const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
-      const int64_t row = key < plen ? m.prefix_start[b] + key : m.own_base[b] + key - plen;
+      const int64_t row = m.arena_row(b, key);
       key_rows[j] = k + row * kv_s0 + t.head * kv_s1;
       if (j < nk)
         value_rows[j] = Q::template value_row<D>(v + row * kv_s0 + t.head * kv_s1, vbuf + j * D);
@@ -420,14 +430,6 @@ bool shared_prefix_attention_supports(std::string dtype) {
   return dtype == "float32";
 }
 
-std::string shared_prefix_attention_isa() {
-#if defined(__AVX512F__)
-  return "avx512";
-#else
-  return "portable";
-#endif
-}
-
 // q [N, Hq, D] packed by document (rows q_cu[b]..q_cu[b+1]); k, v [T, Hkv, D], the arena;
 // per document (int64 [B]): its own rows start at own_base, own_start of them precede this
 // step's tokens, and its query's prefix is rows prefix_start .. + prefix_len. -> out [N, Hq, D].
@@ -453,8 +455,7 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   std::vector<Task> tasks;
   for (int64_t b = 0; b < docs; ++b) {
     const int64_t rows = (m.q_cu[b + 1] - m.q_cu[b]) * m.group;
-    if (DECODE_TASK_PER_DOCUMENT && rows == m.group && q.size(1) <= MAX_Q_HEADS) {
-      // one new token: one task for every head (head -1)
+    if (rows == m.group && decode_task_per_document(q.size(1))) {  // one new token, every head
       tasks.push_back({b, -1, 0, (m.prefix_len[b] + m.own_start[b] + 1) * k.size(1)});
       continue;
     }
@@ -464,11 +465,6 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
         tasks.push_back({b, h, r0, m.prefix_len[b] + m.own_start[b] + last / m.group + 1});
       }
   }
-  // A document with one new token takes run_single: a task per KV head, or (portable) one task
-  // for all of them, marked head -1.
-  auto is_single = [](const Task& t, const Rows& m) {
-    return DECODE_TASK_PER_DOCUMENT ? t.head < 0 : m.q_cu[t.doc + 1] - m.q_cu[t.doc] == 1;
-  };
   // Longest first, handed out one at a time: the two halves of a 2-core machine finish together.
   std::sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
 #if defined(__AVX512F__)
@@ -486,7 +482,7 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
     std::atomic<int64_t> next{0};
     at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
       for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());)
-        (is_single(tasks[i], m) ? run_single<T, D> : run_tile<T, D>)(
+        (m.q_cu[tasks[i].doc + 1] - m.q_cu[tasks[i].doc] == 1 ? run_single<T, D> : run_tile<T, D>)(
             tasks[i], qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
             out.stride(0), out.stride(1), m, scale_log2);
     });

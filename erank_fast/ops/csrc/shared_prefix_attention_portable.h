@@ -58,15 +58,6 @@ inline v8f exp2_ps(v8f t) {
   return p * scale;
 }
 
-struct Rows {  // the metadata of one call, per document
-  const int64_t *q_cu, *own_base, *own_start, *prefix_start, *prefix_len;
-  int64_t group, kv_heads;
-};
-
-struct Task {
-  int64_t doc, head, row0, cost;
-};
-
 // s [NR][MR] = Q K^T for NR keys: qp [D][MR] the tile's rows, each key's elements broadcast.
 template <int D>
 inline void scores(const float* qp, const float* const* keys, float* s) {
@@ -158,7 +149,7 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
     const int nk = static_cast<int>(std::min<int64_t>(KB, n_keys - j0));
     for (int j = 0; j < KB; ++j) {
       const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
-      const int64_t arena_row = key < plen ? m.prefix_start[b] + key : m.own_base[b] + key - plen;
+      const int64_t arena_row = m.arena_row(b, key);
       key_rows[j] = k + arena_row * kv_s0 + t.head * kv_s1;
       value_rows[j] = v + arena_row * kv_s0 + t.head * kv_s1;
     }
@@ -223,13 +214,14 @@ inline v8f sum8(const v8f* p) {
          ERANK_SHUFFLE(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
-// A document with one new token (a decode step), all its query heads in one task: each key
-// row (every KV head's part, contiguous in the arena) is read once, in order, and used by every
-// head. The head dimension sits in the lanes: each key's 8 partial sums, then 8 keys' sums
-// reduced together, so a block of 8 keys gives one vector of scores per query head. (The tile
-// above would fill G of its 16 rows and compute the rest for nothing, one KV head at a time.)
-constexpr bool DECODE_TASK_PER_DOCUMENT = true;
+// A document with one new token (a decode step), all its query heads in one task (head -1;
+// one KV head's when the model has more query heads than MAX_Q_HEADS): each key row (every KV
+// head's part, contiguous in the arena) is read once, in order, and used by every head. The
+// head dimension sits in the lanes: each key's 8 partial sums, then 8 keys' sums reduced
+// together, so a block of 8 keys gives one vector of scores per query head. (The tile above
+// would fill G of its 16 rows and compute the rest for nothing, one KV head at a time.)
 constexpr int MAX_Q_HEADS = 64;
+inline bool decode_task_per_document(int64_t q_heads) { return q_heads <= MAX_Q_HEADS; }
 
 template <typename T, int D>
 void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
@@ -237,14 +229,18 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
                 float softmax_scale) {
   static_assert(std::is_same_v<T, float>, "the portable kernel is float32 only");
   constexpr int VB = 8;  // keys per block
-  const int64_t b = t.doc, groups = m.group, heads = m.kv_heads * groups;
+  const int64_t b = t.doc, groups = m.group;
+  // query heads h0 .. h0 + heads - 1: all of them, or those of KV head t.head
+  const int64_t h0 = t.head < 0 ? 0 : t.head * groups;
+  const int64_t heads = t.head < 0 ? m.kv_heads * groups : groups;
+  TORCH_CHECK(heads <= MAX_Q_HEADS, "at most ", MAX_Q_HEADS, " query heads per KV head");
   const int64_t plen = m.prefix_len[b], n_keys = plen + m.own_start[b] + 1;
   alignas(32) float o[MAX_Q_HEADS][D];
   alignas(32) float p[MAX_Q_HEADS][VB];
   float run_max[MAX_Q_HEADS], run_sum[MAX_Q_HEADS], alpha[MAX_Q_HEADS];
   const float* key_rows[VB];
   const float* value_rows[VB];
-  const float* q_row = q + m.q_cu[b] * q_s0;
+  const float* q_row = q + m.q_cu[b] * q_s0 + h0 * q_s1;
   const float inf = std::numeric_limits<float>::infinity();
   const v8i lane = v8i{0, 1, 2, 3, 4, 5, 6, 7};
   for (int64_t h = 0; h < heads; ++h) {
@@ -256,14 +252,14 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
     const int nk = static_cast<int>(std::min<int64_t>(VB, n_keys - j0));
     for (int j = 0; j < VB; ++j) {
       const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
-      const int64_t row = key < plen ? m.prefix_start[b] + key : m.own_base[b] + key - plen;
+      const int64_t row = m.arena_row(b, key);
       key_rows[j] = k + row * kv_s0;
       value_rows[j] = v + row * kv_s0;
     }
     const v8i valid = lane < nk;
-    for (int64_t h = 0; h < heads; ++h) {  // query head h reads KV head h / groups
+    for (int64_t h = 0; h < heads; ++h) {  // query head h0 + h reads KV head (h0 + h) / groups
       const float* qh = q_row + h * q_s1;
-      const int64_t kv = (h / groups) * kv_s1;
+      const int64_t kv = ((h0 + h) / groups) * kv_s1;
       v8f partial[VB];  // one 8-lane slice of q at a time against the 8 keys' slices
       for (int j = 0; j < VB; ++j) partial[j] = splat(0.0f);
       for (int d = 0; d < D; d += 8) {
@@ -285,7 +281,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
       run_max[h] = new_max;
     }
     for (int64_t h = 0; h < heads; ++h) {
-      const int64_t kv = (h / groups) * kv_s1;
+      const int64_t kv = ((h0 + h) / groups) * kv_s1;
       v8f acc[D / 8];
       for (int c = 0; c < D / 8; ++c) acc[c] = splat(0.0f);
       for (int j = 0; j < nk; ++j) {
@@ -297,7 +293,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
       for (int c = 0; c < D / 8; ++c) store(o[h] + 8 * c, load(o[h] + 8 * c) * a + acc[c]);
     }
   }
-  T* out_row = out + m.q_cu[b] * o_s0;
+  T* out_row = out + m.q_cu[b] * o_s0 + h0 * o_s1;
   for (int64_t h = 0; h < heads; ++h) {
     const float inv = 1.0f / run_sum[h];
     for (int d = 0; d < D; ++d) out_row[h * o_s1 + d] = o[h][d] * inv;
