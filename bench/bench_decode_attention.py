@@ -35,16 +35,16 @@ def cpu_kernel(provider: str, inputs):
     from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu
     from erank_fast.ops.decode_attention import DecodeRows, decode_attention_cpu
 
-    q, k, v, _, prefix_start, prefix_len, own_base, own_start, q_cu = inputs
+    q, k, v, _, prefix_start, prefix_len, own_base, own_start, _ = inputs
     docs = [(0, b, s, 1) for b, s in zip(own_base.tolist(), own_start.tolist())]
     prefixes = [(int(prefix_start[0]), int(prefix_len[0]))]
     scale = q.shape[-1] ** -0.5
     if provider == "cpu_arena":
         rows = ArenaRows.of_step(docs, prefixes)
-        run = lambda: arena_attention_cpu(q, k, v, rows, scale)  # noqa: E731
+        run = lambda: arena_attention_cpu(q, k, v, rows, scale)
     else:
         rows = DecodeRows.of_step(docs, prefixes, q.device)
-        run = lambda: decode_attention_cpu(q, k, v, rows, scale)  # noqa: E731
+        run = lambda: decode_attention_cpu(q, k, v, rows, scale)
     if run() is None:
         pytest.skip(f"{provider}: erank_fast's CPU kernel is not built for {q.dtype} here")
     return run
