@@ -1,6 +1,7 @@
 """erank_fast.training.pseudo_queries, train/pseudo_queries.py and the pseudo-query groups of the listwise objective: generated
 questions are cleaned and filtered, the command writes only usable ones, groups hold the source
-passage as the one relevant document with same-topic and other-topic negatives, and
+passage as the one relevant document with same-topic and other-topic negatives, the teacher's
+consistency filter keeps the questions it matches to their own passage, and
 ``--lora_layers_from`` adapts only the upper decoder layers."""
 
 from __future__ import annotations
@@ -13,12 +14,12 @@ import pytest
 pytest.importorskip("datasets")
 
 
-from erank_fast.evaluation.trec import Candidate, Query  # noqa: E402
-from erank_fast.prompt import PromptBuilder  # noqa: E402
-from erank_fast.scoring import ScoreTokens  # noqa: E402
-from erank_fast.training import listwise  # noqa: E402
-from erank_fast.training import pseudo_queries as pq  # noqa: E402
-from erank_fast.training.policy import lora_targets  # noqa: E402
+from erank_fast.evaluation.trec import Candidate, Query
+from erank_fast.prompt import PromptBuilder
+from erank_fast.scoring import ScoreTokens
+from erank_fast.training import listwise
+from erank_fast.training import pseudo_queries as pq
+from erank_fast.training.policy import lora_targets
 
 
 def test_clean_question_keeps_the_first_line_up_to_its_question_mark():
@@ -103,6 +104,34 @@ def test_command_writes_usable_questions(tiny_qwen3, tmp_path, monkeypatch):
     assert after and not before & after
 
 
+def test_consistency_filter_keeps_questions_the_teacher_matches_to_their_passage():
+    """A pseudo-query stays when the teacher ranks its source passage within the first k of the
+    source query's candidates (ties in its favour); unknown real queries are left out, and a
+    source outside its query's candidates is an error."""
+    from erank_fast.training.teachers import pseudo_qid
+
+    queries = _queries()
+    pseudo = [{"qid": "q0", "docid": "q0d5", "query": "matched"},     # teacher's first
+              {"qid": "q0", "docid": "q0d1", "query": "tied"},        # level with the first
+              {"qid": "q1", "docid": "q1d0", "query": "unmatched"},   # teacher's last
+              {"qid": "q9", "docid": "q9d0", "query": "no query"}]
+    teacher = {}
+    for p in pseudo[:3]:
+        for j, c in enumerate(next(q for q in queries if q.qid == p["qid"]).candidates):
+            teacher[(pseudo_qid(p), c.docid)] = float(j)
+    teacher[(pseudo_qid(pseudo[1]), "q0d1")] = 5.0  # ties q0d5, the top score
+    kept = listwise.consistent_pseudo_queries(pseudo, queries, teacher, 1)
+    assert [p["query"] for p in kept] == ["matched", "tied"]
+    assert [p["query"] for p in listwise.consistent_pseudo_queries(pseudo, queries, teacher, 6)] \
+        == ["matched", "tied", "unmatched"]
+    with pytest.raises(ValueError, match="top_k"):
+        listwise.consistent_pseudo_queries(pseudo, queries, teacher, 0)
+    stray = [{"qid": "q0", "docid": "q1d0", "query": "x"}]
+    teacher.update({(pseudo_qid(stray[0]), c.docid): 0.0 for c in queries[0].candidates})
+    with pytest.raises(ValueError, match="not a candidate"):
+        listwise.consistent_pseudo_queries(stray, queries, teacher, 1)
+
+
 def test_generate_questions_runs_on_a_model(tiny_qwen3):
     model, tok = tiny_qwen3
     questions = pq.generate_questions(model, tok, ["a passage", "another, longer passage"],
@@ -118,6 +147,9 @@ def test_generate_questions_runs_on_a_model(tiny_qwen3):
     (["--train_adapter", "true"], "needs --adapter DIR"),
     (["--adapter", "a", "--train_adapter", "true", "--lora_layers_from", "1"],
      "drop --lora_layers_from"),
+    (["--objective", "listwise", "--pseudo_queries", "p.jsonl", "--pseudo_query_top_k", "3"],
+     "needs --pseudo_queries and --teacher_scores"),
+    (["--objective", "listwise", "--pseudo_query_top_k", "-1"], "must be >= 0"),
 ])
 def test_sft_refuses_flags_that_would_be_ignored(flags, message, tmp_path):
     from trl import SFTConfig, TrlParser

@@ -95,6 +95,7 @@ def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_co
         TEACHER_LOSSES,
         LeftPaddingCollator,
         ListwiseTrainer,
+        consistent_pseudo_queries,
         listwise_examples,
         pseudo_query_examples,
     )
@@ -116,8 +117,14 @@ def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_co
                              rounds=args.rounds, seed=args.seed_data, teacher=teacher)
     if args.pseudo_queries:
         first = 1 + max((r["group"] for r in rows), default=-1)
-        rows += pseudo_query_examples(read_pseudo_queries(args.pseudo_queries),
-                                      queries[: args.max_queries], builder, tokens,
+        pseudo = read_pseudo_queries(args.pseudo_queries)
+        if args.pseudo_query_top_k:
+            kept = consistent_pseudo_queries(pseudo, queries[: args.max_queries], teacher,
+                                             args.pseudo_query_top_k)
+            print(f"pseudo-queries: {len(kept)} of {len(pseudo)} have their source passage in "
+                  f"the teacher's top {args.pseudo_query_top_k}")
+            pseudo = kept
+        rows += pseudo_query_examples(pseudo, queries[: args.max_queries], builder, tokens,
                                       docs_per_query=args.docs_per_query, first_group=first,
                                       seed=args.seed_data, teacher=teacher)
     if not rows:

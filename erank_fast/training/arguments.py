@@ -23,6 +23,11 @@ def check_sft_arguments(args) -> None:
     silently ignore one of them."""
     if args.pseudo_queries and args.objective != "listwise":
         raise ValueError("--pseudo_queries adds listwise groups; it needs --objective listwise")
+    if args.pseudo_query_top_k < 0:
+        raise ValueError(f"--pseudo_query_top_k must be >= 0, got {args.pseudo_query_top_k}")
+    if args.pseudo_query_top_k and not (args.pseudo_queries and args.teacher_scores):
+        raise ValueError("--pseudo_query_top_k filters pseudo-queries by the teacher: it needs "
+                         "--pseudo_queries and --teacher_scores")
     if args.lora_layers_from and not args.use_lora:
         raise ValueError("--lora_layers_from places LoRA adapters; it needs --use_lora true")
     if args.adapter and args.use_lora and not args.train_adapter:
@@ -73,6 +78,10 @@ class SFTScriptArguments:
         default=1.0, metadata={"help": "listwise, kl: temperature on the teacher's z-scores"})
     pseudo_queries: str | None = field(
         default=None, metadata={"help": "listwise: pseudo_queries.py output (JSONL), extra groups"})
+    pseudo_query_top_k: int = field(
+        default=0, metadata={"help": "listwise: keep only the pseudo-queries whose source passage "
+                                     "the teacher ranks in the first K of its query's "
+                                     "candidates (0: keep all); needs --teacher_scores"})
     lora_layers_from: int = field(
         default=0, metadata={"help": "LoRA on decoder layers >= N only (0: every layer); the "
                                      "frozen layers below need no backward pass"})

@@ -22,7 +22,9 @@ sees the order within a query. This objective trains what inference reads instea
 Optionally, pseudo-queries (``train/pseudo_queries.py``: questions generated from training
 passages) add groups of their own: the source passage is the one relevant document (grade 2),
 half the negatives are other candidates of the real query it came from (same topic), the other
-half candidates of other real queries. Their pairs come from these grades alone.
+half candidates of other real queries. Their pairs come from these grades alone. With a
+teacher, ``consistent_pseudo_queries`` keeps only those whose source passage the teacher ranks
+near the top of its query's candidates.
 
 Batches hold whole queries: ``QueryGroupSampler`` yields each query's documents together, and
 the per-device batch size must equal ``docs_per_query``. Only the last two positions of each
@@ -122,6 +124,32 @@ def pseudo_query_examples(pseudo: list[dict], queries, builder: PromptBuilder,
                          "teacher": z.get(c.docid, 0.0)})
         group += 1
     return rows
+
+
+def consistent_pseudo_queries(pseudo: list[dict], queries,
+                              teacher: dict[tuple[str, str], float], top_k: int) -> list[dict]:
+    """The pseudo-queries whose source passage the teacher ranks within the first ``top_k`` of
+    its source query's candidates (round-trip consistency filtering, as in Promptagator and
+    InPars-v2): a question the teacher does not match to its own passage is more likely a
+    generation failure than a hard query, and its grade-2 source would contradict the teacher's
+    pairs. Ties count in the passage's favour (rank = 1 + candidates scored strictly higher).
+    Pseudo-queries whose real query is not in ``queries`` are left out, as the groups leave
+    them out."""
+    if top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k!r}")
+    by_qid = {q.qid: q for q in queries}
+    kept = []
+    for p in pseudo:
+        source = by_qid.get(p["qid"])
+        if source is None:
+            continue
+        z = teacher_zscores(Query(pseudo_qid(p), p["query"], source.candidates), teacher)
+        if p["docid"] not in z:
+            raise ValueError(f"pseudo-query source {p['docid']} is not a candidate of query "
+                             f"{p['qid']}")
+        if sum(v > z[p["docid"]] for v in z.values()) < top_k:
+            kept.append(p)
+    return kept
 
 
 def teacher_zscores(query, teacher: dict[tuple[str, str], float]) -> dict[str, float]:
