@@ -93,7 +93,7 @@ def serve_erank_fast(port: int) -> subprocess.Popen:
                             start_new_session=True)
 
 
-def serve_vllm(port: int, model_dir: str) -> subprocess.Popen | None:
+def serve_vllm(port: int, model_dir: str, dtype: str) -> subprocess.Popen | None:
     """vLLM's OpenAI-compatible server at the settings of the offline runs (run_vllm.py)."""
     exe = HERE / ".venv-vllm" / "bin" / "python"
     if not exe.exists():
@@ -111,7 +111,7 @@ def serve_vllm(port: int, model_dir: str) -> subprocess.Popen | None:
     # "vllm"); its OpenAI server module is the same server.
     return subprocess.Popen([str(exe), "-m", "vllm.entrypoints.openai.api_server", "--model",
                              model_dir, "--host", "127.0.0.1", "--port",
-                             str(port), "--dtype", "bfloat16", "--enable-prefix-caching",
+                             str(port), "--dtype", dtype, "--enable-prefix-caching",
                              "--block-size", "32", "--max-model-len", "4096"], env=env,
                             stdout=log.open("w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -136,14 +136,21 @@ def main() -> None:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=HERE.parent / "results")
     parser.add_argument("--systems", default="erank_fast,vllm")
+    parser.add_argument("--vllm-dtype", choices=["bfloat16", "float32"], default=None,
+                        help="default: erank_fast's CPU check (bfloat16 where this CPU runs it "
+                             ">= 2x float32, else float32: vLLM's faster dtype there too)")
     args = parser.parse_args()
+    from erank_fast.cpu import fast_bf16
+
+    vllm_dtype = args.vllm_dtype or ("bfloat16" if fast_bf16() else "float32")
     model_dir = str(resolve_model_path("smollm2-135m-instruct"))
     tok_rr = Reranker.from_pretrained(model_dir, think="off", max_doc_tokens=256,
                                       backend="reference", device="cpu")
     rows = []
     for system in args.systems.split(","):
         port = free_port()
-        proc = serve_erank_fast(port) if system == "erank_fast" else serve_vllm(port, model_dir)
+        proc = (serve_erank_fast(port) if system == "erank_fast"
+                else serve_vllm(port, model_dir, vllm_dtype))
         if proc is None:
             continue
         try:
@@ -171,6 +178,7 @@ def main() -> None:
                             "temperature": 0, "logprobs": 20})
                         return r.status_code == 200 and len(r.json()["choices"]) == len(item[1])
                 row = {"system": system, "ready_s": ready_s,
+                       **({"dtype": vllm_dtype} if system == "vllm" else {}),
                        **asyncio.run(run_level(send, work, c))}
                 print(json.dumps(row), flush=True)
                 rows.append(row)
