@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 SYSTEMS = {
     "erank_fast": ("run_erank_fast.py", ["--dtype", "auto"], None),
     "erank_fast_fp32": ("run_erank_fast.py", ["--dtype", "float32"], None),
-    # vLLM with every core for its model (measured on 2 cores: 2.0x its default, which keeps
+    # vLLM with every core for its model (measured on 2 cores: 1.9x its default, which keeps
     # one core for its scheduler); "_reserved_core" keeps vLLM's default, for the record
     "vllm": ("run_vllm.py", ["--reserved-cpus", "0"], "vllm"),
     "vllm_fp32": ("run_vllm.py", ["--dtype", "float32", "--reserved-cpus", "0"], "vllm"),
