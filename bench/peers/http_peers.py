@@ -140,14 +140,17 @@ def main() -> None:
                         help="default: erank_fast's CPU check (bfloat16 where this CPU runs it "
                              ">= 2x float32, else float32: vLLM's faster dtype there too)")
     args = parser.parse_args()
-    from erank_fast.cpu import fast_bf16
+    systems = args.systems.split(",")
+    vllm_dtype = args.vllm_dtype
+    if vllm_dtype is None and "vllm" in systems:
+        from erank_fast.cpu import fast_bf16  # a short GEMM check, only when vLLM runs
 
-    vllm_dtype = args.vllm_dtype or ("bfloat16" if fast_bf16() else "float32")
+        vllm_dtype = "bfloat16" if fast_bf16() else "float32"
     model_dir = str(resolve_model_path("smollm2-135m-instruct"))
     tok_rr = Reranker.from_pretrained(model_dir, think="off", max_doc_tokens=256,
                                       backend="reference", device="cpu")
     rows = []
-    for system in args.systems.split(","):
+    for system in systems:
         port = free_port()
         proc = (serve_erank_fast(port) if system == "erank_fast"
                 else serve_vllm(port, model_dir, vllm_dtype))
