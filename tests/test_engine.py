@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
@@ -55,6 +59,42 @@ def test_request_larger_than_the_budget_is_rejected_cleanly(tiny_qwen3):
     with pytest.raises(ValueError, match="K/V memory budget holds 499"):
         rr.rerank("q", ["short", "word " * 600])
     assert len(rr.rerank("q", ["short", "also short"])) == 2  # still usable
+
+
+def test_a_call_returns_when_its_own_documents_are_done(tiny_qwen3):
+    """The thread driving the shared loop hands it over once its own call is done: a short
+    call that arrived first is not held back by a longer one that joined while it ran."""
+    model, tok = tiny_qwen3
+    rr = Reranker.from_pretrained(model, tokenizer=tok, max_batch_tokens=64)
+    engine = rr.backend
+    step, first_step, second_call_queued = engine.runner.step, threading.Event(), threading.Event()
+
+    def gated_step(*args, **kwargs):
+        if not first_step.is_set():  # hold the first step until the second call has queued
+            first_step.set()
+            assert second_call_queued.wait(30)
+        return step(*args, **kwargs)
+
+    engine.runner.step = gated_step
+    left_when_short_returned = []
+
+    def short_call():
+        result = rr.rerank("what causes ocean tides", ["Tides are caused by the moon."])
+        s = engine.scheduler
+        left_when_short_returned.append(len(s.waiting) + len(s.active))
+        return result
+
+    with ThreadPoolExecutor(2) as pool:
+        short = pool.submit(short_call)
+        assert first_step.wait(30)
+        long = pool.submit(rr.rerank, "history of the printing press", DOCS[2] * 4)
+        deadline = time.monotonic() + 30
+        while len(engine.scheduler.waiting) < len(DOCS[2]) * 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second_call_queued.set()
+        assert len(short.result(60)) == 1 and len(long.result(60)) == len(DOCS[2]) * 4
+    assert left_when_short_returned[0] > 0  # the long call was still running
+    assert rr.rerank("q", ["d"]) and engine.inspect().documents_waiting == 0
 
 
 def test_range_allocator_first_fit_and_merge():

@@ -8,8 +8,9 @@ finish (continuous batching).
 - ``ScoreReader`` (readout.py): each scored document's ERank readout, through the
   vocabulary-streaming score head; ``sample_step`` (sampling.py): RL rollouts.
 
-Calls from several threads share the loop: whichever thread finds it idle drives it until all
-submitted work is done; the others wait for their own results.
+Calls from several threads share the loop: whichever thread finds it idle drives it, for
+every call's documents, until its own call is done; then it returns its results and hands the
+loop to a thread still waiting (woken after each step), so no caller waits on others' work.
 """
 
 from __future__ import annotations
@@ -69,7 +70,8 @@ class Engine:
                                   pack_weights=self.packed_layers > 0,
                                   one_token_steps=self.runner.cuda_graphs != "off")
         self.steps_run = 0  # forward passes (steps) run so far, over all calls
-        self._driver = threading.Lock()
+        self._loop = threading.Condition()  # guards _driving; notified after every step
+        self._driving = False
 
     @property
     def vocab_size(self) -> int:
@@ -136,22 +138,28 @@ class Engine:
     @torch.inference_mode()
     def _submit(self, request: Request, docs: list[Doc]):
         self.scheduler.add(request, docs)
-        while not request.done.is_set():
-            if self._driver.acquire(blocking=False):
-                try:
-                    self._drive()
-                finally:
-                    self._driver.release()
-            else:
-                request.done.wait(0.005)
+        while True:
+            with self._loop:
+                while self._driving and not request.done.is_set():
+                    self._loop.wait()
+                if request.done.is_set():
+                    break
+                self._driving = True
+            try:
+                self._drive(request)
+            finally:
+                with self._loop:
+                    self._driving = False
+                    self._loop.notify_all()
         if request.error is not None:
             raise request.error
         return request.results, request.stats()
 
-    def _drive(self) -> None:
+    def _drive(self, own: Request) -> None:
+        """Run steps over every call's documents until ``own`` is done (or no work is left)."""
         scheduler = self.scheduler
         try:
-            while (batch := scheduler.schedule()) is not None:
+            while not own.done.is_set() and (batch := scheduler.schedule()) is not None:
                 docs, new_groups = batch
                 if new_groups:
                     self.runner.prefill_prefixes(new_groups, scheduler.pool,
@@ -166,5 +174,7 @@ class Engine:
                 for d, result in finished:
                     scheduler.finish(d, result)
                 scheduler.retire(docs)
+                with self._loop:  # callers whose documents finished (or were dropped) return
+                    self._loop.notify_all()
         except BaseException as error:
             scheduler.fail_all(error)
