@@ -10,6 +10,7 @@ import os
 import sys
 
 from erank_fast.config import BACKENDS, parse_think
+from erank_fast.prompt import TEMPLATES
 from erank_fast.scoring import SCORE_MODES
 
 DEFAULT_MODEL = "erank-smol"
@@ -68,7 +69,8 @@ def _reranker_options(args) -> dict:
     limits = {name: getattr(args, name) for name in LIMIT_OPTIONS
               if getattr(args, name, None) is not None}
     return dict(adapter=args.adapter, device=args.device, dtype=dtype, think=args.think,
-                backend=args.backend, score_mode=args.score_mode, **limits)
+                backend=args.backend, score_mode=args.score_mode, template=args.template,
+                **limits)
 
 
 def _load(args):
@@ -144,6 +146,9 @@ def model_options(p: argparse.ArgumentParser) -> None:
                    help='"off", "full" or a token budget (default: the model\'s own, else off)')
     p.add_argument("--score-mode", default=None, choices=list(SCORE_MODES),
                    help="default: the model's own (erank-smol: expected), else erank")
+    p.add_argument("--template", default=None, choices=list(TEMPLATES),
+                   help="the prompt's layout (default: the model's own (erank-smol's is in its "
+                        "erank_fast.json), else erank)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))

@@ -5,7 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from erank_fast.fusion import DEFAULT_HYBRID_ALPHA, check_alpha
-from erank_fast.prompt import DEFAULT_MAX_DOC_TOKENS, DEFAULT_MAX_QUERY_TOKENS
+from erank_fast.prompt import (
+    DEFAULT_MAX_DOC_TOKENS,
+    DEFAULT_MAX_QUERY_TOKENS,
+    DEFAULT_TEMPLATE,
+    check_template,
+)
 from erank_fast.scoring import SCORE_MODES
 from erank_fast.validation import positive_int
 
@@ -39,6 +44,8 @@ def parse_think(think) -> str | int:
 class RerankerConfig:
     """A Reranker's settings and their defaults (``Reranker.from_pretrained`` takes each by name).
 
+    template: the prompt's layout, "erank" (ERank's own) or "doc-last" (the same text with the
+    query and document last, for models trained on it: ``erank_fast.prompt``).
     max_query_tokens / max_doc_tokens: truncation of the query and each document (tokens).
     max_think_tokens: the reasoning limit of think="full". max_batch_tokens: tokens per
     forward pass (None: 8192 on CUDA, 2048 on CPU). kv_memory: bytes for the K/V arena (None:
@@ -53,6 +60,7 @@ class RerankerConfig:
 
     think: str | int = "off"
     instruction: str | None = None
+    template: str = DEFAULT_TEMPLATE
     score_mode: str = "erank"
     backend: str = "auto"
     max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS
@@ -71,6 +79,7 @@ class RerankerConfig:
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {BACKENDS}, got {self.backend!r}")
         check_cuda_graphs(self.cuda_graphs)
+        check_template(self.template)
         if self.pack_weights not in PACK_WEIGHTS_MODES:
             raise ValueError(f"pack_weights must be one of {PACK_WEIGHTS_MODES}, "
                              f"got {self.pack_weights!r}")

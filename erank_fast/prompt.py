@@ -1,5 +1,8 @@
 """The ERank prompt, truncation, and segmentation into a shared prefix + per-document suffixes.
 
+Two templates (``TEMPLATES``): ERank's own (the default) and ``"doc-last"``, the same text with
+the query and the document at the end, for models trained on it.
+
 Training (train/) and inference build prompts only through this module, so both see the same
 token ids. Every prompt is the checkpoint's chat template applied to one user message.
 
@@ -35,6 +38,37 @@ Desired output format:
 <think>put your thinking here</think><answer>Only allows an integer here</answer>
 
 Your output:"""
+
+# The same instructions with the query and the document last: everything before the document
+# is the same for every document of a query, so it is computed once in the shared prefix, and
+# each document's own tokens are its text and the end of the turn (114 → ~15 tokens of fixed
+# text per document with SmolLM2's chat template). For models trained on it (erank-smol);
+# ERank's own checkpoints read ``ERANK_TEMPLATE``.
+DOC_LAST_TEMPLATE = """Given a query and a document, please give a relevance score of 0~10.
+The goal or relevance definition is: {instruction}
+After thinking, directly choose a relevance score from [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10].
+- 0 represents completely not related
+- 10 means perfectly related.
+
+Desired output format:
+<think>put your thinking here</think><answer>Only allows an integer here</answer>
+
+Here is the query:
+{query}
+
+Here is the document:
+{doc}"""
+
+TEMPLATES = {"erank": ERANK_TEMPLATE, "doc-last": DOC_LAST_TEMPLATE}
+DEFAULT_TEMPLATE = "erank"
+
+
+def check_template(name) -> str:
+    """The one check of a template name (RerankerConfig, PromptBuilder and the scripts)."""
+    if name not in TEMPLATES:
+        raise ValueError(f"template must be one of {tuple(TEMPLATES)}, got {name!r}")
+    return name
+
 
 # Instructions used by ERank per benchmark family (grammar as in the original), by name:
 # ``instruction="bright"`` selects the BRIGHT one; any other string is the instruction itself.
@@ -78,9 +112,10 @@ class PromptBuilder:
     """Builds ERank prompts with a tokenizer's chat template and segments them per query."""
 
     def __init__(self, tokenizer, max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS,
-                 max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS):
+                 max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS, template: str = DEFAULT_TEMPLATE):
         positive_int("max_query_tokens", max_query_tokens)
         positive_int("max_doc_tokens", max_doc_tokens)
+        self.template = TEMPLATES[check_template(template)]
         self.tokenizer = tokenizer
         self.max_query_tokens = max_query_tokens
         self.max_doc_tokens = max_doc_tokens
@@ -124,7 +159,7 @@ class PromptBuilder:
     def user_message(self, query: str, doc: str, instruction: str | None = None) -> str:
         """``instruction``: a name of ``INSTRUCTIONS`` ("default", "followir", "bright"), the
         text of an instruction, or None (the default one)."""
-        return ERANK_TEMPLATE.format(**self._parts(query, doc, instruction))
+        return self.template.format(**self._parts(query, doc, instruction))
 
     def chat_text(self, message: str) -> str:
         """The message as the checkpoint's chat template renders it, ready for generation."""
@@ -141,14 +176,14 @@ class PromptBuilder:
         if any(self.has_markers(text) for text in parts.values()):
             ids = self._guarded_ids(parts)
         else:
-            ids = self.encode(self.chat_text(ERANK_TEMPLATE.format(**parts)))
+            ids = self.encode(self.chat_text(self.template.format(**parts)))
         if think_off:
             ids += self.encode(THINK_OFF_CONTINUATION)
         return ids
 
     def _guarded_ids(self, parts: dict[str, str]) -> list[int]:
         """The prompt with the untrusted parts tokenized as plain text (see the module's doc)."""
-        rendered = self.chat_text(ERANK_TEMPLATE.format(**_SLOTS))
+        rendered = self.chat_text(self.template.format(**_SLOTS))
         if not all(slot in rendered for slot in _SLOTS.values()):
             raise ValueError("this tokenizer's chat template rewrites the user message; a query "
                              "or document that spells a control token cannot be kept plain text")

@@ -31,7 +31,7 @@ class Reranker:
         self.name = loaded.name
         self.tokens, self.answer_detector = score_parts(loaded)
         self._prompts = PromptBuilder(loaded.tokenizer, config.max_query_tokens,
-                                      config.max_doc_tokens)
+                                      config.max_doc_tokens, config.template)
         self._backend = make_backend(loaded, self.tokens, self.answer_detector, config)
         self._prompt_lock = threading.Lock()
 
@@ -62,7 +62,7 @@ class Reranker:
             "reference" (transformers, each document alone).
         options: any other field of ``erank_fast.config.RerankerConfig`` (where the defaults
             are documented): max_query_tokens, max_doc_tokens, max_think_tokens,
-            max_batch_tokens, kv_memory, cuda_graphs, pack_weights, hybrid_alpha.
+            max_batch_tokens, kv_memory, cuda_graphs, pack_weights, hybrid_alpha, template.
         """
         packaged = packaged_reranker(model)
         settings = {}
@@ -144,7 +144,8 @@ class Reranker:
         if max_doc_tokens is not None:
             positive_int("max_doc_tokens", max_doc_tokens)
             builder = PromptBuilder(self.tokenizer, self.config.max_query_tokens,
-                                    min(max_doc_tokens, self.config.max_doc_tokens))
+                                    min(max_doc_tokens, self.config.max_doc_tokens),
+                                    self.config.template)
         with self._prompt_lock:  # tokenizers are not guaranteed to be thread-safe
             prompts = [builder.segment(queries[i], texts[i], instruction, think == "off")
                        for i in asked]

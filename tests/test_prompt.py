@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from erank_fast.prompt import (
     DEFAULT_INSTRUCTION,
+    DOC_LAST_TEMPLATE,
     ERANK_TEMPLATE,
     THINK_OFF_CONTINUATION,
     PromptBuilder,
@@ -53,6 +54,29 @@ def test_truncation_is_token_level(qwen_tokenizer):
         PromptBuilder(qwen_tokenizer, max_doc_tokens=0)
 
 
+def test_doc_last_template_shares_everything_before_the_document(qwen_tokenizer, builder):
+    doc_last = PromptBuilder(qwen_tokenizer, template="doc-last")
+    doc = "Rust is a language."
+    msg = doc_last.user_message("what is rust", doc)
+    assert msg == DOC_LAST_TEMPLATE.format(instruction=DEFAULT_INSTRUCTION, query="what is rust",
+                                           doc=doc)
+    assert msg.endswith("Here is the query:\nwhat is rust\n\nHere is the document:\n" + doc)
+    # ERank's instructions, in another order (without its closing "Your output:").
+    erank_lines = builder.user_message("what is rust", doc).splitlines()
+    assert sorted(filter(None, msg.splitlines())) == sorted(
+        line for line in erank_lines if line and line != "Your output:")
+    docs = ["The cat sat on the mat.", "Tides follow the moon.", ""]
+    own = len(qwen_tokenizer.encode(docs[0], add_special_tokens=False))
+    erank = _assert_exact(builder, "cats?", docs, think_off=True)
+    last = _assert_exact(doc_last, "cats?", docs, think_off=True)
+    # Per document: its own text and the end of the turn, not the template's instructions.
+    assert len(last.suffixes[0]) - own <= 16 < 90 <= len(erank.suffixes[0]) - own
+    assert len(last.prefix) > len(erank.prefix)
+    assert "Here is the document:" in qwen_tokenizer.decode(last.prefix)
+    with pytest.raises(ValueError, match="template must be one of"):
+        PromptBuilder(qwen_tokenizer, template="doc-first")
+
+
 def _assert_exact(builder, query, docs, think_off=False):
     prompts = builder.segment(query, docs, think_off=think_off)
     for i, d in enumerate(docs):
@@ -76,6 +100,12 @@ def test_segmentation_shared_first_words_unicode_and_long(builder):
 @given(query=st.text(max_size=40), docs=st.lists(st.text(max_size=60), min_size=1, max_size=4))
 def test_segmentation_is_exact_for_any_text(builder, query, docs):
     _assert_exact(builder, query, docs)
+
+
+@settings(max_examples=40, deadline=None)
+@given(query=st.text(max_size=40), docs=st.lists(st.text(max_size=60), min_size=1, max_size=4))
+def test_doc_last_segmentation_is_exact_for_any_text(qwen_tokenizer, query, docs):
+    _assert_exact(PromptBuilder(qwen_tokenizer, template="doc-last"), query, docs, think_off=True)
 
 
 def test_named_instructions_and_free_text(qwen_tokenizer):

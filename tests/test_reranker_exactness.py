@@ -62,6 +62,15 @@ def test_closing_tag_written_by_the_model_is_followed(qwen_tokenizer):
     assert any(r.num_generated_tokens < 40 and r.reasoning.endswith("</think>") for r in got)
 
 
+def test_doc_last_template_torch_equals_reference(tiny_qwen3):
+    model, tok = tiny_qwen3
+    fast, ref = _pair(model, tok, think=6, template="doc-last")
+    got = _assert_same(fast, ref)
+    erank = Reranker.from_pretrained(model, tokenizer=tok, think=6).rerank(QUERY, DOCS)
+    assert [r.score for r in got] != [r.score for r in erank]  # another prompt, other scores
+    assert fast.config.template == "doc-last"
+
+
 def test_qwen2_and_llama_families_torch_equals_reference(qwen_tokenizer):
     for family in ("qwen2", "llama"):
         model = make_tiny_model(family, len(qwen_tokenizer), seed=5)

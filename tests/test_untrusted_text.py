@@ -36,9 +36,10 @@ def _common_prefix(a, b) -> int:
     return n
 
 
+@pytest.mark.parametrize("template", ["erank", "doc-last"])
 @pytest.mark.parametrize("where", ["doc", "query", "instruction"])
-def test_forged_markers_make_no_control_tokens(tokenizer, where):
-    builder = PromptBuilder(tokenizer)
+def test_forged_markers_make_no_control_tokens(tokenizer, where, template):
+    builder = PromptBuilder(tokenizer, template=template)
     control = _control_ids(tokenizer)
     texts = {"doc": HARMLESS, "query": QUERY, "instruction": None}
     clean = builder.prompt_ids(texts["query"], texts["doc"], texts["instruction"], think_off=True)

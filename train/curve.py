@@ -20,6 +20,7 @@ import math
 import re
 from pathlib import Path
 
+from erank_fast.prompt import TEMPLATES
 from erank_fast.training.arguments import ScriptParser
 
 DATA = Path("../shared/data")
@@ -54,12 +55,22 @@ def summary(result: dict) -> dict:
     return out
 
 
-def evaluate_adapter(model: str, adapter: str, sets: dict) -> dict:
+def adapter_template(adapter: str) -> str:
+    """The prompt layout an exported adapter was trained with (its erank_fast.json), else the
+    ERank template."""
+    settings = Path(adapter) / "erank_fast.json"
+    if settings.is_file():
+        return json.loads(settings.read_text()).get("template", "erank")
+    return "erank"
+
+
+def evaluate_adapter(model: str, adapter: str, sets: dict, template: str) -> dict:
     from erank_fast import Reranker
     from erank_fast.evaluation.runner import run_evaluation
 
     reranker = Reranker.from_pretrained(model, adapter=adapter, think="off",
-                                        score_mode="expected", max_doc_tokens=256)
+                                        score_mode="expected", max_doc_tokens=256,
+                                        template=template)
     out = {name: summary(run_evaluation(reranker, queries, qrels, progress=False))
            for name, (queries, qrels) in sets.items()}
     out["dtype"] = str(reranker.dtype).removeprefix("torch.")
@@ -110,6 +121,9 @@ def main(argv=None) -> None:
     parser.add_argument("--train_queries", type=int, default=43,
                         help="DL21 queries the runs trained on (the rest are held out)")
     parser.add_argument("--prompts_per_step", type=int, default=8)
+    parser.add_argument("--template", default="erank", choices=list(TEMPLATES),
+                        help="the runs' prompt layout (the start adapter's comes from its "
+                             "erank_fast.json, else erank)")
     parser.add_argument("--out", required=True, help="results JSON (kept between reruns)")
     parser.add_argument("--plot", default=None, help="PNG of the curves")
     args = parser.parse_args(argv)
@@ -130,7 +144,8 @@ def main(argv=None) -> None:
         out.write_text(json.dumps(results, indent=1))
 
     if "start" not in results:
-        results["start"] = evaluate_adapter(args.model, args.start, sets)
+        results["start"] = evaluate_adapter(args.model, args.start, sets,
+                                            adapter_template(args.start))
         save()
         print("start", json.dumps(results["start"]))
     for name, path in runs.items():
@@ -138,7 +153,7 @@ def main(argv=None) -> None:
         for step, ckpt in checkpoints(path):
             if str(step) in done:
                 continue
-            done[str(step)] = evaluate_adapter(args.model, str(ckpt), sets)
+            done[str(step)] = evaluate_adapter(args.model, str(ckpt), sets, args.template)
             save()
             print(name, step, json.dumps(done[str(step)]))
     if args.plot:

@@ -12,6 +12,7 @@ reranker settings the adapter was trained for; see erank_fast/models/packaged.py
 from __future__ import annotations
 
 from erank_fast.config import parse_think
+from erank_fast.prompt import TEMPLATES
 from erank_fast.training.arguments import ScriptParser
 from erank_fast.training.export import export
 
@@ -25,11 +26,15 @@ def main(argv=None) -> None:
     parser.add_argument("--score_mode", default="expected", choices=["erank", "expected"])
     parser.add_argument("--max_doc_tokens", type=int, default=None,
                         help="the document truncation the adapter was trained with")
+    parser.add_argument("--template", default=None, choices=list(TEMPLATES),
+                        help="the prompt layout the adapter was trained with (default: erank)")
     parser.add_argument("--recipe", default=None, help="where the training run is recorded")
     args = parser.parse_args(argv)
     extra = {}
     if args.max_doc_tokens is not None:
         extra["max_doc_tokens"] = args.max_doc_tokens
+    if args.template is not None:
+        extra["template"] = args.template
     if args.recipe:
         extra["recipe"] = args.recipe
     out = export(args.source, args.target, base=args.base, think=args.think,

@@ -54,10 +54,12 @@ def main(argv=None) -> None:
     config.generation_batch_size, config.steps_per_generation = generation, generation // per_step
     model, tokenizer = load_policy(args.model, args.adapter, args.train_adapter)
     dataset, prompt_ids = rl_dataset(
-        tokenizer, scorer=expected_score_scorer(model, tokenizer, args.max_doc_tokens),
+        tokenizer, scorer=expected_score_scorer(model, tokenizer, args.max_doc_tokens,
+                                                args.template),
         data=args.data, qrels=args.qrels, max_queries=args.max_queries,
         docs_per_query=args.docs_per_query, positives=args.positives, reference=args.reference,
-        think=args.think, max_doc_tokens=args.max_doc_tokens, seed=args.seed_data)
+        think=args.think, max_doc_tokens=args.max_doc_tokens, seed=args.seed_data,
+        template=args.template)
     reward = make_listwise_reward(
         RewardConfig(kind=args.reward, positive_scale=args.positive_scale,
                      negative_above_penalty=args.negative_above_penalty,

@@ -41,7 +41,7 @@ def build_dataset(args: SFTScriptArguments, tokenizer):
     from erank_fast.prompt import PromptBuilder
 
     queries, qrels = train_data.load(args.data, args.qrels)
-    builder = PromptBuilder(tokenizer, args.max_query_tokens, args.max_doc_tokens)
+    builder = PromptBuilder(tokenizer, args.max_query_tokens, args.max_doc_tokens, args.template)
     teacher = train_data.read_teacher(args.teacher) if args.teacher else None
     examples = train_data.sft_examples(queries[: args.max_queries], qrels, builder,
                                        docs_per_query=args.docs_per_query,
@@ -108,7 +108,7 @@ def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_co
         raise SystemExit(f"--teacher_loss must be one of {TEACHER_LOSSES}, got {args.teacher_loss!r}")
     queries, qrels = train_data.load(args.data, args.qrels)
     tokens = ScoreTokens.from_tokenizer(tokenizer)
-    builder = PromptBuilder(tokenizer, args.max_query_tokens, args.max_doc_tokens)
+    builder = PromptBuilder(tokenizer, args.max_query_tokens, args.max_doc_tokens, args.template)
     teacher = None
     if args.teacher_scores:
         teacher = read_scores(args.teacher_scores)

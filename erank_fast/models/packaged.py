@@ -2,7 +2,7 @@
 
 Each lives in a directory of ``erank_fast/models/`` holding a peft adapter and
 ``erank_fast.json``: the base model's offline name and the reranker settings the adapter was
-trained for (``think``, ``score_mode``, token limits). Those settings are defaults: anything the
+trained for (``think``, ``score_mode``, the prompt ``template``, token limits). Those settings are defaults: anything the
 caller passes to ``Reranker.from_pretrained`` wins.
 """
 
@@ -15,7 +15,8 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 PACKAGED_DIRS = {"erank-smol": PACKAGE_DIR / "erank_smol"}
 SETTINGS_FILE = "erank_fast.json"
-SETTING_KEYS = ("think", "score_mode", "instruction", "max_query_tokens", "max_doc_tokens",
+SETTING_KEYS = ("think", "score_mode", "instruction", "template", "max_query_tokens",
+                "max_doc_tokens",
                 "max_think_tokens")
 
 

@@ -53,6 +53,9 @@ class SFTScriptArguments:
     positives: int = field(default=2)
     max_query_tokens: int = field(default=2048)
     max_doc_tokens: int = field(default=2048)
+    template: str = field(
+        default="erank", metadata={"help": "the prompt's layout: erank | doc-last (the query "
+                                           "and document last; export with the same)"})
     use_lora: bool = field(default=True)
     lora_r: int = field(default=32)
     lora_alpha: int = field(default=64)
@@ -117,6 +120,9 @@ class RLScriptArguments:
     max_doc_tokens: int = field(default=2048, metadata={"help": "document truncation (as the "
                                                                 "reranker will be served)"})
     positives: int = field(default=1)
+    template: str = field(
+        default="erank", metadata={"help": "the prompt's layout: erank | doc-last (the query "
+                                           "and document last; export with the same)"})
     reference: str = field(default="model",
                            metadata={"help": "reference scores t: 'model' (the start model's "
                                              "expected score, think=off) or 'grades'"})

@@ -42,7 +42,7 @@ def answer_text(completion: str, off: bool) -> str:
     return ANSWER_OPEN + ("10" if digits.startswith("10") else digits[:1])
 
 
-def expected_score_scorer(model, tokenizer, max_doc_tokens: int):
+def expected_score_scorer(model, tokenizer, max_doc_tokens: int, template: str = "erank"):
     """A scorer for ``rl_dataset``'s reference: the model's own expected think-off score
     (``Reranker``, on the model's weights in place, LoRA merged for the call)."""
     def score(queries: list[str], documents: list[list[str]]) -> list[list[float]]:
@@ -51,7 +51,8 @@ def expected_score_scorer(model, tokenizer, max_doc_tokens: int):
         with merged_adapters(model):
             base = model.get_base_model() if hasattr(model, "get_base_model") else model
             scorer = Reranker.from_pretrained(base, tokenizer=tokenizer, score_mode="expected",
-                                              think="off", max_doc_tokens=max_doc_tokens)
+                                              think="off", max_doc_tokens=max_doc_tokens,
+                                              template=template)
             return [[r.score for r in sorted(res, key=lambda r: r.index)]
                     for res in scorer.rerank_many(queries, documents)]
     return score
@@ -59,12 +60,13 @@ def expected_score_scorer(model, tokenizer, max_doc_tokens: int):
 
 def rl_dataset(tokenizer, *, data: str, qrels: str, max_queries: int | None,
                docs_per_query: int, positives: int, reference: str, think: str,
-               max_doc_tokens: int, seed: int, scorer=None):
+               max_doc_tokens: int, seed: int, scorer=None, template: str = "erank"):
     """(datasets.Dataset of rows {"prompt", "qid", "relevant", "reference"}, {prompt text:
     token ids}): ``docs_per_query`` consecutive rows per query, queries shuffled once with
     ``seed``; each prompt's token ids exactly as the reranker builds them. ``reference``:
     "model" (the reference score t from ``scorer(queries, documents)`` -> scores in input
-    order, e.g. ``expected_score_scorer``) or "grades"."""
+    order, e.g. ``expected_score_scorer``) or "grades". ``template``: the prompt's layout
+    (``erank_fast.prompt.TEMPLATES``)."""
     from datasets import Dataset
 
     from erank_fast.prompt import PromptBuilder
@@ -86,7 +88,7 @@ def rl_dataset(tokenizer, *, data: str, qrels: str, max_queries: int | None,
         for g, scores in zip(groups, scored):
             g["reference"] = list(scores)
     off = think_off(think)
-    builder = PromptBuilder(tokenizer, max_doc_tokens=max_doc_tokens)
+    builder = PromptBuilder(tokenizer, max_doc_tokens=max_doc_tokens, template=template)
     rows, prompt_ids = [], {}
     for g in groups:
         for doc, relevant, ref in zip(g["docs"], g["relevant"], g["reference"]):
