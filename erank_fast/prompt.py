@@ -41,8 +41,8 @@ Your output:"""
 
 # The same instructions with the query and the document last: everything before the document
 # is the same for every document of a query, so it is computed once in the shared prefix, and
-# each document's own tokens are its text and the end of the turn (114 → ~15 tokens of fixed
-# text per document with SmolLM2's chat template). For models trained on it (erank-smol);
+# each document's own tokens are its text and the end of the turn (114 → 19 tokens of fixed
+# text per document with SmolLM2's chat template). For models trained on it (erank-smol-fast);
 # ERank's own checkpoints read ``ERANK_TEMPLATE``.
 DOC_LAST_TEMPLATE = """Given a query and a document, please give a relevance score of 0~10.
 The goal or relevance definition is: {instruction}

@@ -1,4 +1,4 @@
-"""erank-smol, the packaged default reranker, end to end on real data (CPU, its default dtype).
+"""erank-smol, the packaged default reranker (and erank-smol-fast), end to end on real data (CPU, its default dtype).
 
 Its ranking quality is recorded in train/RESULTS.md and the README, not asserted here: these
 tests check that it ships, loads offline and runs the evaluation within the CI budget."""
@@ -20,6 +20,24 @@ def test_erank_smol_ships_in_the_package():
     assert smol.base == "smollm2-135m-instruct" and smol.settings["score_mode"] == "expected"
     weights = smol.adapter / "adapter_model.safetensors"
     assert 0 < weights.stat().st_size < 8 * 2**20  # a few MB
+
+
+def test_erank_smol_fast_ships_with_the_doc_last_layout(smollm2_dir):
+    """erank-smol-fast brings its prompt layout: everything before the document is one prefix,
+    so each document's own tokens are its text and the end of the turn."""
+    from erank_fast import Reranker
+
+    fast = packaged_reranker("erank-smol-fast")
+    assert fast.base == "smollm2-135m-instruct" and fast.settings["template"] == "doc-last"
+    assert 0 < (fast.adapter / "adapter_model.safetensors").stat().st_size < 8 * 2**20
+    rr = Reranker.from_pretrained("erank-smol-fast")
+    assert rr.config.template == "doc-last" and rr.config.max_doc_tokens == 256
+    doc = "Vaccines train the immune system to recognise a pathogen."
+    prompts = rr.segment("how do vaccines work", [doc, "Bread needs yeast."], think_off=True)
+    own = len(rr.tokenizer.encode(doc, add_special_tokens=False))
+    assert len(prompts.suffixes[0]) - own <= 24  # SmolLM2: 19 (114 in ERank's layout)
+    results = rr.rerank("how do vaccines work", [doc, "Bread needs yeast."])
+    assert results[0].index == 0
 
 
 def test_demo_ranks_the_relevant_documents_first(smollm2_dir, capsys):
