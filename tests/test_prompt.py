@@ -70,7 +70,8 @@ def test_doc_last_template_shares_everything_before_the_document(qwen_tokenizer,
     erank = _assert_exact(builder, "cats?", docs, think_off=True)
     last = _assert_exact(doc_last, "cats?", docs, think_off=True)
     # Per document: its own text and the end of the turn, not the template's instructions.
-    assert len(last.suffixes[0]) - own <= 16 < 90 <= len(erank.suffixes[0]) - own
+    assert len(last.suffixes[0]) - own <= 16  # Qwen3: 12
+    assert len(erank.suffixes[0]) - own >= 90  # Qwen3: 97
     assert len(last.prefix) > len(erank.prefix)
     assert "Here is the document:" in qwen_tokenizer.decode(last.prefix)
     with pytest.raises(ValueError, match="template must be one of"):
