@@ -64,8 +64,9 @@ class RerankService:
 
     def model_entry(self) -> dict:
         entry = {"id": self.model_name, "object": "model", "owned_by": "erank_fast"}
-        if self.reranker is not None:  # what it computes on, once loaded
-            entry.update(device=self.reranker.device, dtype=self.reranker.dtype)
+        if self.reranker is not None:  # what it computes on and its prompt layout, once loaded
+            entry.update(device=self.reranker.device, dtype=self.reranker.dtype,
+                         template=self.reranker.config.template)
         return entry
 
     def loaded(self):
