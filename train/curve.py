@@ -20,7 +20,7 @@ import math
 import re
 from pathlib import Path
 
-from erank_fast.prompt import TEMPLATES
+from erank_fast.prompt import DEFAULT_TEMPLATE, TEMPLATES
 from erank_fast.training.arguments import ScriptParser
 
 DATA = Path("../shared/data")
@@ -60,8 +60,8 @@ def adapter_template(adapter: str) -> str:
     ERank template."""
     settings = Path(adapter) / "erank_fast.json"
     if settings.is_file():
-        return json.loads(settings.read_text()).get("template", "erank")
-    return "erank"
+        return json.loads(settings.read_text()).get("template", DEFAULT_TEMPLATE)
+    return DEFAULT_TEMPLATE
 
 
 def evaluate_adapter(model: str, adapter: str, sets: dict, template: str) -> dict:
@@ -121,7 +121,7 @@ def main(argv=None) -> None:
     parser.add_argument("--train_queries", type=int, default=43,
                         help="DL21 queries the runs trained on (the rest are held out)")
     parser.add_argument("--prompts_per_step", type=int, default=8)
-    parser.add_argument("--template", default="erank", choices=list(TEMPLATES),
+    parser.add_argument("--template", default=DEFAULT_TEMPLATE, choices=list(TEMPLATES),
                         help="the runs' prompt layout (the start adapter's comes from its "
                              "erank_fast.json, else erank)")
     parser.add_argument("--out", required=True, help="results JSON (kept between reruns)")

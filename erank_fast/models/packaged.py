@@ -2,8 +2,8 @@
 
 Each lives in a directory of ``erank_fast/models/`` holding a peft adapter and
 ``erank_fast.json``: the base model's offline name and the reranker settings the adapter was
-trained for (``think``, ``score_mode``, the prompt ``template``, token limits). Those settings are defaults: anything the
-caller passes to ``Reranker.from_pretrained`` wins.
+trained for (``think``, ``score_mode``, the prompt ``template``, token limits). Those settings
+are defaults: anything the caller passes to ``Reranker.from_pretrained`` wins.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-# erank-smol: the default; erank-smol-fast: trained on the "doc-last" prompt layout, ~1.9× the
+# erank-smol: the default; erank-smol-fast: trained on the "doc-last" prompt layout, ~1.8× the
 # documents per second on CPU (train/RESULTS.md has both)
 PACKAGED_DIRS = {"erank-smol": PACKAGE_DIR / "erank_smol",
                  "erank-smol-fast": PACKAGE_DIR / "erank_smol_fast"}

@@ -8,6 +8,15 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
+from erank_fast.prompt import DEFAULT_TEMPLATE
+
+
+def template_field():
+    """The prompt-layout flag of the training scripts (``erank_fast.prompt.TEMPLATES``)."""
+    return field(default=DEFAULT_TEMPLATE, metadata={
+        "help": "the prompt's layout: erank | doc-last (the query and document last; export "
+                "with the same)"})
+
 
 class ScriptParser(argparse.ArgumentParser):
     """An ``ArgumentParser`` whose ``--a_b`` options also accept ``--a-b``."""
@@ -53,9 +62,7 @@ class SFTScriptArguments:
     positives: int = field(default=2)
     max_query_tokens: int = field(default=2048)
     max_doc_tokens: int = field(default=2048)
-    template: str = field(
-        default="erank", metadata={"help": "the prompt's layout: erank | doc-last (the query "
-                                           "and document last; export with the same)"})
+    template: str = template_field()
     use_lora: bool = field(default=True)
     lora_r: int = field(default=32)
     lora_alpha: int = field(default=64)
@@ -120,9 +127,7 @@ class RLScriptArguments:
     max_doc_tokens: int = field(default=2048, metadata={"help": "document truncation (as the "
                                                                 "reranker will be served)"})
     positives: int = field(default=1)
-    template: str = field(
-        default="erank", metadata={"help": "the prompt's layout: erank | doc-last (the query "
-                                           "and document last; export with the same)"})
+    template: str = template_field()
     reference: str = field(default="model",
                            metadata={"help": "reference scores t: 'model' (the start model's "
                                              "expected score, think=off) or 'grades'"})

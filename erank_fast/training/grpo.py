@@ -13,7 +13,7 @@ import random
 import re
 
 from erank_fast.config import parse_think
-from erank_fast.prompt import ANSWER_OPEN, THINK_OFF_CONTINUATION
+from erank_fast.prompt import ANSWER_OPEN, DEFAULT_TEMPLATE, THINK_OFF_CONTINUATION
 from erank_fast.training import data as train_data
 from erank_fast.training.rewards import (
     CASES,
@@ -42,7 +42,8 @@ def answer_text(completion: str, off: bool) -> str:
     return ANSWER_OPEN + ("10" if digits.startswith("10") else digits[:1])
 
 
-def expected_score_scorer(model, tokenizer, max_doc_tokens: int, template: str = "erank"):
+def expected_score_scorer(model, tokenizer, max_doc_tokens: int,
+                          template: str = DEFAULT_TEMPLATE):
     """A scorer for ``rl_dataset``'s reference: the model's own expected think-off score
     (``Reranker``, on the model's weights in place, LoRA merged for the call)."""
     def score(queries: list[str], documents: list[list[str]]) -> list[list[float]]:
@@ -60,7 +61,8 @@ def expected_score_scorer(model, tokenizer, max_doc_tokens: int, template: str =
 
 def rl_dataset(tokenizer, *, data: str, qrels: str, max_queries: int | None,
                docs_per_query: int, positives: int, reference: str, think: str,
-               max_doc_tokens: int, seed: int, scorer=None, template: str = "erank"):
+               max_doc_tokens: int, seed: int, scorer=None,
+               template: str = DEFAULT_TEMPLATE):
     """(datasets.Dataset of rows {"prompt", "qid", "relevant", "reference"}, {prompt text:
     token ids}): ``docs_per_query`` consecutive rows per query, queries shuffled once with
     ``seed``; each prompt's token ids exactly as the reranker builds them. ``reference``:
