@@ -120,3 +120,16 @@ def test_packaged_reranker_settings_and_overrides(monkeypatch, trained_adapter, 
     with pytest.raises(FileNotFoundError, match="missing from this installation"):
         Reranker.from_pretrained("broken")
 
+
+
+def test_a_merged_adapter_is_fully_trainable(trained_adapter):
+    """``--adapter A --use_lora false`` fine-tunes every weight of the merged model: peft
+    freezes the base it loads an adapter on, and the merge must not keep that."""
+    from erank_fast.training.policy import load_policy
+
+    root, peft_merged = trained_adapter
+    model, _ = load_policy(str(root / "base"), str(root / "adapter"))
+    assert all(p.requires_grad for p in model.parameters())
+    want = peft_merged.state_dict()
+    for name, tensor in model.state_dict().items():
+        torch.testing.assert_close(tensor, want[name], rtol=0, atol=1e-6, msg=name)

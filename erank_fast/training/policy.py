@@ -19,8 +19,8 @@ def load_float32_model(name: str):
 
 
 def load_policy(name: str, adapter: str | None = None, train_adapter: bool = False):
-    """The model to train: ``adapter`` merged into it, or, with ``train_adapter``, kept as a
-    trainable LoRA adapter (a peft model)."""
+    """The model to train: ``adapter`` merged into it (every weight trainable, as without one),
+    or, with ``train_adapter``, kept as a trainable LoRA adapter (a peft model)."""
     if train_adapter and not adapter:
         raise ValueError("train_adapter needs an adapter to continue training")
     model, tokenizer = load_float32_model(name)
@@ -31,6 +31,7 @@ def load_policy(name: str, adapter: str | None = None, train_adapter: bool = Fal
             model = PeftModel.from_pretrained(model, adapter, is_trainable=True)
         else:
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+            model.requires_grad_(True)  # peft froze the base weights it was loaded on
     return model, tokenizer
 
 
