@@ -4,8 +4,8 @@
         --run grpo=runs/ablation-grpo --run sft=runs/ablation-sft \\
         --prompts_per_step 8 --out train/ablation.json --plot train/ablation.png
 
-Each run's ``checkpoint-N`` directories (LoRA adapters of ``--model``) and the start adapter
-(step 0, shared by every run) are scored as the packaged reranker is served: think off,
+Each run's ``checkpoint-N`` directories (LoRA adapters of ``--model``, or whole models from a
+full fine-tune) and the start adapter (step 0, shared by every run) are scored as the packaged reranker is served: think off,
 expected score, 256-token documents, the CPU's default dtype. Held-out sets: the DL21 queries
 after the first ``--train_queries`` (never trained on) and NovelEval. Results are kept in
 ``--out`` and a rerun scores only what is missing; the plot shows nDCG@10 (reranked and hybrid)
@@ -65,9 +65,13 @@ def adapter_template(adapter: str) -> str:
 
 
 def evaluate_adapter(model: str, adapter: str, sets: dict, template: str) -> dict:
+    """Held-out nDCG@10 of ``model`` with ``adapter``, or of the checkpoint ``adapter`` alone
+    when it is a whole model (no adapter_config.json: a full fine-tune's checkpoint)."""
     from erank_fast import Reranker
     from erank_fast.evaluation.runner import run_evaluation
 
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        model, adapter = adapter, None
     reranker = Reranker.from_pretrained(model, adapter=adapter, think="off",
                                         score_mode="expected", max_doc_tokens=256,
                                         template=template)
