@@ -5,11 +5,12 @@
         --prompts_per_step 8 --out train/ablation.json --plot train/ablation.png
 
 Each run's ``checkpoint-N`` directories (LoRA adapters of ``--model``, or whole models from a
-full fine-tune) and the start adapter (step 0, shared by every run) are scored as the packaged reranker is served: think off,
-expected score, 256-token documents, the CPU's default dtype. Held-out sets: the DL21 queries
-after the first ``--train_queries`` (never trained on) and NovelEval. Results are kept in
-``--out`` and a rerun scores only what is missing; the plot shows nDCG@10 (reranked and hybrid)
-against prompts seen, with each point's standard error over queries.
+full fine-tune) and the start adapter (step 0, shared by every run) are scored as the packaged
+reranker is served: think off, expected score, 256-token documents, the CPU's default dtype.
+Held-out sets: the DL21 queries after the first ``--train_queries`` (never trained on) and
+NovelEval. Results are kept in ``--out`` and a rerun scores only what is missing; the plot shows
+nDCG@10 (reranked and hybrid) against prompts seen, with each point's standard error over
+queries.
 """
 
 from __future__ import annotations
@@ -64,7 +65,7 @@ def adapter_template(adapter: str) -> str:
     return DEFAULT_TEMPLATE
 
 
-def evaluate_adapter(model: str, adapter: str, sets: dict, template: str) -> dict:
+def evaluate_checkpoint(model: str, adapter: str, sets: dict, template: str) -> dict:
     """Held-out nDCG@10 of ``model`` with ``adapter``, or of the checkpoint ``adapter`` alone
     when it is a whole model (no adapter_config.json: a full fine-tune's checkpoint)."""
     from erank_fast import Reranker
@@ -148,7 +149,7 @@ def main(argv=None) -> None:
         out.write_text(json.dumps(results, indent=1))
 
     if "start" not in results:
-        results["start"] = evaluate_adapter(args.model, args.start, sets,
+        results["start"] = evaluate_checkpoint(args.model, args.start, sets,
                                             adapter_template(args.start))
         save()
         print("start", json.dumps(results["start"]))
@@ -157,7 +158,7 @@ def main(argv=None) -> None:
         for step, ckpt in checkpoints(path):
             if str(step) in done:
                 continue
-            done[str(step)] = evaluate_adapter(args.model, str(ckpt), sets, args.template)
+            done[str(step)] = evaluate_checkpoint(args.model, str(ckpt), sets, args.template)
             save()
             print(name, step, json.dumps(done[str(step)]))
     if args.plot:
