@@ -59,7 +59,9 @@ def summary(result: dict) -> dict:
 def adapter_template(adapter: str) -> str:
     """The prompt layout an exported adapter was trained with (its erank_fast.json), else the
     ERank template."""
-    settings = Path(adapter) / "erank_fast.json"
+    from erank_fast.models.packaged import SETTINGS_FILE
+
+    settings = Path(adapter) / SETTINGS_FILE
     if settings.is_file():
         return json.loads(settings.read_text()).get("template", DEFAULT_TEMPLATE)
     return DEFAULT_TEMPLATE
@@ -70,8 +72,9 @@ def evaluate_checkpoint(model: str, adapter: str, sets: dict, template: str) -> 
     when it is a whole model (no adapter_config.json: a full fine-tune's checkpoint)."""
     from erank_fast import Reranker
     from erank_fast.evaluation.runner import run_evaluation
+    from erank_fast.models.lora import CONFIG_FILE
 
-    if not (Path(adapter) / "adapter_config.json").is_file():
+    if not (Path(adapter) / CONFIG_FILE).is_file():
         model, adapter = adapter, None
     reranker = Reranker.from_pretrained(model, adapter=adapter, think="off",
                                         score_mode="expected", max_doc_tokens=256,
@@ -150,7 +153,7 @@ def main(argv=None) -> None:
 
     if "start" not in results:
         results["start"] = evaluate_checkpoint(args.model, args.start, sets,
-                                            adapter_template(args.start))
+                                               adapter_template(args.start))
         save()
         print("start", json.dumps(results["start"]))
     for name, path in runs.items():

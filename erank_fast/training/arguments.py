@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 from dataclasses import dataclass, field
 
-from erank_fast.prompt import DEFAULT_TEMPLATE
+from erank_fast.prompt import DEFAULT_TEMPLATE, TEMPLATES
 
 
 def template_field():
     """The prompt-layout flag of the training scripts (``erank_fast.prompt.TEMPLATES``)."""
     return field(default=DEFAULT_TEMPLATE, metadata={
-        "help": "the prompt's layout: erank | doc-last (the query and document last; export "
-                "with the same)"})
+        "help": f"the prompt's layout: {' | '.join(TEMPLATES)} (export with the same)"})
 
 
 class ScriptParser(argparse.ArgumentParser):
