@@ -70,7 +70,7 @@ def _reranker_options(args) -> dict:
               if getattr(args, name, None) is not None}
     return dict(adapter=args.adapter, device=args.device, dtype=dtype, think=args.think,
                 backend=args.backend, score_mode=args.score_mode, template=args.template,
-                **limits)
+                hybrid_order=getattr(args, "hybrid_order", False) or None, **limits)
 
 
 def _load(args):
@@ -238,6 +238,10 @@ def main(argv=None) -> int:
     s.add_argument("--api-key", default=None,
                    help=f"require 'Authorization: Bearer KEY' (default: ${API_KEY_ENV} if set, "
                         "else no key; the variable keeps the key out of the process list)")
+    s.add_argument("--hybrid-order", action="store_true",
+                   help="requests without first_stage_scores list their documents in the "
+                        "retriever's order, best first: rank them by the hybrid with that order "
+                        '(as first_stage_scores: "order" asks for one request)')
     from erank_fast import cli_ray  # its options only: Ray itself is imported when used
 
     cli_ray.add_replica_options(s)

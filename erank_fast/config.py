@@ -56,7 +56,10 @@ class RerankerConfig:
     matmuls; "auto": when erank_fast loaded the weights itself, from a path, so no one else
     changes them; "on" also for an in-memory model, whose later changes are then not seen;
     "off"). hybrid_alpha: the first stage's weight when a call passes first-stage scores
-    (``erank_fast.fusion``; ERank's 0.2)."""
+    (``erank_fast.fusion``; ERank's 0.2). hybrid_order: calls that pass no first-stage scores
+    take the documents' order as the retriever's ranking (best first) and are ranked by the
+    hybrid with it, as ``first_stage_scores="order"`` asks for one call (for a service whose
+    clients send documents in the retriever's order and cannot send its scores)."""
 
     think: str | int = "off"
     instruction: str | None = None
@@ -71,6 +74,7 @@ class RerankerConfig:
     cuda_graphs: str = "auto"  # decode steps from CUDA graphs: "auto", "on", "off", "padded"
     pack_weights: str = "auto"  # CPU matmuls on packed weight copies: "auto", "on", "off"
     hybrid_alpha: float = DEFAULT_HYBRID_ALPHA
+    hybrid_order: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "think", parse_think(self.think))
@@ -84,6 +88,8 @@ class RerankerConfig:
             raise ValueError(f"pack_weights must be one of {PACK_WEIGHTS_MODES}, "
                              f"got {self.pack_weights!r}")
         object.__setattr__(self, "hybrid_alpha", check_alpha(self.hybrid_alpha))
+        if not isinstance(self.hybrid_order, bool):
+            raise ValueError(f"hybrid_order must be True or False, got {self.hybrid_order!r}")
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise TypeError(f"instruction must be a str or None, got {type(self.instruction).__name__}")
         for name in ("max_query_tokens", "max_doc_tokens", "max_think_tokens"):

@@ -5,6 +5,11 @@ a constant list maps to zeros) and the two are mixed, ``alpha · z(first stage) 
 z(reranker)``. ERank uses alpha 0.2 with BM25 as the first stage; on the sets this project
 evaluates, erank-smol's hybrid ranks above BM25 everywhere, where its own scores alone do not
 (README, "erank-smol on TREC").
+
+Where the retriever's scores are not at hand but its order is (a Cohere-style client sends the
+documents best first), that order stands in for them: ``FIRST_STAGE_ORDER`` ("order") in place
+of the scores gives the i-th of n documents the score n − i, so its z-score is that of its
+position. On the held-out sets it keeps most of the hybrid's gain (README).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import numbers
 from collections.abc import Sequence
 
 DEFAULT_HYBRID_ALPHA = 0.2
+FIRST_STAGE_ORDER = "order"  # in place of first-stage scores: the documents' own order
 
 
 def zscores(values: Sequence[float]) -> list[float]:
@@ -41,12 +47,19 @@ def check_alpha(alpha) -> float:
     return float(alpha)
 
 
+def order_scores(documents: int) -> list[float]:
+    """First-stage scores from the documents' order, best first: n, n − 1, ..., 1."""
+    return [float(documents - i) for i in range(documents)]
+
+
 def check_first_stage_scores(scores, documents: int) -> list[float]:
-    """One finite number per document (higher is more relevant), as floats; else a clear
-    TypeError or ValueError."""
+    """One finite number per document (higher is more relevant), as floats, or
+    ``FIRST_STAGE_ORDER`` for ``order_scores``; else a clear TypeError or ValueError."""
+    if isinstance(scores, str) and scores == FIRST_STAGE_ORDER:
+        return order_scores(documents)
     if isinstance(scores, (str, bytes)) or not isinstance(scores, Sequence):
-        raise TypeError(f"first_stage_scores must be a sequence of numbers, got "
-                        f"{type(scores).__name__}")
+        raise TypeError(f"first_stage_scores must be a sequence of numbers or "
+                        f"{FIRST_STAGE_ORDER!r}, got {type(scores).__name__}")
     if len(scores) != documents:
         raise ValueError(f"first_stage_scores has {len(scores)} values for {documents} documents")
     out = []

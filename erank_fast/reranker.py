@@ -10,7 +10,7 @@ from collections.abc import Mapping, Sequence
 from erank_fast.config import RerankerConfig, parse_think
 from erank_fast.engine.backend import make_backend, score_parts
 from erank_fast.engine.sampling import Sample, SamplingParams
-from erank_fast.fusion import check_first_stage_scores, fuse
+from erank_fast.fusion import FIRST_STAGE_ORDER, check_first_stage_scores, fuse
 from erank_fast.models.packaged import packaged_reranker
 from erank_fast.models.sources import LoadedModel, load_model
 from erank_fast.prompt import PromptBuilder, valid_unicode
@@ -62,7 +62,8 @@ class Reranker:
             "reference" (transformers, each document alone).
         options: any other field of ``erank_fast.config.RerankerConfig`` (where the defaults
             are documented): max_query_tokens, max_doc_tokens, max_think_tokens,
-            max_batch_tokens, kv_memory, cuda_graphs, pack_weights, hybrid_alpha, template.
+            max_batch_tokens, kv_memory, cuda_graphs, pack_weights, hybrid_alpha, hybrid_order,
+            template.
         """
         packaged = packaged_reranker(model)
         settings = {}
@@ -95,7 +96,10 @@ class Reranker:
         ``first_stage_scores``: the retriever's score of each document (BM25's, say; higher is
         more relevant): the results are then sorted by the hybrid of both (``hybrid_alpha`` ·
         z(first stage) + (1 − ``hybrid_alpha``) · z(model), ``erank_fast.fusion``), each
-        result's ``model_score`` keeping the model's own."""
+        result's ``model_score`` keeping the model's own. ``first_stage_scores="order"``: the
+        documents are in the retriever's order, best first, and that order stands in for its
+        scores (``erank_fast.fusion.order_scores``); the reranker's ``hybrid_order`` setting
+        makes that the default of calls that pass no first-stage scores."""
         return self.rerank_many([query], [documents], top_k=top_k, instruction=instruction,
                                 return_reasoning=return_reasoning, think=think, cancel=cancel,
                                 max_doc_tokens=max_doc_tokens,
@@ -120,7 +124,7 @@ class Reranker:
                     ) -> list[RerankResults]:
         """Rerank several queries in one engine call (their documents are batched together);
         ``cancel``, ``max_doc_tokens`` and ``first_stage_scores`` (here one list per query) as
-        in ``rerank``."""
+        in ``rerank`` (``"order"`` here for every query, or in place of one query's list)."""
         if isinstance(queries, str) or len(queries) != len(documents_per_query):
             raise ValueError("queries and documents_per_query must be sequences of equal length")
         for i, q in enumerate(queries):
@@ -131,6 +135,10 @@ class Reranker:
         think = self.config.think if think is None else parse_think(think)
         instruction = instruction if instruction is not None else self.config.instruction
         texts = [_document_texts(docs) for docs in documents_per_query]
+        if first_stage_scores is None and self.config.hybrid_order:
+            first_stage_scores = FIRST_STAGE_ORDER
+        if isinstance(first_stage_scores, str) and first_stage_scores == FIRST_STAGE_ORDER:
+            first_stage_scores = [FIRST_STAGE_ORDER] * len(texts)
         if first_stage_scores is not None:
             if isinstance(first_stage_scores, (str, bytes)) or \
                     len(first_stage_scores) != len(texts):

@@ -58,7 +58,8 @@ def test_non_text_query_and_bad_options(reranker):
     ([1.0], ValueError, "1 values for 2 documents"),
     ([1.0, float("nan")], ValueError, r"first_stage_scores\[1\] is nan"),
     ([1.0, "2"], TypeError, r"first_stage_scores\[1\] must be a number"),
-    ("12", TypeError, "sequence of numbers"),
+    ("12", TypeError, "sequence of numbers or 'order'"),
+    ("Order", TypeError, "sequence of numbers or 'order'"),
 ])
 def test_bad_first_stage_scores_are_refused(reranker, scores, error, match):
     with pytest.raises(error, match=match):
@@ -85,6 +86,38 @@ def test_first_stage_scores_sort_by_the_hybrid(reranker):
     assert [r.score for r in fused] == pytest.approx(sorted(want.values(), reverse=True))
     alone = reranker.rerank("how do vaccines work", docs, first_stage_scores=[1.0] * 4)
     assert [r.index for r in alone] == [r.index for r in plain]  # a flat first stage: no change
+
+
+def test_first_stage_order_stands_in_for_the_scores(tiny_qwen3, reranker):
+    """Documented: first_stage_scores="order" takes the documents' order as the retriever's
+    ranking, best first (n, n − 1, ..., 1 as its scores); hybrid_order=True makes that the
+    default of calls without scores; explicit scores still win."""
+    from erank_fast.fusion import order_scores
+
+    docs = ["the stock market", "vaccines train the immune system", "x", "measles doses"]
+    assert order_scores(4) == [4.0, 3.0, 2.0, 1.0] and order_scores(0) == []
+    by_order = reranker.rerank("how do vaccines work", docs, first_stage_scores="order")
+    explicit = reranker.rerank("how do vaccines work", docs, first_stage_scores=[4, 3, 2, 1])
+    assert [(r.index, r.score, r.model_score) for r in by_order] == \
+        [(r.index, r.score, r.model_score) for r in explicit]
+    plain = reranker.rerank("how do vaccines work", docs)
+    assert [r.score for r in by_order] != [r.score for r in plain]  # the order does count
+
+    model, tok = tiny_qwen3
+    ordered = Reranker.from_pretrained(model, tokenizer=tok, max_doc_tokens=64,
+                                       max_query_tokens=16, hybrid_order=True)
+    default = ordered.rerank("how do vaccines work", docs)
+    assert [(r.index, r.score) for r in default] == [(r.index, r.score) for r in by_order]
+    first = [0.0, 9.0, 0.0, 0.0]
+    assert [r.score for r in ordered.rerank("how do vaccines work", docs,
+                                            first_stage_scores=first)] == \
+        [r.score for r in reranker.rerank("how do vaccines work", docs, first_stage_scores=first)]
+    many = reranker.rerank_many(["how do vaccines work", "markets"], [docs, docs[:2]],
+                                first_stage_scores="order")
+    mixed = reranker.rerank_many(["how do vaccines work", "markets"], [docs, docs[:2]],
+                                 first_stage_scores=["order", [2.0, 1.0]])
+    assert [[(r.index, r.score) for r in res] for res in many] == \
+        [[(r.index, r.score) for r in res] for res in mixed]
 
 
 def test_dict_documents_keep_their_keys(reranker):
@@ -115,7 +148,8 @@ def test_bad_settings_are_refused(tiny_qwen3):
                           ({"backend": "vllm"}, "backend"), ({"max_batch_tokens": 0}, "max_batch"),
                           ({"dtype": "fp8"}, "dtype must be"), ({"dtype": 3}, "dtype must be"),
                           ({"hybrid_alpha": 1.5}, "hybrid_alpha"),
-                          ({"hybrid_alpha": "0.2"}, "hybrid_alpha")]:
+                          ({"hybrid_alpha": "0.2"}, "hybrid_alpha"),
+                          ({"hybrid_order": "yes"}, "hybrid_order")]:
         with pytest.raises(ValueError, match=match):
             Reranker.from_pretrained(model, tokenizer=tok, **kwargs)
     with pytest.raises(ValueError, match="tokenizer"):

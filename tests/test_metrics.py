@@ -106,3 +106,40 @@ def test_eval_command_bad_input(tmp_path, capsys):
     qrels.write_text("1 0 d 1\n")
     assert cli.main(["eval", "--data", str(bad), "--qrels", str(qrels)]) == 2
     assert "not a reranking record" in capsys.readouterr().err
+
+
+class _FixedReranker:
+    """Scores each document by a fixed table, in the shape ``run_evaluation`` reads."""
+
+    def __init__(self, scores: dict[str, float]):
+        self.scores = scores
+
+    def rerank_many(self, queries, documents_per_query):
+        from erank_fast.results import CallStats, RerankResult, RerankResults
+
+        stats = CallStats(seconds=0.1, documents=0, prefill_tokens=7, decode_tokens=0)
+        return [RerankResults([RerankResult(i, self.scores[t], None, 1.0, (), 0, None, t)
+                               for i, t in enumerate(docs)], stats)
+                for docs in documents_per_query]
+
+
+def test_hybrid_order_row_fuses_the_first_stage_ranking_alone():
+    """The eval's "hybrid_order" row is the hybrid with the first stage's ranking (best n ... last
+    1, ties in input order), whatever its scores: what first_stage_scores="order" computes."""
+    from erank_fast.evaluation.runner import ranking_scores, run_evaluation
+    from erank_fast.evaluation.trec import Candidate, Query
+
+    ties = (Candidate("a", "", 9.0), Candidate("b", "", 3.0), Candidate("c", "", 3.0),
+            Candidate("d", "", 12.0))
+    assert ranking_scores(ties) == {"d": 4.0, "a": 3.0, "b": 2.0, "c": 1.0}
+    cands = (Candidate("d", "td", 30.0), Candidate("a", "ta", 9.0), Candidate("b", "tb", 3.0),
+             Candidate("c", "tc", 2.5))
+    model = {"ta": 0.0, "tb": 0.3, "tc": 0.1, "td": 0.6}
+    qrels = {"q": {"a": 1, "c": 2}}
+    result = run_evaluation(_FixedReranker(model), [Query("q", "query", cands)], qrels,
+                            progress=False)
+    by_order = hybrid({"q": {"d": 4.0, "a": 3.0, "b": 2.0, "c": 1.0}},
+                      {"q": {"a": 0.0, "b": 0.3, "c": 0.1, "d": 0.6}}, 0.2)
+    assert result["hybrid_order"] == evaluate(by_order, qrels)[0]
+    assert result["hybrid_order"] != result["hybrid"]  # the scores' gaps are not the ranking's
+    assert set(result["per_query"]["q"]) == {"first_stage", "reranked", "hybrid", "hybrid_order"}

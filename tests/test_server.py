@@ -129,6 +129,34 @@ def test_first_stage_scores_give_the_hybrid_ranking(served):
                                 for i in range(len(DOCS))]
 
 
+def test_first_stage_order_gives_the_hybrid_by_order(served, tiny_qwen3):
+    """first_stage_scores: "order" is the Python API's; a reranker with hybrid_order (the
+    server's --hybrid-order) applies it to requests that send no scores, TEI's shape too."""
+    live, reranker = served
+    want = reranker.rerank(QUERY, DOCS, first_stage_scores="order")
+    body = httpx.post(live.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS,
+                                                      "first_stage_scores": "order"}).json()
+    assert [(r["index"], r["relevance_score"]) for r in body["results"]] == \
+        [(r.index, r.score) for r in want]
+    bad = httpx.post(live.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS,
+                                                     "first_stage_scores": "rank"})
+    assert bad.status_code == 422 and "first_stage_scores" in bad.json()["error"]["message"]
+    assert httpx.get(live.url + "/v1/models").json()["data"][0]["hybrid_order"] is False
+
+    ordered = LiveServer(create_app(lambda: _reranker(tiny_qwen3, hybrid_order=True),
+                                    model_name="tiny"))
+    try:
+        body = httpx.post(ordered.url + "/v1/rerank", json={"query": QUERY,
+                                                             "documents": DOCS}).json()
+        assert [(r["index"], r["relevance_score"]) for r in body["results"]] == \
+            [(r.index, r.score) for r in want]
+        tei = httpx.post(ordered.url + "/rerank", json={"query": QUERY, "texts": DOCS}).json()
+        assert [(r["index"], r["score"]) for r in tei] == [(r.index, r.score) for r in want]
+        assert httpx.get(ordered.url + "/v1/models").json()["data"][0]["hybrid_order"] is True
+    finally:
+        ordered.stop()
+
+
 def test_tei_truncate_false_refuses_long_texts_and_raw_scores_is_refused(tiny_qwen3):
     reranker = _reranker(tiny_qwen3, max_doc_tokens=16)
     live = LiveServer(create_app(lambda: reranker, model_name="tiny"))
@@ -208,6 +236,8 @@ def test_health_models_and_metrics(served):
      422, "first_stage_scores.0"),
     (b'{"query": "q", "documents": ["a"], "first_stage_scores": [NaN]}', 422,
      "first_stage_scores.0"),
+    (json.dumps({"query": QUERY, "documents": DOCS, "first_stage_scores": "rank"}).encode(), 422,
+     "a list of numbers or 'order'"),
     (json.dumps({"query": QUERY, "documents": ["d"] * 41}).encode(), 413, "at most 40"),
     (json.dumps({"query": QUERY, "documents": ["d" * 300_000]}).encode(), 413, "at most 200000"),
     (json.dumps({"query": QUERY, "documents": ["lorem ipsum " * 2000]}).encode(), 422,
@@ -369,6 +399,21 @@ def test_serve_reads_the_api_key_from_the_environment(monkeypatch, flag, env, wa
         monkeypatch.setenv(cli.API_KEY_ENV, env)
     assert cli.main(["serve", "--model", "tiny"] + (["--api-key", flag] if flag else [])) == 0
     assert seen["limits"].api_key == want
+
+
+def test_serve_hybrid_order_flag_reaches_the_reranker(monkeypatch):
+    import erank_fast.server as server
+    from erank_fast import cli
+
+    loads = []
+    monkeypatch.setattr(server, "serve", lambda load, **kw: loads.append(load) or 0)
+    seen = {}
+    monkeypatch.setattr("erank_fast.Reranker.from_pretrained",
+                        lambda model, **options: seen.update(options))
+    for argv, want in ((["--hybrid-order"], True), ([], None)):
+        assert cli.main(["serve", "--model", "tiny", *argv]) == 0
+        loads.pop()()
+        assert seen["hybrid_order"] is want  # None: the model's own default (off)
 
 
 def test_api_key_refuses_odd_authorization_headers(tiny_qwen3):

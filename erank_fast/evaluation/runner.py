@@ -1,5 +1,6 @@
 """Evaluate a reranker on first-stage candidates: nDCG@1/5/10 and MRR@10 for the first stage,
-the reranker, and their hybrid fusion, with throughput."""
+the reranker, and their hybrid fusion (with the first stage's scores, and with its ranking
+alone), with throughput."""
 
 from __future__ import annotations
 
@@ -8,8 +9,8 @@ import time
 from tqdm.auto import tqdm
 
 from erank_fast.evaluation.metrics import evaluate, hybrid
-from erank_fast.fusion import check_alpha
 from erank_fast.evaluation.trec import Query
+from erank_fast.fusion import check_alpha, order_scores
 
 QUERIES_PER_CALL = 4  # queries reranked together: their documents share engine steps
 
@@ -19,11 +20,14 @@ def run_evaluation(reranker, queries: list[Query], qrels: dict[str, dict[str, in
     """Rerank every query's candidates and score the three rankings against ``qrels``.
 
     Returns {"first_stage": {metric: mean}, "reranked": {...}, "hybrid": {...},
-    "docs_per_second", "seconds", "documents", "prefill_tokens", "decode_tokens",
-    "queries_evaluated", "per_query": {qid: {"first_stage": {...}, "reranked": {...},
-    "hybrid": {...}}}, "run": {qid: {docid: reranker score}}}."""
+    "hybrid_order": {...}, "docs_per_second", "seconds", "documents", "prefill_tokens",
+    "decode_tokens", "queries_evaluated", "per_query": {qid: {"first_stage": {...}, ...}},
+    "run": {qid: {docid: reranker score}}}. "hybrid" fuses the first stage's scores,
+    "hybrid_order" its ranking alone (what a service gets from ``first_stage_scores="order"``
+    when the documents come in that ranking)."""
     check_alpha(hybrid_alpha)
     first_stage = {q.qid: {c.docid: c.score for c in q.candidates} for q in queries}
+    first_stage_order = {q.qid: ranking_scores(q.candidates) for q in queries}
     reranked: dict[str, dict[str, float]] = {}
     seconds, prefill, decode, documents = 0.0, 0, 0, 0
     bar = tqdm(total=sum(len(q.candidates) for q in queries), unit="doc", desc="reranking",
@@ -44,8 +48,10 @@ def run_evaluation(reranker, queries: list[Query], qrels: dict[str, dict[str, in
         bar.update(n)
     bar.close()
     fused = hybrid(first_stage, reranked, hybrid_alpha)
+    fused_order = hybrid(first_stage_order, reranked, hybrid_alpha)
     out, per_query = {}, {}
-    for name, run in (("first_stage", first_stage), ("reranked", reranked), ("hybrid", fused)):
+    for name, run in (("first_stage", first_stage), ("reranked", reranked), ("hybrid", fused),
+                      ("hybrid_order", fused_order)):
         means, values = evaluate({q: run[q] for q in reranked}, qrels)
         out[name] = means
         for qid, v in values.items():
@@ -57,10 +63,16 @@ def run_evaluation(reranker, queries: list[Query], qrels: dict[str, dict[str, in
     return out
 
 
+def ranking_scores(candidates) -> dict[str, float]:
+    """The first stage's ranking as ``order_scores`` (best n, last 1), ties in input order."""
+    ranking = sorted(candidates, key=lambda c: -c.score)  # stable: ties keep their order
+    return dict(zip((c.docid for c in ranking), order_scores(len(ranking))))
+
+
 def format_report(result: dict) -> str:
     names = list(result["reranked"])
     lines = [f"{'':<12}" + "".join(f"{n:>10}" for n in names)]
-    for row in ("first_stage", "reranked", "hybrid"):
+    for row in ("first_stage", "reranked", "hybrid", "hybrid_order"):
         lines.append(f"{row:<12}" + "".join(f"{result[row][n]:>10.4f}" for n in names))
     lines.append(f"{result['documents']} documents, {result['queries_evaluated']} queries with "
                  f"relevant documents, {result['seconds']:.1f} s ({result['docs_per_second']:.1f} "

@@ -5,10 +5,12 @@ Endpoints:
   documents: [str | {text, ...}], top_n?, return_documents?, max_tokens_per_doc?,
   first_stage_scores?}`` → ``{id, model, results: [{index, relevance_score, document?, erank:
   {answer, probability, model_score}}], usage, meta}``, best first. ``first_stage_scores`` (an
-  erank_fast extension, also on ``/v1/score``): the retriever's score of each document; the
-  relevance score is then the hybrid of both (``erank_fast.fusion``), ``model_score`` the
-  model's own. ``/rerank`` with ``texts`` instead of ``documents`` answers in the
-  text-embeddings-inference shape: ``[{index, score, text?}]``.
+  erank_fast extension, also on ``/v1/score``): the retriever's score of each document, or
+  ``"order"`` when the documents come in the retriever's order, best first; the relevance score
+  is then the hybrid of both (``erank_fast.fusion``), ``model_score`` the model's own. A server
+  started with ``--hybrid-order`` does that for every request without them (TEI's too).
+  ``/rerank`` with ``texts`` instead of ``documents`` answers in the text-embeddings-inference
+  shape: ``[{index, score, text?}]``.
 - ``POST /v1/score``: ``{query, documents}`` → scores in input order.
 - ``GET /health`` (200 once the model is loaded, 503 before), ``GET /v1/models``,
   ``GET /metrics`` (Prometheus text).

@@ -6,7 +6,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, WrapValidator, field_validator
+
+from erank_fast.fusion import FIRST_STAGE_ORDER
 
 
 class DocumentObject(BaseModel):
@@ -28,14 +30,26 @@ class _QueryRequest(BaseModel):
         return value
 
 
+def _scores_or_order(value, handler):
+    """``FIRST_STAGE_ORDER`` as it is; anything else validated as the list of scores (so its
+    errors name the list's items, not the alternatives of a union)."""
+    if isinstance(value, str):
+        if value == FIRST_STAGE_ORDER:
+            return value
+        raise ValueError(f"a list of numbers or {FIRST_STAGE_ORDER!r}, got {value!r}")
+    return handler(value)
+
+
 class _DocumentsRequest(_QueryRequest):
     """``first_stage_scores`` (an erank_fast extension): the retriever's score of each document,
-    in order; the ranking is then the hybrid of both (``erank_fast.fusion``). Their count is
-    checked by the Reranker (a 422 like any invalid request)."""
+    in order, or ``"order"`` (the documents are in the retriever's order, best first); the
+    ranking is then the hybrid of both (``erank_fast.fusion``). Their count is checked by the
+    Reranker (a 422 like any invalid request)."""
 
     model: str | None = None
     documents: list[str | DocumentObject] = Field(min_length=1)
-    first_stage_scores: list[Annotated[float, Field(allow_inf_nan=False)]] | None = None
+    first_stage_scores: Annotated[list[Annotated[float, Field(allow_inf_nan=False)]] | None,
+                                  WrapValidator(_scores_or_order)] = None  # or "order"
 
 
 class ScoreRequest(_DocumentsRequest):

@@ -64,9 +64,10 @@ class RerankService:
 
     def model_entry(self) -> dict:
         entry = {"id": self.model_name, "object": "model", "owned_by": "erank_fast"}
-        if self.reranker is not None:  # what it computes on and its prompt layout, once loaded
+        if self.reranker is not None:  # what it computes on, its prompt layout and whether
+            config = self.reranker.config  # requests without scores get the hybrid by order
             entry.update(device=self.reranker.device, dtype=self.reranker.dtype,
-                         template=self.reranker.config.template)
+                         template=config.template, hybrid_order=config.hybrid_order)
         return entry
 
     def loaded(self):
@@ -90,7 +91,7 @@ class RerankService:
 
     async def rerank(self, query: str, documents: list, *, endpoint: str,
                      max_doc_tokens: int | None = None,
-                     first_stage_scores: list[float] | None = None,
+                     first_stage_scores: list[float] | str | None = None,
                      is_disconnected: Callable[[], Awaitable[bool]] | None = None):
         """The documents scored (``RerankResults``, best first). A client that disconnects
         (``is_disconnected``), or a caller that is itself cancelled, has its documents
