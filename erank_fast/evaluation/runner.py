@@ -17,7 +17,7 @@ QUERIES_PER_CALL = 4  # queries reranked together: their documents share engine 
 
 def run_evaluation(reranker, queries: list[Query], qrels: dict[str, dict[str, int]], *,
                    hybrid_alpha: float = 0.2, progress: bool = True) -> dict:
-    """Rerank every query's candidates and score the three rankings against ``qrels``.
+    """Rerank every query's candidates and score the four rankings against ``qrels``.
 
     Returns {"first_stage": {metric: mean}, "reranked": {...}, "hybrid": {...},
     "hybrid_order": {...}, "docs_per_second", "seconds", "documents", "prefill_tokens",
