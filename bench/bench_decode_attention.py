@@ -46,7 +46,8 @@ def cpu_kernel(provider: str, inputs):
         rows = DecodeRows.of_step(docs, prefixes, q.device)
         run = lambda: decode_attention_cpu(q, k, v, rows, scale)
     if run() is None:
-        pytest.skip(f"{provider}: erank_fast's CPU kernel is not built for {q.dtype} here")
+        pytest.skip(f"{provider}: erank_fast's CPU kernel does not run here for head dim "
+                    f"{q.shape[-1]}, {q.dtype} (not built, or a shape it does not cover)")
     return run
 
 

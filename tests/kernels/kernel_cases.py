@@ -61,7 +61,7 @@ def arena(lengths, hkv, d, dtype, seed, gap=3):
 # runs every benchmark once that way, so a broken call fails CI).
 SMOKE = os.environ.get("ERANK_BENCH_SMOKE") == "1"
 if SMOKE:
-    BENCH = dict(dtype=torch.float32, hq=4, hkv=2, d=32, docs=3, suffix=8, prefixes=[16],
+    BENCH = dict(dtype=torch.float32, hq=4, hkv=2, d=64, docs=3, suffix=8, prefixes=[16],
                  decode_prefix=16, own=8, batches=[4], hidden=64, vocab=1000, rows=[4])
 elif DEVICE.type == "cuda":
     BENCH = dict(dtype=torch.bfloat16, hq=32, hkv=8, d=128, docs=100, suffix=256,
