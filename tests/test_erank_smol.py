@@ -53,15 +53,15 @@ def test_demo_ranks_the_relevant_documents_first(smollm2_dir, capsys):
 
 def test_eval_dl19_ten_queries_at_the_cpus_dtype(smollm2_dir, data_dir, tmp_path, capsys):
     """The dtype the CPU check picks (bfloat16 where it is fast, float32 on a CPU without
-    bf16 kernels), as a user's `erank-fast eval` runs."""
+    bf16 kernels), as a user's `erank-fast eval` runs; each query's BM25 top 20 (`--depth`)."""
     out = tmp_path / "dl19-10.json"
     assert cli.main(["eval", "--model", "erank-smol",
                      "--data", str(data_dir / "dl19-bm25-top100.jsonl"),
                      "--qrels", str(data_dir / "dl19-bm25-top100.qrels"),
-                     "--queries", "10", "--out", str(out)]) == 0
+                     "--queries", "10", "--depth", "20", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["queries_evaluated"] == 10 and result["documents"] == 1000
-    queries = read_jsonl(data_dir / "dl19-bm25-top100.jsonl")[:10]
+    assert result["queries_evaluated"] == 10 and result["documents"] == 200
+    queries = read_jsonl(data_dir / "dl19-bm25-top100.jsonl", depth=20)[:10]
     bm25, _ = evaluate({q.qid: {c.docid: c.score for c in q.candidates} for q in queries},
                        read_qrels(data_dir / "dl19-bm25-top100.qrels"))
     assert result["first_stage"] == pytest.approx(bm25, abs=1e-12)
