@@ -5,7 +5,9 @@ than float32; with AVX512-BF16 alone the gain ranges from none to several times 
 kernels differ by core); without either, bfloat16 is slower than float32. So the choice is made
 by a short GEMM check at the model's shapes, not by a flag list: ``fast_bf16()`` is True when a
 bfloat16 matmul beats float32 by at least ``BF16_MIN_SPEEDUP`` on this machine, as the process
-sees it (thread count, ``ONEDNN_MAX_CPU_ISA``). The check takes ~50 ms and runs once per process.
+sees it (thread count, ``ONEDNN_MAX_CPU_ISA``). The check runs once per process and takes
+~50 ms where both dtypes have kernels, ~0.3 s where bfloat16 has none (it is then emulated at
+~1 GFLOP/s, and one small multiply is enough to tell).
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ log = logging.getLogger("erank_fast")
 BF16_MIN_SPEEDUP = 2.0
 # M × K × N of the check: a few hundred tokens through a SmolLM2-sized MLP projection.
 CHECK_SHAPE = (512, 576, 1536)
+# A first, small multiply: a dtype this slow (under ~5 GFLOP/s at PROBE_ROWS rows; bfloat16
+# without bf16 kernels runs at ~1 here) is not timed at CHECK_SHAPE, which would take seconds.
+PROBE_ROWS = 64
+SLOW_PROBE_SECONDS = 0.02
 FLAGS_OF_INTEREST = ("amx_bf16", "amx_int8", "amx_tile", "avx512_bf16", "avx512f", "avx512_vnni",
                      "avx_vnni", "avx2")
 
@@ -58,9 +64,16 @@ def cpu_info() -> dict:
 
 def _gflops(dtype: torch.dtype, repeats: int = 3) -> float:
     m, k, n = CHECK_SHAPE
-    a = torch.randn(m, k).to(dtype)
     b = torch.randn(k, n).to(dtype)
-    a @ b  # first call: kernel selection, packing buffers
+    probe = torch.randn(PROBE_ROWS, k).to(dtype)
+    probe @ b  # first call: kernel selection, packing buffers
+    start = time.perf_counter()
+    probe @ b
+    took = time.perf_counter() - start
+    if took > SLOW_PROBE_SECONDS:  # a dtype multiplied without its own kernels: one call tells
+        return 2 * PROBE_ROWS * k * n / took / 1e9
+    a = torch.randn(m, k).to(dtype)
+    a @ b
     best = float("inf")
     for _ in range(repeats):
         start = time.perf_counter()
@@ -74,6 +87,26 @@ def gemm_gflops() -> dict[str, float]:
     """Measured float32 and bfloat16 matmul GFLOP/s at ``CHECK_SHAPE`` (once per process)."""
     with torch.inference_mode():
         return {"float32": _gflops(torch.float32), "bfloat16": _gflops(torch.bfloat16)}
+
+
+@functools.cache
+def warn_if_slower_than_float32(dtype: torch.dtype) -> float:
+    """For a dtype asked for explicitly on CPU: its measured matmul speed over float32's here,
+    with a warning when it is below 1 (bfloat16 without bf16 units, float16 without fp16 ones:
+    PyTorch then multiplies it several times slower than float32). Once per dtype and process."""
+    if dtype == torch.float32:
+        return 1.0
+    rates = gemm_gflops()
+    with torch.inference_mode():
+        rate = rates["bfloat16"] if dtype == torch.bfloat16 else _gflops(dtype)
+    ratio = rate / rates["float32"]
+    if ratio < 1.0:
+        name = str(dtype).removeprefix("torch.")
+        log.warning("%s was asked for, but this CPU (%s) multiplies it at %.0f GFLOP/s against "
+                    "float32's %.0f (%.2fx): the model will run slower than in float32, which "
+                    "dtype='auto' picks here", name, cpu_info()["model"], rate, rates["float32"],
+                    ratio)
+    return ratio
 
 
 @functools.cache

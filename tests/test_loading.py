@@ -50,6 +50,42 @@ def test_cpu_default_dtype_follows_the_measured_gemm_speed(monkeypatch, tiny_qwe
     cpu.fast_bf16.cache_clear()
 
 
+def test_the_small_probe_measures_like_the_full_check(monkeypatch):
+    """A dtype whose small probe multiply is slow is rated from that probe alone: its estimate
+    agrees with the full-size measurement (float32 here, forced down either branch)."""
+    from erank_fast import cpu
+
+    monkeypatch.setattr(cpu, "SLOW_PROBE_SECONDS", float("inf"))
+    full = cpu._gflops(torch.float32)
+    monkeypatch.setattr(cpu, "SLOW_PROBE_SECONDS", 0.0)
+    probe = cpu._gflops(torch.float32)
+    assert full > 0 and probe > 0 and 0.1 < probe / full < 10, (probe, full)
+
+
+def test_an_explicit_dtype_slower_than_float32_is_warned_about(monkeypatch, tiny_qwen3,
+                                                               tmp_path, caplog):
+    """dtype="bfloat16" on a CPU that multiplies it slower than float32: loaded as asked, with
+    one warning that names both rates; none where bfloat16 is the faster one."""
+    from erank_fast import cpu
+
+    model, tok = tiny_qwen3
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    for rates, warned in (({"float32": 137.0, "bfloat16": 28.0}, True),
+                          ({"float32": 300.0, "bfloat16": 2500.0}, False)):
+        cpu.warn_if_slower_than_float32.cache_clear()
+        monkeypatch.setattr(cpu, "gemm_gflops", lambda rates=rates: rates)
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="erank_fast"):
+            rr = Reranker.from_pretrained(str(tmp_path), device="cpu", dtype="bfloat16")
+        assert rr.backend.dtype == torch.bfloat16
+        text = [r.getMessage() for r in caplog.records if "was asked for" in r.getMessage()]
+        assert len(text) == warned, text
+        if warned:
+            assert "28 GFLOP/s against float32's 137 (0.20x)" in text[0]
+    cpu.warn_if_slower_than_float32.cache_clear()
+
+
 def test_offline_name_resolves_to_the_packaged_gguf(smollm2_dir):
     assert (smollm2_dir / "config.json").is_file()
     assert (smollm2_dir / "model.safetensors").is_file()

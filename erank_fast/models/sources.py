@@ -116,6 +116,10 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
             f"model must be a name, a local path or a transformers model, got {type(model).__name__}")
 
     device = torch.device(device) if device is not None else default_device()
+    if dtype is not None and device.type == "cpu":
+        from erank_fast.cpu import warn_if_slower_than_float32
+
+        warn_if_slower_than_float32(dtype)
     dtype = dtype or default_dtype(device)
     name = str(model)
     path = resolve_model_path(name)
