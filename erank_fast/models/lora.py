@@ -70,17 +70,22 @@ def lora_deltas(config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, tor
 
 
 @torch.no_grad()
-def merge_lora(model: torch.nn.Module, adapter_dir) -> torch.nn.Module:
-    """Add each adapted layer's delta to its weight in place (in float32 when the weight is)."""
+def merge_lora_into(weights: dict[str, torch.Tensor], adapter_dir) -> None:
+    """Add each adapted layer's delta in place to ``weights[f"{layer}.weight"]`` (a state dict,
+    or a model's live weights by the same names), in the weight's dtype."""
     config, tensors = read_adapter(adapter_dir)
-    modules = dict(model.named_modules())
     for name, delta in lora_deltas(config, tensors).items():
-        module = modules.get(name)
-        weight = getattr(module, "weight", None)
+        weight = weights.get(f"{name}.weight")
         if weight is None or weight.shape != delta.shape:
             found = "missing" if weight is None else f"weight {tuple(weight.shape)}"
             raise ValueError(f"{adapter_dir}: the adapter does not fit this model (trained for "
                              f"another base?): {name!r} needs a weight {tuple(delta.shape)} "
                              f"({found})")
         weight.add_(delta.to(device=weight.device, dtype=weight.dtype))
+
+
+def merge_lora(model: torch.nn.Module, adapter_dir) -> torch.nn.Module:
+    """Add each adapted layer's delta to its weight in place (in float32 when the weight is)."""
+    merge_lora_into({f"{name}.weight": module.weight for name, module in model.named_modules()
+                     if isinstance(getattr(module, "weight", None), torch.Tensor)}, adapter_dir)
     return model

@@ -92,28 +92,36 @@ def _merge_adapter(hf_model, adapter):
     return merge_lora(hf_model, adapter).eval()
 
 
+def _in_memory_model(model, tokenizer, need: str, dtype, adapter) -> LoadedModel:
+    """An in-memory transformers model, used in place (an adapter is merged into a copy)."""
+    from transformers import PreTrainedModel  # imported here only: it takes seconds
+
+    if not isinstance(model, PreTrainedModel):
+        raise TypeError("model must be a name, a local path or a transformers model, got "
+                        f"{type(model).__name__}")
+    if tokenizer is None:
+        raise ValueError("pass tokenizer=... together with an in-memory transformers model")
+    if dtype is not None and dtype != model.dtype:
+        raise ValueError(f"the model is {model.dtype}; cast it before passing it, or pass "
+                         "dtype=None")
+    if adapter is not None:  # merged into a copy: the caller's model stays as it was
+        model = _merge_adapter(copy.deepcopy(model), adapter)
+    check_chat_template(tokenizer, type(model).__name__)
+    decoder = decoder_from_hf_model(model) if need == "decoder" else None
+    return LoadedModel(tokenizer, eos_ids(tokenizer, model.generation_config), decoder, model,
+                       name=type(model).__name__, owns_weights=adapter is not None)
+
+
 def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
                adapter=None) -> LoadedModel:
     """``need``: "decoder" (erank_fast engine) or "hf" (reference backend). ``adapter``: a
     LoRA adapter directory (peft's format) merged into the weights after loading (into a copy
     of an in-memory model)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedModel
+    from transformers import AutoTokenizer
 
     dtype = resolve_dtype(dtype)
-    if isinstance(model, PreTrainedModel):
-        if tokenizer is None:
-            raise ValueError("pass tokenizer=... together with an in-memory transformers model")
-        if dtype is not None and dtype != model.dtype:
-            raise ValueError(f"the model is {model.dtype}; cast it before passing it, or pass dtype=None")
-        if adapter is not None:  # merged into a copy: the caller's model stays as it was
-            model = _merge_adapter(copy.deepcopy(model), adapter)
-        check_chat_template(tokenizer, type(model).__name__)
-        decoder = decoder_from_hf_model(model) if need == "decoder" else None
-        return LoadedModel(tokenizer, eos_ids(tokenizer, model.generation_config), decoder, model,
-                           name=type(model).__name__, owns_weights=adapter is not None)
     if not isinstance(model, (str, Path)):
-        raise TypeError(
-            f"model must be a name, a local path or a transformers model, got {type(model).__name__}")
+        return _in_memory_model(model, tokenizer, need, dtype, adapter)
 
     device = torch.device(device) if device is not None else default_device()
     if dtype is not None and device.type == "cpu":
@@ -129,10 +137,12 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
     try:
         tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
         check_chat_template(tokenizer, name)
-        if need == "decoder" and path is not None and adapter is None:
-            decoder = load_decoder(path, dtype, device)
+        if need == "decoder" and path is not None:  # no transformers model is built
+            decoder = load_decoder(path, dtype, device, adapter=adapter)
             return LoadedModel(tokenizer, eos_ids(tokenizer, _generation_config(path)), decoder,
                                name=name)
+        from transformers import AutoModelForCausalLM
+
         if adapter is None:
             hf = AutoModelForCausalLM.from_pretrained(source, dtype=dtype).to(device).eval()
         else:  # merged in float32, then cast: merging in bfloat16 would round twice
