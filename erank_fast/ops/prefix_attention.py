@@ -1,5 +1,5 @@
-"""Shared-prefix attention: kernels/prefix_attention.py on CUDA (or the Triton interpreter), a
-PyTorch path elsewhere; the oracle of both is erank_fast.reference.prefix_attention."""
+"""Shared-prefix attention: erank_fast/kernels/prefix_attention.py on CUDA (or the Triton
+interpreter), a PyTorch path elsewhere; the oracle of both is erank_fast.reference.prefix_attention."""
 
 from __future__ import annotations
 

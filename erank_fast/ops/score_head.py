@@ -1,4 +1,4 @@
-"""The vocabulary-streaming score head: kernels/score_head.py on CUDA (or the Triton
+"""The vocabulary-streaming score head: erank_fast/kernels/score_head.py on CUDA (or the Triton
 interpreter), a PyTorch path streaming vocabulary chunks elsewhere; the oracle of both is
 erank_fast.reference.score_head."""
 

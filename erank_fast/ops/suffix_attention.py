@@ -1,5 +1,5 @@
-"""Own-context attention merged with the prefix part: kernels/suffix_attention.py on CUDA (or the
-Triton interpreter), a PyTorch path elsewhere; the oracle of both is
+"""Own-context attention merged with the prefix part: erank_fast/kernels/suffix_attention.py
+on CUDA (or the Triton interpreter), a PyTorch path elsewhere; the oracle of both is
 erank_fast.reference.suffix_attention."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ that group's prefix K/V, non-causal, returning the partial output and its log-su
     out[t, h] = Σ_j softmax_j(q[t, h] · k[j, h // G] · scale) v[j, h // G],   j over the prefix
     lse[t, h] = log Σ_j exp(q[t, h] · k[j, h // G] · scale)                     (natural log)
 
-GQA packing (kernels/gqa.py): one tile holds BLOCK_M rows of (token, query head) pairs that
+GQA packing (gqa.py): one tile holds BLOCK_M rows of (token, query head) pairs that
 share one KV head, so a prefix K/V block is loaded once for GROUP heads × BLOCK_M / GROUP tokens
 of many documents.
 Group g's prefix is rows kv_start[g] .. kv_start[g] + kv_len[g] - 1 of the K/V arena.
