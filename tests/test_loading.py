@@ -98,3 +98,80 @@ def test_hub_id_without_network_is_a_clear_error(monkeypatch):
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     with pytest.raises(OSError, match="could not load model 'no-org/no-such-reranker'"):
         Reranker.from_pretrained("no-org/no-such-reranker")
+
+
+def _fields(config) -> dict:
+    from dataclasses import asdict
+
+    return {k: v for k, v in asdict(config).items() if k != "hf_config"}
+
+
+@pytest.mark.parametrize("family", ["qwen3", "qwen2", "llama"])
+def test_config_json_read_directly_equals_transformers_config(family, tmp_path):
+    """The decoder's config read straight from config.json (either RoPE layout) is what
+    transformers' config class gives; a config.json that leaves a class default unsaid
+    (Qwen3's head_dim) is read through transformers."""
+    import json
+
+    from transformers import AutoConfig
+
+    from erank_fast.models.decoder_config import DecoderConfig
+    from tests.helpers import make_tiny_model
+
+    make_tiny_model(family, 300, tie_word_embeddings=family == "llama").config.save_pretrained(
+        tmp_path)
+    raw = json.loads((tmp_path / "config.json").read_text())
+    legacy = {k: v for k, v in raw.items() if k != "rope_parameters"}
+    legacy.update(rope_theta=raw["rope_parameters"]["rope_theta"], rope_scaling=None)
+    unsaid = {k: v for k, v in raw.items() if k != "head_dim"}
+    for variant in (raw, legacy, unsaid):
+        (tmp_path / "config.json").write_text(json.dumps(variant))
+        got = DecoderConfig.from_checkpoint(tmp_path)
+        want = DecoderConfig.from_hf(AutoConfig.from_pretrained(tmp_path))
+        assert _fields(got) == _fields(want)
+        assert torch.equal(got.rope_inv_freq()[0], want.rope_inv_freq()[0])
+    if family == "qwen3":
+        assert DecoderConfig.from_checkpoint(tmp_path).head_dim == 128  # Qwen3Config's default
+
+
+def test_tokenizer_loaded_without_the_model_config_class_is_autotokenizers(qwen_tokenizer,
+                                                                           tmp_path):
+    from transformers import AutoTokenizer
+
+    from erank_fast.models.sources import load_tokenizer
+    from tests.helpers import make_tiny_model
+
+    qwen_tokenizer.save_pretrained(tmp_path)
+    make_tiny_model("qwen3", len(qwen_tokenizer)).config.save_pretrained(tmp_path)
+    got, want = load_tokenizer(str(tmp_path)), AutoTokenizer.from_pretrained(tmp_path)
+    assert type(got) is type(want)
+    text = "<think>\nA query</think> <|im_end|> über 10 <answer>7</answer>"
+    assert got.encode(text) == want.encode(text)
+    messages = [{"role": "user", "content": text}]
+    assert (got.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            == want.apply_chat_template(messages, tokenize=False, add_generation_prompt=True))
+    assert (got.eos_token_id, got.pad_token_id, got.get_added_vocab()) == (
+        want.eos_token_id, want.pad_token_id, want.get_added_vocab())
+
+
+def test_loading_a_checkpoint_imports_neither_dynamo_nor_model_config_classes(tiny_qwen3,
+                                                                               tmp_path):
+    """A service's cold start: building the decoder on the meta device must not run torch's
+    Python reference ops (they import torch._dynamo, 1-3 s), nor may reading the config or
+    the tokenizer import transformers' model config classes (they pull torch.distributed)."""
+    import subprocess
+    import sys
+
+    model, tok = tiny_qwen3
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    code = (
+        "import sys, torch\n"
+        "from erank_fast import Reranker\n"
+        f"Reranker.from_pretrained({str(tmp_path)!r}, dtype=torch.float32, device='cpu')\n"
+        "print(sorted(m for m in ('torch._dynamo', 'torch.distributed.tensor',\n"
+        "                         'transformers.utils.type_validators') if m in sys.modules))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
+    assert out.stdout.strip().splitlines()[-1] == "[]"

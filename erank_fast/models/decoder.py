@@ -55,7 +55,8 @@ class Rotary(nn.Module):
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        inv_freq, self.scaling = config.rope_inv_freq()
+        with torch.device("cpu"):  # real values, also inside a meta-device build
+            inv_freq, self.scaling = config.rope_inv_freq()
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
     def half_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -168,7 +169,11 @@ class DecoderBody(nn.Module):
 
     def __init__(self, config: DecoderConfig):
         super().__init__()
-        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        # Given its (empty) weight, the embedding skips its random init: under the meta device
+        # that init runs torch's Python reference ops, which import torch._dynamo (1-3 s of a
+        # cold start).
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size,
+                                         _weight=torch.empty(config.vocab_size, config.hidden_size))
         self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
 

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
+from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import torch
 
 SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 SUPPORTED_ROPE_TYPES = ("default", "linear", "llama3", "yarn")
+
+# The config.json keys whose defaults differ between transformers' config classes (Qwen3's
+# head_dim is 128 when absent; Llama's is hidden_size / heads): read directly only when stated.
+_STATED_KEYS = ("model_type", "vocab_size", "hidden_size", "intermediate_size",
+                "num_hidden_layers", "num_attention_heads", "num_key_value_heads", "head_dim",
+                "rms_norm_eps", "tie_word_embeddings")
 
 
 @dataclass(frozen=True)
@@ -26,7 +35,7 @@ class DecoderConfig:
     qkv_bias: bool
     qk_norm: bool
     rope_type: str
-    hf_config: Any  # the transformers config, kept for RoPE initialisation
+    hf_config: Any  # the transformers config (or config.json's values), kept for RoPE
 
     def __post_init__(self) -> None:
         if self.model_type not in SUPPORTED_MODEL_TYPES:
@@ -44,6 +53,20 @@ class DecoderConfig:
                 f"rope_type {self.rope_type!r} is not supported; supported: "
                 f"{', '.join(SUPPORTED_ROPE_TYPES)}"
             )
+
+    @classmethod
+    def from_checkpoint(cls, path: str | Path) -> "DecoderConfig":
+        """From a checkpoint directory's ``config.json``. Read directly when it states every
+        hyper-parameter the decoder uses and plain RoPE (what transformers' config class would
+        give, without importing it: importing one pulls ``torch.distributed``, ~2 s of a cold
+        start); otherwise through ``transformers.AutoConfig``."""
+        raw = json.loads((Path(path) / "config.json").read_text())
+        rope = _plain_rope(raw)
+        if rope is not None and all(raw.get(key) is not None for key in _STATED_KEYS):
+            return cls.from_hf(SimpleNamespace(**{**raw, "rope_parameters": rope}))
+        from transformers import AutoConfig
+
+        return cls.from_hf(AutoConfig.from_pretrained(path))
 
     @classmethod
     def from_hf(cls, hf_config: Any) -> "DecoderConfig":
@@ -95,3 +118,16 @@ class DecoderConfig:
         from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
         return ROPE_INIT_FUNCTIONS[self.rope_type](self.hf_config)
+
+
+def _plain_rope(raw: dict) -> dict | None:
+    """``{"rope_type": "default", "rope_theta": θ}`` from a config.json in either layout
+    (transformers 5's ``rope_parameters``, or the older top-level ``rope_theta`` without
+    ``rope_scaling``); None for any other RoPE, which transformers' config classes resolve."""
+    rope = raw.get("rope_parameters")
+    if rope is None and raw.get("rope_scaling") is None and raw.get("rope_theta") is not None:
+        rope = {"rope_type": "default", "rope_theta": raw["rope_theta"]}
+    if (isinstance(rope, dict) and rope.get("rope_type", "default") == "default"
+            and rope.get("rope_theta") is not None and set(rope) <= {"rope_type", "rope_theta"}):
+        return {"rope_type": "default", "rope_theta": rope["rope_theta"]}
+    return None

@@ -19,7 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from erank_fast.models.decoder import Decoder, Rotary
+from erank_fast.models.decoder import Decoder
 from erank_fast.models.decoder_config import DecoderConfig
 from erank_fast.models.file_checks import check_checkpoint_dir, check_gguf
 from erank_fast.models.lora import merge_lora_into
@@ -126,7 +126,7 @@ def _build(config: DecoderConfig, state: dict[str, torch.Tensor], device) -> Dec
             f"checkpoint does not match a {config.model_type} decoder: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    decoder.rotary = Rotary(config).to(device)
+    decoder.rotary = decoder.rotary.to(device)  # its tables are computed on the CPU
     return decoder.eval()
 
 
@@ -136,10 +136,8 @@ def load_decoder(path: Path, dtype: torch.dtype, device: torch.device,
     ``adapter``: a LoRA adapter directory merged in float32 first, then cast (merging in
     bfloat16 would round twice), as transformers + ``merge_lora`` would, without building a
     transformers model."""
-    from transformers import AutoConfig
-
     check_checkpoint_dir(path)
-    config = DecoderConfig.from_hf(AutoConfig.from_pretrained(path))
+    config = DecoderConfig.from_checkpoint(path)
     load_as = torch.float32 if adapter is not None else dtype
     state: dict[str, torch.Tensor] = {}
     for file in _safetensors_files(path):

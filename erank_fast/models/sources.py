@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,6 +80,24 @@ def eos_ids(tokenizer, generation_config) -> frozenset[int]:
     return frozenset(ids)
 
 
+def load_tokenizer(source):
+    """``AutoTokenizer.from_pretrained(source)``. For a local checkpoint whose
+    ``tokenizer_config.json`` names its tokenizer class (and brings no code of its own),
+    AutoTokenizer is handed ``config.json``'s values instead of loading the model's config class,
+    whose import pulls ``torch.distributed`` (~2 s of a cold start); given a named class and no
+    remote code, AutoTokenizer reads only the config's ``model_type``, ``model_name`` and
+    ``_name_or_path``, so the tokenizer is the same."""
+    from transformers import AutoTokenizer, PreTrainedConfig
+
+    path = Path(source)
+    files = path / "tokenizer_config.json", path / "config.json"
+    if all(f.is_file() for f in files):
+        declared, raw = (json.loads(f.read_text()) for f in files)
+        if declared.get("tokenizer_class") and "auto_map" not in declared:
+            return AutoTokenizer.from_pretrained(source, config=PreTrainedConfig.from_dict(raw))
+    return AutoTokenizer.from_pretrained(source)
+
+
 def _generation_config(path):
     from transformers import GenerationConfig
 
@@ -117,8 +136,6 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
     """``need``: "decoder" (erank_fast engine) or "hf" (reference backend). ``adapter``: a
     LoRA adapter directory (peft's format) merged into the weights after loading (into a copy
     of an in-memory model)."""
-    from transformers import AutoTokenizer
-
     dtype = resolve_dtype(dtype)
     if not isinstance(model, (str, Path)):
         return _in_memory_model(model, tokenizer, need, dtype, adapter)
@@ -135,7 +152,7 @@ def load_model(model, *, tokenizer=None, need: str, device=None, dtype=None,
     if path is not None:
         check_checkpoint_dir(path)
     try:
-        tokenizer = tokenizer or AutoTokenizer.from_pretrained(source)
+        tokenizer = tokenizer or load_tokenizer(source)
         check_chat_template(tokenizer, name)
         if need == "decoder" and path is not None:  # no transformers model is built
             decoder = load_decoder(path, dtype, device, adapter=adapter)

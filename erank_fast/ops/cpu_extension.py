@@ -1,10 +1,11 @@
 """erank_fast's C++ CPU kernels (``ops/csrc``), built on first use by
 ``torch.utils.cpp_extension`` for this machine (``-O3 -march=native``, OpenMP) and cached in
 ``$ERANK_FAST_CACHE/torch_extensions`` (default ``~/.cache/erank_fast``) under a name that
-changes with the source, the CPU and torch, so a different machine or version rebuilds. The
-first build takes ~20 s on 2 cores and happens when an engine is made on CPU (at load, so a
-server is ready only once they are built, and no call pays for it); where no compiler is found, or ``ERANK_FAST_CPU_KERNELS=0``, the
-PyTorch paths run instead (a warning says so once)."""
+changes with the source, its location, the CPU and torch, so a different machine, version or
+install builds its own. The first build takes ~20 s on 2 cores and happens when an engine is
+made on CPU (at load, so a server is ready only once they are built, and no call pays for it);
+where no compiler is found, or ``ERANK_FAST_CPU_KERNELS=0``, the PyTorch paths run instead (a
+warning says so once)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,8 @@ HEADERS = [CSRC / "erank_cpu.h", CSRC / "shared_prefix_attention_portable.h"]
 
 @functools.cache
 def cpu_kernels():
-    """The compiled operators (``torch.ops.erank_fast_cpu``), or None when it cannot be had (then the PyTorch paths run)."""
+    """The compiled operators (``torch.ops.erank_fast_cpu``), or None when they cannot be had
+    (then the PyTorch paths run)."""
     if os.environ.get("ERANK_FAST_CPU_KERNELS", "1") == "0":
         return None
     from erank_fast.cpu import cpu_info
@@ -36,7 +38,9 @@ def cpu_kernels():
     key = hashlib.sha1()
     for path in SOURCES + HEADERS:
         key.update(path.read_bytes())
-    key.update(f"{cpu_info()['model']}|{cpu_info()['flags']}|{torch.__version__}".encode())
+    # The sources' location too: torch rebuilds whenever the build file's source paths change,
+    # so two installs sharing the cache would otherwise rebuild each other's (~20 s per load).
+    key.update(f"{cpu_info()['model']}|{cpu_info()['flags']}|{torch.__version__}|{CSRC}".encode())
     name = f"erank_fast_cpu_{key.hexdigest()[:12]}"
     build = cache_root() / "torch_extensions" / name
     try:
