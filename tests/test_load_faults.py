@@ -45,6 +45,12 @@ def test_model_directory_without_config(checkpoint):
         Reranker.from_pretrained(str(checkpoint), device="cpu")
 
 
+def test_corrupt_config_json(checkpoint):
+    (checkpoint / "config.json").write_text('{"model_type": "qwen3", "hidden_size": 6')
+    with pytest.raises(ValueError, match=r"config\.json: not valid JSON"):
+        Reranker.from_pretrained(str(checkpoint), device="cpu")
+
+
 def test_not_a_gguf_file(tmp_path):
     bad = tmp_path / "weights.gguf"
     bad.write_bytes(b"PK\x03\x04 this is a zip, not a GGUF file" * 10)

@@ -13,6 +13,12 @@ CHECKPOINT_HINT = "a checkpoint directory holds config.json, *.safetensors and t
 def check_checkpoint_dir(path: Path) -> None:
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"{path}: no config.json ({CHECKPOINT_HINT})")
+    try:
+        config = json.loads((path / "config.json").read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path / 'config.json'}: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"{path / 'config.json'}: not a JSON object")
     files = sorted(path.glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors weights ({CHECKPOINT_HINT})")

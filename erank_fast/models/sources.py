@@ -89,13 +89,19 @@ def load_tokenizer(source):
     ``_name_or_path``, so the tokenizer is the same."""
     from transformers import AutoTokenizer, PreTrainedConfig
 
-    path = Path(source)
-    files = path / "tokenizer_config.json", path / "config.json"
-    if all(f.is_file() for f in files):
-        declared, raw = (json.loads(f.read_text()) for f in files)
-        if declared.get("tokenizer_class") and "auto_map" not in declared:
-            return AutoTokenizer.from_pretrained(source, config=PreTrainedConfig.from_dict(raw))
-    return AutoTokenizer.from_pretrained(source)
+    declared, raw = (_json_object(Path(source) / name)
+                     for name in ("tokenizer_config.json", "config.json"))
+    if declared and raw and declared.get("tokenizer_class") and "auto_map" not in declared:
+        return AutoTokenizer.from_pretrained(source, config=PreTrainedConfig.from_dict(raw))
+    return AutoTokenizer.from_pretrained(source)  # which also says what is wrong with a file
+
+
+def _json_object(file: Path) -> dict | None:
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 def _generation_config(path):
