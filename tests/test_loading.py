@@ -175,3 +175,27 @@ def test_loading_a_checkpoint_imports_neither_dynamo_nor_model_config_classes(ti
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          check=True, env={**__import__("os").environ, "TRITON_INTERPRET": "1"})
     assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+def test_copies_of_one_gguf_share_one_conversion(monkeypatch, tmp_path):
+    """The converted checkpoint is named by the GGUF's bytes: a copy elsewhere (another venv,
+    a reinstall with a new mtime) finds it; other bytes get their own; the digest is read back
+    from the cache's index, not recomputed."""
+    import os
+
+    from erank_fast.models import loading
+
+    monkeypatch.setenv("ERANK_FAST_CACHE", str(tmp_path / "cache"))
+    first, copy, other = (tmp_path / d / "m.gguf" for d in ("a", "b", "c"))
+    for path, body in ((first, b"GGUF one"), (copy, b"GGUF one"), (other, b"GGUF two")):
+        path.parent.mkdir()
+        path.write_bytes(body)
+    os.utime(copy, ns=(1, 1))
+    converted = loading.cache_root() / "gguf" / f"m-{loading.gguf_digest(first)[:12]}"
+    converted.mkdir(parents=True)
+    (converted / "config.json").write_text("{}")  # as a finished conversion leaves it
+    assert loading.converted_gguf_dir(copy) == converted
+    assert loading.converted_gguf_dir(first) == converted
+    assert loading.gguf_digest(other) != loading.gguf_digest(first)
+    monkeypatch.setattr(loading.hashlib, "sha1", None)  # hashing again would fail
+    assert loading.converted_gguf_dir(copy) == converted

@@ -64,17 +64,52 @@ def resolve_model_path(name: str) -> Path | None:
     return None
 
 
-def converted_gguf_dir(gguf_path: Path) -> Path:
-    """Dequantise a GGUF file once through transformers and cache it as a float32 checkpoint."""
+def gguf_digest(gguf_path: Path) -> str:
+    """SHA-1 of the file's bytes, remembered by path, size and mtime in the cache's
+    ``gguf/digests.json``, so each file is read once (~0.1 s per 100 MB), not at every load."""
     stat = gguf_path.stat()
-    key = hashlib.sha1(f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode())
-    target = cache_root() / "gguf" / f"{gguf_path.stem}-{key.hexdigest()[:12]}"
+    seen_key = f"{gguf_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    index = cache_root() / "gguf" / "digests.json"
+    try:
+        seen = json.loads(index.read_text())
+    except (OSError, ValueError):
+        seen = {}
+    if not isinstance(seen, dict):
+        seen = {}
+    if isinstance(seen.get(seen_key), str):
+        return seen[seen_key]
+    sha = hashlib.sha1()
+    with gguf_path.open("rb") as f:
+        while chunk := f.read(1 << 24):
+            sha.update(chunk)
+    digest = sha.hexdigest()
+    # entries of files since deleted (a removed venv, a test's temporary copy) are dropped
+    seen = {k: v for k, v in seen.items() if Path(k.rsplit(":", 2)[0]).exists()}
+    seen[seen_key] = digest
+    try:  # a lost race or a read-only cache costs one more hash later, nothing else
+        index.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=index.parent, prefix=".digests-")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(seen, f)
+            os.replace(tmp, index)  # atomic: readers see the old index or the new one
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+    except OSError:
+        pass
+    return digest
+
+
+def converted_gguf_dir(gguf_path: Path) -> Path:
+    """Dequantise a GGUF file once through transformers and cache it as a float32 checkpoint,
+    named by the file's content: every copy of one GGUF (another venv, a reinstall) shares it."""
+    check_gguf(gguf_path)
+    target = cache_root() / "gguf" / f"{gguf_path.stem}-{gguf_digest(gguf_path)[:12]}"
     if (target / "config.json").is_file():
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     directory, filename = str(gguf_path.parent), gguf_path.name
-    check_gguf(gguf_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=filename)
         model = AutoModelForCausalLM.from_pretrained(directory, gguf_file=filename,
