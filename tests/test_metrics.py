@@ -90,7 +90,8 @@ def test_eval_command_writes_results(data_dir, tiny_qwen3, tmp_path, capsys):
     for key in ("first_stage", "reranked", "hybrid"):
         assert 0.0 <= result[key]["ndcg@10"] <= 1.0
     assert result["documents"] == 15 and result["docs_per_second"] > 0
-    assert set(result["per_query"]) <= {q.qid for q in read_jsonl(data_dir / "noveleval-bm25-top20.jsonl")[:3]}
+    first_three = read_jsonl(data_dir / "noveleval-bm25-top20.jsonl")[:3]
+    assert set(result["per_query"]) <= {q.qid for q in first_three}
     rows = [line.split() for line in (tmp_path / "run.trec").read_text().splitlines()]
     assert len(rows) == 15 and all(r[1] == "Q0" and r[5] == "erank_fast" for r in rows)
     for qid in {r[0] for r in rows}:
@@ -106,6 +107,63 @@ def test_eval_command_bad_input(tmp_path, capsys):
     qrels.write_text("1 0 d 1\n")
     assert cli.main(["eval", "--data", str(bad), "--qrels", str(qrels)]) == 2
     assert "not a reranking record" in capsys.readouterr().err
+
+
+
+def test_qrels_with_a_bad_grade_names_the_file_and_line(tmp_path):
+    from erank_fast.evaluation.trec import read_qrels
+
+    qrels = tmp_path / "q.qrels"
+    qrels.write_text("1 0 d1 2\n\n1 0 d2 high\n")
+    with pytest.raises(ValueError, match=r"q\.qrels:3: expected 'qid iteration docid grade'"):
+        read_qrels(qrels)
+    qrels.write_text("1 0 d1\n")
+    with pytest.raises(ValueError, match=r"q\.qrels:1: .*3 fields"):
+        read_qrels(qrels)
+
+
+def _beir(tmp_path, corpus: str, queries: str, run: str):
+    paths = [tmp_path / name for name in ("corpus.jsonl", "queries.jsonl", "run.trec")]
+    for path, text in zip(paths, (corpus, queries, run)):
+        path.write_text(text)
+    return paths
+
+
+def test_beir_files_read_as_queries_with_their_first_stage_order(tmp_path):
+    from erank_fast.evaluation.trec import read_beir
+
+    files = _beir(tmp_path,
+                  '{"_id": "d1", "title": "Tides", "text": "the moon pulls"}\n'
+                  '{"_id": "d2", "text": "sea level"}\n',
+                  '{"_id": "q1", "text": "what causes tides"}\n',
+                  "q1 Q0 d2 2 1.5 bm25\n\nq1 Q0 d1 1 3.0 bm25\nq1 Q0 gone 3 0.5 bm25\n")
+    (query,) = read_beir(*files)
+    assert query.qid == "q1" and query.text == "what causes tides"
+    # best first by the run's score; a document the corpus lacks is skipped
+    assert [(c.docid, c.text, c.score) for c in query.candidates] == [
+        ("d1", "Tides\nthe moon pulls", 3.0), ("d2", "sea level", 1.5)]
+    assert [c.docid for c in read_beir(*files, depth=1)[0].candidates] == ["d1"]
+
+
+@pytest.mark.parametrize("corpus, queries, run, message", [
+    ('{"_id": "d1", "text": "x"}\nnot json\n', '{"_id": "q1", "text": "q"}\n',
+     "q1 Q0 d1 1 1.0 t\n", r"corpus\.jsonl:2: not a BEIR corpus record"),
+    ('{"_id": "d1"}\n', '{"_id": "q1", "text": "q"}\n', "q1 Q0 d1 1 1.0 t\n",
+     r"corpus\.jsonl:1: not a BEIR corpus record .*'text'"),
+    ('{"_id": "d1", "text": "x"}\n', '["q1", "q"]\n', "q1 Q0 d1 1 1.0 t\n",
+     r"queries\.jsonl:1: not a BEIR query record"),
+    ('{"_id": "d1", "text": "x"}\n', '{"_id": "q1", "text": "q"}\n', "q1 Q0 d1\n",
+     r"run\.trec:1: expected 'qid Q0 docid rank score tag' \(3 fields\)"),
+    ('{"_id": "d1", "text": "x"}\n', '{"_id": "q1", "text": "q"}\n', "q1 Q0 d1 1 high t\n",
+     r"run\.trec:1: expected 'qid Q0 docid rank score tag'"),
+    ('{"_id": "d1", "text": "x"}\n', '{"_id": "q1", "text": "q"}\n',
+     "q1 Q0 d1 1 1.0 t\nq9 Q0 d1 1 1.0 t\n", r"run\.trec: queries not in .*queries\.jsonl: q9"),
+])
+def test_malformed_beir_files_are_errors_naming_the_file(tmp_path, corpus, queries, run, message):
+    from erank_fast.evaluation.trec import read_beir
+
+    with pytest.raises(ValueError, match=message):
+        read_beir(*_beir(tmp_path, corpus, queries, run))
 
 
 class _FixedReranker:

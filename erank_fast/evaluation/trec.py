@@ -25,17 +25,13 @@ class Query:
 def read_jsonl(path: str | Path, depth: int | None = None) -> list[Query]:
     """``{"qid", "query", "candidates": [{"docid", "text", "score", ...}]}`` per line."""
     queries = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-                cands = [Candidate(str(c["docid"]), c["text"], float(c["score"]))
-                         for c in row["candidates"][:depth]]
-                queries.append(Query(str(row["qid"]), row["query"], tuple(cands)))
-            except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                raise ValueError(f"{path}:{n}: not a reranking record ({e})") from e
+    for n, row in _records(path, "reranking"):
+        try:
+            cands = [Candidate(str(c["docid"]), c["text"], float(c["score"]))
+                     for c in row["candidates"][:depth]]
+            queries.append(Query(str(row["qid"]), row["query"], tuple(cands)))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}:{n}: not a reranking record ({e})") from e
     return queries
 
 
@@ -47,35 +43,63 @@ def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
             parts = line.split()
             if not parts:
                 continue
-            if len(parts) != 4:
-                raise ValueError(f"{path}:{n}: expected 'qid iteration docid grade'")
-            qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+            try:
+                if len(parts) != 4:
+                    raise ValueError(f"{len(parts)} fields")
+                qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+            except ValueError as e:
+                raise ValueError(f"{path}:{n}: expected 'qid iteration docid grade' with an "
+                                 f"integer grade ({e})") from e
     return qrels
+
+
+def _records(path: str | Path, what: str):
+    """(line number, parsed value) of each non-empty line of a JSONL file; a line that is not
+    JSON is a ValueError naming the file, the line and ``what`` was expected."""
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    yield n, json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise ValueError(f"{path}:{n}: not a {what} record ({e})") from e
 
 
 def read_beir(corpus: str | Path, queries: str | Path, run: str | Path,
               depth: int | None = None) -> list[Query]:
     """BEIR corpus.jsonl (``_id``, ``title``, ``text``) and queries.jsonl (``_id``, ``text``),
-    with a TREC run file (``qid Q0 docid rank score tag``) giving the first stage."""
+    with a TREC run file (``qid Q0 docid rank score tag``) giving the first stage. Run entries
+    whose document is not in the corpus are skipped; a malformed line, or a run query missing
+    from the queries file, is a ValueError naming the file."""
     docs = {}
-    with open(corpus, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                d = json.loads(line)
-                title = d.get("title") or ""
-                docs[str(d["_id"])] = f"{title}\n{d['text']}" if title else d["text"]
+    for n, d in _records(corpus, "BEIR corpus"):
+        try:
+            title = d.get("title") or ""
+            docs[str(d["_id"])] = f"{title}\n{d['text']}" if title else d["text"]
+        except (AttributeError, KeyError, TypeError) as e:
+            raise ValueError(f"{corpus}:{n}: not a BEIR corpus record ({e!r})") from e
     texts = {}
-    with open(queries, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                q = json.loads(line)
-                texts[str(q["_id"])] = q["text"]
+    for n, q in _records(queries, "BEIR query"):
+        try:
+            texts[str(q["_id"])] = q["text"]
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"{queries}:{n}: not a BEIR query record ({e!r})") from e
     ranked: dict[str, list[tuple[float, str]]] = {}
     with open(run, encoding="utf-8") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             parts = line.split()
-            if len(parts) >= 5:
+            if not parts:
+                continue
+            try:
+                if len(parts) < 5:
+                    raise ValueError(f"{len(parts)} fields")
                 ranked.setdefault(parts[0], []).append((float(parts[4]), parts[2]))
+            except ValueError as e:
+                raise ValueError(f"{run}:{n}: expected 'qid Q0 docid rank score tag' ({e})") from e
+    unknown = sorted(set(ranked) - set(texts))
+    if unknown:
+        raise ValueError(f"{run}: queries not in {queries}: {', '.join(unknown[:5])}"
+                         + (" ..." if len(unknown) > 5 else ""))
     out = []
     for qid, hits in ranked.items():
         hits.sort(key=lambda x: (x[0], x[1]), reverse=True)
@@ -84,7 +108,8 @@ def read_beir(corpus: str | Path, queries: str | Path, run: str | Path,
     return out
 
 
-def write_trec_run(run: dict[str, dict[str, float]], path: str | Path, tag: str = "erank_fast") -> None:
+def write_trec_run(run: dict[str, dict[str, float]], path: str | Path,
+                   tag: str = "erank_fast") -> None:
     """A run ({qid: {docid: score}}) as a TREC run file, each query's documents best first."""
     from erank_fast.evaluation.metrics import ranked
 
