@@ -40,23 +40,28 @@ DEMO_DOCUMENTS = [
 
 
 def _read_documents(path: str) -> list:
-    """One document per line, or JSONL objects with a "text" key (other keys kept)."""
+    """One document per line, or JSONL objects with a "text" key (other keys kept). A file that
+    cannot be read, is not UTF-8 or has a malformed JSON line is a ValueError naming it."""
     docs = []
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            line = line.rstrip("\n")
-            if not line.strip():
-                continue
-            if line.lstrip().startswith("{"):
-                try:
-                    doc = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise SystemExit(f"{path}:{n}: invalid JSON ({e.msg})")
-                if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
-                    raise SystemExit(f'{path}:{n}: a JSON line needs a string "text" field')
-                docs.append(doc)
-            else:
-                docs.append(line)
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = list(f)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text ({e.reason})") from e
+    for n, line in enumerate(lines, 1):
+        line = line.rstrip("\n")
+        if not line.strip():
+            continue
+        if line.lstrip().startswith("{"):
+            try:
+                doc = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{n}: invalid JSON ({e.msg})") from e
+            if not isinstance(doc, dict) or not isinstance(doc.get("text"), str):
+                raise ValueError(f'{path}:{n}: a JSON line needs a string "text" field')
+            docs.append(doc)
+        else:
+            docs.append(line)
     return docs
 
 
@@ -214,7 +219,8 @@ def main(argv=None) -> int:
         p.add_argument("--json", action="store_true", help="one JSON object per line")
         if name == "rerank":
             p.add_argument("--query", required=True)
-            p.add_argument("--docs", required=True, help="one document per line, or JSONL with 'text'")
+            p.add_argument("--docs", required=True,
+                           help="one document per line, or JSONL with 'text'")
     e = sub.add_parser("eval", help="rerank first-stage candidates and report nDCG / MRR")
     model_options(e)
     e.add_argument("--data", help="reranking JSONL (qid, query, candidates)")
@@ -264,18 +270,18 @@ def main(argv=None) -> int:
     if args.command == "rerank-batch":
         return cli_ray.rerank_batch(args, _reranker_options(args))
 
-    if args.command == "rerank":
-        query, docs = args.query, _read_documents(args.docs)
-    else:
-        query, docs = DEMO_QUERY, DEMO_DOCUMENTS
-    try:
+    try:  # unreadable input, a model that does not load, a call the limits refuse
+        if args.command == "rerank":
+            query, docs = args.query, _read_documents(args.docs)
+        else:
+            query, docs = DEMO_QUERY, DEMO_DOCUMENTS
         reranker = _load(args)
+        if args.command == "demo" and not args.json:
+            print(f"query: {query}")
+        results = reranker.rerank(query, docs, top_k=args.top_k)
     except (OSError, ValueError) as e:
         print(f"erank-fast: {e}", file=sys.stderr)
         return 2
-    if args.command == "demo" and not args.json:
-        print(f"query: {query}")
-    results = reranker.rerank(query, docs, top_k=args.top_k)
     _print(results, args.json)
     print(_stats_line(results), file=sys.stderr if args.json else sys.stdout)
     return 0

@@ -42,8 +42,8 @@ def test_rerank_jsonl_json_output_keeps_fields(tiny_dir, tmp_path, capsys):
 def test_bad_jsonl_and_missing_model(tiny_dir, tmp_path, capsys):
     docs = tmp_path / "docs.jsonl"
     docs.write_text('{"title": "no text"}\n', encoding="utf-8")
-    with pytest.raises(SystemExit, match="string \"text\" field"):
-        cli.main(["rerank", "--model", str(tiny_dir), "--query", "q", "--docs", str(docs)])
+    assert cli.main(["rerank", "--model", str(tiny_dir), "--query", "q", "--docs", str(docs)]) == 2
+    assert 'docs.jsonl:1: a JSON line needs a string "text" field' in capsys.readouterr().err
     docs.write_text("plain\n", encoding="utf-8")
     assert cli.main(["rerank", "--model", "/no/such/dir", "--query", "q", "--docs", str(docs)]) == 2
     assert "no model at" in capsys.readouterr().err
@@ -54,3 +54,28 @@ def test_demo_with_the_default_model(smollm2_dir, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].startswith("query:") and len(out) == 1 + len(cli.DEMO_DOCUMENTS) + 1
     assert "docs/s" in out[-1]
+
+
+def test_unreadable_documents_and_refused_calls_are_errors_not_tracebacks(tiny_dir, tmp_path,
+                                                                          capsys):
+    """Every way a rerank command's input can be wrong ends in one line naming the cause and
+    exit status 2."""
+    def rerank(docs, *extra):
+        code = cli.main(["rerank", "--model", str(tiny_dir), "--query", "q", "--docs", str(docs),
+                         *extra])
+        return code, capsys.readouterr().err
+
+    code, err = rerank(tmp_path / "missing.txt")
+    assert code == 2 and "missing.txt" in err and "Traceback" not in err
+    latin1 = tmp_path / "latin1.txt"
+    latin1.write_bytes("caf\xe9\n".encode("latin-1"))
+    code, err = rerank(latin1)
+    assert code == 2 and "latin1.txt: not UTF-8 text" in err
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text('plain\n{"text": \n', encoding="utf-8")
+    code, err = rerank(broken)
+    assert code == 2 and "broken.jsonl:2: invalid JSON" in err
+    docs = tmp_path / "docs.txt"
+    docs.write_text("alpha\nbeta\n", encoding="utf-8")
+    code, err = rerank(docs, "--kv-memory", "10")  # no document fits a 10-byte K/V budget
+    assert code == 2 and "K/V memory budget" in err
