@@ -109,6 +109,64 @@ def test_range_allocator_first_fit_and_merge():
     assert a.free == [(0, 100)] and a.in_use == 0
 
 
+
+def test_kv_pool_grows_keeping_every_row_at_its_index():
+    from types import SimpleNamespace
+
+    config = SimpleNamespace(num_layers=2, num_kv_heads=2, head_dim=4)
+    pool = KVPool(config, 10, torch.float32, "cpu")
+    a, b = pool.ranges.alloc(4), pool.ranges.alloc(3)
+    pool.ranges.release(a, 4)  # free: rows 0-3 and 7-9
+    for layer in range(2):
+        pool.k[layer][:10] = torch.arange(10.0)[:, None, None] + layer
+        pool.v[layer][:10] = -torch.arange(10.0)[:, None, None]
+    pool.grow(25)
+    assert pool.tokens == 25 and pool.scratch_row == 25 and pool.k[0].shape == (26, 2, 4)
+    assert pool.ranges.free == [(0, 4), (7, 18)] and pool.ranges.in_use == 3  # b kept
+    for layer in range(2):
+        assert torch.equal(pool.k[layer][:10, 0, 0], torch.arange(10.0) + layer)
+        assert torch.equal(pool.v[layer][:10, 1, 3], -torch.arange(10.0))
+        assert not pool.k[layer][10:].any() and not pool.v[layer][10:].any()
+    assert pool.ranges.alloc(18) == 7 and b == 4
+
+
+def test_the_arena_grows_under_load_keeping_the_rows_in_flight(tiny_qwen3):
+    """On CPU the arena is first sized for the work that is waiting. A larger call that arrives
+    while a small one runs grows it, the small call's K/V rows kept in place: the larger call's
+    documents run together from its first step (not a few at a time for as long as the engine
+    stays busy), and both calls score as they do alone."""
+    model, tok = tiny_qwen3
+    alone = Reranker.from_pretrained(model, tokenizer=tok, think=5)
+    want = [alone.rerank(QUERIES[0], DOCS[0][:1]), alone.rerank(QUERIES[2], DOCS[2] * 4)]
+    rr = Reranker.from_pretrained(model, tokenizer=tok, think=5)
+    engine = rr.backend
+    step, first_step, second_call_queued = engine.runner.step, threading.Event(), threading.Event()
+    seen = []  # per step: arena rows, rows in use, documents in the step
+
+    def gated_step(docs, pool, keep):
+        if not first_step.is_set():  # hold the small call's first step until the large queued
+            first_step.set()
+            assert second_call_queued.wait(30)
+        seen.append((pool.tokens, pool.ranges.in_use, len(docs)))
+        return step(docs, pool, keep)
+
+    engine.runner.step = gated_step
+    with ThreadPoolExecutor(2) as pool:
+        small = pool.submit(rr.rerank, QUERIES[0], DOCS[0][:1])
+        assert first_step.wait(30)
+        large = pool.submit(rr.rerank, QUERIES[2], DOCS[2] * 4)
+        deadline = time.monotonic() + 30
+        while len(engine.scheduler.waiting) < len(DOCS[2]) * 4 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        second_call_queued.set()
+        got = [small.result(60), large.result(60)]
+    _assert_same(want, got)
+    (first_rows, _, first_docs), (rows, in_use, docs) = seen[0], seen[1]
+    assert first_docs == 1 and rows > first_rows  # grown while the small call's rows were held
+    assert docs == 1 + len(DOCS[2]) * 4 and in_use > first_rows
+    assert rows <= engine.max_kv_tokens
+
+
 def test_sampling_is_reproducible_and_shares_the_prompt(tiny_qwen3):
     model, tok = tiny_qwen3
     rr = Reranker.from_pretrained(model, tokenizer=tok)

@@ -46,6 +46,11 @@ class RangeAllocator:
     def in_use(self) -> int:
         return self.size - sum(n for _, n in self.free)
 
+    def grow(self, size: int) -> None:
+        """Extend to ``size`` rows; the new ones are free."""
+        old, self.size = self.size, size
+        self.release(old, size - old)
+
 
 class KVPool:
     """K/V rows for every layer. Rows are zero until written, so they are always finite.
@@ -66,6 +71,21 @@ class KVPool:
     @property
     def tokens(self) -> int:
         return self.ranges.size
+
+    def grow(self, tokens: int) -> None:
+        """Room for ``tokens`` rows, every row kept at its index (documents in flight keep their
+        K/V); the new rows are zero and free. One layer's tensors are replaced at a time, so
+        the memory held at once is the old arena plus one layer's new K or V."""
+        old = self.tokens
+        if tokens <= old:
+            return
+        for cache in (self.k, self.v):
+            for i, rows in enumerate(cache):
+                bigger = rows.new_zeros((tokens + self.SCRATCH_ROWS, *rows.shape[1:]))
+                bigger[:old].copy_(rows[:old])
+                cache[i] = bigger
+        self.ranges.grow(tokens)
+        self.scratch_row = tokens
 
     @property
     def bytes(self) -> int:

@@ -2,7 +2,9 @@
 
 Documents wait in arrival order until their K/V fits the arena (admission reserves the most
 rows a document can ever need, plus its query's prefix once) and their tokens fit the step's
-budget. Finished documents release their rows at once (the prefix's when its query's last
+budget. On CPU the arena starts at what the first work needs and grows, rows in flight kept,
+when later work does not fit, up to the memory budget (on CUDA it is the budget from the
+start). Finished documents release their rows at once (the prefix's when its query's last
 document is done). Calls whose cancel event is set lose their documents at the next step
 boundary, waiting or running, and their rows are released; an engine failure ends every call
 in flight and empties the arena.
@@ -174,23 +176,22 @@ class Scheduler:
 
     def _ensure_pool(self) -> None:
         """Allocate the arena at first use: the whole budget on CUDA; on CPU what the waiting
-        work needs (within the budget), grown only while the arena is empty."""
+        work needs (within the budget), allocated afresh when it is empty and too small (while
+        it holds rows, ``_grow`` enlarges it)."""
         if self.pool is not None and (self.pool.ranges.in_use or self.active):
             return
         if self.device.type == "cuda":
             want = self.max_kv_tokens
         else:
             with self.lock:
-                groups = {id(d.group): len(d.group.prefix) for d in self.waiting}
-                want = sum(d.reserve for d in self.waiting) + sum(groups.values())
-            want = min(self.max_kv_tokens, want)
+                want = min(self.max_kv_tokens, self._waiting_rows())
         if self.pool is None or self.pool.tokens < want:
             self.pool = None  # free the old arena before allocating the new one
             self.pool = KVPool(self.config, want, self.dtype, self.device)
 
     def _admit(self) -> tuple[list[Doc], list[Group]]:
-        """Waiting documents, in arrival order, while their K/V fits and the step's tokens fit."""
-        ranges = self.pool.ranges
+        """Waiting documents, in arrival order, while their K/V fits and the step's tokens fit
+        (on CPU the arena grows first, within the budget, when the next one's rows do not)."""
         tokens = sum(len(d.pending) for d in self.active)
         admitted, new_groups = [], []
         with self.lock:
@@ -199,21 +200,49 @@ class Scheduler:
                 n = len(d.pending)
                 if (admitted or self.active) and tokens + n > self.max_batch_tokens:
                     break
-                g = d.group
-                fresh = g.kv_start is None
-                if fresh:
-                    g.kv_start = ranges.alloc(len(g.prefix))
-                    if g.kv_start is None:
-                        break
-                d.kv_start = ranges.alloc(d.reserve)
-                if d.kv_start is None:
-                    d.kv_start = -1
-                    if fresh:
-                        ranges.release(g.kv_start, len(g.prefix))
-                        g.kv_start = None
+                fresh = d.group.kv_start is None
+                if not self._place(d) and not (self._grow() and self._place(d)):
                     break
                 if fresh:
-                    new_groups.append(g)
+                    new_groups.append(d.group)
                 admitted.append(self.waiting.popleft())
                 tokens += n
         return admitted, new_groups
+
+    def _place(self, d: Doc) -> bool:
+        """Rows for a document (and its query's prefix, the first time), or False and nothing
+        held when they do not fit."""
+        ranges, g = self.pool.ranges, d.group
+        fresh = g.kv_start is None
+        if fresh:
+            g.kv_start = ranges.alloc(len(g.prefix))
+            if g.kv_start is None:
+                return False
+        d.kv_start = ranges.alloc(d.reserve)
+        if d.kv_start is None:
+            d.kv_start = -1
+            if fresh:
+                ranges.release(g.kv_start, len(g.prefix))
+                g.kv_start = None
+            return False
+        return True
+
+    def _grow(self) -> bool:
+        """On CPU, where the arena was sized for the work waiting when it was last empty: grow
+        it (keeping the rows in flight) to what every waiting document needs, at least 1.5×,
+        within the budget. Without this, a server whose first call was small would run every
+        later call with that call's few documents in flight for as long as it stays busy.
+        Caller holds the lock."""
+        pool = self.pool
+        if self.device.type == "cuda" or pool.tokens >= self.max_kv_tokens:
+            return False
+        need = pool.ranges.in_use + self._waiting_rows()
+        pool.grow(min(self.max_kv_tokens, max(need, pool.tokens * 3 // 2)))
+        return True
+
+    def _waiting_rows(self) -> int:
+        """Rows the waiting documents would hold: each one's reserve, and once the prefix of
+        each query that holds none yet. Caller holds the lock."""
+        groups = {id(d.group): len(d.group.prefix) for d in self.waiting
+                  if d.group.kv_start is None}
+        return sum(d.reserve for d in self.waiting) + sum(groups.values())
