@@ -1,9 +1,10 @@
 """The files between the peers driver and the peer runners (no erank_fast import: runners live
 in their peers' own virtual environments).
 
-Workload (written by ``workload.py``)::
+Workload (written by ``run_peers.py``; ``gguf``: the shipped file and the copies the llama.cpp
+systems of the run read, ``gguf_copies.KINDS``)::
 
-    {"think": "off" | N, "model_dir": ..., "gguf": {"q4_1": path, "bf16": path},
+    {"think": "off" | N, "model_dir": ..., "gguf": {"q4_1": path, "f32": path, ...},
      "tokens": {"digits": [10 ids], "one": id, "answer_open": [...], "think_close_answer": [...],
                 "eos": [...]},
      "queries": [{"qid": ..., "prefix": [...], "suffixes": [[...], ...]}]}
@@ -50,12 +51,14 @@ def forced_after(text: str, think_close_answer: list[int], answer_open: list[int
 
 
 def timed_queries(workload: dict, score, *, system: str, warmup_docs: int = 8,
-                  before=None, after=None) -> tuple[float, list[dict]]:
+                  before=None, after=None, excluded=None) -> tuple[float, list[dict]]:
     """Warm up on the first query's first documents, then score each query timed.
 
     score(query, n) -> the per-document result dicts of the query's first n documents (all
     when n is None). before(query): untimed, before each timed call (e.g. a cache reset);
-    after(query, docs) -> docs: untimed, after it (e.g. a read the timing leaves out).
+    after(query, docs) -> docs: untimed, after it (e.g. a read the timing leaves out);
+    excluded() -> the seconds since its last call spent inside the timed call on such a read,
+    when it cannot be moved out of the call (subtracted from the call's time).
     Returns (warm-up seconds, the "queries" list of a result file)."""
     start = time.perf_counter()
     score(workload["queries"][0], warmup_docs)
@@ -64,9 +67,13 @@ def timed_queries(workload: dict, score, *, system: str, warmup_docs: int = 8,
     for q in workload["queries"]:
         if before is not None:
             before(q)
+        if excluded is not None:
+            excluded()
         start = time.perf_counter()
         docs = score(q, None)
         seconds = time.perf_counter() - start
+        if excluded is not None:
+            seconds -= excluded()
         if after is not None:
             docs = after(q, docs)
         results.append({"qid": q["qid"], "seconds": seconds, "docs": docs})

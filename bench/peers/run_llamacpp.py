@@ -1,10 +1,12 @@
 """llama.cpp (llama-cpp-python) on a peers workload: each query's prefix evaluated once, then
 for each document the K/V cut back to the prefix and its suffix evaluated, reading only the last
 token's logits (``logits_all`` off: it would compute and store logits for every prompt token);
-P("0" | "1") by evaluating one more token. think = N: greedy decoding one token per call up to
-N tokens or ``</think>``, then the forced answer opening. Weights: ``q4_1`` (the GGUF file as
-shipped; llama.cpp's AMX/VNNI paths cover quantised types) or ``bf16`` (an unquantised
-conversion of it, written by run_peers.py).
+P("0" | "1") by evaluating one more token, left out of the timing as vLLM's is. think = N:
+greedy decoding one token per call up to N tokens or ``</think>``, then the forced answer
+opening. Weights: ``q4_1`` (the GGUF file as
+shipped; llama.cpp's AMX/VNNI paths cover quantised types), or a copy of it written by
+run_peers.py (``gguf_copies.py``): ``bf16``, ``f32`` (the de-quantised weights every other
+system loads) or ``q8_0`` (llama.cpp's 8-bit blocks).
 
     bench/peers/.venv-llamacpp/bin/python bench/peers/run_llamacpp.py WORKLOAD OUT --weights q4_1
 """
@@ -22,7 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("workload")
     parser.add_argument("out")
-    parser.add_argument("--weights", choices=["q4_1", "bf16"], default="q4_1")
+    parser.add_argument("--weights", choices=["q4_1", "bf16", "f32", "q8_0"], default="q4_1")
     args = parser.parse_args()
 
     import llama_cpp
@@ -32,10 +34,10 @@ def main() -> None:
     tok = w["tokens"]
     threads = len(os.sched_getaffinity(0))
     settings = dict(n_ctx=4096, n_batch=512, n_threads=threads, n_threads_batch=threads,
-                    logits_all=False, weights=args.weights)
+                    logits_all=False)
     start = time.perf_counter()
-    llm = llama_cpp.Llama(model_path=w["gguf"][args.weights], verbose=False, seed=0,
-                          **{k: v for k, v in settings.items() if k != "weights"})
+    llm = llama_cpp.Llama(model_path=w["gguf"][args.weights], verbose=False, seed=0, **settings)
+    settings.update(weights=args.weights, zero_after_one_timed=False)
     load_s = time.perf_counter() - start
     vocab = llm.n_vocab()
 
@@ -68,9 +70,19 @@ def main() -> None:
                                           closed))
             logits = last_logits()
         digits = log_softmax(logits, tok["digits"])
+        start = time.perf_counter()
         llm.eval([tok["one"]])
         zero = log_softmax(last_logits(), [tok["digits"][0]])[0]
+        zero_after_one_s[0] += time.perf_counter() - start
         return {"digit_logprobs": digits, "zero_after_one": zero, "generated": len(generated)}
+
+    zero_after_one_s = [0.0]
+
+    def excluded() -> float:
+        """P("0" after "1") is left out of the timing, as for vLLM (its one more token per
+        document runs inside the timed call here: the K/V is cut back for the next document)."""
+        seconds, zero_after_one_s[0] = zero_after_one_s[0], 0.0
+        return seconds
 
     def score(q, n):
         llm.reset()
@@ -79,7 +91,7 @@ def main() -> None:
         return [score_doc(n_prefix, s) for s in q["suffixes"][:n]]
 
     warmup_s, results = peer_io.timed_queries(w, score, system=f"llama.cpp {args.weights}",
-                                              warmup_docs=4)
+                                              warmup_docs=4, excluded=excluded)
     peer_io.write(args.out, {"system": f"llamacpp_{args.weights}", "version":
                              llama_cpp.__version__, "settings": settings, "load_s": load_s,
                              "warmup_s": warmup_s, "queries": results})

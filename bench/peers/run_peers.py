@@ -40,13 +40,19 @@ SYSTEMS = {
     "vllm_fp32_reserved_core": ("run_vllm.py", ["--dtype", "float32"], "vllm"),
     "llamacpp_q4_1": ("run_llamacpp.py", ["--weights", "q4_1"], "llamacpp"),
     "llamacpp_bf16": ("run_llamacpp.py", ["--weights", "bf16"], "llamacpp"),
+    # the shipped weights de-quantised (what erank_fast and vLLM load), and llama.cpp's own 8-bit
+    # blocks of them: its fastest type on CPUs without bf16 units
+    "llamacpp_f32": ("run_llamacpp.py", ["--weights", "f32"], "llamacpp"),
+    "llamacpp_q8_0": ("run_llamacpp.py", ["--weights", "q8_0"], "llamacpp"),
 }
 REFERENCE = "erank_fast_fp32"
 BASE_MODEL = "smollm2-135m-instruct"
 
 
 def export_workload(data: Path, queries: int, docs: int, think, max_doc_tokens: int,
-                    work: Path) -> dict:
+                    work: Path, gguf_kinds: tuple[str, ...] = ()) -> dict:
+    """The prompts as token ids, and the GGUF file with its copies in ``gguf_kinds`` (made once
+    in ``work``) for llama.cpp."""
     from erank_fast import Reranker
     from erank_fast.models.loading import OFFLINE_MODELS, resolve_model_path
     from erank_fast.prompt import ANSWER_OPEN, BUDGET_CONTINUATION
@@ -62,19 +68,27 @@ def export_workload(data: Path, queries: int, docs: int, think, max_doc_tokens: 
         out.append({"qid": row["qid"], "prefix": p.prefix, "suffixes": p.suffixes})
     import importlib.util
 
-    from gguf_bf16 import write_bf16_copy
+    from gguf_copies import write_copy
 
     package, filename = OFFLINE_MODELS[BASE_MODEL]
     q4_1 = Path(importlib.util.find_spec(package).submodule_search_locations[0]) / filename
     work.mkdir(parents=True, exist_ok=True)
-    bf16 = write_bf16_copy(q4_1, work / f"{q4_1.stem.split('.')[0]}-bf16.gguf")
-    return {"think": think, "model_dir": str(model_dir),
-            "gguf": {"q4_1": str(q4_1), "bf16": str(bf16)},
+    gguf = {"q4_1": str(q4_1)}
+    for kind in gguf_kinds:
+        gguf[kind] = str(write_copy(q4_1, work / f"{q4_1.stem.split('.')[0]}-{kind}.gguf", kind))
+    return {"think": think, "model_dir": str(model_dir), "gguf": gguf,
             "tokens": {"digits": list(rr.tokens.digits), "one": rr.tokens.one,
                        "answer_open": encode(ANSWER_OPEN),
                        "think_close_answer": encode(BUDGET_CONTINUATION),
                        "eos": sorted(rr.eos_ids)},
             "queries": out}
+
+
+def gguf_copies_read_by(systems: list[str]) -> tuple[str, ...]:
+    """The GGUF copies (``gguf_copies.KINDS``) the llama.cpp systems among ``systems`` read; the
+    shipped Q4_1 file needs none."""
+    kinds = (SYSTEMS[name][1][-1] for name in systems if SYSTEMS[name][0] == "run_llamacpp.py")
+    return tuple(kind for kind in kinds if kind != "q4_1")
 
 
 def python_of(venv: str | None) -> Path | None:
@@ -192,15 +206,20 @@ def main() -> None:
         sys.exit(f"no data at {args.data} (the TREC files of shared/data)")
     args.work.mkdir(parents=True, exist_ok=True)
     cpu = cpu_info()
+    systems = args.systems.split(",")
+    unknown = [name for name in systems if name not in SYSTEMS]
+    if unknown:
+        sys.exit(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
+    copies = gguf_copies_read_by(systems)
     rows = []
     for think in args.think:
         think = think if think in ("off", "full") else int(think)
         workload = export_workload(args.data, args.queries, args.docs, think, args.max_doc_tokens,
-                                   args.work)
+                                   args.work, copies)
         wpath = args.work / f"workload-think-{think}.json"
         peer_io.write(str(wpath), workload)
         results = {}
-        for name in args.systems.split(","):
+        for name in systems:
             r = run_system(name, wpath, args.work / f"{name}-think-{think}.json")
             if r is not None:
                 results[name] = r

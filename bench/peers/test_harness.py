@@ -1,7 +1,7 @@
 """The peers harness without any peer installed: agreement on known distributions, a fake peer
 that replays them through the same subprocess protocol, a missing peer skipped with one line,
-and the exported workload equal to erank_fast's own prompt ids (CI runs this with the bench
-smoke run)."""
+the exported workload equal to erank_fast's own prompt ids, and the GGUF copies llama.cpp reads
+computing the same weights (CI runs this with the bench smoke run)."""
 
 from __future__ import annotations
 
@@ -42,6 +42,29 @@ def test_agreement_of_identical_and_of_reordered_results():
     assert top_overlap([3, 2, 1, 0], [0, 1, 2, 3], k=2) == 0.0
     with pytest.raises(ValueError, match="same workload"):
         agreement(_result("x", [[1, 2]]), _result("y", [[1, 2, 3]]))
+
+
+def test_a_read_left_out_of_the_timing_is_subtracted(monkeypatch):
+    """A runner that must do an untimed read inside its timed call (llama.cpp's P("0" after
+    "1")) reports its seconds through ``excluded``; the query's time leaves them out."""
+    from types import SimpleNamespace
+
+    clock, read = [0.0], [0.0]
+    monkeypatch.setattr(peer_io, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    def score(query, n):
+        clock[0] += 10.0
+        read[0] += 4.0  # 4 of the call's 10 s were the read
+        return [{"generated": 0}] * len(query["suffixes"][:n])
+
+    def excluded():
+        seconds, read[0] = read[0], 0.0
+        return seconds
+
+    workload = {"queries": [{"qid": "a", "suffixes": [[1], [2]]}, {"qid": "b", "suffixes": [[3]]}]}
+    warmup_s, results = peer_io.timed_queries(workload, score, system="t", excluded=excluded)
+    assert warmup_s == 10.0  # the warm-up's read is not carried into the first query
+    assert [q["seconds"] for q in results] == [6.0, 6.0]
 
 
 def test_a_fake_peer_runs_through_the_subprocess_protocol(tmp_path, monkeypatch, capsys):
@@ -89,7 +112,48 @@ def test_the_exported_workload_is_erank_fasts_prompt_ids(tmp_path, data_file):
     for suffix, cand in zip(q["suffixes"], row["candidates"]):
         assert q["prefix"] + suffix == rr.prompt_ids(row["query"], cand["text"], think_off=True)
     assert workload["tokens"]["digits"] == list(rr.tokens.digits)
-    assert set(workload["gguf"]) == {"q4_1", "bf16"}
+    assert set(workload["gguf"]) == {"q4_1"}  # copies only for the llama.cpp systems asked for
+    assert run_peers.gguf_copies_read_by(["erank_fast", "llamacpp_q4_1", "llamacpp_q8_0",
+                                          "llamacpp_f32"]) == ("q8_0", "f32")
+
+
+def test_gguf_copies_hold_the_same_weights(tmp_path):
+    """Each copy de-quantises to the source's weights: float32 exactly, bfloat16 and Q8_0 within
+    their rounding; 1-D tensors stay float32; metadata and file type as llama.cpp reads them."""
+    gguf = pytest.importorskip("gguf")
+    from gguf.quants import dequantize, quantize
+    from gguf_copies import write_copy
+
+    rng = __import__("numpy").random.default_rng(0)
+    weight = rng.standard_normal((8, 64)).astype("float32")
+    norm = rng.standard_normal(64).astype("float32")
+    source = tmp_path / "tiny.gguf"
+    writer = gguf.GGUFWriter(source, "llama")
+    writer.add_uint32("llama.block_count", 1)
+    q4_1 = gguf.GGMLQuantizationType.Q4_1
+    writer.add_tensor("blk.0.attn_q.weight", quantize(weight, q4_1), raw_dtype=q4_1)
+    writer.add_tensor("blk.0.attn_norm.weight", norm)
+    for part in (writer.write_header_to_file, writer.write_kv_data_to_file,
+                 writer.write_tensors_to_file, writer.close):
+        part()
+    want = dequantize(gguf.GGUFReader(source).tensors[0].data, q4_1).reshape(8, 64)
+    tolerance = {"f32": 0.0, "bf16": 2 ** -8, "q8_0": 2 ** -7}  # relative to each row's max
+    for kind, file_type in (("f32", gguf.LlamaFileType.ALL_F32),
+                            ("bf16", gguf.LlamaFileType.MOSTLY_BF16),
+                            ("q8_0", gguf.LlamaFileType.MOSTLY_Q8_0)):
+        copy = gguf.GGUFReader(write_copy(source, tmp_path / f"tiny-{kind}.gguf", kind))
+        assert copy.fields["llama.block_count"].contents() == 1
+        assert copy.fields["general.file_type"].contents() == file_type
+        tensors = {t.name: t for t in copy.tensors}
+        w = tensors["blk.0.attn_q.weight"]
+        assert [int(x) for x in reversed(w.shape.tolist())] == [8, 64]  # gguf: inner dim first
+        got = dequantize(w.data, w.tensor_type).reshape(8, 64)
+        scale = abs(want).max(axis=1, keepdims=True)
+        assert (abs(got - want) <= tolerance[kind] * scale).all(), kind
+        n = tensors["blk.0.attn_norm.weight"]
+        assert n.tensor_type == gguf.GGMLQuantizationType.F32 and (n.data == norm).all()
+    with pytest.raises(ValueError, match="kind must be one of"):
+        write_copy(source, tmp_path / "x.gguf", "q2_k")
 
 
 @pytest.fixture
