@@ -3,10 +3,10 @@ for each document the K/V cut back to the prefix and its suffix evaluated, readi
 token's logits (``logits_all`` off: it would compute and store logits for every prompt token);
 P("0" | "1") by evaluating one more token, left out of the timing as vLLM's is. think = N:
 greedy decoding one token per call up to N tokens or ``</think>``, then the forced answer
-opening. Weights: ``q4_1`` (the GGUF file as
-shipped; llama.cpp's AMX/VNNI paths cover quantised types), or a copy of it written by
-run_peers.py (``gguf_copies.py``): ``bf16``, ``f32`` (the de-quantised weights every other
-system loads) or ``q8_0`` (llama.cpp's 8-bit blocks).
+opening. Weights: ``q4_1`` (the GGUF file as shipped; llama.cpp's AMX/VNNI paths cover
+quantised types), or a copy of it written by run_peers.py (``gguf_copies.py``): ``bf16``,
+``f32`` (the de-quantised weights every other system loads) or ``q8_0`` (llama.cpp's 8-bit
+blocks).
 
     bench/peers/.venv-llamacpp/bin/python bench/peers/run_llamacpp.py WORKLOAD OUT --weights q4_1
 """
@@ -49,6 +49,14 @@ def main() -> None:
         lse = m + np.log(np.exp(logits - m).sum())
         return [float(logits[i] - lse) for i in ids]
 
+    zero_after_one_s = [0.0]
+
+    def excluded() -> float:
+        """P("0" after "1") is left out of the timing, as for vLLM (its one more token per
+        document runs inside the timed call here: the K/V is cut back for the next document)."""
+        seconds, zero_after_one_s[0] = zero_after_one_s[0], 0.0
+        return seconds
+
     def score_doc(n_prefix: int, suffix: list[int]):
         llm.n_tokens = n_prefix  # eval() drops the K/V past n_tokens
         llm.eval(suffix)
@@ -75,14 +83,6 @@ def main() -> None:
         zero = log_softmax(last_logits(), [tok["digits"][0]])[0]
         zero_after_one_s[0] += time.perf_counter() - start
         return {"digit_logprobs": digits, "zero_after_one": zero, "generated": len(generated)}
-
-    zero_after_one_s = [0.0]
-
-    def excluded() -> float:
-        """P("0" after "1") is left out of the timing, as for vLLM (its one more token per
-        document runs inside the timed call here: the K/V is cut back for the next document)."""
-        seconds, zero_after_one_s[0] = zero_after_one_s[0], 0.0
-        return seconds
 
     def score(q, n):
         llm.reset()
