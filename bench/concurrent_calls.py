@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="fresh rerankers, one run each")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
+    # from the sixth query on: other queries than the first ones the peers harness and
+    # profile_call.py time, so no call here repeats one of theirs
     rows = [json.loads(line) for line in args.data.open(encoding="utf-8")][5:]
     total = args.first + args.calls * args.docs
     runs = []
