@@ -1,0 +1,61 @@
+"""Weight averaging of LoRA adapters ("model soup") without approximation.
+
+The average of adapters' deltas, Σ wᵢ · sᵢ · Bᵢ Aᵢ, is itself one LoRA adapter: stack the
+ranks, A = [w₁ s₁/s · A₁; w₂ s₂/s · A₂; …] and B = [B₁ B₂ …], with scale s = alpha / Σ rᵢ. The
+result's rank is the sum of the inputs' ranks, and every merged weight is exactly the weighted
+average of the adapters' merged weights (up to float rounding).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from erank_fast.models.lora import CONFIG_FILE, WEIGHTS_FILE, read_adapter
+
+
+def _scale(config: dict) -> float:
+    rank = config["r"]
+    alpha = config.get("lora_alpha", rank)
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def average_adapters(sources: list, weights: list[float] | None = None
+                     ) -> tuple[dict, dict[str, torch.Tensor]]:
+    """The config and float32 tensors of one adapter whose delta is Σ wᵢ · deltaᵢ (default
+    weights: equal, summing to 1). The adapters must adapt the same modules of the same base."""
+    if len(sources) < 2:
+        raise ValueError("averaging needs at least two adapters")
+    weights = list(weights) if weights is not None else [1.0 / len(sources)] * len(sources)
+    if len(weights) != len(sources):
+        raise ValueError(f"{len(sources)} adapters but {len(weights)} weights")
+    loaded = [read_adapter(s) for s in sources]
+    modules = [sorted({k.rsplit(".lora_", 1)[0] for k in t}) for _, t in loaded]
+    if any(m != modules[0] for m in modules[1:]):
+        raise ValueError("the adapters adapt different modules; they cannot be averaged")
+    rank = sum(c["r"] for c, _ in loaded)
+    scale = 2.0                                    # any positive value; alpha follows it
+    config = dict(loaded[0][0], r=rank, lora_alpha=scale * rank, use_rslora=False)
+    tensors = {}
+    for module in modules[0]:
+        a_parts, b_parts = [], []
+        for w, (cfg, t) in zip(weights, loaded):
+            a_parts.append(t[f"{module}.lora_A.weight"].float() * (w * _scale(cfg) / scale))
+            b_parts.append(t[f"{module}.lora_B.weight"].float())
+        tensors[f"{module}.lora_A.weight"] = torch.cat(a_parts, dim=0).contiguous()
+        tensors[f"{module}.lora_B.weight"] = torch.cat(b_parts, dim=1).contiguous()
+    return config, tensors
+
+
+def write_adapter(config: dict, tensors: dict[str, torch.Tensor], target) -> Path:
+    """A plain peft-layout adapter directory (float32), readable by ``read_adapter``."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target / WEIGHTS_FILE))
+    (target / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+    return target
+
