@@ -14,11 +14,11 @@ MODULES = ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj")
 
 
 def make_adapter(path, rank: int, alpha: float, seed: int, rslora: bool = False,
-                 modules=MODULES):
+                 modules=MODULES, width: int = 12):
     g = torch.Generator().manual_seed(seed)
     tensors = {}
     for m in modules:
-        tensors[f"base_model.model.{m}.lora_A.weight"] = torch.randn(rank, 12, generator=g)
+        tensors[f"base_model.model.{m}.lora_A.weight"] = torch.randn(rank, width, generator=g)
         tensors[f"base_model.model.{m}.lora_B.weight"] = torch.randn(10, rank, generator=g)
     config = {"peft_type": "LORA", "r": rank, "lora_alpha": alpha, "use_rslora": rslora,
               "target_modules": ["q_proj", "up_proj"]}
@@ -60,5 +60,8 @@ def test_refuses_what_cannot_average(tmp_path):
         average_adapters([a])
     with pytest.raises(ValueError, match="2 adapters but 3 weights"):
         average_adapters([a, a], [0.2, 0.3, 0.5])
+    other_base = make_adapter(tmp_path / "c", rank=2, alpha=2, seed=2, width=14)
+    with pytest.raises(ValueError, match="different base models"):
+        average_adapters([a, other_base])
     with pytest.raises(FileNotFoundError):
         average_adapters([a, tmp_path / "missing"])

@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from erank_fast.models.lora import CONFIG_FILE, WEIGHTS_FILE, read_adapter
+from erank_fast.models.lora import CONFIG_FILE, PREFIX, WEIGHTS_FILE, lora_deltas, read_adapter
 
 
 def _scale(config: dict) -> float:
@@ -34,20 +34,27 @@ def average_adapters(sources: list, weights: list[float] | None = None
     if len(weights) != len(sources):
         raise ValueError(f"{len(sources)} adapters but {len(weights)} weights")
     loaded = [read_adapter(s) for s in sources]
-    modules = [sorted({k.rsplit(".lora_", 1)[0] for k in t}) for _, t in loaded]
-    if any(m != modules[0] for m in modules[1:]):
+    deltas = [lora_deltas(c, t) for c, t in loaded]  # refuses malformed tensors
+    if any(d.keys() != deltas[0].keys() for d in deltas[1:]):
         raise ValueError("the adapters adapt different modules; they cannot be averaged")
+    modules = sorted(deltas[0])
+    for module in modules:
+        shapes = {tuple(d[module].shape) for d in deltas}
+        if len(shapes) > 1:
+            raise ValueError(f"{module!r} has deltas of shapes {sorted(shapes)}: the adapters "
+                             "were trained for different base models")
     rank = sum(c["r"] for c, _ in loaded)
     scale = 2.0                                    # any positive value; alpha follows it
     config = dict(loaded[0][0], r=rank, lora_alpha=scale * rank, use_rslora=False)
+    named = [{k.removeprefix(PREFIX): v for k, v in t.items()} for _, t in loaded]
     tensors = {}
-    for module in modules[0]:
+    for module in modules:
         a_parts, b_parts = [], []
-        for w, (cfg, t) in zip(weights, loaded):
+        for w, (cfg, _), t in zip(weights, loaded, named):
             a_parts.append(t[f"{module}.lora_A.weight"].float() * (w * _scale(cfg) / scale))
             b_parts.append(t[f"{module}.lora_B.weight"].float())
-        tensors[f"{module}.lora_A.weight"] = torch.cat(a_parts, dim=0).contiguous()
-        tensors[f"{module}.lora_B.weight"] = torch.cat(b_parts, dim=1).contiguous()
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = torch.cat(a_parts, dim=0).contiguous()
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = torch.cat(b_parts, dim=1).contiguous()
     return config, tensors
 
 
@@ -58,4 +65,3 @@ def write_adapter(config: dict, tensors: dict[str, torch.Tensor], target) -> Pat
     save_file(tensors, str(target / WEIGHTS_FILE))
     (target / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
     return target
-
