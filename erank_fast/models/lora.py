@@ -44,8 +44,8 @@ def read_adapter(adapter_dir) -> tuple[dict, dict[str, torch.Tensor]]:
     return config, load_file(str(directory / WEIGHTS_FILE))
 
 
-def lora_deltas(config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Module name → the float32 weight delta scale · B @ A it adds."""
+def lora_pairs(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Module name → its (A, B) tensors; refuses anything but complete lora_A / lora_B pairs."""
     pairs: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in tensors.items():
         name = key.removeprefix(PREFIX)
@@ -57,16 +57,22 @@ def lora_deltas(config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, tor
         else:
             raise ValueError(f"unexpected tensor {key!r} in the adapter (plain LoRA has only "
                              "lora_A / lora_B weights)")
-    deltas = {}
     for module, pair in pairs.items():
         if set(pair) != {"lora_A", "lora_B"}:
             raise ValueError(f"adapter tensors for {module!r} are incomplete: {sorted(pair)}")
-        a, b = pair["lora_A"].float(), pair["lora_B"].float()
-        rank = a.shape[0]
-        alpha = config.get("lora_alpha", rank)
-        scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
-        deltas[module] = scale * (b @ a)
-    return deltas
+    return {module: (pair["lora_A"], pair["lora_B"]) for module, pair in pairs.items()}
+
+
+def lora_scale(config: dict, rank: int) -> float:
+    """The factor LoRA multiplies B @ A by: alpha / rank, or alpha / √rank with rsLoRA."""
+    alpha = config.get("lora_alpha", rank)
+    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+
+
+def lora_deltas(config: dict, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Module name → the float32 weight delta scale · B @ A it adds."""
+    return {module: lora_scale(config, a.shape[0]) * (b.float() @ a.float())
+            for module, (a, b) in lora_pairs(tensors).items()}
 
 
 @torch.no_grad()

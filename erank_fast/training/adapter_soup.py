@@ -9,19 +9,19 @@ average of the adapters' merged weights (up to float rounding).
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
-from erank_fast.models.lora import CONFIG_FILE, PREFIX, WEIGHTS_FILE, lora_deltas, read_adapter
-
-
-def _scale(config: dict) -> float:
-    rank = config["r"]
-    alpha = config.get("lora_alpha", rank)
-    return alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+from erank_fast.models.lora import (
+    CONFIG_FILE,
+    PREFIX,
+    WEIGHTS_FILE,
+    lora_pairs,
+    lora_scale,
+    read_adapter,
+)
 
 
 def average_adapters(sources: list, weights: list[float] | None = None
@@ -34,25 +34,25 @@ def average_adapters(sources: list, weights: list[float] | None = None
     if len(weights) != len(sources):
         raise ValueError(f"{len(sources)} adapters but {len(weights)} weights")
     loaded = [read_adapter(s) for s in sources]
-    deltas = [lora_deltas(c, t) for c, t in loaded]  # refuses malformed tensors
-    if any(d.keys() != deltas[0].keys() for d in deltas[1:]):
+    pairs = [lora_pairs(t) for _, t in loaded]  # refuses malformed tensors
+    if any(p.keys() != pairs[0].keys() for p in pairs[1:]):
         raise ValueError("the adapters adapt different modules; they cannot be averaged")
-    modules = sorted(deltas[0])
+    modules = sorted(pairs[0])
     for module in modules:
-        shapes = {tuple(d[module].shape) for d in deltas}
+        shapes = {(p[module][1].shape[0], p[module][0].shape[1]) for p in pairs}
         if len(shapes) > 1:
             raise ValueError(f"{module!r} has deltas of shapes {sorted(shapes)}: the adapters "
                              "were trained for different base models")
     rank = sum(c["r"] for c, _ in loaded)
     scale = 2.0                                    # any positive value; alpha follows it
     config = dict(loaded[0][0], r=rank, lora_alpha=scale * rank, use_rslora=False)
-    named = [{k.removeprefix(PREFIX): v for k, v in t.items()} for _, t in loaded]
     tensors = {}
     for module in modules:
         a_parts, b_parts = [], []
-        for w, (cfg, _), t in zip(weights, loaded, named):
-            a_parts.append(t[f"{module}.lora_A.weight"].float() * (w * _scale(cfg) / scale))
-            b_parts.append(t[f"{module}.lora_B.weight"].float())
+        for w, (cfg, _), p in zip(weights, loaded, pairs):
+            a, b = p[module]
+            a_parts.append(a.float() * (w * lora_scale(cfg, a.shape[0]) / scale))
+            b_parts.append(b.float())
         tensors[f"{PREFIX}{module}.lora_A.weight"] = torch.cat(a_parts, dim=0).contiguous()
         tensors[f"{PREFIX}{module}.lora_B.weight"] = torch.cat(b_parts, dim=1).contiguous()
     return config, tensors
