@@ -149,6 +149,18 @@ def _safetensors_files(path: Path) -> list[Path]:
     return files
 
 
+def read_state_dict(path: Path, dtype: torch.dtype | None = None,
+                    device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """A checkpoint directory's weights by name (every safetensors shard), cast to ``dtype``
+    (None: as stored) on ``device``."""
+    state: dict[str, torch.Tensor] = {}
+    for file in _safetensors_files(path):
+        with safe_open(str(file), framework="pt", device="cpu") as f:
+            for key in f.keys():
+                state[key] = f.get_tensor(key).to(device=device, dtype=dtype)
+    return state
+
+
 def _build(config: DecoderConfig, state: dict[str, torch.Tensor], device) -> Decoder:
     if config.tie_word_embeddings:
         state.pop("lm_head.weight", None)
@@ -173,12 +185,7 @@ def load_decoder(path: Path, dtype: torch.dtype, device: torch.device,
     transformers model."""
     check_checkpoint_dir(path)
     config = DecoderConfig.from_checkpoint(path)
-    load_as = torch.float32 if adapter is not None else dtype
-    state: dict[str, torch.Tensor] = {}
-    for file in _safetensors_files(path):
-        with safe_open(str(file), framework="pt", device="cpu") as f:
-            for key in f.keys():
-                state[key] = f.get_tensor(key).to(device=device, dtype=load_as)
+    state = read_state_dict(path, torch.float32 if adapter is not None else dtype, device)
     if adapter is not None:
         merge_lora_into(state, adapter)
         state = {key: value.to(dtype) for key, value in state.items()}
