@@ -10,10 +10,9 @@ import pytest
 import torch
 
 from erank_fast import Reranker
-from erank_fast.models.lora import lora_deltas, merge_lora_into, read_adapter
+from erank_fast.models.lora import lora_deltas, merge_lora_into, read_adapter, write_adapter
 from erank_fast.training import adapter_extract as extract_script  # train/extract_adapter.py
-from erank_fast.training.adapter_extract import extract_adapter
-from erank_fast.training.adapter_soup import write_adapter
+from erank_fast.training.adapter_extract import LINEAR_MODULES, extract_adapter
 
 Q = "model.layers.0.self_attn.q_proj"
 UP = "model.layers.0.mlp.up_proj"
@@ -90,8 +89,7 @@ def test_script_extracts_a_fine_tune_that_scores_like_it(tiny_qwen3, tmp_path, c
     tuned = copy.deepcopy(model)
     with torch.no_grad():
         for i, (name, module) in enumerate(tuned.named_modules()):
-            if name.rsplit(".", 1)[-1] in ("q_proj", "k_proj", "v_proj", "o_proj",
-                                           "gate_proj", "up_proj", "down_proj"):
+            if name.rsplit(".", 1)[-1] in LINEAR_MODULES:
                 module.weight += low_rank(*module.weight.shape, 2, i) * 2
     tuned.save_pretrained(tmp_path / "tuned")
     tok.save_pretrained(tmp_path / "tuned")

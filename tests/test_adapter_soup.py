@@ -7,8 +7,8 @@ import json
 import pytest
 import torch
 
-from erank_fast.models.lora import lora_deltas, read_adapter
-from erank_fast.training.adapter_soup import average_adapters, write_adapter
+from erank_fast.models.lora import lora_deltas, read_adapter, write_adapter
+from erank_fast.training.adapter_soup import average_adapters
 
 MODULES = ("model.layers.0.self_attn.q_proj", "model.layers.0.mlp.up_proj")
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from erank_fast.training.adapter_soup import average_adapters, write_adapter
+from erank_fast.models.lora import write_adapter
+from erank_fast.training.adapter_soup import average_adapters
 from erank_fast.training.arguments import ScriptParser
 
 

@@ -1,4 +1,4 @@
-"""Merge a LoRA adapter (peft's saved format) into a model's weights, without needing peft.
+"""Read, write and merge LoRA adapters (peft's saved format) into a model's weights, without peft.
 
 Plain LoRA on linear layers is what ``train/sft.py`` trains and what erank_fast ships; other
 peft variants (DoRA, biases, embeddings, modules_to_save) are refused with a clear error.
@@ -11,7 +11,7 @@ import math
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -42,6 +42,15 @@ def read_adapter(adapter_dir) -> tuple[dict, dict[str, torch.Tensor]]:
             f"{', '.join(unsupported)}); merge it with peft's merge_and_unload() and pass the "
             "merged checkpoint instead")
     return config, load_file(str(directory / WEIGHTS_FILE))
+
+
+def write_adapter(config: dict, tensors: dict[str, torch.Tensor], target) -> Path:
+    """A plain peft-layout adapter directory (float32), readable by ``read_adapter``."""
+    target = Path(target)
+    target.mkdir(parents=True, exist_ok=True)
+    save_file(tensors, str(target / WEIGHTS_FILE))
+    (target / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
+    return target
 
 
 def lora_pairs(tensors: dict[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 
 from erank_fast.models.loading import read_state_dict, resolve_model_path
-from erank_fast.models.lora import PREFIX
-from erank_fast.training.adapter_soup import write_adapter
+from erank_fast.models.lora import PREFIX, write_adapter
 from erank_fast.training.arguments import ScriptParser
 
 LINEAR_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -8,20 +8,9 @@ average of the adapters' merged weights (up to float rounding).
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import torch
-from safetensors.torch import save_file
 
-from erank_fast.models.lora import (
-    CONFIG_FILE,
-    PREFIX,
-    WEIGHTS_FILE,
-    lora_pairs,
-    lora_scale,
-    read_adapter,
-)
+from erank_fast.models.lora import PREFIX, lora_pairs, lora_scale, read_adapter
 
 
 def average_adapters(sources: list, weights: list[float] | None = None
@@ -56,12 +45,3 @@ def average_adapters(sources: list, weights: list[float] | None = None
         tensors[f"{PREFIX}{module}.lora_A.weight"] = torch.cat(a_parts, dim=0).contiguous()
         tensors[f"{PREFIX}{module}.lora_B.weight"] = torch.cat(b_parts, dim=1).contiguous()
     return config, tensors
-
-
-def write_adapter(config: dict, tensors: dict[str, torch.Tensor], target) -> Path:
-    """A plain peft-layout adapter directory (float32), readable by ``read_adapter``."""
-    target = Path(target)
-    target.mkdir(parents=True, exist_ok=True)
-    save_file(tensors, str(target / WEIGHTS_FILE))
-    (target / CONFIG_FILE).write_text(json.dumps(config, indent=1) + "\n", encoding="utf-8")
-    return target
