@@ -61,7 +61,9 @@ for d in bfloat16 float32; do
     --data "$DATA/dl19-bm25-top100.jsonl" --qrels "$DATA/dl19-bm25-top100.qrels" \
     --out "$OUT/$day-dl19-erank-smol-$d-$slug.json" 2>&1 | tail -3
 done
-python - "$OUT/$day-dl19-erank-smol-bfloat16-$slug.json" "$OUT/$day-dl19-erank-smol-float32-$slug.json" <<'EOF'
+bf16_json="$OUT/$day-dl19-erank-smol-bfloat16-$slug.json"
+fp32_json="$OUT/$day-dl19-erank-smol-float32-$slug.json"
+if [ -f "$bf16_json" ] && [ -f "$fp32_json" ]; then python - "$bf16_json" "$fp32_json" <<'EOF'
 import json
 import sys
 bf16, fp32 = (json.load(open(p)) for p in sys.argv[1:])
@@ -72,6 +74,7 @@ gap = bf16["reranked"]["ndcg@10"] - fp32["reranked"]["ndcg@10"]
 print(f"bfloat16 - float32 nDCG@10: {gap:+.4f} ({'within' if abs(gap) <= 0.005 else 'OVER'} 0.005);"
       f" speed {bf16['docs_per_second'] / fp32['docs_per_second']:.2f}x")
 EOF
+else echo "an evaluation did not finish (its output is above): no comparison"; fi
 
 echo "== 4. the peers =="
 timeout 3600 python bench/peers/run_peers.py --data "$DATA/dl19-bm25-top100.jsonl" \
