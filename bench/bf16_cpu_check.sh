@@ -19,7 +19,7 @@ PEERS=${PEERS:-erank_fast,erank_fast_fp32,vllm,vllm_fp32,llamacpp_bf16,llamacpp_
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
 
-capability() {  # prints the CPU facts as JSON; its last line is the chosen dtype
+capability() {  # prints the CPU facts as JSON; its last line: the chosen dtype, the CPU's slug
   python - <<'EOF'
 import json
 import torch
@@ -27,19 +27,18 @@ from erank_fast import cpu
 info = cpu.cpu_info()
 print(json.dumps({"cpu": info, "matmul_gflops": cpu.gemm_gflops(),
                   "torch": torch.__version__}, indent=1))
-print("bfloat16" if cpu.default_cpu_dtype() == torch.bfloat16 else "float32")
+print("bfloat16" if cpu.default_cpu_dtype() == torch.bfloat16 else "float32", info["slug"])
 EOF
 }
 
 echo "== 1. the CPU and the dtype chosen here =="
 facts=$(capability) || exit 1
 echo "$facts" | head -n -1 | tee "$OUT/bf16-check-cpu.json"
-dtype=$(echo "$facts" | tail -n 1)
-slug=$(python -c "from erank_fast.cpu import cpu_info; print(cpu_info()['slug'])")
+read -r dtype slug <<< "$(echo "$facts" | tail -n 1)"
 echo "dtype chosen: $dtype ($slug)"
 if grep -qw amx_bf16 /proc/cpuinfo; then
   echo "-- with AMX hidden from oneDNN"
-  ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 capability | tail -n 1 | sed 's/^/dtype chosen without AMX: /'
+  ONEDNN_MAX_CPU_ISA=AVX512_CORE_BF16 capability | tail -n 1 | cut -d' ' -f1 | sed 's/^/dtype chosen without AMX: /'
 fi
 if [ "$dtype" != bfloat16 ]; then
   echo "this CPU multiplies bfloat16 less than 2x faster than float32: the default stays float32"
