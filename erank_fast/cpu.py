@@ -124,3 +124,41 @@ def fast_bf16() -> bool:
 def default_cpu_dtype() -> torch.dtype:
     """bfloat16 where this CPU multiplies it fast (``fast_bf16``), else float32."""
     return torch.bfloat16 if fast_bf16() else torch.float32
+
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+# Blocks up to this size come from the heap, not from fresh mappings (glibc's maximum, 32 MiB
+# on 64-bit); freed memory goes back to the system only beyond KEEP_FREED.
+MMAP_THRESHOLD = 32 << 20
+KEEP_FREED = 1 << 30
+TOP_PAD = 64 << 20
+
+
+@functools.cache
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc reuse the memory of freed tensors instead of mapping fresh pages.
+
+    A forward pass allocates and frees tens of megabytes of activations per layer; by default
+    glibc serves blocks above a few MiB from new mappings and returns them on free, so every
+    layer first-touches (page-faults) its outputs again: on a 2-core KVM Xeon this was a third
+    of the time of the MLP's GEMMs (bfloat16, 2048 rows: 1.38 s instead of 2.76 s over three
+    100-document calls). Process-wide, once, at the first CPU engine; a no-op where the C
+    library is not glibc, and ``ERANK_FAST_KEEP_FREED=0`` leaves malloc as it is. Returns
+    whether the settings were applied."""
+    if os.environ.get("ERANK_FAST_KEEP_FREED", "1") == "0" or platform.system() != "Linux":
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (musl has no mallopt)
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    applied = all(mallopt(param, value) == 1 for param, value in (
+        (_M_MMAP_THRESHOLD, MMAP_THRESHOLD), (_M_TRIM_THRESHOLD, KEEP_FREED),
+        (_M_TOP_PAD, TOP_PAD)))
+    log.info("malloc keeps freed memory (blocks up to %d MiB from the heap, %d MiB kept): %s",
+             MMAP_THRESHOLD >> 20, KEEP_FREED >> 20, applied)
+    return applied

@@ -258,3 +258,29 @@ def test_low_precision_readout_rows_are_not_rounded(pack):
         torch.testing.assert_close(torch.tensor(got_lp), want[row, 100:110], atol=1e-4, rtol=0)
     assert argmax[2] == int((hidden[3:4] @ weight.T).float().argmax())  # model-dtype argmax
     assert [argmax[i] for i in (0, 1, 3)] == logits[[0, 2, 5]].argmax(-1).tolist()
+
+
+def test_steps_padded_for_packed_gemms_give_the_unpadded_results(tiny_qwen3):
+    """On CPU with packed weights every step's rows are padded to a few bucket sizes (oneDNN
+    builds a kernel per row count); the padding must not change a token or a score (float32,
+    reasoning steps included: decode steps, the last layer's readout rows)."""
+    from erank_fast.models.decoder import padded_rows
+
+    assert [padded_rows(n) for n in (1, 16, 17, 250, 257, 1887, 2048)] == \
+        [16, 16, 32, 256, 512, 2048, 2048]
+    model, tok = tiny_qwen3
+    rr = Reranker.from_pretrained(model, tokenizer=tok, backend="torch", pack_weights="on",
+                                  think=8, max_think_tokens=20, dtype=torch.float32)
+    decoder = rr.backend.decoder
+    if not rr.backend.packed_layers:
+        pytest.skip("oneDNN does not pack weights on this CPU")
+    assert decoder.pad_rows
+    query, docs = "what do vaccines do", ["They train immune memory.", "Paris in 1889.", "",
+                                          "Antigens without the disease " * 9]
+    padded = rr.rerank(query, docs, return_reasoning=True)
+    decoder.pad_rows = False
+    plain = rr.rerank(query, docs, return_reasoning=True)
+    assert [r.index for r in padded] == [r.index for r in plain]
+    for a, b in zip(padded, plain):
+        assert a.reasoning == b.reasoning and a.answer == b.answer
+        assert abs(a.score - b.score) <= 1e-5

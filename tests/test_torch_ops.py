@@ -184,6 +184,35 @@ def test_cpu_arena_attention_kernel_equals_plain_causal(case, hq, hkv, d, dtype,
         assert diff < tol, f"doc {b} (prefix {plen}, own {start}, new {n}): {diff:.3g}"
 
 
+@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (16, 8, 128), (4, 1, 64)])
+def test_cpu_brgemm_prefill_kernel_equals_the_vector_kernel(hq, hkv, d):
+    """The bfloat16 prefill kernel on oneDNN's brgemm tiles (AMX) against the float32 kernel on
+    the same values: several prefixes (one empty, one past a 64-key block), own rows before the
+    step, documents of 1 to 130 new tokens (tiles and key blocks cut mid-token), NaN in rows
+    nobody owns; the dispatch takes it for prefill steps where it runs."""
+    from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu, brgemm_available
+    from erank_fast.ops.cpu_extension import cpu_kernels
+
+    if not brgemm_available():
+        pytest.skip("no bfloat16 brgemm (AMX) on this CPU")
+    torch.manual_seed(5)
+    prefixes = [(2, 17), (30, 0), (31, 70)]
+    docs = [(0, 110, 0, 37), (0, 160, 3, 1), (1, 230, 0, 130), (2, 400, 64, 5), (2, 500, 1, 64)]
+    k_arena, v_arena = torch.randn(600, hkv, d), torch.randn(600, hkv, d)
+    k_arena[[0, 1, 20, 109, 599]] = v_arena[[0, 1, 20, 109, 599]] = float("nan")
+    q = torch.randn(sum(n for *_, n in docs), hq, d)
+    k_arena, v_arena, q = (t.bfloat16() for t in (k_arena, v_arena, q))
+    rows = ArenaRows.of_step(docs, prefixes)
+    args = (rows.q_cu, rows.own_base, rows.own_start, rows.prefix_start, rows.prefix_len, d**-0.5)
+    got = cpu_kernels().shared_prefix_attention_brgemm(q, k_arena, v_arena, *args)
+    want = cpu_kernels().shared_prefix_attention(q.float(), k_arena.float(), v_arena.float(),
+                                                 *args)
+    assert got.dtype == torch.bfloat16 and not got.isnan().any()
+    torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=0)
+    torch.testing.assert_close(arena_attention_cpu(q, k_arena, v_arena, rows, d**-0.5), got,
+                               atol=0, rtol=0)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("d", [64, 128, 48])
 def test_cpu_rotary_kernel_equals_the_decoder_rotation(d, dtype, tol):

@@ -19,6 +19,7 @@ import threading
 
 import torch
 
+from erank_fast.cpu import keep_freed_memory
 from erank_fast.engine.model_runner import ModelRunner
 from erank_fast.engine.readout import ScoreReader
 from erank_fast.engine.sampling import (
@@ -59,8 +60,10 @@ class Engine:
         weight = decoder.lm_head_weight
         if weight.device.type == "cpu":
             cpu_kernels()  # built (once per machine) or loaded here, not in the first call
+            keep_freed_memory()
         self.decoder, self.tokens, self.detector = decoder, tokens, detector
         self.packed_layers = pack_linears(decoder.model) if pack_weights else 0
+        decoder.pad_rows = self.packed_layers > 0
         self.runner = ModelRunner(decoder, impl, cuda_graphs)
         self.scheduler = Scheduler(decoder.config, weight.dtype, weight.device,
                                    kv_memory=kv_memory,

@@ -9,6 +9,7 @@ None where the kernel does not apply, and the caller runs the PyTorch paths inst
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -45,6 +46,21 @@ class ArenaRows:
                    t([prefixes[g][0] for g, *_ in docs]), t([prefixes[g][1] for g, *_ in docs]))
 
 
+# Steps with at least this many new tokens per document (prefill) take the brgemm kernel where
+# it runs: its tiles are 32 rows, so a decode step's 1-token documents would waste most of them.
+BRGEMM_MIN_TOKENS_PER_DOC = 4
+
+
+@functools.cache
+def brgemm_available() -> bool:
+    """Whether oneDNN multiplies bfloat16 tiles here (AMX): then bfloat16 prefill attention runs
+    as matrix tiles (``shared_prefix_attention_brgemm``), ~2.4x faster than the AVX512-BF16
+    vector kernel on a 2-core Xeon with AMX at 100 documents x ~190 tokens after a 150-token
+    prefix."""
+    kernels = cpu_kernels()
+    return kernels is not None and kernels.shared_prefix_attention_brgemm_available()
+
+
 def kernel_applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """Whether the C++ kernel runs for these tensors on this machine."""
     if (q.device.type != "cpu" or q.shape[-1] not in HEAD_DIMS or k_cache.dtype != q.dtype
@@ -61,6 +77,11 @@ def arena_attention_cpu(q, k_cache, v_cache, rows: ArenaRows, scale: float):
     if not kernel_applies(q, k_cache) or v_cache.stride() != k_cache.stride():
         return None
     q = q if q.stride(-1) == 1 else q.contiguous()
+    if q.dtype == torch.bfloat16 and q.shape[0] >= BRGEMM_MIN_TOKENS_PER_DOC * len(rows.own_base) \
+            and brgemm_available():
+        return cpu_kernels().shared_prefix_attention_brgemm(
+            q, k_cache, v_cache, rows.q_cu, rows.own_base, rows.own_start, rows.prefix_start,
+            rows.prefix_len, scale)
     return cpu_kernels().shared_prefix_attention(q, k_cache, v_cache, rows.q_cu, rows.own_base,
                                                  rows.own_start, rows.prefix_start,
                                                  rows.prefix_len, scale)

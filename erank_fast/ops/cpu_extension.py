@@ -21,9 +21,11 @@ import torch
 log = logging.getLogger("erank_fast")
 CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = [CSRC / name for name in ("bindings.cpp", "decode_attention.cpp",
-                                    "shared_prefix_attention.cpp", "rotary.cpp",
+                                    "shared_prefix_attention.cpp",
+                                    "shared_prefix_attention_brgemm.cpp", "rotary.cpp",
                                     "rms_norm.cpp")]
-HEADERS = [CSRC / "erank_cpu.h", CSRC / "shared_prefix_attention_portable.h"]
+HEADERS = [CSRC / "erank_cpu.h", CSRC / "shared_prefix_attention_portable.h",
+           CSRC / "avx512_exp2.h"]
 
 
 @functools.cache

@@ -9,6 +9,12 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
         "Tensor own_base, Tensor own_len, float scale) -> Tensor[]");
   m.def("shared_prefix_attention(Tensor q, Tensor k, Tensor v, Tensor q_cu, Tensor own_base, "
         "Tensor own_start, Tensor prefix_start, Tensor prefix_len, float scale) -> Tensor");
+  m.def("shared_prefix_attention_brgemm(Tensor q, Tensor k, Tensor v, Tensor q_cu, "
+        "Tensor own_base, Tensor own_start, Tensor prefix_start, Tensor prefix_len, "
+        "float scale) -> Tensor");
+  // whether this CPU has oneDNN's bfloat16 brgemm (AMX) for shared_prefix_attention_brgemm
+  m.def("shared_prefix_attention_brgemm_available() -> bool",
+        &shared_prefix_attention_brgemm_available);
   m.def("rotary_(Tensor(a!) q, Tensor(b!) k, Tensor cos, Tensor sin) -> ()");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
@@ -19,6 +25,7 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
 TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("decode_attention", &decode_attention);
   m.impl("shared_prefix_attention", &shared_prefix_attention);
+  m.impl("shared_prefix_attention_brgemm", &shared_prefix_attention_brgemm);
   m.impl("rotary_", &rotary_);
   m.impl("rms_norm", &rms_norm);
 }

@@ -18,6 +18,13 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
                                    at::Tensor own_base, at::Tensor own_start,
                                    at::Tensor prefix_start, at::Tensor prefix_len, double scale);
 
+// the same in bfloat16 through oneDNN's brgemm micro-kernels (AMX tiles where present)
+bool shared_prefix_attention_brgemm_available();
+at::Tensor shared_prefix_attention_brgemm(at::Tensor q, at::Tensor k, at::Tensor v,
+                                          at::Tensor q_cu, at::Tensor own_base,
+                                          at::Tensor own_start, at::Tensor prefix_start,
+                                          at::Tensor prefix_len, double scale);
+
 void rotary_(at::Tensor q, at::Tensor k, at::Tensor cos, at::Tensor sin);
 
 at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps);

@@ -46,28 +46,16 @@ struct Task {
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+#include "avx512_exp2.h"
+
 namespace {
+
+using erank_cpu::exp2_ps;
+using erank_cpu::LOG2E;
 
 constexpr int MR = 32;  // rows per tile: two vectors of 16 lanes
 constexpr int KB = 32;  // keys per softmax block
 constexpr int NR = 8;   // keys per S micro-kernel call
-constexpr float LOG2E = 1.4426950408889634f;
-
-// 2^t elementwise: t = n + f with f in [-0.5, 0.5], 2^f by its degree-6 Taylor series
-// (relative error ~1e-7), 2^n by vscalefps. t is clamped at -126 (the result is then ~1e-38).
-inline __m512 exp2_ps(__m512 t) {
-  t = _mm512_max_ps(t, _mm512_set1_ps(-126.0f));
-  const __m512 n = _mm512_roundscale_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  const __m512 f = _mm512_sub_ps(t, n);
-  __m512 p = _mm512_set1_ps(1.5403530393381606e-4f);
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.3333558146428441e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(9.6181291076284772e-3f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(5.5504108664821580e-2f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(2.4022650695910071e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(6.9314718055994531e-1f));
-  p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(1.0f));
-  return _mm512_scalef_ps(p, n);
-}
 
 inline __m512 bf16x16_to_float(const c10::BFloat16* src) {
   const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
