@@ -33,8 +33,9 @@ EOF
 
 echo "== 1. the CPU and the dtype chosen here =="
 facts=$(capability) || exit 1
-echo "$facts" | head -n -1 | tee "$OUT/bf16-check-cpu.json"
 read -r dtype slug <<< "$(echo "$facts" | tail -n 1)"
+day=$(date +%Y-%m-%d)
+echo "$facts" | head -n -1 | tee "$OUT/$day-bf16-check-cpu-$slug.json"
 echo "dtype chosen: $dtype ($slug)"
 if grep -qw amx_bf16 /proc/cpuinfo; then
   echo "-- with AMX hidden from oneDNN"
@@ -54,7 +55,6 @@ echo "== 2. the bfloat16 tolerance test =="
 timeout 1800 python -m pytest -q -m slow tests/test_bf16_tolerance.py 2>&1 | tail -5
 
 echo "== 3. DL19 in bfloat16 and float32 =="
-day=$(date +%Y-%m-%d)
 for d in bfloat16 float32; do
   timeout 3000 erank-fast eval --model erank-smol --dtype "$d" \
     --data "$DATA/dl19-bm25-top100.jsonl" --qrels "$DATA/dl19-bm25-top100.qrels" \

@@ -33,7 +33,9 @@ def test_bf16_cpu_check_names_the_cpu_and_its_choice(tmp_path):
     done = subprocess.run(["bash", "bench/bf16_cpu_check.sh"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    facts = json.loads((tmp_path / "bf16-check-cpu.json").read_text())
+    written = list(tmp_path.glob("*-bf16-check-cpu-*.json"))  # dated, named by the CPU
+    assert len(written) == 1, written
+    facts = json.loads(written[0].read_text())
     assert facts["matmul_gflops"]["float32"] > 0 and facts["cpu"]["cores"] >= 1
     chosen = [line.split()[2] for line in done.stdout.splitlines()
               if line.startswith("dtype chosen:")]

@@ -62,3 +62,20 @@ def test_precision_follows_the_machine_unless_forced():
     assert apply_precision(c, "auto") == "fp16" and not c.bf16
     with pytest.raises(ValueError, match="precision must be one of"):
         apply_precision(config(), "int8")
+
+
+@pytest.mark.parametrize("config", ["sft.yaml", "rl.yaml"])
+def test_bf16_chosen_after_parsing_turns_autocast_on(config, tmp_path):
+    """The arguments are parsed with bf16 false (a CPU refuses TRL's default), then the chosen
+    precision is applied: the mixed precision transformers hands the Accelerator (derived when
+    parsing) must follow, or the run is float32 under a bf16 label."""
+    from erank_fast.training.policy import apply_precision
+
+    path = CONFIGS[0].parent / config
+    _, training = _parser(path).parse_args_and_config(
+        ["--config", str(path), "--bf16", "false", "--output_dir", str(tmp_path)])
+    assert training.mixed_precision == "no"
+    assert apply_precision(training, "bf16") == "bf16"
+    assert training.bf16 and training.mixed_precision == "bf16"
+    assert apply_precision(training, "float32") == "float32"
+    assert not training.bf16 and training.mixed_precision == "no"

@@ -77,6 +77,12 @@ def apply_precision(config, precision: str) -> str:
 
             precision = "bf16" if fast_bf16() else "float32"
     config.bf16 = precision == "bf16"
+    if hasattr(config, "mixed_precision"):
+        # transformers derives the Accelerator's mixed precision from bf16 when the arguments
+        # are parsed; set after that, bf16 alone leaves autocast off (float32 in all but name)
+        config.mixed_precision = "bf16" if config.bf16 else "no"
+        if config.bf16 and getattr(config, "deepspeed_plugin", None) is not None:
+            config.deepspeed_plugin.set_mixed_precision("bf16")
     if config.bf16 and not cuda:
         config.use_cpu = True  # transformers refuses bf16 on a CPU-only setup without it
     return precision

@@ -122,28 +122,38 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
         inv_l[r] = 0.0f;
         continue;
       }
-      const int64_t own_seen = doc.own_start + (r0 + r) / group + 1;
-      // Visible: prefix keys [0, plen) and own keys [0, own_seen), at their block positions.
-      auto visible = [&](int64_t b, int64_t j0) -> __mmask16 {
-        const int64_t n =
-            b < pblocks ? plen - (b * KB + j0) : own_seen - ((b - pblocks) * KB + j0);
-        return n >= 16 ? __mmask16(0xFFFF) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
-      };
+      // Visible: prefix keys [0, plen) and own keys [0, own_seen): two runs of S's row (the
+      // own keys start at block pblocks); every other weight up to the tile's blocks is 0.
+      const int64_t own0 = pblocks * KB, own_seen = doc.own_start + (r0 + r) / group + 1;
+      const int64_t runs[2][2] = {{0, plen}, {own0, own0 + own_seen}};
+      auto tail = [](int64_t n) { return __mmask16((1u << n) - 1); };  // 0 < n < 16
       __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-      for (int64_t b = 0; b < blocks; ++b)
-        for (int64_t j0 = 0; j0 < KB; j0 += 16)
-          mx = _mm512_mask_max_ps(mx, visible(b, j0), mx, _mm512_loadu_ps(s + b * KB + j0));
+      for (const auto& run : runs) {
+        int64_t j = run[0];
+        for (; j + 16 <= run[1]; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
+        if (j < run[1]) mx = _mm512_mask_max_ps(mx, tail(run[1] - j), mx, _mm512_loadu_ps(s + j));
+      }
       const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx) * scale_log2);
       const __m512 sc = _mm512_set1_ps(scale_log2);
       __m512 sum = _mm512_setzero_ps();
-      for (int64_t b = 0; b < blocks; ++b)
-        for (int64_t j0 = 0; j0 < KB; j0 += 16) {
-          const __m512 e = _mm512_maskz_mov_ps(
-              visible(b, j0), exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + b * KB + j0), sc, m)));
-          sum = _mm512_add_ps(sum, e);
-          _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + b * KB + j0),
-                              (__m256i)_mm512_cvtneps_pbh(e));
+      auto weights = [&](int64_t j, __mmask16 keep) {  // 16 weights from key j, stored as bf16
+        const __m512 e =
+            _mm512_maskz_mov_ps(keep, exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, m)));
+        sum = _mm512_add_ps(sum, e);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+      };
+      int64_t zero_from[2];
+      for (int i = 0; i < 2; ++i) {
+        int64_t j = runs[i][0];
+        for (; j + 16 <= runs[i][1]; j += 16) weights(j, 0xFFFF);
+        if (j < runs[i][1]) {
+          weights(j, tail(runs[i][1] - j));
+          j += 16;
         }
+        zero_from[i] = j;
+      }
+      std::memset(p + zero_from[0], 0, sizeof(bf16) * (own0 - zero_from[0]));
+      std::memset(p + zero_from[1], 0, sizeof(bf16) * (blocks * KB - zero_from[1]));
       inv_l[r] = 1.0f / _mm512_reduce_add_ps(sum);
     }
     for (int64_t b = 0; b < blocks; ++b)
