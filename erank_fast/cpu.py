@@ -139,11 +139,11 @@ TOP_PAD = 64 << 20
 def keep_freed_memory() -> bool:
     """Make glibc's malloc reuse the memory of freed tensors instead of mapping fresh pages.
 
-    A forward pass allocates and frees tens of megabytes of activations per layer; by default
-    glibc serves blocks above a few MiB from new mappings and returns them on free, so every
-    layer first-touches (page-faults) its outputs again: on a 2-core KVM Xeon this was a third
-    of the time of the MLP's GEMMs (bfloat16, 2048 rows: 1.38 s instead of 2.76 s over three
-    100-document calls). Process-wide, once, at the first CPU engine; a no-op where the C
+    A forward pass allocates and frees megabytes of activations per layer; by default glibc
+    serves blocks above its (adaptive) mapping threshold from new mappings and gives them back
+    on free, so layers first-touch (page-fault) their outputs again: on a 2-core KVM Xeon this
+    was half the time of the MLP's GEMMs (bfloat16, 2048 rows: 2.76 s instead of 1.38 s over
+    three 100-document calls). Process-wide, once, at the first CPU engine; a no-op where the C
     library is not glibc, and ``ERANK_FAST_KEEP_FREED=0`` leaves malloc as it is. Returns
     whether the settings were applied."""
     if os.environ.get("ERANK_FAST_KEEP_FREED", "1") == "0" or platform.system() != "Linux":

@@ -4,7 +4,9 @@ against its query's prefix rows and, causally, its own rows, read in place; no p
 tensor, no per-document Python. float32 scores, softmax and accumulation (AVX512-BF16 dot
 products for bfloat16 inputs; on a CPU without AVX-512, a portable float32 kernel). Documents
 with one new token (decode) take the kernel's own path, keys rather than rows in the vector
-lanes. Equal to prefix_attention + suffix_attention merged by LSE (tests/test_torch_ops.py);
+lanes. bfloat16 prefill steps on a CPU with AMX run ``shared_prefix_attention_brgemm.cpp``
+instead: the same attention with its two products on oneDNN's brgemm tiles. Equal to
+prefix_attention + suffix_attention merged by LSE (tests/test_torch_ops.py);
 None where the kernel does not apply, and the caller runs the PyTorch paths instead."""
 
 from __future__ import annotations
