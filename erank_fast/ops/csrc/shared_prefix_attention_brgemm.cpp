@@ -39,7 +39,7 @@ using bf16 = c10::BFloat16;
 constexpr int64_t MR = 32;  // rows per tile
 constexpr int64_t KB = 64;  // keys per block
 
-// Keys [k0, k0 + n) of one KV head (rows `stride` elements apart), as blocks of KB keys for
+// The first n keys at k, v of one KV head (rows `stride` elements apart), as blocks of KB keys for
 // both products: ks[block] = K^T [D/2][KB][2] (S = Q K^T), vs[block] = V [KB/2][D][2] (P V).
 // Keys past n are zeros.
 template <int D>
@@ -126,13 +126,21 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
       // own keys start at block pblocks); every other weight up to the tile's blocks is 0.
       const int64_t own0 = pblocks * KB, own_seen = doc.own_start + (r0 + r) / group + 1;
       const int64_t runs[2][2] = {{0, plen}, {own0, own0 + own_seen}};
-      auto tail = [](int64_t n) { return __mmask16((1u << n) - 1); };  // 0 < n < 16
-      __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-      for (const auto& run : runs) {
+      // f(j, mask) on each 16 keys of a run (the last ones masked); returns where it stopped.
+      auto each_16 = [](const int64_t* run, auto f) {
         int64_t j = run[0];
-        for (; j + 16 <= run[1]; j += 16) mx = _mm512_max_ps(mx, _mm512_loadu_ps(s + j));
-        if (j < run[1]) mx = _mm512_mask_max_ps(mx, tail(run[1] - j), mx, _mm512_loadu_ps(s + j));
-      }
+        for (; j + 16 <= run[1]; j += 16) f(j, __mmask16(0xFFFF));
+        if (j < run[1]) {
+          f(j, __mmask16((1u << (run[1] - j)) - 1));
+          j += 16;
+        }
+        return j;
+      };
+      __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+      for (const auto& run : runs)
+        each_16(run, [&](int64_t j, __mmask16 keep) {
+          mx = _mm512_mask_max_ps(mx, keep, mx, _mm512_loadu_ps(s + j));
+        });
       const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx) * scale_log2);
       const __m512 sc = _mm512_set1_ps(scale_log2);
       __m512 sum = _mm512_setzero_ps();
@@ -142,16 +150,7 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
         sum = _mm512_add_ps(sum, e);
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
       };
-      int64_t zero_from[2];
-      for (int i = 0; i < 2; ++i) {
-        int64_t j = runs[i][0];
-        for (; j + 16 <= runs[i][1]; j += 16) weights(j, 0xFFFF);
-        if (j < runs[i][1]) {
-          weights(j, tail(runs[i][1] - j));
-          j += 16;
-        }
-        zero_from[i] = j;
-      }
+      const int64_t zero_from[2] = {each_16(runs[0], weights), each_16(runs[1], weights)};
       std::memset(p + zero_from[0], 0, sizeof(bf16) * (own0 - zero_from[0]));
       std::memset(p + zero_from[1], 0, sizeof(bf16) * (blocks * KB - zero_from[1]));
       inv_l[r] = 1.0f / _mm512_reduce_add_ps(sum);
