@@ -347,6 +347,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
   using Q = QK<T>;
   constexpr int VB = 16;    // keys per block
   constexpr int MAX_G = 16;  // query heads per KV head
+  constexpr int PREFETCH_BLOCKS = 2;
   const int64_t b = t.doc, groups = m.group, plen = m.prefix_len[b];
   const int64_t n_keys = plen + m.own_start[b] + 1;
   TORCH_CHECK(groups <= MAX_G, "at most ", MAX_G, " query heads per KV head");
@@ -364,6 +365,18 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
   }
   for (int64_t j0 = 0; j0 < n_keys; j0 += VB) {
     const int nk = static_cast<int>(std::min<int64_t>(VB, n_keys - j0));
+    // The document's own rows come from memory (the prefix's stay in cache, shared by the
+    // query's documents): ask for those of the block PREFETCH_BLOCKS ahead now, so that the
+    // loads overlap this block's arithmetic rather than stall it.
+    for (int64_t j = j0 + PREFETCH_BLOCKS * VB, end = std::min(j + VB, n_keys); j < end; ++j) {
+      const int64_t row = m.arena_row(b, j);
+      for (int64_t byte = 0; byte < static_cast<int64_t>(sizeof(T)) * D; byte += 64) {
+        _mm_prefetch(reinterpret_cast<const char*>(k + row * kv_s0 + t.head * kv_s1) + byte,
+                     _MM_HINT_T0);
+        _mm_prefetch(reinterpret_cast<const char*>(v + row * kv_s0 + t.head * kv_s1) + byte,
+                     _MM_HINT_T0);
+      }
+    }
     for (int j = 0; j < VB; ++j) {
       const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
       const int64_t row = m.arena_row(b, key);
