@@ -9,7 +9,7 @@ import json
 import os
 import sys
 
-from erank_fast.config import BACKENDS, parse_think
+from erank_fast.config import BACKENDS, QUANTIZE_MODES, parse_think
 from erank_fast.prompt import TEMPLATES
 from erank_fast.scoring import SCORE_MODES
 
@@ -75,7 +75,8 @@ def _reranker_options(args) -> dict:
               if getattr(args, name, None) is not None}
     return dict(adapter=args.adapter, device=args.device, dtype=dtype, think=args.think,
                 backend=args.backend, score_mode=args.score_mode, template=args.template,
-                hybrid_order=getattr(args, "hybrid_order", False) or None, **limits)
+                hybrid_order=getattr(args, "hybrid_order", False) or None,
+                quantize=getattr(args, "quantize", None), **limits)
 
 
 def _load(args):
@@ -157,6 +158,9 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None, choices=["float32", "bfloat16", "float16"])
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))
+    p.add_argument("--quantize", default=None, choices=list(QUANTIZE_MODES),
+                   help="int8: int8 decoder linear layers (bfloat16 models, CPUs with AMX-INT8 "
+                        "or AVX512-VNNI; a small score error: see README)")
     for name, help_text in LIMIT_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=help_text)
 

@@ -53,6 +53,8 @@ def make_backend(loaded, tokens, detector, config) -> Backend:
     """The one backend factory (the Reranker's and the RL rollouts'): the backend
     ``config.backend`` names (a ``RerankerConfig``), over a loaded model."""
     if config.backend == "reference":
+        if config.quantize != "none":
+            raise ValueError("quantize applies to erank_fast's engine, not the reference backend")
         from erank_fast.engine.reference_backend import ReferenceBackend
 
         return ReferenceBackend(loaded.hf_model, tokens, detector)
@@ -60,6 +62,9 @@ def make_backend(loaded, tokens, detector, config) -> Backend:
 
     impl = "auto" if config.backend == "auto" else config.backend
     pack = config.pack_weights == "on" or (config.pack_weights == "auto" and loaded.owns_weights)
+    if config.quantize != "none" and not loaded.owns_weights:
+        raise ValueError(f"quantize={config.quantize!r} replaces the weights by quantised copies: "
+                         "load the model from a path or a packaged name, not an in-memory model")
     return Engine(loaded.decoder, tokens, detector, max_batch_tokens=config.max_batch_tokens,
                   impl=impl, kv_memory=config.kv_memory, cuda_graphs=config.cuda_graphs,
-                  pack_weights=pack)
+                  pack_weights=pack, quantize=config.quantize)

@@ -33,6 +33,7 @@ from erank_fast.engine.scheduler import Scheduler
 from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request
 from erank_fast.models.decoder import Decoder
 from erank_fast.ops.cpu_extension import cpu_kernels
+from erank_fast.ops.int8_linear import int8_unavailable_reason, quantize_decoder_layers
 from erank_fast.ops.packed_linear import pack_linears
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
@@ -46,7 +47,7 @@ class Engine:
     def __init__(self, decoder: Decoder, tokens: ScoreTokens, detector: AnswerDetector, *,
                  max_batch_tokens: int | None = None, impl: str = "auto",
                  kv_memory: int | None = None, cuda_graphs: str = "auto",
-                 pack_weights: bool = False):
+                 pack_weights: bool = False, quantize: str = "none"):
         """impl: "auto" (Triton kernels on CUDA, PyTorch elsewhere), "torch" or "triton".
         max_batch_tokens: tokens per forward pass (default 8192 on CUDA, 2048 on CPU).
         kv_memory: bytes for the K/V arena (default: 90% of free GPU memory, 2 GiB on CPU).
@@ -56,14 +57,23 @@ class Engine:
         and the arena: weights may change in place (training), not be reallocated.
         pack_weights: on CPU, replace the decoder's linear layers and the lm_head by packed
         copies (``ops.packed_linear``): faster, but later changes to the weights are not seen,
-        so only for weights the engine owns (never a model being trained)."""
+        so only for weights the engine owns (never a model being trained).
+        quantize: "int8" replaces the decoder layers' linear layers by int8 copies
+        (``ops.int8_linear``; bfloat16 on a CPU with AMX-INT8 or AVX512-VNNI, else ValueError);
+        likewise only for weights the engine owns."""
         weight = decoder.lm_head_weight
         if weight.device.type == "cpu":
             cpu_kernels()  # built (once per machine) or loaded here, not in the first call
             keep_freed_memory()
         self.decoder, self.tokens, self.detector = decoder, tokens, detector
+        self.quantized_layers = 0
+        if quantize == "int8":
+            reason = int8_unavailable_reason(weight.dtype)
+            if reason is not None:
+                raise ValueError(f'quantize="int8" cannot run here: {reason}')
+            self.quantized_layers = quantize_decoder_layers(decoder.model.layers)
         self.packed_layers = pack_linears(decoder.model) if pack_weights else 0
-        decoder.pad_rows = self.packed_layers > 0
+        decoder.pad_rows = self.packed_layers > 0 or self.quantized_layers > 0
         self.runner = ModelRunner(decoder, impl, cuda_graphs)
         self.scheduler = Scheduler(decoder.config, weight.dtype, weight.device,
                                    kv_memory=kv_memory,

@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from erank_fast.models.decoder_config import DecoderConfig
+from erank_fast.ops.int8_linear import Int8Linear, QuantizedRows, silu_mul_quantized
 from erank_fast.ops.packed_linear import linear_add, linear_mul, linear_silu
 from erank_fast.ops.rms_norm import rms_norm_kernel
 from erank_fast.ops.rotary import rotary_kernel
@@ -32,8 +33,16 @@ class RMSNorm(nn.Module):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
+        # Set on the norms before int8 linear layers (``quantize_decoder_layers``): the output
+        # is quantised per row in the same pass.
+        self.quantize_output = False
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor) -> torch.Tensor | QuantizedRows:
+        if self.quantize_output:
+            from erank_fast.ops.cpu_extension import cpu_kernels
+
+            return QuantizedRows(*cpu_kernels().rms_norm_quantize(
+                x.reshape(-1, x.shape[-1]), self.weight, self.eps))
         if torch.is_inference_mode_enabled() and (kernel := rms_norm_kernel(x, self.weight)):
             # CPU inference: one pass, float32 inside, one rounding (ops.rms_norm).
             return kernel(x.reshape(-1, x.shape[-1]), self.weight, self.eps).view(x.shape)
@@ -145,7 +154,11 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         """residual + down(silu(gate(x)) * up(x)); on packed weights the activation, product
-        and sum run in the GEMMs' epilogues (``ops.packed_linear``)."""
+        and sum run in the GEMMs' epilogues (``ops.packed_linear``); on int8 weights in one
+        fused pass that also quantises the product (``ops.int8_linear``)."""
+        if isinstance(self.gate_proj, Int8Linear):
+            return linear_add(self.down_proj, silu_mul_quantized(self.gate_proj, self.up_proj, x),
+                              residual)
         h = linear_mul(self.up_proj, x, linear_silu(self.gate_proj, x))
         return linear_add(self.down_proj, h, residual)
 

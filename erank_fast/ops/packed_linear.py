@@ -82,7 +82,12 @@ def linear_mul(linear: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch
 
 def linear_add(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
     """residual + linear(x) (``residual`` may be updated in place); on a packed weight, the sum
-    runs in the GEMM's epilogue, in float32 before the one rounding to the output dtype."""
+    runs in the GEMM's epilogue, in float32 before the one rounding to the output dtype; on
+    int8 weights, in the pass that scales the GEMM's rows back (``ops.int8_linear``)."""
+    from erank_fast.ops.int8_linear import Int8Linear
+
+    if isinstance(linear, Int8Linear):
+        return linear.add_into(residual, x)
     if isinstance(linear, PackedLinear) and linear.epilogues:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, linear.packed,
                                                          linear.bias, "add")

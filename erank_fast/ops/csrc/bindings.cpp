@@ -17,6 +17,11 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
         &shared_prefix_attention_brgemm_available);
   m.def("rotary_(Tensor(a!) q, Tensor(b!) k, Tensor cos, Tensor sin) -> ()");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("quantize_rows(Tensor x) -> (Tensor, Tensor)");
+  m.def("rms_norm_quantize(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
+  m.def("silu_mul_quantize(Tensor g, Tensor u, Tensor s) -> (Tensor, Tensor)");
+  m.def("scale_rows_(Tensor(a!) y, Tensor s) -> ()");
+  m.def("scaled_add_(Tensor(a!) residual, Tensor y, Tensor s) -> ()");
   // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
   m.def("shared_prefix_attention_supports(str dtype) -> bool",
         &shared_prefix_attention_supports);
@@ -28,4 +33,9 @@ TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("shared_prefix_attention_brgemm", &shared_prefix_attention_brgemm);
   m.impl("rotary_", &rotary_);
   m.impl("rms_norm", &rms_norm);
+  m.impl("quantize_rows", &quantize_rows);
+  m.impl("rms_norm_quantize", &rms_norm_quantize);
+  m.impl("silu_mul_quantize", &silu_mul_quantize);
+  m.impl("scale_rows_", &scale_rows_);
+  m.impl("scaled_add_", &scaled_add_);
 }

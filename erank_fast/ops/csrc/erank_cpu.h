@@ -7,6 +7,7 @@
 #include <ATen/ops/empty_like.h>
 
 #include <string>
+#include <tuple>
 #include <vector>
 
 std::vector<at::Tensor> decode_attention(at::Tensor q, at::Tensor k, at::Tensor v,
@@ -28,3 +29,11 @@ at::Tensor shared_prefix_attention_brgemm(at::Tensor q, at::Tensor k, at::Tensor
 void rotary_(at::Tensor q, at::Tensor k, at::Tensor cos, at::Tensor sin);
 
 at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps);
+
+// int8 linear layers' row-wise work (int8_rows.cpp): uint8 activations (zero point 128) with a
+// float32 scale per row, and the bfloat16 GEMM outputs scaled back per row
+std::tuple<at::Tensor, at::Tensor> quantize_rows(at::Tensor x);
+std::tuple<at::Tensor, at::Tensor> rms_norm_quantize(at::Tensor x, at::Tensor weight, double eps);
+std::tuple<at::Tensor, at::Tensor> silu_mul_quantize(at::Tensor g, at::Tensor u, at::Tensor s);
+void scale_rows_(at::Tensor y, at::Tensor s);
+void scaled_add_(at::Tensor residual, at::Tensor y, at::Tensor s);

@@ -1,0 +1,126 @@
+"""int8 linear layers for CPU inference (``quantize="int8"``): weights int8 per output channel,
+activations uint8 per token (row), multiplied by oneDNN's int8 GEMM (AMX-INT8 or AVX512-VNNI).
+
+A token's activations are quantised with their own scale (max |x| / 127, zero point 128); the
+GEMM returns sum((x_q - 128) w_q) * w_scale in bfloat16 and the row's scale is applied after it.
+One scale per tensor, the only kind oneDNN's int8 linear accepts, breaks erank-smol's ranking
+(Spearman 0.74-0.94 against float32 on DL19 queries); one per token keeps it (erank-smol on
+DL19: nDCG@10 0.5735 against 0.5755 in float32 and bfloat16; ``bench/NOTES.md``). The row-wise work around the GEMMs is
+fused with its neighbours in C++ (``ops/csrc/int8_rows.cpp``): RMSNorm then quantise, SiLU x
+up then quantise, scale-and-add into the residual.
+
+Only a bfloat16 model's decoder layers are quantised, on a CPU with AMX-INT8 or AVX512-VNNI
+(elsewhere oneDNN's int8 kernels are slower than bfloat16 or float32); embeddings, norms,
+attention, the K/V arena and the score head stay in the model's dtype.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from erank_fast.ops.cpu_extension import cpu_kernels
+
+# oneDNN's packing takes a row-count hint; the prefill steps' 2048 rows (the packed layout
+# serves decode steps' rows equally, measured on the AMX Xeon).
+ROWS_HINT = 2048
+
+
+def int8_unavailable_reason(dtype: torch.dtype) -> str | None:
+    """Why int8 linear layers cannot run here (None when they can)."""
+    from erank_fast.cpu import cpu_info
+
+    if dtype != torch.bfloat16:
+        return f"int8 quantisation serves bfloat16 models (this one is {dtype})"
+    flags = set(cpu_info()["flags"])
+    if not flags & {"amx_int8", "avx512_vnni"}:
+        return "this CPU has neither AMX-INT8 nor AVX512-VNNI (oneDNN's int8 GEMMs are slow here)"
+    if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
+        return "this torch build has no oneDNN int8 linear"
+    if cpu_kernels() is None:
+        return "erank_fast's CPU kernels could not be built here"
+    return None
+
+
+@dataclass
+class QuantizedRows:
+    """Activations quantised per row: q uint8 [N, H] (zero point 128), scale float32 [N]."""
+
+    q: torch.Tensor
+    scale: torch.Tensor
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.q.shape
+
+
+def quantize_rows(x: torch.Tensor) -> QuantizedRows:
+    return QuantizedRows(*cpu_kernels().quantize_rows(x.reshape(-1, x.shape[-1])))
+
+
+class Int8Linear(nn.Module):
+    """An inference-only ``nn.Linear`` with int8 weights (symmetric, one scale per output
+    channel) packed for oneDNN; bias kept in float32."""
+
+    def __init__(self, linear: nn.Linear):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        w = linear.weight.detach().float()
+        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+        w_q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        packed = torch.ops.onednn.qlinear_prepack(w_q, [ROWS_HINT, self.in_features])
+        self.register_buffer("packed", packed, persistent=False)
+        self.register_buffer("w_scale", scale, persistent=False)
+        self.register_buffer("w_zero", torch.zeros(self.out_features, dtype=torch.int64),
+                             persistent=False)
+        bias = linear.bias.detach().float() if linear.bias is not None else None
+        self.register_buffer("bias", bias, persistent=False)
+
+    def unscaled(self, x: QuantizedRows) -> torch.Tensor:
+        """(x.q - 128) @ W_q.T * w_scale in bfloat16, before each row's own scale."""
+        return torch.ops.onednn.qlinear_pointwise(
+            x.q, 1.0, 128, self.packed, self.w_scale, self.w_zero, None, 1.0, 0,
+            torch.bfloat16, "none", [], "")
+
+    def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
+        rows = x if isinstance(x, QuantizedRows) else quantize_rows(x)
+        y = self.unscaled(rows)
+        cpu_kernels().scale_rows_(y, rows.scale)
+        if self.bias is not None:
+            y += self.bias.to(y.dtype)
+        shape = x.shape[:-1] if isinstance(x, torch.Tensor) else x.shape[:1]
+        return y.view(*shape, self.out_features)
+
+    def add_into(self, residual: torch.Tensor, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
+        """residual + self(x), in place in ``residual`` (one rounding)."""
+        rows = x if isinstance(x, QuantizedRows) else quantize_rows(x)
+        y = self.unscaled(rows)
+        if self.bias is not None:  # the bias before the row scale is applied
+            y += (self.bias[None, :] / rows.scale[:, None]).to(y.dtype)
+        cpu_kernels().scaled_add_(residual, y, rows.scale)
+        return residual
+
+
+def silu_mul_quantized(gate: Int8Linear, up: Int8Linear, x: QuantizedRows) -> QuantizedRows:
+    """silu(gate(x)) * up(x), quantised per row for the down projection (one fused pass)."""
+    if gate.bias is not None or up.bias is not None:
+        raise ValueError("int8 MLP projections with biases are not supported")
+    return QuantizedRows(*cpu_kernels().silu_mul_quantize(gate.unscaled(x), up.unscaled(x),
+                                                          x.scale))
+
+
+def quantize_decoder_layers(layers: nn.ModuleList) -> int:
+    """Replace every decoder layer's linear layers by ``Int8Linear`` and mark its norms to
+    quantise their output; returns how many linear layers were replaced."""
+    count = 0
+    for layer in layers:
+        for parent in (layer.self_attn, layer.mlp):
+            for name, child in list(parent.named_children()):
+                if type(child) is nn.Linear:
+                    setattr(parent, name, Int8Linear(child))
+                    count += 1
+        layer.input_layernorm.quantize_output = True
+        layer.post_attention_layernorm.quantize_output = True
+    return count
