@@ -3,6 +3,7 @@
 peer runners.
 
     python bench/peers/run_erank_fast.py WORKLOAD.json OUT.json [--dtype auto|float32|bfloat16]
+        [--quantize none|int8]
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ def main() -> None:
     parser.add_argument("workload")
     parser.add_argument("out")
     parser.add_argument("--dtype", default="auto")
+    parser.add_argument("--quantize", default="none")
     args = parser.parse_args()
 
     import torch
@@ -29,7 +31,8 @@ def main() -> None:
     w = peer_io.read(args.workload)
     dtype = None if args.dtype == "auto" else getattr(torch, args.dtype)
     start = time.perf_counter()
-    rr = Reranker.from_pretrained(w["model_dir"], dtype=dtype, think=w["think"])
+    rr = Reranker.from_pretrained(w["model_dir"], dtype=dtype, think=w["think"],
+                                  quantize=args.quantize)
     load_s = time.perf_counter() - start
     budget = rr.config.budget(rr.config.think)
 
@@ -43,7 +46,8 @@ def main() -> None:
     warmup_s, results = peer_io.timed_queries(w, score, system="erank_fast")
     peer_io.write(args.out, {
         "system": "erank_fast", "version": erank_fast.__version__,
-        "settings": {"dtype": str(rr.backend.dtype).replace("torch.", ""), "think": w["think"]},
+        "settings": {"dtype": str(rr.backend.dtype).replace("torch.", ""), "think": w["think"],
+                     "quantize": args.quantize},
         "load_s": load_s, "warmup_s": warmup_s, "queries": results})
 
 

@@ -33,6 +33,8 @@ HERE = Path(__file__).resolve().parent
 SYSTEMS = {
     "erank_fast": ("run_erank_fast.py", ["--dtype", "auto"], None),
     "erank_fast_fp32": ("run_erank_fast.py", ["--dtype", "float32"], None),
+    # int8 decoder linears (opt-in; CPUs with AMX-INT8 or AVX512-VNNI)
+    "erank_fast_int8": ("run_erank_fast.py", ["--dtype", "bfloat16", "--quantize", "int8"], None),
     # vLLM with every core for its model (measured on 2 cores: 1.9x its default, which keeps
     # one core for its scheduler); "_reserved_core" keeps vLLM's default, for the record
     "vllm": ("run_vllm.py", ["--reserved-cpus", "0"], "vllm"),
@@ -117,6 +119,15 @@ def run_system(name: str, workload: Path, out: Path, tree: Path | None = None) -
     if python is None:
         print(f"skip {name}: no venv (bash bench/peers/setup.sh {venv})")
         return None
+    if "--quantize" in extra and tree is None:
+        import torch
+
+        from erank_fast.ops.int8_linear import int8_unavailable_reason
+
+        reason = int8_unavailable_reason(torch.bfloat16)
+        if reason is not None:
+            print(f"skip {name}: {reason}")
+            return None
     env, script = None, HERE / runner
     if tree is not None:
         env = {**os.environ, "PYTHONPATH": str(tree)}
