@@ -81,6 +81,17 @@ void check_rows(const at::Tensor& x, const char* name) {
               ": bfloat16 [N, H], last dim contiguous");
 }
 
+void check_scales(const at::Tensor& s, int64_t n) {
+  TORCH_CHECK(s.dim() == 1 && s.size(0) == n && s.is_contiguous() &&
+                  s.scalar_type() == at::kFloat, "s: float32 [N], one scale per row");
+}
+
+// The outputs of a quantising kernel for rows like x: uint8 [N, H] and float32 scales [N].
+std::tuple<at::Tensor, at::Tensor> quantized_like(const at::Tensor& x) {
+  return {at::empty({x.size(0), x.size(1)}, x.options().dtype(at::kByte)),
+          at::empty({x.size(0)}, x.options().dtype(at::kFloat))};
+}
+
 // Row-parallel loop handing each worker a float32 buffer of h values.
 template <typename F>
 void each_row(int64_t n, int64_t h, F f) {
@@ -95,8 +106,7 @@ void each_row(int64_t n, int64_t h, F f) {
 std::tuple<at::Tensor, at::Tensor> quantize_rows(at::Tensor x) {
   check_rows(x, "x");
   const int64_t n = x.size(0), h = x.size(1);
-  auto q = at::empty({n, h}, x.options().dtype(at::kByte));
-  auto scale = at::empty({n}, x.options().dtype(at::kFloat));
+  auto [q, scale] = quantized_like(x);
   const bf16* xp = x.data_ptr<bf16>();
   uint8_t* qp = q.data_ptr<uint8_t>();
   float* sp = scale.data_ptr<float>();
@@ -113,8 +123,7 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_quantize(at::Tensor x, at::Tensor we
   TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous() &&
                   weight.scalar_type() == at::kBFloat16, "weight: bfloat16 [H], contiguous");
   const int64_t n = x.size(0), h = x.size(1);
-  auto q = at::empty({n, h}, x.options().dtype(at::kByte));
-  auto scale = at::empty({n}, x.options().dtype(at::kFloat));
+  auto [q, scale] = quantized_like(x);
   const bf16 *xp = x.data_ptr<bf16>(), *wp = weight.data_ptr<bf16>();
   uint8_t* qp = q.data_ptr<uint8_t>();
   float* sp = scale.data_ptr<float>();
@@ -149,11 +158,9 @@ std::tuple<at::Tensor, at::Tensor> silu_mul_quantize(at::Tensor g, at::Tensor u,
   check_rows(g, "g");
   check_rows(u, "u");
   TORCH_CHECK(g.sizes() == u.sizes(), "g and u of one shape");
-  TORCH_CHECK(s.dim() == 1 && s.size(0) == g.size(0) && s.is_contiguous() &&
-                  s.scalar_type() == at::kFloat, "s: float32 [N]");
+  check_scales(s, g.size(0));
   const int64_t n = g.size(0), h = g.size(1);
-  auto q = at::empty({n, h}, g.options().dtype(at::kByte));
-  auto scale = at::empty({n}, g.options().dtype(at::kFloat));
+  auto [q, scale] = quantized_like(g);
   const bf16 *gp = g.data_ptr<bf16>(), *up = u.data_ptr<bf16>();
   const float* sp = s.data_ptr<float>();
   uint8_t* qp = q.data_ptr<uint8_t>();
@@ -186,8 +193,7 @@ std::tuple<at::Tensor, at::Tensor> silu_mul_quantize(at::Tensor g, at::Tensor u,
 
 void scale_rows_(at::Tensor y, at::Tensor s) {
   check_rows(y, "y");
-  TORCH_CHECK(s.dim() == 1 && s.size(0) == y.size(0) && s.scalar_type() == at::kFloat &&
-                  s.is_contiguous(), "s: float32 [N]");
+  check_scales(s, y.size(0));
   const int64_t h = y.size(1);
   bf16* yp = y.data_ptr<bf16>();
   const float* sp = s.data_ptr<float>();
@@ -208,8 +214,7 @@ void scaled_add_(at::Tensor residual, at::Tensor y, at::Tensor s) {
   check_rows(residual, "residual");
   check_rows(y, "y");
   TORCH_CHECK(residual.sizes() == y.sizes(), "residual and y of one shape");
-  TORCH_CHECK(s.dim() == 1 && s.size(0) == y.size(0) && s.scalar_type() == at::kFloat &&
-                  s.is_contiguous(), "s: float32 [N]");
+  check_scales(s, y.size(0));
   const int64_t h = y.size(1);
   bf16* rp = residual.data_ptr<bf16>();
   const bf16* yp = y.data_ptr<bf16>();
