@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from erank_fast.models.decoder_config import DecoderConfig
+from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.int8_linear import Int8Linear, QuantizedRows, silu_mul_quantized
 from erank_fast.ops.packed_linear import linear_add, linear_mul, linear_silu
 from erank_fast.ops.rms_norm import rms_norm_kernel
@@ -39,8 +40,6 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor | QuantizedRows:
         if self.quantize_output:
-            from erank_fast.ops.cpu_extension import cpu_kernels
-
             return QuantizedRows(*cpu_kernels().rms_norm_quantize(
                 x.reshape(-1, x.shape[-1]), self.weight, self.eps))
         if torch.is_inference_mode_enabled() and (kernel := rms_norm_kernel(x, self.weight)):

@@ -5,9 +5,10 @@ A token's activations are quantised with their own scale (max |x| / 127, zero po
 GEMM returns sum((x_q - 128) w_q) * w_scale in bfloat16 and the row's scale is applied after it.
 One scale per tensor, the only kind oneDNN's int8 linear accepts, breaks erank-smol's ranking
 (Spearman 0.74-0.94 against float32 on DL19 queries); one per token keeps it (erank-smol on
-DL19: nDCG@10 0.5735 against 0.5755 in float32 and bfloat16; ``bench/NOTES.md``). The row-wise work around the GEMMs is
-fused with its neighbours in C++ (``ops/csrc/int8_rows.cpp``): RMSNorm then quantise, SiLU x
-up then quantise, scale-and-add into the residual.
+DL19: nDCG@10 0.5735 against 0.5755 in float32 and bfloat16; a base model whose scores bunch
+together reorders far more: ``bench/NOTES.md``, "quantize=int8"). The row-wise work around
+the GEMMs is fused with its neighbours in C++ (``ops/csrc/int8_rows.cpp``): RMSNorm then
+quantise, SiLU x up then quantise, scale-and-add into the residual.
 
 Only a bfloat16 model's decoder layers are quantised, on a CPU with AMX-INT8 or AVX512-VNNI
 (elsewhere oneDNN's int8 kernels are slower than bfloat16 or float32); embeddings, norms,

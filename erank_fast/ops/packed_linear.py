@@ -17,6 +17,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from erank_fast.ops.int8_linear import Int8Linear
+
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 # The row-count hint of the packing; the layout it picks served 1..2048 rows equally here.
 BATCH_HINT = 64
@@ -84,8 +86,6 @@ def linear_add(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> to
     """residual + linear(x) (``residual`` may be updated in place); on a packed weight, the sum
     runs in the GEMM's epilogue, in float32 before the one rounding to the output dtype; on
     int8 weights, in the pass that scales the GEMM's rows back (``ops.int8_linear``)."""
-    from erank_fast.ops.int8_linear import Int8Linear
-
     if isinstance(linear, Int8Linear):
         return linear.add_into(residual, x)
     if isinstance(linear, PackedLinear) and linear.epilogues:
