@@ -208,6 +208,7 @@ def test_health_models_and_metrics(served):
     assert httpx.get(live.url + "/health").json() == {"status": "ok", "model": "tiny"}
     model = httpx.get(live.url + "/v1/models").json()["data"][0]
     assert model["id"] == "tiny" and model["dtype"] == "float32" and model["device"] == "cpu"
+    assert model["quantize"] == "none"
     assert model["template"] == "erank"
     httpx.post(live.url + "/v1/rerank", json={"query": QUERY, "documents": DOCS})
     text = httpx.get(live.url + "/metrics").text

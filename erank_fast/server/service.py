@@ -64,10 +64,13 @@ class RerankService:
 
     def model_entry(self) -> dict:
         entry = {"id": self.model_name, "object": "model", "owned_by": "erank_fast"}
-        if self.reranker is not None:  # what it computes on, its prompt layout and whether
-            config = self.reranker.config  # requests without scores get the hybrid by order
+        if self.reranker is not None:
+            # What it computes on (quantisation included), its prompt layout, and whether
+            # requests without scores get the hybrid by order.
+            config = self.reranker.config
             entry.update(device=self.reranker.device, dtype=self.reranker.dtype,
-                         template=config.template, hybrid_order=config.hybrid_order)
+                         quantize=config.quantize, template=config.template,
+                         hybrid_order=config.hybrid_order)
         return entry
 
     def loaded(self):
