@@ -112,11 +112,29 @@ def silu_mul_quantized(gate: Int8Linear, up: Int8Linear, x: QuantizedRows) -> Qu
                                                           x.scale))
 
 
+def stacked(*linears: nn.Linear) -> nn.Linear:
+    """One linear layer computing the given ones' outputs side by side (their weights stacked):
+    int8 weights have one scale per output row, so quantising the stack is quantising each."""
+    first = linears[0]
+    out = nn.Linear(first.in_features, sum(lin.out_features for lin in linears),
+                    bias=first.bias is not None, dtype=first.weight.dtype)
+    with torch.no_grad():
+        out.weight.copy_(torch.cat([lin.weight for lin in linears]))
+        if out.bias is not None:
+            out.bias.copy_(torch.cat([lin.bias for lin in linears]))
+    return out
+
+
 def quantize_decoder_layers(layers: nn.ModuleList) -> int:
-    """Replace every decoder layer's linear layers by ``Int8Linear`` and mark its norms to
+    """Replace every decoder layer's linear layers by ``Int8Linear`` (q, k and v as one,
+    ``qkv_proj``: one GEMM and one scaling pass instead of three) and mark its norms to
     quantise their output; returns how many linear layers were replaced."""
     count = 0
     for layer in layers:
+        attn = layer.self_attn
+        attn.qkv_proj = Int8Linear(stacked(attn.q_proj, attn.k_proj, attn.v_proj))
+        attn.q_proj = attn.k_proj = attn.v_proj = None
+        count += 3
         for parent in (layer.self_attn, layer.mlp):
             for name, child in list(parent.named_children()):
                 if type(child) is nn.Linear:
