@@ -114,7 +114,7 @@ class SelfAttention(nn.Module):
         self.k_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
         self.v_proj = nn.Linear(h, config.num_kv_heads * d, bias=config.qkv_bias)
         self.o_proj = nn.Linear(config.num_heads * d, h, bias=False)
-        self.qkv_proj: nn.Module | None = None  # q, k and v in one packed GEMM (fuse_for_cpu)
+        self.qkv_proj: nn.Module | None = None  # q, k and v as one GEMM (int8_linear)
         if config.qk_norm:
             self.q_norm = RMSNorm(d, config.rms_norm_eps)
             self.k_norm = RMSNorm(d, config.rms_norm_eps)
