@@ -240,7 +240,7 @@ def test_low_precision_readout_rows_are_not_rounded(pack):
     """With a bfloat16 lm_head on CPU, the rows a score is read from get float32 logits of the
     same (bfloat16) hidden states and weights: equal to a float32 log-softmax of those values,
     where a bfloat16 GEMM output would move logits of ~20 by up to 0.06. Thinking rows, which
-    only need the argmax, keep the model's dtype."""
+    only need the argmax, keep the model's dtype and get the argmax alone."""
     from erank_fast.engine.readout import ScoreReader
     from erank_fast.scoring import ScoreTokens
 
@@ -257,6 +257,7 @@ def test_low_precision_readout_rows_are_not_rounded(pack):
     for got_lp, row in zip([logprobs[i] for i in (0, 1, 3)], (0, 2, 5)):
         torch.testing.assert_close(torch.tensor(got_lp), want[row, 100:110], atol=1e-4, rtol=0)
     assert argmax[2] == int((hidden[3:4] @ weight.T).float().argmax())  # model-dtype argmax
+    assert logprobs[2] == []  # a thinking row's digits are never read: not computed
     assert [argmax[i] for i in (0, 1, 3)] == logits[[0, 2, 5]].argmax(-1).tolist()
 
 

@@ -11,7 +11,7 @@ from torch.nn import functional as F
 
 from erank_fast.ops.causal_attention import causal_attention
 from erank_fast.ops.prefix_attention import prefix_attention
-from erank_fast.ops.score_head import score_head_torch
+from erank_fast.ops.score_head import greedy_tokens, pack_vocab_chunks, score_head_torch
 from erank_fast.ops.shared_prefix_prefill import shared_prefix_prefill
 from erank_fast.ops.suffix_attention import suffix_attention
 from erank_fast.reference.causal_attention import causal_attention_ref
@@ -90,6 +90,30 @@ def test_score_head_equals_full_logits(rows, vocab, hidden, chunk):
     assert torch.equal(got[1], want[1]) and torch.equal(want[1], (h @ w.T).argmax(-1))
     for name, g, r in zip(("max", "lse", "gathered"), got[::2] + got[3:], want[::2] + want[3:]):
         torch.testing.assert_close(g, r, msg=name)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("packed", [False, True])
+def test_greedy_tokens_equal_the_score_heads_argmax(dtype, packed):
+    """A reasoning step's argmax-only head picks the score head's token (the path it replaces)
+    on the same weights: ties within and across chunks to the smallest id, a short last chunk,
+    a row of equal logits; float32 also against torch.argmax of the full logits."""
+    torch.manual_seed(2)
+    vocab, chunk = 2 * 1024 + 300, 1024
+    h, w = torch.randn(9, 64), torch.randn(vocab, 64)
+    w[chunk + 7] = w[7]        # across chunks
+    w[2 * chunk + 5] = w[2 * chunk + 1]  # within the short last chunk
+    h[0] = 0.0                 # every logit equal: id 0
+    h[1] = w[7] * 4.0          # row 1's best is the tied pair: id 7
+    h, w = h.to(dtype), w.to(dtype)
+    chunks = pack_vocab_chunks(w, chunk) if packed else None
+    if packed and chunks is None:
+        pytest.skip("oneDNN does not pack this dtype on this CPU")
+    got = greedy_tokens(h, w, packed_chunks=chunks, vocab_chunk=chunk)
+    want = score_head_torch(h, w, torch.tensor([0, 5]), vocab_chunk=chunk, packed_chunks=chunks)[1]
+    assert torch.equal(got, want) and got[0] == 0 and got[1] == 7
+    if dtype == torch.float32:
+        assert torch.equal(got, (h @ w.T).argmax(-1))
 
 
 @pytest.mark.parametrize("lengths,hq,hkv", [([5, 1, 17], 4, 2), ([0, 9], 8, 1)])

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from erank_fast.engine.work import Doc
-from erank_fast.ops.score_head import pack_vocab_chunks, score_head
+from erank_fast.ops.score_head import greedy_tokens, pack_vocab_chunks, score_head
 from erank_fast.scoring import AnswerDetector, Readout, ScoreReadout, ScoreTokens
 
 
@@ -113,22 +113,27 @@ class ScoreReader:
 
     def _head(self, hidden: torch.Tensor, rows: list[int], exact: list[bool]
               ) -> tuple[list[int], list[list[float]]]:
-        """Argmax and digit log-probs of the distribution after each of ``rows``; rows marked
-        ``exact`` go through the float32 head where there is one."""
-        heads = [(None, self.weight, self.packed)]
-        if self.exact is not None:
-            heads = [(True, *self.exact), (False, self.weight, self.packed)]
+        """Argmax and digit log-probs of the distribution after each of ``rows``. Rows marked
+        ``exact`` (read for a score) go through the float32 head where there is one; the others
+        are reasoning steps, whose greedy token is all that is used: their argmax alone, in the
+        model's dtype, and no digit log-probs."""
         argmax, logprobs = [0] * len(rows), [[]] * len(rows)
-        for flag, weight, packed in heads:
-            picked = [i for i, e in enumerate(exact) if flag is None or e is flag]
-            if not picked:
-                continue
-            index = torch.tensor([rows[i] for i in picked], dtype=torch.int64,
+        greedy = [i for i, e in enumerate(exact) if not e]
+        if greedy:
+            index = torch.tensor([rows[i] for i in greedy], dtype=torch.int64,
                                  device=hidden.device)
+            best = greedy_tokens(hidden[index].to(self.weight.dtype), self.weight,
+                                 impl=self.impl, packed_chunks=self.packed)
+            for i, a in zip(greedy, best.tolist()):
+                argmax[i] = a
+        read = [i for i, e in enumerate(exact) if e]
+        if read:
+            weight, packed = self.exact or (self.weight, self.packed)
+            index = torch.tensor([rows[i] for i in read], dtype=torch.int64, device=hidden.device)
             _, best, lse, digit_logits = score_head(hidden[index].to(weight.dtype), weight,
                                                     self.digit_ids, impl=self.impl,
                                                     packed_chunks=packed)
-            for i, a, lp in zip(picked, best.tolist(), (digit_logits - lse[:, None]).tolist()):
+            for i, a, lp in zip(read, best.tolist(), (digit_logits - lse[:, None]).tolist()):
                 argmax[i], logprobs[i] = a, lp
         return argmax, logprobs
 

@@ -91,6 +91,39 @@ def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tens
     return best, best_id, lse, gathered
 
 
+def greedy_tokens(hidden: torch.Tensor, weight: torch.Tensor, *, impl: str = "auto",
+                  packed_chunks: list[torch.Tensor] | None = None,
+                  vocab_chunk: int = VOCAB_CHUNK) -> torch.Tensor:
+    """hidden [B, H], weight [V, H] -> argmax [B] int64 of hidden @ weight.T (ties to the
+    smallest id): the score head's argmax without its log-sum-exp and digit logits, which a
+    reasoning step's greedy token does not use (on CPU, 100 rows × SmolLM2's 49152-token
+    vocabulary: ~40 % of the score head's time). The PyTorch path compares each chunk's logits
+    in the model's dtype: the same maxima as their float32 copies, so the same ids.
+    ``packed_chunks``: as ``score_head``'s (cut at ``vocab_chunk``)."""
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} does not match weight {tuple(weight.shape)}")
+    if use_triton(impl, hidden):
+        if hidden.shape[0] == 0:
+            return hidden.new_empty((0,), dtype=torch.int64)
+        weight = weight if weight.stride(-1) == 1 else weight.contiguous()
+        return _score_head_triton(hidden.contiguous(), weight)[1]
+    from erank_fast.ops.packed_linear import packed_matmul
+
+    best = best_id = None
+    for i, v0 in enumerate(range(0, weight.shape[0], vocab_chunk)):
+        logits = (packed_matmul(hidden, packed_chunks[i]) if packed_chunks is not None
+                  else hidden @ weight[v0 : v0 + vocab_chunk].T)
+        chunk_max, chunk_arg = logits.max(dim=-1)  # the first maximum, as argmax
+        if best is None:
+            best, best_id = chunk_max, chunk_arg
+            continue
+        take = chunk_max > best  # strict: earlier chunks keep ties (smallest id wins)
+        best_id = torch.where(take, chunk_arg + v0, best_id)
+        best = torch.maximum(best, chunk_max)
+    return best_id
+
+
 def _token_logits(hidden, weight, token_ids):
     """[B, K] float32 logits of K <= 16 tokens: a tiny matmul, in float32 so that low-precision
     weights do not round the logits the score is read from."""
