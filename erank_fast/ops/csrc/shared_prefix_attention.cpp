@@ -86,8 +86,6 @@ template <> struct QK<float> {
       _mm512_store_ps(s + j * MR + 16, acc[j][1]);
     }
   }
-  template <int D>
-  static inline const float* value_row(const float* row, float*) { return row; }
   // o [D][MR] = o * alpha + P V for one block: s [KB][MR] holds P (zero past nk)
   template <int D>
   static inline void accumulate(float* o, const float* s, int nk, const float* const* v_rows,
@@ -110,6 +108,22 @@ template <> struct QK<float> {
         _mm512_store_ps(o + (d0 + dd) * MR, acc[dd][0]);
         _mm512_store_ps(o + (d0 + dd) * MR + 16, acc[dd][1]);
       }
+    }
+  }
+  // run_single's block: o[g] = o[g] * alpha[g] + sum_j p[g][j] v_j over its nk keys.
+  template <int D>
+  static inline void single_pv(float (*o)[D], const float (*p)[32], const float* alpha,
+                               int64_t groups, int nk, const float* const* v_rows) {
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 acc[D / 16];
+      const __m512 a = _mm512_set1_ps(alpha[g]);
+      for (int c = 0; c < D / 16; ++c) acc[c] = _mm512_mul_ps(_mm512_load_ps(o[g] + 16 * c), a);
+      for (int j = 0; j < nk; ++j) {
+        const __m512 pj = _mm512_set1_ps(p[g][j]);
+        for (int c = 0; c < D / 16; ++c)
+          acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v_rows[j] + 16 * c), acc[c]);
+      }
+      for (int c = 0; c < D / 16; ++c) _mm512_store_ps(o[g] + 16 * c, acc[c]);
     }
   }
   // one query row against one key row: 16 partial sums of q . k
@@ -202,10 +216,44 @@ template <> struct QK<c10::BFloat16> {
       }
     }
   }
-  template <int D>  // a V row in float32, converted into the block's buffer
-  static inline const float* value_row(const c10::BFloat16* row, float* buffer) {
-    for (int d = 0; d < D; d += 16) _mm512_store_ps(buffer + d, bf16x16_to_float(row + d));
-    return buffer;
+  // run_single's block with vdpbf16ps over key pairs, as accumulate's: each pair's V rows
+  // interleaved once, (v[2t][d], v[2t+1][d]) in lane d, for all G heads, each head's P pair
+  // (p[g][2t], p[g][2t+1]) rounded to bfloat16 and broadcast. Keys past nk weigh 0 (their rows
+  // repeat the last key's, so they are finite).
+  template <int D>
+  static inline void single_pv(float (*o)[D], const float (*p)[32], const float* alpha,
+                               int64_t groups, int nk, const c10::BFloat16* const* v_rows) {
+    constexpr int MAX_G = 16;
+    const int pairs = (nk + 1) / 2;
+    alignas(64) uint32_t vp[16][D];
+    alignas(64) uint32_t pp[MAX_G][16];
+    const __m512i lo = _mm512_set_epi16(
+        47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+        39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+    for (int t = 0; t < pairs; ++t) {
+      const c10::BFloat16* a = v_rows[2 * t];
+      const c10::BFloat16* b = v_rows[2 * t + 1];
+      for (int d = 0; d < D; d += 32) {
+        const __m512i x = _mm512_loadu_si512(a + d), y = _mm512_loadu_si512(b + d);
+        _mm512_store_si512(vp[t] + d, _mm512_permutex2var_epi16(x, lo, y));
+        _mm512_store_si512(vp[t] + d + 16, _mm512_permutex2var_epi16(x, hi, y));
+      }
+    }
+    for (int64_t g = 0; g < groups; ++g)  // 32 floats -> 16 pairs, key 2t in the low half
+      _mm512_store_si512(pp[g], (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(p[g] + 16),
+                                                              _mm512_load_ps(p[g])));
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 acc[D / 16];
+      const __m512 a = _mm512_set1_ps(alpha[g]);
+      for (int c = 0; c < D / 16; ++c) acc[c] = _mm512_mul_ps(_mm512_load_ps(o[g] + 16 * c), a);
+      for (int t = 0; t < pairs; ++t) {
+        const __m512bh pt = (__m512bh)_mm512_set1_epi32(static_cast<int>(pp[g][t]));
+        for (int c = 0; c < D / 16; ++c)
+          acc[c] = _mm512_dpbf16_ps(acc[c], pt, (__m512bh)_mm512_load_si512(vp[t] + 16 * c));
+      }
+      for (int c = 0; c < D / 16; ++c) _mm512_store_ps(o[g] + 16 * c, acc[c]);
+    }
   }
   template <int D>
   static inline __m512 dot_partials(const c10::BFloat16* q, const c10::BFloat16* k) {
@@ -338,24 +386,23 @@ inline __m512 sum16(__m512 x[16]) {
 }
 
 // A document with one new token (a decode step): its G query heads of KV head t.head, keys in
-// the lanes (16 per block), since there are too few rows to fill them. Each block's V rows are
-// converted once for all G heads.
+// the lanes (32 per block: two vectors), since there are too few rows to fill them. P V: QK<T>::single_pv
+// (bfloat16: each block's V rows interleaved in pairs once for all G heads).
 template <typename T, int D>
 void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
                 int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1,
                 const Rows& m, float scale_log2) {
   using Q = QK<T>;
-  constexpr int VB = 16;    // keys per block
+  constexpr int VB = 32;    // keys per block: two vectors of 16 lanes
   constexpr int MAX_G = 16;  // query heads per KV head
-  constexpr int PREFETCH_BLOCKS = 2;
+  constexpr int PREFETCH_BLOCKS = 1;
   const int64_t b = t.doc, groups = m.group, plen = m.prefix_len[b];
   const int64_t n_keys = plen + m.own_start[b] + 1;
   TORCH_CHECK(groups <= MAX_G, "at most ", MAX_G, " query heads per KV head");
-  alignas(64) float vbuf[VB * D];
   alignas(64) float p[MAX_G][VB];
   alignas(64) float o[MAX_G][D];
   float run_max[MAX_G], run_sum[MAX_G], alpha[MAX_G];
-  const float* value_rows[VB];
+  const T* value_rows[VB];
   const T* key_rows[VB];
   const T* q_row = q + m.q_cu[b] * q_s0 + t.head * groups * q_s1;
   for (int64_t g = 0; g < groups; ++g) {
@@ -382,36 +429,31 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
       const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
       const int64_t row = m.arena_row(b, key);
       key_rows[j] = k + row * kv_s0 + t.head * kv_s1;
-      if (j < nk)
-        value_rows[j] = Q::template value_row<D>(v + row * kv_s0 + t.head * kv_s1, vbuf + j * D);
+      value_rows[j] = v + row * kv_s0 + t.head * kv_s1;
     }
-    const __mmask16 valid = static_cast<__mmask16>((1u << nk) - 1);
+    const __mmask16 valid0 = static_cast<__mmask16>((1u << std::min(nk, 16)) - 1);
+    const __mmask16 valid1 = static_cast<__mmask16>((1u << std::max(nk - 16, 0)) - 1);
+    const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+    const __m512 scale = _mm512_set1_ps(scale_log2);
     for (int64_t g = 0; g < groups; ++g) {
-      __m512 partial[VB];
-      for (int j = 0; j < VB; ++j)
+      __m512 partial[16];
+      for (int j = 0; j < 16; ++j)
         partial[j] = Q::template dot_partials<D>(q_row + g * q_s1, key_rows[j]);
-      const __m512 s = _mm512_mask_mov_ps(
-          _mm512_set1_ps(-std::numeric_limits<float>::infinity()), valid,
-          _mm512_mul_ps(sum16(partial), _mm512_set1_ps(scale_log2)));
-      const float new_max = std::max(run_max[g], _mm512_reduce_max_ps(s));
-      const __m512 e =
-          _mm512_maskz_mov_ps(valid, exp2_ps(_mm512_sub_ps(s, _mm512_set1_ps(new_max))));
+      const __m512 s0 = _mm512_mask_mov_ps(minus_inf, valid0, _mm512_mul_ps(sum16(partial), scale));
+      for (int j = 0; j < 16; ++j)
+        partial[j] = Q::template dot_partials<D>(q_row + g * q_s1, key_rows[16 + j]);
+      const __m512 s1 = _mm512_mask_mov_ps(minus_inf, valid1, _mm512_mul_ps(sum16(partial), scale));
+      const float new_max = std::max(run_max[g], _mm512_reduce_max_ps(_mm512_max_ps(s0, s1)));
+      const __m512 top = _mm512_set1_ps(new_max);
+      const __m512 e0 = _mm512_maskz_mov_ps(valid0, exp2_ps(_mm512_sub_ps(s0, top)));
+      const __m512 e1 = _mm512_maskz_mov_ps(valid1, exp2_ps(_mm512_sub_ps(s1, top)));
       alpha[g] = std::exp2(run_max[g] - new_max);
-      run_sum[g] = run_sum[g] * alpha[g] + _mm512_reduce_add_ps(e);
+      run_sum[g] = run_sum[g] * alpha[g] + _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
       run_max[g] = new_max;
-      _mm512_store_ps(p[g], e);
+      _mm512_store_ps(p[g], e0);
+      _mm512_store_ps(p[g] + 16, e1);
     }
-    for (int64_t g = 0; g < groups; ++g) {
-      __m512 acc[D / 16];
-      const __m512 a = _mm512_set1_ps(alpha[g]);
-      for (int c = 0; c < D / 16; ++c) acc[c] = _mm512_mul_ps(_mm512_load_ps(o[g] + 16 * c), a);
-      for (int j = 0; j < nk; ++j) {
-        const __m512 pj = _mm512_set1_ps(p[g][j]);
-        for (int c = 0; c < D / 16; ++c)
-          acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(value_rows[j] + 16 * c), acc[c]);
-      }
-      for (int c = 0; c < D / 16; ++c) _mm512_store_ps(o[g] + 16 * c, acc[c]);
-    }
+    Q::template single_pv<D>(o, p, alpha, groups, nk, value_rows);
   }
   T* out_row = out + m.q_cu[b] * o_s0 + t.head * groups * o_s1;
   for (int64_t g = 0; g < groups; ++g) {
