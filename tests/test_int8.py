@@ -106,6 +106,40 @@ def test_quantize_option_is_checked(tiny_qwen3):
         Reranker.from_pretrained(model, tokenizer=tok, backend="reference", quantize="int8")
 
 
+def test_int8_model_with_projection_biases(qwen_tokenizer, tmp_path):
+    """A Qwen2 model (q, k and v with biases, quantised as one int8 GEMM) end to end: every
+    linear layer int8, its scores within the stated tolerance of the float32 path's on the
+    same weights, and different from the int8 scores of the same model with its biases zeroed
+    (the biases are applied)."""
+    _int8_or_skip()
+    from tests.helpers import boost_digits, make_tiny_model
+
+    model = boost_digits(make_tiny_model("qwen2", len(qwen_tokenizer), hidden_size=128,
+                                         intermediate_size=256), qwen_tokenizer)
+    assert model.model.layers[0].self_attn.q_proj.bias is not None
+    docs = ["a flea lives up to a year", "the life cycle of a flea", "tax forms", "x" * 40,
+            "fleas and ticks on dogs", "how long is a year"]
+
+    def scores(directory, **kwargs):
+        return Reranker.from_pretrained(directory, **kwargs).score("flea life cycle", docs)
+
+    model.save_pretrained(tmp_path / "biased")
+    qwen_tokenizer.save_pretrained(tmp_path / "biased")
+    want = scores(tmp_path / "biased", dtype=torch.float32)
+    rr = Reranker.from_pretrained(tmp_path / "biased", dtype=torch.bfloat16, quantize="int8")
+    assert rr.backend.quantized_layers == 7 * model.config.num_hidden_layers
+    got = rr.score("flea life cycle", docs)
+    assert max(abs(a - b) for a, b in zip(got, want)) <= 0.5, (got, want)
+    with torch.no_grad():
+        for layer in model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.zero_()
+    model.save_pretrained(tmp_path / "unbiased")
+    qwen_tokenizer.save_pretrained(tmp_path / "unbiased")
+    unbiased = scores(tmp_path / "unbiased", dtype=torch.bfloat16, quantize="int8")
+    assert max(abs(a - b) for a, b in zip(got, unbiased)) > 1.0
+
+
 @pytest.mark.slow
 def test_int8_path_against_the_float32_path(smollm2_dir):
     """erank-smol (its scores spread over 0..10, unlike the base model's) on 24 DL19 passages,

@@ -95,12 +95,13 @@ class Int8Linear(nn.Module):
         return y.view(*shape, self.out_features)
 
     def add_into(self, residual: torch.Tensor, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
-        """residual + self(x), in place in ``residual`` (one rounding)."""
+        """residual + self(x), in place in ``residual``: one rounding, scaled and added in one
+        pass. With a bias (no architecture erank_fast loads has one on the projections that
+        add into the residual) it is ``forward``'s output added, two roundings."""
+        if self.bias is not None:
+            return residual.add_(self(x))
         rows = x if isinstance(x, QuantizedRows) else quantize_rows(x)
-        y = self.unscaled(rows)
-        if self.bias is not None:  # the bias before the row scale is applied
-            y += (self.bias[None, :] / rows.scale[:, None]).to(y.dtype)
-        cpu_kernels().scaled_add_(residual, y, rows.scale)
+        cpu_kernels().scaled_add_(residual, self.unscaled(rows), rows.scale)
         return residual
 
 
