@@ -23,7 +23,7 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = [CSRC / name for name in ("bindings.cpp", "decode_attention.cpp",
                                     "shared_prefix_attention.cpp",
                                     "shared_prefix_attention_brgemm.cpp", "rotary.cpp",
-                                    "rms_norm.cpp", "int8_rows.cpp")]
+                                    "rms_norm.cpp", "int8_rows.cpp", "small_linear.cpp")]
 HEADERS = [CSRC / "erank_cpu.h", CSRC / "shared_prefix_attention_portable.h",
            CSRC / "avx512_exp2.h"]
 

@@ -9,19 +9,37 @@ instead of MKL (2.3× faster on that CPU at prefill sizes) and differs by float3
 
 Packed weights are copies: only weights erank_fast owns are packed (a model loaded from a path),
 never the live parameters of a model being trained.
+
+Steps of a few rows (decode) read each weight once and do little with it, and there oneDNN's
+inner product reads the weights at about half the memory's speed. Where the CPU has oneDNN's
+bfloat16 brgemm micro-kernels (AMX), a bfloat16 layer keeps a second copy of its weight in
+blocks of 64 output columns (``ops/csrc/small_linear.cpp``) for steps of at most ``SMALL_ROWS``
+rows, when that copy fits: the layers' weights again, taken only while they are at most
+``SMALL_ROWS_MEMORY_SHARE`` of the machine's memory (SmolLM2-135M: 212 MB).
 """
 
 from __future__ import annotations
+
+import logging
+import os
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
+from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.int8_linear import Int8Linear
+
+log = logging.getLogger("erank_fast")
 
 PACKABLE_DTYPES = (torch.float32, torch.bfloat16)
 # The row-count hint of the packing; the layout it picks served 1..2048 rows equally here.
 BATCH_HINT = 64
+# Steps of at most this many rows use a layer's small-batch blocks where it has them
+# (``small_linear``; measured in bench/NOTES.md, "Linear layers for few rows").
+SMALL_ROWS = 768
+# The small-batch copies are made while they take at most this share of the machine's memory.
+SMALL_ROWS_MEMORY_SHARE = 1 / 8
 
 
 def packing_available(weight: torch.Tensor) -> bool:
@@ -50,9 +68,10 @@ def packed_matmul(x: torch.Tensor, packed: torch.Tensor, bias: torch.Tensor | No
 
 
 class PackedLinear(nn.Module):
-    """An inference-only ``nn.Linear`` whose weight is packed once."""
+    """An inference-only ``nn.Linear`` whose weight is packed once (``small_rows``: and kept
+    again in small-batch blocks for steps of at most ``SMALL_ROWS`` rows)."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, small_rows: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.register_buffer("packed", pack_weight(linear.weight), persistent=False)
@@ -62,13 +81,48 @@ class PackedLinear(nn.Module):
         # a 2-core AMD EPYC (Zen 4, AVX512-BF16) at SmolLM2's MLP, 2048 rows, 6 % faster than
         # separate passes in bfloat16 and 4 % slower in float32, so bfloat16 only.
         self.epilogues = linear.weight.dtype == torch.bfloat16
+        blocks = bias32 = None
+        if small_rows and small_rows_apply(linear.weight):
+            blocks = cpu_kernels().small_linear_pack(linear.weight.detach())
+            bias32 = bias.float() if bias is not None else None
+        self.register_buffer("blocks", blocks, persistent=False)
+        self.register_buffer("bias32", bias32, persistent=False)
+
+    def small(self, x: torch.Tensor) -> bool:
+        """Whether x's rows go through the small-batch blocks."""
+        return (self.blocks is not None and x.dim() == 2 and x.shape[0] <= SMALL_ROWS
+                and x.dtype == torch.bfloat16 and x.stride(-1) == 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.small(x):
+            return cpu_kernels().small_linear(x, self.blocks, self.out_features, self.bias32, 0)
         return packed_matmul(x, self.packed, self.bias)
+
+
+def small_rows_apply(weight: torch.Tensor) -> bool:
+    """Whether a weight can have small-batch blocks here: bfloat16 on CPU, an even number of
+    input features, and oneDNN's bfloat16 brgemm on this CPU (the kernels built)."""
+    kernels = cpu_kernels()
+    return (weight.dtype == torch.bfloat16 and weight.device.type == "cpu"
+            and weight.shape[1] % 2 == 0 and kernels is not None
+            and kernels.small_linear_available())
+
+
+def _into(linear: nn.Module, x: torch.Tensor, other: torch.Tensor, epilogue: int) -> bool:
+    """other = linear(x) * other (2) or + other (3), in place on the small-batch blocks; False
+    where they do not apply."""
+    if not (isinstance(linear, PackedLinear) and linear.small(x) and other.dim() == 2
+            and other.stride(-1) == 1 and other.dtype == torch.bfloat16):
+        return False
+    cpu_kernels().small_linear_into_(other, x, linear.blocks, linear.out_features,
+                                     linear.bias32, epilogue)
+    return True
 
 
 def linear_silu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """silu(linear(x)); on a packed weight, the activation runs in the GEMM's epilogue."""
+    if isinstance(linear, PackedLinear) and linear.small(x):
+        return cpu_kernels().small_linear(x, linear.blocks, linear.out_features, linear.bias32, 1)
     if isinstance(linear, PackedLinear) and linear.epilogues:
         return torch.ops.mkldnn._linear_pointwise(x, linear.packed, linear.bias, "swish", [], "")
     return F.silu(linear(x), inplace=True)
@@ -76,6 +130,8 @@ def linear_silu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def linear_mul(linear: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """linear(x) * other (``other`` may be overwritten); on a packed weight, in the epilogue."""
+    if _into(linear, x, other, 2):
+        return other
     if isinstance(linear, PackedLinear) and linear.epilogues:
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, linear.packed, linear.bias,
                                                          "mul")
@@ -88,6 +144,8 @@ def linear_add(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> to
     int8 weights, in the pass that scales the GEMM's rows back (``ops.int8_linear``)."""
     if isinstance(linear, Int8Linear):
         return linear.add_into(residual, x)
+    if _into(linear, x, residual, 3):
+        return residual
     if isinstance(linear, PackedLinear) and linear.epilogues:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, linear.packed,
                                                          linear.bias, "add")
@@ -96,7 +154,9 @@ def linear_add(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> to
 
 def pack_linears(module: nn.Module) -> int:
     """Replace every ``nn.Linear`` below ``module`` by a ``PackedLinear`` where packing is
-    available for its weight, after checking one against ``F.linear``; returns how many."""
+    available for its weight, after checking one against ``F.linear``; returns how many. Each
+    also gets small-batch blocks where they apply and all of them fit (``SMALL_ROWS_MEMORY_SHARE``;
+    ``ERANK_FAST_SMALL_ROWS=0`` turns them off)."""
     targets = [(parent, name, child) for parent in module.modules()
                for name, child in parent.named_children() if type(child) is nn.Linear
                and packing_available(child.weight)]
@@ -104,14 +164,32 @@ def pack_linears(module: nn.Module) -> int:
         return 0
     _, _, probe = targets[0]
     x = torch.randn(3, probe.in_features, dtype=probe.weight.dtype)
+    small_rows = _small_rows_fit([child.weight for *_, child in targets])
     try:
-        packed = PackedLinear(probe)
+        packed = PackedLinear(probe, small_rows)
     except RuntimeError:  # this oneDNN build cannot pack this dtype here: keep the plain path
         return 0
     with torch.inference_mode():
-        if not torch.allclose(packed(x).float(), F.linear(x, probe.weight, probe.bias).float(),
+        want = F.linear(x, probe.weight, probe.bias).float()
+        if not torch.allclose(packed_matmul(x, packed.packed, packed.bias).float(), want,
                               rtol=1e-2, atol=1e-2):
             return 0  # this oneDNN build computes something else: keep the plain path
+        if packed.small(x) and not torch.allclose(packed(x).float(), want, rtol=1e-2, atol=1e-2):
+            small_rows = False  # nor the small-batch blocks
     for parent, name, child in targets:
-        setattr(parent, name, PackedLinear(child))
+        setattr(parent, name, PackedLinear(child, small_rows))
     return len(targets)
+
+
+def _small_rows_fit(weights: list[torch.Tensor]) -> bool:
+    """Whether the layers get small-batch blocks: where they apply, unless turned off, and
+    while their copies take at most ``SMALL_ROWS_MEMORY_SHARE`` of this machine's memory."""
+    if os.environ.get("ERANK_FAST_SMALL_ROWS", "1") == "0" or not small_rows_apply(weights[0]):
+        return False
+    extra = sum(w.numel() * w.element_size() for w in weights)
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if extra > memory * SMALL_ROWS_MEMORY_SHARE:
+        log.info("linear layers: no small-batch copies (%.1f GB, more than 1/%d of this "
+                 "machine's memory)", extra / 1e9, round(1 / SMALL_ROWS_MEMORY_SHARE))
+        return False
+    return True

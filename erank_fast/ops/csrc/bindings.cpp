@@ -22,6 +22,12 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   m.def("silu_mul_quantize(Tensor g, Tensor u, Tensor s) -> (Tensor, Tensor)");
   m.def("scale_rows_(Tensor(a!) y, Tensor s) -> ()");
   m.def("scaled_add_(Tensor(a!) residual, Tensor y, Tensor s) -> ()");
+  // whether this CPU has oneDNN's bfloat16 brgemm for small_linear (decode-sized linear layers)
+  m.def("small_linear_available() -> bool", &small_linear_available);
+  m.def("small_linear_pack(Tensor w) -> Tensor");
+  m.def("small_linear(Tensor x, Tensor blocks, int n, Tensor? bias, int epilogue) -> Tensor");
+  m.def("small_linear_into_(Tensor(a!) other, Tensor x, Tensor blocks, int n, Tensor? bias, "
+        "int epilogue) -> ()");
   // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
   m.def("shared_prefix_attention_supports(str dtype) -> bool",
         &shared_prefix_attention_supports);
@@ -38,4 +44,7 @@ TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("silu_mul_quantize", &silu_mul_quantize);
   m.impl("scale_rows_", &scale_rows_);
   m.impl("scaled_add_", &scaled_add_);
+  m.impl("small_linear_pack", &small_linear_pack);
+  m.impl("small_linear", &small_linear);
+  m.impl("small_linear_into_", &small_linear_into_);
 }

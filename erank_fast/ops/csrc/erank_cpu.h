@@ -37,3 +37,13 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_quantize(at::Tensor x, at::Tensor we
 std::tuple<at::Tensor, at::Tensor> silu_mul_quantize(at::Tensor g, at::Tensor u, at::Tensor s);
 void scale_rows_(at::Tensor y, at::Tensor s);
 void scaled_add_(at::Tensor residual, at::Tensor y, at::Tensor s);
+
+// bfloat16 linear layers for a few rows on oneDNN's brgemm micro-kernels (small_linear.cpp):
+// weights packed once by small_linear_pack; epilogue 0 none, 1 SiLU (small_linear), 2 a product
+// with, 3 a sum into `other`, in place (small_linear_into_)
+bool small_linear_available();
+at::Tensor small_linear_pack(at::Tensor w);
+at::Tensor small_linear(at::Tensor x, at::Tensor blocks, int64_t n, c10::optional<at::Tensor> bias,
+                        int64_t epilogue);
+void small_linear_into_(at::Tensor other, at::Tensor x, at::Tensor blocks, int64_t n,
+                        c10::optional<at::Tensor> bias, int64_t epilogue);

@@ -1,0 +1,161 @@
+// Linear layers for a few rows (decode steps) in bfloat16 on oneDNN's batch-reduce GEMM
+// micro-kernels (ATen's cpublas::brgemm), which run on AMX tiles where the CPU has them.
+//
+// At decode sizes a linear layer streams its weights once and does little arithmetic with each
+// of them, so what counts is reading the weights at the memory's speed. The weights are kept in
+// blocks of NB output columns, each contiguous in the layout the micro-kernels read (pairs of
+// bfloat16 along K, "VNNI": [K/2][NB][2]); the threads take blocks in turn, multiply the rows
+// by each in float32, apply the epilogue (bias; SiLU; a product with, or a sum into, another
+// tensor) and round once to bfloat16, as oneDNN's own epilogues do.
+#include "erank_cpu.h"
+
+#include <ATen/Parallel.h>
+#include <ATen/native/CPUBlas.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#if defined(__AVX512BF16__)
+#include <immintrin.h>
+
+#include "avx512_exp2.h"
+
+namespace {
+
+using bf16 = c10::BFloat16;
+using erank_cpu::exp2_ps;
+using erank_cpu::LOG2E;
+
+constexpr int64_t NB = 64;  // output columns per block
+
+enum Epilogue : int64_t { NONE = 0, SILU = 1, MUL = 2, ADD = 3 };
+
+inline __m512 load_bf16(const bf16* src, __mmask16 mask) {
+  const __m256i bits = _mm256_maskz_loadu_epi16(mask, src);
+  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
+}
+
+inline void store_bf16(bf16* dst, __m512 x, __mmask16 mask) {
+  _mm256_mask_storeu_epi16(dst, mask, (__m256i)_mm512_cvtneps_pbh(x));
+}
+
+// One block's float32 product c [M][NB] -> out[:, n0 : n0 + cols] (bfloat16) through the
+// epilogue; `other` (MUL, ADD) is read at the same place and is where the result goes.
+void finish_block(const float* c, int64_t m, int64_t n0, int64_t cols, const float* bias,
+                  Epilogue epilogue, bf16* out, int64_t ldo) {
+  for (int64_t r = 0; r < m; ++r) {
+    bf16* row = out + r * ldo + n0;
+    for (int64_t j = 0; j < cols; j += 16) {
+      const __mmask16 mask = static_cast<__mmask16>((1u << std::min<int64_t>(16, cols - j)) - 1);
+      __m512 y = _mm512_loadu_ps(c + r * NB + j);
+      if (bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, bias + n0 + j));
+      if (epilogue == SILU) {  // y / (1 + exp(-y))
+        const __m512 e = exp2_ps(_mm512_mul_ps(y, _mm512_set1_ps(-LOG2E)));
+        y = _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+      } else if (epilogue == MUL) {
+        y = _mm512_mul_ps(y, load_bf16(row + j, mask));
+      } else if (epilogue == ADD) {
+        y = _mm512_add_ps(y, load_bf16(row + j, mask));
+      }
+      store_bf16(row + j, y, mask);
+    }
+  }
+}
+
+void run(const at::Tensor& x, const at::Tensor& blocks, int64_t n, const float* bias,
+         Epilogue epilogue, bf16* out, int64_t ldo) {
+  const int64_t m = x.size(0), k = x.size(1), count = blocks.size(0);
+  const bf16* a = x.data_ptr<bf16>();
+  const bf16* w = blocks.data_ptr<bf16>();
+  const int64_t lda = x.stride(0);
+  at::parallel_for(0, count, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<float> c(m * NB);
+    for (int64_t blk = b0; blk < b1; ++blk) {
+      at::native::cpublas::brgemm(m, NB, k, lda, NB, NB, false, a, w + blk * k * NB, c.data(),
+                                  true);
+      finish_block(c.data(), m, blk * NB, std::min(NB, n - blk * NB), bias, epilogue, out, ldo);
+    }
+    at::native::cpublas::brgemm_release(true);
+  });
+}
+
+void check(const at::Tensor& x, const at::Tensor& blocks, int64_t n,
+           const c10::optional<at::Tensor>& bias) {
+  TORCH_CHECK(small_linear_available(), "small_linear: no bfloat16 brgemm on this CPU");
+  TORCH_CHECK(x.scalar_type() == at::kBFloat16 && blocks.scalar_type() == at::kBFloat16,
+              "small_linear: bfloat16 rows and weights");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1, "small_linear: x [M, K], rows contiguous");
+  TORCH_CHECK(blocks.dim() == 2 && blocks.is_contiguous() && blocks.size(0) == (n + NB - 1) / NB &&
+                  blocks.size(1) == x.size(1) * NB,
+              "small_linear: weight blocks from small_linear_pack for K = ", x.size(1));
+  if (bias.has_value())
+    TORCH_CHECK(bias->scalar_type() == at::kFloat && bias->is_contiguous() && bias->numel() == n,
+                "small_linear: bias float32 [N]");
+}
+
+}  // namespace
+
+bool small_linear_available() { return at::native::cpublas::could_pack(at::kBFloat16); }
+
+at::Tensor small_linear_pack(at::Tensor w) {
+  TORCH_CHECK(w.dim() == 2 && w.scalar_type() == at::kBFloat16, "small_linear_pack: bf16 [N, K]");
+  TORCH_CHECK(w.size(1) % 2 == 0, "small_linear_pack: K must be even (pairs along K)");
+  const int64_t n = w.size(0), k = w.size(1), count = (n + NB - 1) / NB;
+  auto src = w.contiguous();
+  auto out = at::empty({count, k * NB}, w.options());
+  const bf16* s = src.data_ptr<bf16>();
+  bf16* d = out.data_ptr<bf16>();
+  std::memset(d, 0, sizeof(bf16) * count * k * NB);  // columns past N stay 0
+  for (int64_t col = 0; col < n; ++col) {
+    bf16* blk = d + (col / NB) * k * NB + (col % NB) * 2;
+    for (int64_t p = 0; p < k / 2; ++p) {
+      blk[p * NB * 2] = s[col * k + 2 * p];
+      blk[p * NB * 2 + 1] = s[col * k + 2 * p + 1];
+    }
+  }
+  return out;
+}
+
+at::Tensor small_linear(at::Tensor x, at::Tensor blocks, int64_t n, c10::optional<at::Tensor> bias,
+                        int64_t epilogue) {
+  check(x, blocks, n, bias);
+  TORCH_CHECK(epilogue == NONE || epilogue == SILU, "small_linear: epilogue 0 (none) or 1 (silu)");
+  auto out = at::empty({x.size(0), n}, x.options());
+  run(x, blocks, n, bias ? bias->data_ptr<float>() : nullptr, static_cast<Epilogue>(epilogue),
+      out.data_ptr<bf16>(), n);
+  return out;
+}
+
+void small_linear_into_(at::Tensor other, at::Tensor x, at::Tensor blocks, int64_t n,
+                        c10::optional<at::Tensor> bias, int64_t epilogue) {
+  check(x, blocks, n, bias);
+  TORCH_CHECK(epilogue == MUL || epilogue == ADD, "small_linear_into_: epilogue 2 (mul) or 3 (add)");
+  TORCH_CHECK(other.scalar_type() == at::kBFloat16 && other.dim() == 2 &&
+                  other.size(0) == x.size(0) && other.size(1) == n && other.stride(1) == 1,
+              "small_linear_into_: other bf16 [M, N], rows contiguous");
+  run(x, blocks, n, bias ? bias->data_ptr<float>() : nullptr, static_cast<Epilogue>(epilogue),
+      other.data_ptr<bf16>(), other.stride(0));
+}
+
+#else  // no AVX512-BF16: oneDNN's inner product runs every linear layer
+
+bool small_linear_available() { return false; }
+
+at::Tensor small_linear_pack(at::Tensor w) {
+  TORCH_CHECK(false, "small_linear: not built on this CPU");
+  return w;
+}
+
+at::Tensor small_linear(at::Tensor x, at::Tensor, int64_t, c10::optional<at::Tensor>, int64_t) {
+  TORCH_CHECK(false, "small_linear: not built on this CPU");
+  return x;
+}
+
+void small_linear_into_(at::Tensor, at::Tensor, at::Tensor, int64_t, c10::optional<at::Tensor>,
+                        int64_t) {
+  TORCH_CHECK(false, "small_linear: not built on this CPU");
+}
+
+#endif

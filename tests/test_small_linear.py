@@ -1,0 +1,95 @@
+"""Linear layers for few rows (``ops/csrc/small_linear.cpp``, ``PackedLinear``'s small-batch
+blocks): each epilogue against float32 arithmetic on the same bfloat16 values rounded once, and
+against oneDNN's packed path (both within one bfloat16 rounding: they sum in different orders);
+which steps take the blocks; when the copies are made; a bfloat16 model's scores with and
+without them."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from erank_fast import Reranker
+from erank_fast.ops import packed_linear as pl
+
+
+def _small_or_skip():
+    probe = torch.zeros(8, 8, dtype=torch.bfloat16)
+    if not (pl.packing_available(probe) and pl.small_rows_apply(probe)):
+        pytest.skip("no bfloat16 brgemm (AMX / AVX512-BF16) or no oneDNN packing on this CPU")
+
+
+def _close(got: torch.Tensor, want: torch.Tensor):
+    """Within one bfloat16 rounding of the float32 result (plus float32 summation order)."""
+    tol = 2.0**-7
+    torch.testing.assert_close(got.float(), want.bfloat16().float(), rtol=tol,
+                               atol=tol * float(want.abs().max()))
+
+
+@pytest.mark.parametrize("n,k", [(96, 64), (200, 130), (576, 576), (40, 32)])
+@pytest.mark.parametrize("rows", [1, 17, 64])
+@pytest.mark.parametrize("bias", [False, True])
+def test_small_batch_blocks_equal_float32_arithmetic(n, k, rows, bias):
+    _small_or_skip()
+    torch.manual_seed(n + k + rows)
+    linear = nn.Linear(k, n, bias=bias).bfloat16()
+    layer = pl.PackedLinear(linear, small_rows=True)
+    x = torch.randn(rows, k).bfloat16()
+    assert layer.small(x)
+    exact = x.float() @ linear.weight.detach().float().T
+    if bias:
+        exact += linear.bias.detach().float()
+    other = torch.randn(rows, n).bfloat16()
+    onednn = pl.packed_matmul(x, layer.packed, layer.bias)
+    _close(layer(x), exact)
+    _close(onednn, exact)
+    _close(pl.linear_silu(layer, x), F.silu(exact))
+    _close(pl.linear_mul(layer, x, other.clone()), exact * other.float())
+    residual = other.clone()
+    added = pl.linear_add(layer, x, residual)
+    assert added.data_ptr() == residual.data_ptr()  # in place, as the oneDNN path may
+    _close(added, exact + other.float())
+
+
+def test_steps_above_small_rows_take_onednn():
+    _small_or_skip()
+    layer = pl.PackedLinear(nn.Linear(64, 96).bfloat16(), small_rows=True)
+    few, many = torch.randn(pl.SMALL_ROWS, 64).bfloat16(), torch.randn(pl.SMALL_ROWS + 1, 64)
+    assert layer.small(few) and not layer.small(many.bfloat16())
+    strided = few.t().contiguous().t()  # the same rows, columns not contiguous
+    assert not layer.small(few.float()) and not layer.small(strided)
+    many = many.bfloat16()
+    assert torch.equal(layer(many), pl.packed_matmul(many, layer.packed, layer.bias))
+    plain = pl.PackedLinear(nn.Linear(64, 96).bfloat16())  # no blocks unless asked for
+    assert plain.blocks is None and not plain.small(few)
+
+
+def test_small_batch_copies_only_where_they_fit(monkeypatch):
+    _small_or_skip()
+    weights = [torch.zeros(576, 576, dtype=torch.bfloat16)] * 4
+    assert pl._small_rows_fit(weights)
+    assert not pl._small_rows_fit([w.float() for w in weights])  # bfloat16 only
+    monkeypatch.setattr(pl, "SMALL_ROWS_MEMORY_SHARE", 1e-9)
+    assert not pl._small_rows_fit(weights)
+    monkeypatch.setattr(pl, "SMALL_ROWS_MEMORY_SHARE", 1 / 8)
+    monkeypatch.setenv("ERANK_FAST_SMALL_ROWS", "0")
+    assert not pl._small_rows_fit(weights)
+
+
+def test_bf16_scores_with_and_without_small_batch_blocks(tiny_qwen3, tmp_path, monkeypatch):
+    """A bfloat16 model reasoning (decode steps of a few rows) scores the same documents within
+    bfloat16's rounding whether its decode steps take the blocks or oneDNN."""
+    _small_or_skip()
+    model, tok = tiny_qwen3
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    rr = Reranker.from_pretrained(tmp_path, dtype=torch.bfloat16, think=6, max_think_tokens=12)
+    layers = [m for m in rr.backend.decoder.modules() if isinstance(m, pl.PackedLinear)]
+    assert layers and all(m.blocks is not None for m in layers)
+    docs = ["tides and the moon", "a recipe for bread", "gravity pulls the sea", "x y z"]
+    with_blocks = rr.score("what causes tides", docs)
+    monkeypatch.setattr(pl, "SMALL_ROWS", 0)
+    without = rr.score("what causes tides", docs)
+    assert max(abs(a - b) for a, b in zip(with_blocks, without)) < 0.1, (with_blocks, without)
