@@ -10,7 +10,8 @@
 //   S = Q K^T: the tile's Q packed once (bfloat16 pairs per lane for AVX512-BF16's vdpbf16ps,
 //              or floats), each key's elements broadcast from the arena row; float32 sums.
 //   P = exp2((S * scale * log2 e) - running max), masked lanes exactly 0; O = O * alpha + P V
-//   in float32 (V converted per key block). out = O / l, rounded once to the output dtype.
+//   in float32 (bfloat16: P rounded to bfloat16, P V by vdpbf16ps over pairs of keys).
+//   out = O / l, rounded once to the output dtype.
 // FLOPs: 4 * rows * keys * head_dim per task; bytes: the K/V rows once per tile.
 #include "erank_cpu.h"
 
@@ -163,6 +164,19 @@ template <> struct QK<c10::BFloat16> {
       _mm512_store_ps(s + j * MR + 16, acc[j][1]);
     }
   }
+  // Two V rows as pairs per head dimension: out[d] = (a[d], b[d]), a's in the low half.
+  template <int D>
+  static inline void value_pairs(const c10::BFloat16* a, const c10::BFloat16* b, uint32_t* out) {
+    const __m512i lo = _mm512_set_epi16(
+        47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
+        39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+    for (int d = 0; d < D; d += 32) {
+      const __m512i x = _mm512_loadu_si512(a + d), y = _mm512_loadu_si512(b + d);
+      _mm512_store_si512(out + d, _mm512_permutex2var_epi16(x, lo, y));
+      _mm512_store_si512(out + d + 16, _mm512_permutex2var_epi16(x, hi, y));
+    }
+  }
   // o [D][MR] = o * alpha + P V for one block with vdpbf16ps over key pairs: P rounded to
   // bfloat16 (as transformers' bfloat16 attention does), pairs (p[2t][r], p[2t+1][r]) in each
   // lane r, against (v[2t][d], v[2t+1][d]) broadcast; s [KB][MR] holds P, zero past nk.
@@ -176,10 +190,6 @@ template <> struct QK<c10::BFloat16> {
     const __m512i interleave = _mm512_set_epi16(
         31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8,
         23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
-    const __m512i lo = _mm512_set_epi16(
-        47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
-        39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
     for (int t = 0; t < pairs; ++t) {
       for (int half = 0; half < 2; ++half) {
         const __m512 even = _mm512_load_ps(s + 2 * t * MR + 16 * half);
@@ -187,13 +197,7 @@ template <> struct QK<c10::BFloat16> {
         const __m512i both = (__m512i)_mm512_cvtne2ps_pbh(odd, even);  // even low, odd high
         _mm512_store_si512(pp[t] + 16 * half, _mm512_permutexvar_epi16(interleave, both));
       }
-      const c10::BFloat16* a = v_rows[2 * t];
-      const c10::BFloat16* b = v_rows[2 * t + 1];
-      for (int d = 0; d < D; d += 32) {
-        const __m512i x = _mm512_loadu_si512(a + d), y = _mm512_loadu_si512(b + d);
-        _mm512_store_si512(vp[t] + d, _mm512_permutex2var_epi16(x, lo, y));
-        _mm512_store_si512(vp[t] + d + 16, _mm512_permutex2var_epi16(x, hi, y));
-      }
+      value_pairs<D>(v_rows[2 * t], v_rows[2 * t + 1], vp[t]);
     }
     for (int d0 = 0; d0 < D; d0 += 8) {
       __m512 acc[8][2];
@@ -227,19 +231,7 @@ template <> struct QK<c10::BFloat16> {
     const int pairs = (nk + 1) / 2;
     alignas(64) uint32_t vp[16][D];
     alignas(64) uint32_t pp[MAX_G][16];
-    const __m512i lo = _mm512_set_epi16(
-        47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40, 8,
-        39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
-    const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
-    for (int t = 0; t < pairs; ++t) {
-      const c10::BFloat16* a = v_rows[2 * t];
-      const c10::BFloat16* b = v_rows[2 * t + 1];
-      for (int d = 0; d < D; d += 32) {
-        const __m512i x = _mm512_loadu_si512(a + d), y = _mm512_loadu_si512(b + d);
-        _mm512_store_si512(vp[t] + d, _mm512_permutex2var_epi16(x, lo, y));
-        _mm512_store_si512(vp[t] + d + 16, _mm512_permutex2var_epi16(x, hi, y));
-      }
-    }
+    for (int t = 0; t < pairs; ++t) value_pairs<D>(v_rows[2 * t], v_rows[2 * t + 1], vp[t]);
     for (int64_t g = 0; g < groups; ++g)  // 32 floats -> 16 pairs, key 2t in the low half
       _mm512_store_si512(pp[g], (__m512i)_mm512_cvtne2ps_pbh(_mm512_load_ps(p[g] + 16),
                                                               _mm512_load_ps(p[g])));
@@ -386,8 +378,8 @@ inline __m512 sum16(__m512 x[16]) {
 }
 
 // A document with one new token (a decode step): its G query heads of KV head t.head, keys in
-// the lanes (32 per block: two vectors), since there are too few rows to fill them. P V: QK<T>::single_pv
-// (bfloat16: each block's V rows interleaved in pairs once for all G heads).
+// the lanes (32 per block: two vectors), since there are too few rows to fill them. P V:
+// QK<T>::single_pv (bfloat16: each block's V rows interleaved in pairs once for all G heads).
 template <typename T, int D>
 void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
                 int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1,
@@ -439,10 +431,12 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
       __m512 partial[16];
       for (int j = 0; j < 16; ++j)
         partial[j] = Q::template dot_partials<D>(q_row + g * q_s1, key_rows[j]);
-      const __m512 s0 = _mm512_mask_mov_ps(minus_inf, valid0, _mm512_mul_ps(sum16(partial), scale));
+      const __m512 s0 =
+          _mm512_mask_mov_ps(minus_inf, valid0, _mm512_mul_ps(sum16(partial), scale));
       for (int j = 0; j < 16; ++j)
         partial[j] = Q::template dot_partials<D>(q_row + g * q_s1, key_rows[16 + j]);
-      const __m512 s1 = _mm512_mask_mov_ps(minus_inf, valid1, _mm512_mul_ps(sum16(partial), scale));
+      const __m512 s1 =
+          _mm512_mask_mov_ps(minus_inf, valid1, _mm512_mul_ps(sum16(partial), scale));
       const float new_max = std::max(run_max[g], _mm512_reduce_max_ps(_mm512_max_ps(s0, s1)));
       const __m512 top = _mm512_set1_ps(new_max);
       const __m512 e0 = _mm512_maskz_mov_ps(valid0, exp2_ps(_mm512_sub_ps(s0, top)));

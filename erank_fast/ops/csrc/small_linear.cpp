@@ -131,7 +131,8 @@ at::Tensor small_linear(at::Tensor x, at::Tensor blocks, int64_t n, c10::optiona
 void small_linear_into_(at::Tensor other, at::Tensor x, at::Tensor blocks, int64_t n,
                         c10::optional<at::Tensor> bias, int64_t epilogue) {
   check(x, blocks, n, bias);
-  TORCH_CHECK(epilogue == MUL || epilogue == ADD, "small_linear_into_: epilogue 2 (mul) or 3 (add)");
+  TORCH_CHECK(epilogue == MUL || epilogue == ADD,
+              "small_linear_into_: epilogue 2 (mul) or 3 (add)");
   TORCH_CHECK(other.scalar_type() == at::kBFloat16 && other.dim() == 2 &&
                   other.size(0) == x.size(0) && other.size(1) == n && other.stride(1) == 1,
               "small_linear_into_: other bf16 [M, N], rows contiguous");
