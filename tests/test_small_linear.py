@@ -62,6 +62,8 @@ def test_steps_above_small_rows_take_onednn():
     assert not layer.small(few.float()) and not layer.small(strided)
     many = many.bfloat16()
     assert torch.equal(layer(many), pl.packed_matmul(many, layer.packed, layer.bias))
+    empty = torch.zeros(0, 64, dtype=torch.bfloat16)  # no rows: oneDNN, an empty result
+    assert not layer.small(empty) and layer(empty).shape == (0, 96)
     plain = pl.PackedLinear(nn.Linear(64, 96).bfloat16())  # no blocks unless asked for
     assert plain.blocks is None and not plain.small(few)
 

@@ -90,7 +90,7 @@ class PackedLinear(nn.Module):
 
     def small(self, x: torch.Tensor) -> bool:
         """Whether x's rows go through the small-batch blocks."""
-        return (self.blocks is not None and x.dim() == 2 and x.shape[0] <= SMALL_ROWS
+        return (self.blocks is not None and x.dim() == 2 and 0 < x.shape[0] <= SMALL_ROWS
                 and x.dtype == torch.bfloat16 and x.stride(-1) == 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
