@@ -118,19 +118,22 @@ class ScoreReader:
         are reasoning steps, whose greedy token is all that is used: their argmax alone, in the
         model's dtype, and no digit log-probs."""
         argmax, logprobs = [0] * len(rows), [[]] * len(rows)
+
+        def rows_of(picked: list[int], dtype: torch.dtype) -> torch.Tensor:
+            index = torch.tensor([rows[i] for i in picked], dtype=torch.int64,
+                                 device=hidden.device)
+            return hidden[index].to(dtype)
+
         greedy = [i for i, e in enumerate(exact) if not e]
         if greedy:
-            index = torch.tensor([rows[i] for i in greedy], dtype=torch.int64,
-                                 device=hidden.device)
-            best = greedy_tokens(hidden[index].to(self.weight.dtype), self.weight,
+            best = greedy_tokens(rows_of(greedy, self.weight.dtype), self.weight,
                                  impl=self.impl, packed_chunks=self.packed)
             for i, a in zip(greedy, best.tolist()):
                 argmax[i] = a
         read = [i for i, e in enumerate(exact) if e]
         if read:
             weight, packed = self.exact or (self.weight, self.packed)
-            index = torch.tensor([rows[i] for i in read], dtype=torch.int64, device=hidden.device)
-            _, best, lse, digit_logits = score_head(hidden[index].to(weight.dtype), weight,
+            _, best, lse, digit_logits = score_head(rows_of(read, weight.dtype), weight,
                                                     self.digit_ids, impl=self.impl,
                                                     packed_chunks=packed)
             for i, a, lp in zip(read, best.tolist(), (digit_logits - lse[:, None]).tolist()):

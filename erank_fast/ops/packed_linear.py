@@ -88,14 +88,32 @@ class PackedLinear(nn.Module):
         self.register_buffer("blocks", blocks, persistent=False)
         self.register_buffer("bias32", bias32, persistent=False)
 
+    # small_linear's epilogues (ops/csrc/small_linear.cpp)
+    NONE, SILU, MUL, ADD = 0, 1, 2, 3
+
     def small(self, x: torch.Tensor) -> bool:
         """Whether x's rows go through the small-batch blocks."""
         return (self.blocks is not None and x.dim() == 2 and 0 < x.shape[0] <= SMALL_ROWS
                 and x.dtype == torch.bfloat16 and x.stride(-1) == 1)
 
+    def small_matmul(self, x: torch.Tensor, epilogue: int = NONE) -> torch.Tensor:
+        """x @ weight.T (+ bias), then SiLU for ``SILU``, on the small-batch blocks."""
+        return cpu_kernels().small_linear(x, self.blocks, self.out_features, self.bias32,
+                                          epilogue)
+
+    def small_into(self, other: torch.Tensor, x: torch.Tensor, epilogue: int) -> bool:
+        """other = self(x) * other (``MUL``) or + other (``ADD``) in place on the small-batch
+        blocks; False, and nothing done, where they do not apply."""
+        if not (self.small(x) and other.dim() == 2 and other.stride(-1) == 1
+                and other.dtype == torch.bfloat16):
+            return False
+        cpu_kernels().small_linear_into_(other, x, self.blocks, self.out_features, self.bias32,
+                                         epilogue)
+        return True
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.small(x):
-            return cpu_kernels().small_linear(x, self.blocks, self.out_features, self.bias32, 0)
+            return self.small_matmul(x)
         return packed_matmul(x, self.packed, self.bias)
 
 
@@ -108,21 +126,10 @@ def small_rows_apply(weight: torch.Tensor) -> bool:
             and kernels.small_linear_available())
 
 
-def _into(linear: nn.Module, x: torch.Tensor, other: torch.Tensor, epilogue: int) -> bool:
-    """other = linear(x) * other (2) or + other (3), in place on the small-batch blocks; False
-    where they do not apply."""
-    if not (isinstance(linear, PackedLinear) and linear.small(x) and other.dim() == 2
-            and other.stride(-1) == 1 and other.dtype == torch.bfloat16):
-        return False
-    cpu_kernels().small_linear_into_(other, x, linear.blocks, linear.out_features,
-                                     linear.bias32, epilogue)
-    return True
-
-
 def linear_silu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """silu(linear(x)); on a packed weight, the activation runs in the GEMM's epilogue."""
     if isinstance(linear, PackedLinear) and linear.small(x):
-        return cpu_kernels().small_linear(x, linear.blocks, linear.out_features, linear.bias32, 1)
+        return linear.small_matmul(x, PackedLinear.SILU)
     if isinstance(linear, PackedLinear) and linear.epilogues:
         return torch.ops.mkldnn._linear_pointwise(x, linear.packed, linear.bias, "swish", [], "")
     return F.silu(linear(x), inplace=True)
@@ -130,7 +137,7 @@ def linear_silu(linear: nn.Module, x: torch.Tensor) -> torch.Tensor:
 
 def linear_mul(linear: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch.Tensor:
     """linear(x) * other (``other`` may be overwritten); on a packed weight, in the epilogue."""
-    if _into(linear, x, other, 2):
+    if isinstance(linear, PackedLinear) and linear.small_into(other, x, PackedLinear.MUL):
         return other
     if isinstance(linear, PackedLinear) and linear.epilogues:
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, linear.packed, linear.bias,
@@ -144,7 +151,7 @@ def linear_add(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> to
     int8 weights, in the pass that scales the GEMM's rows back (``ops.int8_linear``)."""
     if isinstance(linear, Int8Linear):
         return linear.add_into(residual, x)
-    if _into(linear, x, residual, 3):
+    if isinstance(linear, PackedLinear) and linear.small_into(residual, x, PackedLinear.ADD):
         return residual
     if isinstance(linear, PackedLinear) and linear.epilogues:
         return torch.ops.mkldnn._linear_pointwise.binary(x, residual, linear.packed,

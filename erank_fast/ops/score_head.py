@@ -75,8 +75,7 @@ def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tens
     (max logit [B] f32, argmax [B] int64 (ties to the smallest id), lse [B] f32,
     logits of token_ids [B, K] f32). Never materialises a [B, V] tensor. ``packed_chunks``
     (``pack_vocab_chunks(weight)``): the PyTorch path multiplies by these instead."""
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(f"hidden {tuple(hidden.shape)} does not match weight {tuple(weight.shape)}")
+    _check_shapes(hidden, weight)
     if token_ids.numel() > MAX_TOKEN_IDS:
         raise ValueError(f"at most {MAX_TOKEN_IDS} token ids, got {token_ids.numel()}")
     if not use_triton(impl, hidden):
@@ -100,9 +99,7 @@ def greedy_tokens(hidden: torch.Tensor, weight: torch.Tensor, *, impl: str = "au
     vocabulary: ~40 % of the score head's time). The PyTorch path compares each chunk's logits
     in the model's dtype: the same maxima as their float32 copies, so the same ids.
     ``packed_chunks``: as ``score_head``'s (cut at ``vocab_chunk``)."""
-    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
-        raise ValueError(
-            f"hidden {tuple(hidden.shape)} does not match weight {tuple(weight.shape)}")
+    _check_shapes(hidden, weight)
     if use_triton(impl, hidden):
         if hidden.shape[0] == 0:
             return hidden.new_empty((0,), dtype=torch.int64)
@@ -122,6 +119,12 @@ def greedy_tokens(hidden: torch.Tensor, weight: torch.Tensor, *, impl: str = "au
         best_id = torch.where(take, chunk_arg + v0, best_id)
         best = torch.maximum(best, chunk_max)
     return best_id
+
+
+def _check_shapes(hidden: torch.Tensor, weight: torch.Tensor) -> None:
+    if hidden.dim() != 2 or weight.dim() != 2 or hidden.shape[1] != weight.shape[1]:
+        raise ValueError(
+            f"hidden {tuple(hidden.shape)} does not match weight {tuple(weight.shape)}")
 
 
 def _token_logits(hidden, weight, token_ids):
