@@ -17,7 +17,7 @@ DEFAULT_MODEL = "erank-smol"
 LIMIT_OPTIONS = {  # RerankerConfig fields settable from the command line (default: the model's)
     "max_query_tokens": "truncate queries to this many tokens",
     "max_doc_tokens": "truncate documents to this many tokens",
-    "max_batch_tokens": "tokens per forward pass (default 8192 on CUDA, 2048 on CPU)",
+    "max_batch_tokens": "tokens per forward pass (default 8192 on CUDA, 4096 on CPU)",
     "kv_memory": "bytes for the K/V arena (default 90%% of free GPU memory, 2 GiB on CPU)",
 }
 API_KEY_ENV = "ERANK_FAST_API_KEY"  # erank-fast serve's key, when --api-key is not given

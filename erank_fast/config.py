@@ -49,7 +49,7 @@ class RerankerConfig:
     query and document last, for models trained on it: ``erank_fast.prompt``).
     max_query_tokens / max_doc_tokens: truncation of the query and each document (tokens).
     max_think_tokens: the reasoning limit of think="full". max_batch_tokens: tokens per
-    forward pass (None: 8192 on CUDA, 2048 on CPU). kv_memory: bytes for the K/V arena (None:
+    forward pass (None: 8192 on CUDA, 4096 on CPU). kv_memory: bytes for the K/V arena (None:
     90% of free GPU memory, 2 GiB on CPU). cuda_graphs: decode steps replayed from CUDA graphs,
     "auto" (on CUDA with the Triton kernels), "on", "off", or "padded" (the padded steps,
     eagerly, to check them on any device). pack_weights: on CPU, the linear layers and the
@@ -75,7 +75,7 @@ class RerankerConfig:
     max_query_tokens: int = DEFAULT_MAX_QUERY_TOKENS
     max_doc_tokens: int = DEFAULT_MAX_DOC_TOKENS
     max_think_tokens: int = DEFAULT_MAX_THINK_TOKENS
-    max_batch_tokens: int | None = None  # per forward pass; None: 8192 on CUDA, 2048 on CPU
+    max_batch_tokens: int | None = None  # per forward pass; None: 8192 on CUDA, 4096 on CPU
     kv_memory: int | None = None
     cuda_graphs: str = "auto"  # decode steps from CUDA graphs: "auto", "on", "off", "padded"
     pack_weights: str = "auto"  # CPU matmuls on packed weight copies: "auto", "on", "off"

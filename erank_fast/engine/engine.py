@@ -38,9 +38,13 @@ from erank_fast.ops.packed_linear import pack_linears
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
 
-# Tokens per forward pass: large on GPUs; on CPUs smaller steps stay in cache (measured on
-# SmolLM2-135M, 2 cores: 2048 tokens per step 1.15x faster than 8192).
-DEFAULT_MAX_BATCH_TOKENS = {"cuda": 8192, "cpu": 2048}
+# Tokens per forward pass: large on GPUs. On CPU, a step's fixed costs (each layer's weights
+# streamed, oneDNN's per-call set-up, the step's Python) are paid once per step, and the
+# attention kernels read the arena in place, so larger steps cost nothing in padding: measured
+# on a 2-core Xeon with AMX, SmolLM2-135M, three DL19 queries x 100, 4096 against 2048 tokens
+# per step: bfloat16 think off 1.11x, think = 64 1.06x, float32 1.15x (8192: 1.15x, 1.10x,
+# 1.15x; a step then takes ~2 s, which a call arriving meanwhile waits for). bench/NOTES.md.
+DEFAULT_MAX_BATCH_TOKENS = {"cuda": 8192, "cpu": 4096}
 
 
 class Engine:
@@ -49,7 +53,7 @@ class Engine:
                  kv_memory: int | None = None, cuda_graphs: str = "auto",
                  pack_weights: bool = False, quantize: str = "none"):
         """impl: "auto" (Triton kernels on CUDA, PyTorch elsewhere), "torch" or "triton".
-        max_batch_tokens: tokens per forward pass (default 8192 on CUDA, 2048 on CPU).
+        max_batch_tokens: tokens per forward pass (default 8192 on CUDA, 4096 on CPU).
         kv_memory: bytes for the K/V arena (default: 90% of free GPU memory, 2 GiB on CPU).
         cuda_graphs: decode steps replayed from CUDA graphs: "auto" (on CUDA with the Triton
         kernels), "on", "off", or "padded" (the padded steps the graphs replay, run eagerly:
@@ -78,7 +82,7 @@ class Engine:
         self.scheduler = Scheduler(decoder.config, weight.dtype, weight.device,
                                    kv_memory=kv_memory,
                                    max_batch_tokens=max_batch_tokens
-                                   or DEFAULT_MAX_BATCH_TOKENS.get(weight.device.type, 2048))
+                                   or DEFAULT_MAX_BATCH_TOKENS.get(weight.device.type, 4096))
         self.reader = ScoreReader(weight, tokens, detector, impl,
                                   pack_weights=self.packed_layers > 0,
                                   one_token_steps=self.runner.cuda_graphs != "off")
