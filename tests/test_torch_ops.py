@@ -213,7 +213,8 @@ def test_cpu_brgemm_prefill_kernel_equals_the_vector_kernel(hq, hkv, d):
     """The bfloat16 prefill kernel on oneDNN's brgemm tiles (AMX) against the float32 kernel on
     the same values: several prefixes (one empty, one past a 64-key block), own rows before the
     step, documents of 1 to 130 new tokens (tiles and key blocks cut mid-token), NaN in rows
-    nobody owns; the dispatch takes it for prefill steps where it runs."""
+    nobody owns; the dispatch takes it for prefill steps where it runs. A one-token document
+    (decode, in a step that mixes it with prefill) gets the vector kernel's rows, bit for bit."""
     from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu, brgemm_available
     from erank_fast.ops.cpu_extension import cpu_kernels
 
@@ -235,6 +236,12 @@ def test_cpu_brgemm_prefill_kernel_equals_the_vector_kernel(hq, hkv, d):
     torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=0)
     torch.testing.assert_close(arena_attention_cpu(q, k_arena, v_arena, rows, d**-0.5), got,
                                atol=0, rtol=0)
+    vector = cpu_kernels().shared_prefix_attention(q, k_arena, v_arena, *args)
+    cu = rows.q_cu.tolist()
+    one_token = [b for b, (*_, n) in enumerate(docs) if n == 1]
+    assert one_token
+    for b in one_token:
+        assert torch.equal(got[cu[b] : cu[b + 1]], vector[cu[b] : cu[b + 1]])
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])

@@ -19,6 +19,14 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
                                    at::Tensor own_base, at::Tensor own_start,
                                    at::Tensor prefix_start, at::Tensor prefix_len, double scale);
 
+// the same for some documents of the step only, into their rows of out (not an operator: the
+// brgemm kernel hands it the documents with one new token)
+void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& q_cu, const at::Tensor& own_base,
+                                const at::Tensor& own_start, const at::Tensor& prefix_start,
+                                const at::Tensor& prefix_len, double scale,
+                                const std::vector<int64_t>& docs, at::Tensor& out);
+
 // the same in bfloat16 through oneDNN's brgemm micro-kernels (AMX tiles where present)
 bool shared_prefix_attention_brgemm_available();
 at::Tensor shared_prefix_attention_brgemm(at::Tensor q, at::Tensor k, at::Tensor v,

@@ -485,13 +485,27 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   TORCH_CHECK(q_cu.numel() == docs + 1, "q_cu [B+1]");
   for (const auto& t : {q_cu, own_base, own_start, prefix_start, prefix_len})
     TORCH_CHECK(t.scalar_type() == at::kLong && t.is_contiguous(), "index tensors: int64");
+  TORCH_CHECK(q_cu.data_ptr<int64_t>()[docs] == q.size(0),
+              "q_cu must end at the number of rows of q");
   auto out = at::empty_like(q);
+  std::vector<int64_t> every(docs);
+  for (int64_t b = 0; b < docs; ++b) every[b] = b;
+  shared_prefix_attention_of(q, k, v, q_cu, own_base, own_start, prefix_start, prefix_len, scale,
+                             every, out);
+  return out;
+}
+
+// The rows of out of the documents `docs` (shared_prefix_attention's arguments, checked).
+void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const at::Tensor& q_cu, const at::Tensor& own_base,
+                                const at::Tensor& own_start, const at::Tensor& prefix_start,
+                                const at::Tensor& prefix_len, double scale,
+                                const std::vector<int64_t>& docs, at::Tensor& out) {
   const Rows m{q_cu.data_ptr<int64_t>(), own_base.data_ptr<int64_t>(),
                own_start.data_ptr<int64_t>(), prefix_start.data_ptr<int64_t>(),
                prefix_len.data_ptr<int64_t>(), q.size(1) / k.size(1), k.size(1)};
-  TORCH_CHECK(m.q_cu[docs] == q.size(0), "q_cu must end at the number of rows of q");
   std::vector<Task> tasks;
-  for (int64_t b = 0; b < docs; ++b) {
+  for (const int64_t b : docs) {
     const int64_t rows = (m.q_cu[b + 1] - m.q_cu[b]) * m.group;
     if (rows == m.group && decode_task_per_document(q.size(1))) {  // one new token, every head
       tasks.push_back({b, -1, 0, (m.prefix_len[b] + m.own_start[b] + 1) * k.size(1)});
@@ -529,15 +543,14 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   if (q.scalar_type() == at::kFloat) {
     if (d64) run(float{}, std::integral_constant<int, 64>{});
     else run(float{}, std::integral_constant<int, 128>{});
-    return out;
+    return;
   }
 #if defined(__AVX512BF16__)
   if (q.scalar_type() == at::kBFloat16) {
     if (d64) run(c10::BFloat16{}, std::integral_constant<int, 64>{});
     else run(c10::BFloat16{}, std::integral_constant<int, 128>{});
-    return out;
+    return;
   }
 #endif
   TORCH_CHECK(false, "shared_prefix_attention: not built for ", q.scalar_type(), " on this CPU");
-  return out;
 }

@@ -12,6 +12,8 @@
 //   (exp2 in log2 units), P rounded to bfloat16, O = sum over blocks of P V (float32),
 //   out = O / l rounded once.
 // Keys a row may not see (padding of a block, own keys after its token) get probability 0.
+// Documents with one new token (decode steps mixed into a prefill step) are left to the vector
+// kernel's decode path (shared_prefix_attention_of).
 #include "erank_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -186,8 +188,16 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   Prefixes pre;
   std::map<std::pair<int64_t, int64_t>, int64_t> seen;
   std::vector<Doc> doc(docs);
+  // Documents with one new token (decode, in a step that mixes it with prefill) take the vector
+  // kernel's decode path: a tile would hold their few rows, after packing all their keys.
+  std::vector<int64_t> single, tiled;
   int64_t blocks_total = 0;
   for (int64_t b = 0; b < docs; ++b) {
+    if (cu[b + 1] - cu[b] == 1) {
+      single.push_back(b);
+      continue;
+    }
+    tiled.push_back(b);
     auto [it, fresh] = seen.try_emplace({ps[b], pl[b]}, static_cast<int64_t>(pre.start.size()));
     if (fresh) {
       pre.start.push_back(ps[b]);
@@ -213,7 +223,7 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   });
   // Tasks longest first, handed out one at a time (the cores finish together).
   std::vector<std::pair<int64_t, int64_t>> tasks;  // (cost, document * kv_heads + head)
-  for (int64_t b = 0; b < docs; ++b)
+  for (const int64_t b : tiled)
     for (int64_t h = 0; h < kv_heads; ++h)
       tasks.push_back({doc[b].new_tokens * (pre.len[doc[b].prefix] + doc[b].own_start +
                                             doc[b].new_tokens), b * kv_heads + h});
@@ -232,6 +242,9 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     }
     at::native::cpublas::brgemm_release(true);
   });
+  if (!single.empty())
+    shared_prefix_attention_of(q, k, v, q_cu, own_base, own_start, prefix_start, prefix_len, scale,
+                               single, out);
   return out;
 }
 
