@@ -64,6 +64,11 @@ def test_steps_above_small_rows_take_onednn():
     assert torch.equal(layer(many), pl.packed_matmul(many, layer.packed, layer.bias))
     empty = torch.zeros(0, 64, dtype=torch.bfloat16)  # no rows: oneDNN, an empty result
     assert not layer.small(empty) and layer(empty).shape == (0, 96)
+    assert layer.small_matmul(empty).shape == (0, 96)  # and the blocks' op, called directly
+    nothing = torch.zeros(0, 96, dtype=torch.bfloat16)
+    assert layer.small_into(nothing, empty, pl.PackedLinear.ADD) is False  # not taken
+    pl.cpu_kernels().small_linear_into_(nothing, empty, layer.blocks, 96, layer.bias32,
+                                        pl.PackedLinear.ADD)
     plain = pl.PackedLinear(nn.Linear(64, 96).bfloat16())  # no blocks unless asked for
     assert plain.blocks is None and not plain.small(few)
 

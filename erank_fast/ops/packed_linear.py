@@ -183,8 +183,9 @@ def pack_linears(module: nn.Module) -> int:
             return 0  # this oneDNN build computes something else: keep the plain path
         if packed.small(x) and not torch.allclose(packed(x).float(), want, rtol=1e-2, atol=1e-2):
             small_rows = False  # nor the small-batch blocks
+            packed = PackedLinear(probe)
     for parent, name, child in targets:
-        setattr(parent, name, PackedLinear(child, small_rows))
+        setattr(parent, name, packed if child is probe else PackedLinear(child, small_rows))
     return len(targets)
 
 

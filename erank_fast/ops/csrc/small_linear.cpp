@@ -70,6 +70,7 @@ void run(const at::Tensor& x, const at::Tensor& blocks, int64_t n, const float* 
   const bf16* a = x.data_ptr<bf16>();
   const bf16* w = blocks.data_ptr<bf16>();
   const int64_t lda = x.stride(0);
+  if (m == 0) return;  // no rows: nothing to multiply (the micro-kernels take M >= 1)
   at::parallel_for(0, count, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> c(m * NB);
     for (int64_t blk = b0; blk < b1; ++blk) {
