@@ -19,6 +19,7 @@
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
 
+#include "avx512_bf16.h"
 #include "avx512_exp2.h"
 #endif
 
@@ -27,13 +28,8 @@ namespace {
 using bf16 = c10::BFloat16;
 
 #if defined(__AVX512BF16__)
-inline __m512 load16(const bf16* p) {
-  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-inline void store16(bf16* p, __m512 x) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(x));
-}
+using erank_cpu::load16;
+using erank_cpu::store16;
 #endif
 
 // buf[i] = f(i, x[i] as float) over a bfloat16 row; f takes and returns a vector of 16 floats

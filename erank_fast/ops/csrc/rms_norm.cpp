@@ -9,18 +9,15 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+#include "avx512_bf16.h"
 #endif
 
 namespace {
 
 #if defined(__AVX512BF16__)
-inline __m512 load16(const c10::BFloat16* p) {
-  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-inline void store16(c10::BFloat16* p, __m512 x) {
-  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), (__m256i)_mm512_cvtneps_pbh(x));
-}
+using erank_cpu::load16;
+using erank_cpu::store16;
 #endif
 #if defined(__AVX512F__)
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }

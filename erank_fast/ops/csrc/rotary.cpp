@@ -8,6 +8,8 @@
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
+
+#include "avx512_bf16.h"
 #endif
 
 namespace {
@@ -18,17 +20,12 @@ inline void rotate_row(T* x, const float* cos, const float* sin, int64_t half) {
 #if defined(__AVX512BF16__)
   if constexpr (std::is_same_v<T, c10::BFloat16>) {
     for (; d + 16 <= half; d += 16) {
-      auto load = [](const T* p) {
-        const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
-        return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-      };
-      const __m512 a = load(x + d), b = load(x + half + d);
+      const __m512 a = erank_cpu::load16(x + d), b = erank_cpu::load16(x + half + d);
       const __m512 c = _mm512_loadu_ps(cos + d), s = _mm512_loadu_ps(sin + d);
       const __m512 ra = _mm512_fmsub_ps(a, c, _mm512_mul_ps(b, s));
       const __m512 rb = _mm512_fmadd_ps(b, c, _mm512_mul_ps(a, s));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + d), (__m256i)_mm512_cvtneps_pbh(ra));
-      _mm256_storeu_si256(reinterpret_cast<__m256i*>(x + half + d),
-                          (__m256i)_mm512_cvtneps_pbh(rb));
+      erank_cpu::store16(x + d, ra);
+      erank_cpu::store16(x + half + d, rb);
     }
   }
 #endif

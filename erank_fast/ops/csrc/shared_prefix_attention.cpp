@@ -58,11 +58,6 @@ constexpr int MR = 32;  // rows per tile: two vectors of 16 lanes
 constexpr int KB = 32;  // keys per softmax block
 constexpr int NR = 8;   // keys per S micro-kernel call
 
-inline __m512 bf16x16_to_float(const c10::BFloat16* src) {
-  const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(src));
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
 // The element type's view of Q·K: bfloat16 multiplies pairs (vdpbf16ps), float32 one by one.
 template <typename T> struct QK;
 

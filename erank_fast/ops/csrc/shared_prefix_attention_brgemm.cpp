@@ -31,6 +31,7 @@
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
 
+#include "avx512_bf16.h"
 #include "avx512_exp2.h"
 
 namespace {
@@ -154,7 +155,7 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
         const __m512 e =
             _mm512_maskz_mov_ps(keep, exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, m)));
         sum = _mm512_add_ps(sum, e);
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), (__m256i)_mm512_cvtneps_pbh(e));
+        erank_cpu::store16(p + j, e);
       };
       const int64_t zero_from[2] = {each_16(runs[0], weights), each_16(runs[1], weights)};
       std::memset(p + zero_from[0], 0, sizeof(bf16) * (own0 - zero_from[0]));
@@ -169,9 +170,7 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
       bf16* dst = out + (doc.q_row + t) * o_s0 + (h * group + g) * o_s1;
       const __m512 w = _mm512_set1_ps(inv_l[r]);
       for (int d = 0; d < D; d += 16)
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst + d),
-                            (__m256i)_mm512_cvtneps_pbh(
-                                _mm512_mul_ps(_mm512_loadu_ps(o_buf.data() + r * D + d), w)));
+        erank_cpu::store16(dst + d, _mm512_mul_ps(_mm512_loadu_ps(o_buf.data() + r * D + d), w));
     }
   }
 }

@@ -20,6 +20,7 @@
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
 
+#include "avx512_bf16.h"
 #include "avx512_exp2.h"
 
 namespace {
@@ -27,19 +28,12 @@ namespace {
 using bf16 = c10::BFloat16;
 using erank_cpu::exp2_ps;
 using erank_cpu::LOG2E;
+using erank_cpu::load16;
+using erank_cpu::store16;
 
 constexpr int64_t NB = 64;  // output columns per block
 
 enum Epilogue : int64_t { NONE = 0, SILU = 1, MUL = 2, ADD = 3 };
-
-inline __m512 load_bf16(const bf16* src, __mmask16 mask) {
-  const __m256i bits = _mm256_maskz_loadu_epi16(mask, src);
-  return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(bits), 16));
-}
-
-inline void store_bf16(bf16* dst, __m512 x, __mmask16 mask) {
-  _mm256_mask_storeu_epi16(dst, mask, (__m256i)_mm512_cvtneps_pbh(x));
-}
 
 // One block's float32 product c [M][NB] -> out[:, n0 : n0 + cols] (bfloat16) through the
 // epilogue; `other` (MUL, ADD) is read at the same place and is where the result goes.
@@ -55,11 +49,11 @@ void finish_block(const float* c, int64_t m, int64_t n0, int64_t cols, const flo
         const __m512 e = exp2_ps(_mm512_mul_ps(y, _mm512_set1_ps(-LOG2E)));
         y = _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
       } else if (epilogue == MUL) {
-        y = _mm512_mul_ps(y, load_bf16(row + j, mask));
+        y = _mm512_mul_ps(y, load16(row + j, mask));
       } else if (epilogue == ADD) {
-        y = _mm512_add_ps(y, load_bf16(row + j, mask));
+        y = _mm512_add_ps(y, load16(row + j, mask));
       }
-      store_bf16(row + j, y, mask);
+      store16(row + j, y, mask);
     }
   }
 }
