@@ -2,9 +2,12 @@
 blocks): each epilogue against float32 arithmetic on the same bfloat16 values rounded once, and
 against oneDNN's packed path (both within one bfloat16 rounding: they sum in different orders);
 which steps take the blocks; when the copies are made; a bfloat16 model's scores with and
-without them."""
+without them. The vocabulary head on the same blocks (``ops/csrc/vocab_head.cpp``) against the
+float32 logits of the same bfloat16 values."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ from torch.nn import functional as F
 
 from erank_fast import Reranker
 from erank_fast.ops import packed_linear as pl
+from erank_fast.ops.score_head import greedy_tokens, pack_vocab_blocks, score_head
 
 
 def _small_or_skip():
@@ -71,6 +75,45 @@ def test_steps_above_small_rows_take_onednn():
                                         pl.PackedLinear.ADD)
     plain = pl.PackedLinear(nn.Linear(64, 96).bfloat16())  # no blocks unless asked for
     assert plain.blocks is None and not plain.small(few)
+
+
+@pytest.mark.parametrize("rows", [0, 1, 9, 70])
+@pytest.mark.parametrize("vocab", [64, 4099, 49152 + 17])
+def test_vocab_head_equals_float32_logits(rows, vocab):
+    """The head on small-batch blocks: the maximum and log-sum-exp of the float32 logits of the
+    same bfloat16 values (the same products, summed in another order) and their first argmax,
+    with ties within a block, across blocks and across the threads' runs of blocks, a short
+    last block, and a row of equal logits (id 0, log-sum-exp log V)."""
+    _small_or_skip()
+    torch.manual_seed(rows + vocab)
+    h, w = torch.randn(rows, 64).bfloat16(), torch.randn(vocab, 64).bfloat16()
+    for a, b in ((5, 9), (7, vocab // 2 + 3), (3, vocab - 1)):  # within, across blocks / runs
+        if b < vocab:
+            w[b] = w[a]
+    if rows > 1:
+        h[0] = 0.0
+        h[1] = (w[7].float() * 4).bfloat16()  # its best is the tied pair: the smaller id
+    blocks = pack_vocab_blocks(w)
+    logits = h.float() @ w.float().T
+    ids = torch.tensor([0, 5, vocab - 1])
+    best, arg, lse, gathered = score_head(h, w, ids, blocks=blocks)
+    assert torch.equal(arg, logits.argmax(-1)) if rows else arg.shape == (0,)
+    assert torch.equal(greedy_tokens(h, w, blocks=blocks), arg)
+    torch.testing.assert_close(best, logits.max(-1).values, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(lse, torch.logsumexp(logits, -1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(gathered, logits[:, ids], rtol=1e-5, atol=1e-5)
+    if rows > 1:
+        assert arg[0] == 0 and abs(float(lse[0]) - math.log(vocab)) < 1e-4
+        assert arg[1] == min(i for i in range(vocab) if torch.equal(w[i], w[7]))
+
+
+def test_vocab_blocks_only_where_they_apply(monkeypatch):
+    _small_or_skip()
+    w = torch.randn(128, 64)
+    assert pack_vocab_blocks(w) is None  # float32: the chunked path
+    assert pack_vocab_blocks(w.bfloat16()) is not None
+    monkeypatch.setenv("ERANK_FAST_SMALL_ROWS", "0")
+    assert pack_vocab_blocks(w.bfloat16()) is None
 
 
 def test_small_batch_copies_only_where_they_fit(monkeypatch):

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 import torch
 
 from erank_fast.engine.work import Doc
-from erank_fast.ops.score_head import greedy_tokens, pack_vocab_chunks, score_head
+from erank_fast.ops.score_head import (
+    greedy_tokens,
+    pack_vocab_blocks,
+    pack_vocab_chunks,
+    score_head,
+)
 from erank_fast.scoring import AnswerDetector, Readout, ScoreReadout, ScoreTokens
 
 
@@ -58,15 +63,22 @@ class ScoreReader:
         self.weight, self.tokens, self.detector, self.impl = lm_head_weight, tokens, detector, impl
         self.one_token_steps = one_token_steps
         self.rules = rules or ScoreReadout(tokens, detector)
-        self.packed = pack_vocab_chunks(lm_head_weight) if pack_weights else None
-        # A bfloat16/float16 GEMM on CPU rounds its output: logits of ~20 rounded to bfloat16
-        # move by up to 0.06, a score by ~0.1 (measured: mean |Δ| 0.11 on erank-smol, DL19).
-        # The rows whose distribution is read take a float32 copy of the lm_head instead (the
-        # thinking rows, whose argmax is all that is used, keep the model's dtype). Memory: the
-        # lm_head again in float32 (113 MB for SmolLM2, 1.6 GB for Qwen3-4B). CUDA's score head
-        # accumulates and keeps float32 already.
+        # bfloat16 on a CPU with oneDNN's bfloat16 brgemm: one C++ pass over the lm_head in
+        # small-batch blocks gives every row's argmax, and the read rows' log-sum-exp, from
+        # float32 sums of the bfloat16 products (ops/csrc/vocab_head.cpp; at 1-100 rows of
+        # SmolLM2 2-4x the chunked path below, and the float32 copy it needs is not made).
+        self.blocks = pack_vocab_blocks(lm_head_weight) if pack_weights else None
+        self.packed = (pack_vocab_chunks(lm_head_weight)
+                       if pack_weights and self.blocks is None else None)
+        # Elsewhere a bfloat16/float16 GEMM on CPU rounds its output: logits of ~20 rounded to
+        # bfloat16 move by up to 0.06, a score by ~0.1 (measured: mean |Δ| 0.11 on erank-smol,
+        # DL19). The rows whose distribution is read take a float32 copy of the lm_head
+        # instead (the thinking rows, whose argmax is all that is used, keep the model's
+        # dtype). Memory: the lm_head again in float32 (113 MB for SmolLM2, 1.6 GB for
+        # Qwen3-4B). CUDA's score head accumulates and keeps float32 already.
         self.exact = None
-        if lm_head_weight.device.type == "cpu" and lm_head_weight.dtype != torch.float32:
+        if (lm_head_weight.device.type == "cpu" and lm_head_weight.dtype != torch.float32
+                and self.blocks is None):
             weight32 = lm_head_weight.float()
             self.exact = (weight32, pack_vocab_chunks(weight32) if pack_weights else None)
         self.digit_ids = torch.tensor(tokens.digits, dtype=torch.int64, device=lm_head_weight.device)
@@ -127,7 +139,7 @@ class ScoreReader:
         greedy = [i for i, e in enumerate(exact) if not e]
         if greedy:
             best = greedy_tokens(rows_of(greedy, self.weight.dtype), self.weight,
-                                 impl=self.impl, packed_chunks=self.packed)
+                                 impl=self.impl, packed_chunks=self.packed, blocks=self.blocks)
             for i, a in zip(greedy, best.tolist()):
                 argmax[i] = a
         read = [i for i, e in enumerate(exact) if e]
@@ -135,7 +147,7 @@ class ScoreReader:
             weight, packed = self.exact or (self.weight, self.packed)
             _, best, lse, digit_logits = score_head(rows_of(read, weight.dtype), weight,
                                                     self.digit_ids, impl=self.impl,
-                                                    packed_chunks=packed)
+                                                    packed_chunks=packed, blocks=self.blocks)
             for i, a, lp in zip(read, best.tolist(), (digit_logits - lse[:, None]).tolist()):
                 argmax[i], logprobs[i] = a, lp
         return argmax, logprobs

@@ -4,8 +4,11 @@ erank_fast.reference.score_head."""
 
 from __future__ import annotations
 
+import os
+
 import torch
 
+from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.dispatch import cdiv, dot_precision, next_power_of_2, use_triton
 
 BLOCK_B, BLOCK_V, BLOCK_H = 16, 128, 64
@@ -69,15 +72,39 @@ def pack_vocab_chunks(weight: torch.Tensor, vocab_chunk: int = VOCAB_CHUNK
             for v0 in range(0, weight.shape[0], vocab_chunk)]
 
 
+def pack_vocab_blocks(weight: torch.Tensor) -> torch.Tensor | None:
+    """The lm_head in the small-batch blocks of ``ops/csrc/small_linear.cpp``, for the CPU's
+    vocabulary-streaming head (``ops/csrc/vocab_head.cpp``): a bfloat16 weight on a CPU with
+    oneDNN's bfloat16 brgemm (AMX, AVX512-BF16); None elsewhere, or with
+    ``ERANK_FAST_SMALL_ROWS=0`` (then the chunked PyTorch path runs)."""
+    from erank_fast.ops.packed_linear import small_rows_apply
+
+    if os.environ.get("ERANK_FAST_SMALL_ROWS", "1") == "0" or not small_rows_apply(weight):
+        return None
+    return cpu_kernels().small_linear_pack(weight.detach())
+
+
+def _blocks_apply(hidden: torch.Tensor, blocks: torch.Tensor | None) -> bool:
+    return (blocks is not None and hidden.dtype == torch.bfloat16 and hidden.device.type == "cpu"
+            and hidden.stride(-1) == 1)
+
+
 def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tensor, *,
-               impl: str = "auto", packed_chunks: list[torch.Tensor] | None = None):
+               impl: str = "auto", packed_chunks: list[torch.Tensor] | None = None,
+               blocks: torch.Tensor | None = None):
     """hidden [B, H] (final hidden states), weight [V, H] (lm_head), token_ids [K <= 16] ->
     (max logit [B] f32, argmax [B] int64 (ties to the smallest id), lse [B] f32,
     logits of token_ids [B, K] f32). Never materialises a [B, V] tensor. ``packed_chunks``
-    (``pack_vocab_chunks(weight)``): the PyTorch path multiplies by these instead."""
+    (``pack_vocab_chunks(weight)``): the PyTorch path multiplies by these instead. ``blocks``
+    (``pack_vocab_blocks(weight)``): bfloat16 rows on CPU stream these in one C++ pass, every
+    logit a float32 sum of the bfloat16 products (those of a float32 copy of the weight, summed
+    in another order)."""
     _check_shapes(hidden, weight)
     if token_ids.numel() > MAX_TOKEN_IDS:
         raise ValueError(f"at most {MAX_TOKEN_IDS} token ids, got {token_ids.numel()}")
+    if _blocks_apply(hidden, blocks):
+        best, best_id, lse = cpu_kernels().vocab_head(hidden, blocks, weight.shape[0], True)
+        return best, best_id, lse, _token_logits(hidden, weight, token_ids)
     if not use_triton(impl, hidden):
         return score_head_torch(hidden, weight, token_ids, packed_chunks=packed_chunks)
     if hidden.shape[0] == 0:
@@ -92,14 +119,18 @@ def score_head(hidden: torch.Tensor, weight: torch.Tensor, token_ids: torch.Tens
 
 def greedy_tokens(hidden: torch.Tensor, weight: torch.Tensor, *, impl: str = "auto",
                   packed_chunks: list[torch.Tensor] | None = None,
-                  vocab_chunk: int = VOCAB_CHUNK) -> torch.Tensor:
+                  vocab_chunk: int = VOCAB_CHUNK, blocks: torch.Tensor | None = None
+                  ) -> torch.Tensor:
     """hidden [B, H], weight [V, H] -> argmax [B] int64 of hidden @ weight.T (ties to the
     smallest id): the score head's argmax without its log-sum-exp and digit logits, which a
     reasoning step's greedy token does not use (on CPU, 100 rows × SmolLM2's 49152-token
     vocabulary: ~40 % of the score head's time). The PyTorch path compares each chunk's logits
     in the model's dtype: the same maxima as their float32 copies, so the same ids.
-    ``packed_chunks``: as ``score_head``'s (cut at ``vocab_chunk``)."""
+    ``packed_chunks``: as ``score_head``'s (cut at ``vocab_chunk``); ``blocks``: as
+    ``score_head``'s (the maximum of float32 sums, no rounding to the model's dtype)."""
     _check_shapes(hidden, weight)
+    if _blocks_apply(hidden, blocks):
+        return cpu_kernels().vocab_head(hidden, blocks, weight.shape[0], False)[1]
     if use_triton(impl, hidden):
         if hidden.shape[0] == 0:
             return hidden.new_empty((0,), dtype=torch.int64)

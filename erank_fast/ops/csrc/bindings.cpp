@@ -28,6 +28,7 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   m.def("small_linear(Tensor x, Tensor blocks, int n, Tensor? bias, int epilogue) -> Tensor");
   m.def("small_linear_into_(Tensor(a!) other, Tensor x, Tensor blocks, int n, Tensor? bias, "
         "int epilogue) -> ()");
+  m.def("vocab_head(Tensor x, Tensor blocks, int n, bool lse) -> Tensor[]");
   // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
   m.def("shared_prefix_attention_supports(str dtype) -> bool",
         &shared_prefix_attention_supports);
@@ -47,4 +48,5 @@ TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("small_linear_pack", &small_linear_pack);
   m.impl("small_linear", &small_linear);
   m.impl("small_linear_into_", &small_linear_into_);
+  m.impl("vocab_head", &vocab_head);
 }

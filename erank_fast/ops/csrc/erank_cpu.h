@@ -46,6 +46,10 @@ std::tuple<at::Tensor, at::Tensor> silu_mul_quantize(at::Tensor g, at::Tensor u,
 void scale_rows_(at::Tensor y, at::Tensor s);
 void scaled_add_(at::Tensor residual, at::Tensor y, at::Tensor s);
 
+namespace erank_cpu {
+constexpr int64_t SMALL_LINEAR_BLOCK = 64;  // output columns per block of small_linear_pack
+}
+
 // bfloat16 linear layers for a few rows on oneDNN's brgemm micro-kernels (small_linear.cpp):
 // weights packed once by small_linear_pack; epilogue 0 none, 1 SiLU (small_linear), 2 a product
 // with, 3 a sum into `other`, in place (small_linear_into_)
@@ -55,3 +59,8 @@ at::Tensor small_linear(at::Tensor x, at::Tensor blocks, int64_t n, c10::optiona
                         int64_t epilogue);
 void small_linear_into_(at::Tensor other, at::Tensor x, at::Tensor blocks, int64_t n,
                         c10::optional<at::Tensor> bias, int64_t epilogue);
+
+// the vocabulary projection on small_linear_pack's blocks, reduced per row as it is computed
+// (vocab_head.cpp): [maximum logit (float32), its first index (int64), log-sum-exp (float32;
+// empty unless `lse`)]
+std::vector<at::Tensor> vocab_head(at::Tensor x, at::Tensor blocks, int64_t n, bool lse);

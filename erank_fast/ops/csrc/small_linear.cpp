@@ -31,7 +31,7 @@ using erank_cpu::LOG2E;
 using erank_cpu::load16;
 using erank_cpu::store16;
 
-constexpr int64_t NB = 64;  // output columns per block
+constexpr int64_t NB = erank_cpu::SMALL_LINEAR_BLOCK;  // output columns per block
 
 enum Epilogue : int64_t { NONE = 0, SILU = 1, MUL = 2, ADD = 3 };
 
