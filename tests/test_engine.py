@@ -97,6 +97,42 @@ def test_a_call_returns_when_its_own_documents_are_done(tiny_qwen3):
     assert rr.rerank("q", ["d"]) and engine.inspect().documents_waiting == 0
 
 
+@pytest.mark.parametrize("failing_step", [1, 3])
+def test_a_failing_step_ends_its_call_and_leaves_the_engine_usable(tiny_qwen3, failing_step):
+    """A step that raises ends the calls in flight with its error, also in the step where
+    their documents were admitted (not yet active: the call used to wait forever), and the
+    next call gives the same results as before."""
+    model, tok = tiny_qwen3
+    rr = Reranker.from_pretrained(model, tokenizer=tok, think=5)
+    want = _scores([rr.rerank(QUERIES[0], DOCS[0])])
+    engine, steps = rr.backend, []
+    step = engine.runner.step
+
+    def failing(*args, **kwargs):
+        steps.append(1)
+        if len(steps) == failing_step:
+            raise RuntimeError("the step failed")
+        return step(*args, **kwargs)
+
+    engine.runner.step = failing
+    raised = []
+
+    def call():
+        try:
+            rr.rerank(QUERIES[0], DOCS[0])
+        except RuntimeError as error:
+            raised.append(error)
+
+    caller = threading.Thread(target=call, daemon=True)  # a hung call fails the test, not CI
+    caller.start()
+    caller.join(60)
+    assert not caller.is_alive(), "the call did not return after its step failed"
+    assert len(raised) == 1 and "the step failed" in str(raised[0])
+    engine.runner.step = step
+    assert _scores([rr.rerank(QUERIES[0], DOCS[0])]) == want
+    assert engine.inspect().documents_active == engine.inspect().documents_waiting == 0
+
+
 def test_range_allocator_first_fit_and_merge():
     a = RangeAllocator(100)
     x, y, z = a.alloc(30), a.alloc(30), a.alloc(30)

@@ -175,6 +175,7 @@ class Engine:
     def _drive(self, own: Request) -> None:
         """Run steps over every call's documents until ``own`` is done (or no work is left)."""
         scheduler = self.scheduler
+        docs: list[Doc] = []
         try:
             while not own.done.is_set() and (batch := scheduler.schedule()) is not None:
                 docs, new_groups = batch
@@ -194,4 +195,5 @@ class Engine:
                 with self._loop:  # callers whose documents finished (or were dropped) return
                     self._loop.notify_all()
         except BaseException as error:
-            scheduler.fail_all(error)
+            # The step's documents too: those admitted for it are not active until it ends.
+            scheduler.fail_all(error, docs)

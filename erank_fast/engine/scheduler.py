@@ -129,12 +129,15 @@ class Scheduler:
         """After a step: the documents still running."""
         self.active = [d for d in docs if d.readout is None]
 
-    def fail_all(self, error: BaseException) -> None:
+    def fail_all(self, error: BaseException, step: list[Doc] = ()) -> None:
         """An engine failure (e.g. out of memory) ends every call in flight with that error and
-        leaves the engine empty and usable."""
+        leaves the engine empty and usable. step: the failed step's documents (those admitted
+        for it are neither waiting nor active yet)."""
         with self.lock:
             docs = self.active + list(self.waiting)
             self.active, self.waiting = [], collections.deque()
+        seen = {id(d) for d in docs}
+        docs += [d for d in step if id(d) not in seen and d.readout is None]
         for d in docs:
             d.group.kv_start = None
             d.group.request.error = error
