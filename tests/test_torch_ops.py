@@ -242,6 +242,13 @@ def test_cpu_brgemm_prefill_kernel_equals_the_vector_kernel(hq, hkv, d):
     assert one_token
     for b in one_token:
         assert torch.equal(got[cu[b] : cu[b + 1]], vector[cu[b] : cu[b + 1]])
+    # Padding rows after the documents' (a step padded for the linear layers): zeros out, the
+    # documents' rows unchanged, in both kernels.
+    padded = torch.cat([q, torch.randn(5, hq, d).bfloat16()])
+    for kernel, unpadded in ((cpu_kernels().shared_prefix_attention_brgemm, got),
+                             (cpu_kernels().shared_prefix_attention, vector)):
+        out = kernel(padded, k_arena, v_arena, *args)
+        assert torch.equal(out[: q.shape[0]], unpadded) and not out[q.shape[0] :].any()
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
@@ -300,3 +307,29 @@ def test_cpu_kernels_are_built_when_a_cpu_engine_is_made(tiny_qwen3, monkeypatch
     model, tok = tiny_qwen3
     Reranker.from_pretrained(model, tokenizer=tok, device="cpu")
     assert asked == [1]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cpu_arena_write_equals_advanced_indexing(dtype):
+    """A step's K/V rows written by the C++ copy land where ``arena[rows] = k`` puts them, from
+    contiguous rows and from a view of a wider projection (rows farther apart); a row outside
+    the arena is an error, and the arena is left as it was."""
+    from erank_fast.ops.arena_attention import write_kv
+    from erank_fast.ops.cpu_extension import cpu_kernels
+
+    if cpu_kernels() is None:
+        pytest.skip("erank_fast's CPU kernels could not be built here (no compiler)")
+    torch.manual_seed(3)
+    k_arena, v_arena = torch.randn(300, 3, 16).to(dtype), torch.randn(300, 3, 16).to(dtype)
+    want_k, want_v = k_arena.clone(), v_arena.clone()
+    rows = torch.tensor([7, 8, 9, 120, 299, 0])
+    qkv = torch.randn(6, 5 * 48).to(dtype)  # k and v as column slices of one projection
+    for k, v in ((torch.randn(6, 3, 16).to(dtype), torch.randn(6, 3, 16).to(dtype)),
+                 (qkv[:, 48:96].view(6, 3, 16), qkv[:, 96:144].view(6, 3, 16))):
+        write_kv(k_arena, v_arena, rows, k, v)
+        want_k[rows], want_v[rows] = k, v
+        assert torch.equal(k_arena, want_k) and torch.equal(v_arena, want_v)
+    write_kv(k_arena, v_arena, rows[:0], k[:0], v[:0])
+    with pytest.raises(RuntimeError, match="outside the arena"):
+        write_kv(k_arena, v_arena, torch.tensor([5, 300]), k[:2], v[:2])
+    assert torch.equal(k_arena, want_k) and torch.equal(v_arena, want_v)

@@ -5,9 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn import functional as F
 
 from erank_fast.engine.kv_pool import KVPool
-from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu
+from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu, write_kv
 from erank_fast.ops.causal_attention import causal_attention
 from erank_fast.ops.decode_attention import DecodeRows, decode_attention_cpu
 from erank_fast.ops.dispatch import use_triton
@@ -80,21 +81,28 @@ class SharedPrefixAttention:
         self.write_rows, self.meta = meta.write_rows, queries or meta
         self.rows: ArenaRows | None = None  # built by the first layer that needs them
 
-    def __call__(self, layer: int, q, k, v):
+    def __call__(self, layer: int, q, k, v, real_queries: int | None = None):
         m = self.meta
         k_arena, v_arena = self.pool.k[layer], self.pool.v[layer]
-        k_arena[self.write_rows] = k
-        v_arena[self.write_rows] = v
+        write_kv(k_arena, v_arena, self.write_rows, k, v)
         if not use_triton(self.impl, q) and m.docs:
-            # CPU: the C++ kernel reads the arena in place, any number of tokens per document.
+            # CPU: the C++ kernel reads the arena in place, any number of tokens per document
+            # (rows of q past the documents' get zeros: no copy for padding).
             if self.rows is None:
                 self.rows = ArenaRows.of_step(m.docs, m.prefixes, q.device)
             out = arena_attention_cpu(q, k_arena, v_arena, self.rows, self.scale)
-            if out is None and m.max_q_tokens == 1:  # bf16 without AVX512-BF16: decode kernel
-                out = decode_attention_cpu(q, k_arena, v_arena, DecodeRows.of_step(
-                    m.docs, m.prefixes, q.device), self.scale)
             if out is not None:
                 return out
+            if m.max_q_tokens == 1:  # bf16 without AVX512-BF16: the decode kernel
+                out = decode_attention_cpu(q[:real_queries], k_arena, v_arena, DecodeRows.of_step(
+                    m.docs, m.prefixes, q.device), self.scale)
+                if out is not None:
+                    return padded(out, q.shape[0])
+        return padded(self._paths(q[:real_queries], k_arena, v_arena), q.shape[0])
+
+    def _paths(self, q, k_arena, v_arena):
+        """The PyTorch and Triton paths (their K/V written)."""
+        m = self.meta
         if m.max_q_tokens > 1 and not use_triton(self.impl, q):
             # PyTorch path, prefill: one fused SDPA per group beats materialised score blocks.
             return shared_prefix_prefill(q, k_arena, v_arena, list(m.prefixes), list(m.docs),
@@ -123,7 +131,11 @@ class PrefixPrefillAttention:
     def __init__(self, pool: KVPool, rows: torch.Tensor, cu_seqlens: list[int], scale: float):
         self.pool, self.rows, self.cu, self.scale = pool, rows, cu_seqlens, scale
 
-    def __call__(self, layer: int, q, k, v):
-        self.pool.k[layer][self.rows] = k
-        self.pool.v[layer][self.rows] = v
-        return causal_attention(q, k, v, self.cu, self.scale)
+    def __call__(self, layer: int, q, k, v, real_queries: int | None = None):
+        write_kv(self.pool.k[layer], self.pool.v[layer], self.rows, k, v)
+        return padded(causal_attention(q[:real_queries], k, v, self.cu, self.scale), q.shape[0])
+
+
+def padded(out: torch.Tensor, rows: int) -> torch.Tensor:
+    """out [n, ...] with zero rows appended up to ``rows`` (padding queries' outputs)."""
+    return out if out.shape[0] == rows else F.pad(out, (0, 0, 0, 0, 0, rows - out.shape[0]))

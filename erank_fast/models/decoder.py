@@ -23,9 +23,12 @@ from erank_fast.ops.rotary import rotary_kernel
 
 class Attention(Protocol):
     def __call__(
-        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
+        self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+        real_queries: int | None = None,
     ) -> torch.Tensor:
-        """q [N, Hq, D], k and v [N, Hkv, D] (RoPE applied) -> output [N, Hq, D]."""
+        """q [N, Hq, D], k and v [N, Hkv, D] (RoPE applied) -> output [N, Hq, D].
+        real_queries: only q's first rows are queries; the output's other rows are zeros
+        (a step padded for the linear layers, ``RealRows``)."""
         ...
 
 
@@ -263,7 +266,7 @@ class RealRows:
     def __init__(self, attention: Attention, kv_rows: int, q_rows: int):
         self.attention, self.kv_rows, self.q_rows = attention, kv_rows, q_rows
 
-    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor):
+    def __call__(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                 real_queries: int | None = None):
         n = self.kv_rows
-        out = self.attention(layer, q[: self.q_rows], k[:n], v[:n])
-        return F.pad(out, (0, 0, 0, 0, 0, q.shape[0] - self.q_rows))
+        return self.attention(layer, q, k[:n], v[:n], real_queries=self.q_rows)

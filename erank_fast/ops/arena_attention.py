@@ -64,6 +64,22 @@ def brgemm_available() -> bool:
     return kernels is not None and kernels.shared_prefix_attention_brgemm_available()
 
 
+def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, rows: torch.Tensor, k: torch.Tensor,
+             v: torch.Tensor) -> None:
+    """k_cache[rows] = k and v_cache[rows] = v: on CPU one C++ pass of row copies
+    (``ops/csrc/arena_write.cpp``; advanced indexing's index_put copies ~4x slower there),
+    elsewhere, or without the kernels, advanced indexing."""
+    kernels = cpu_kernels() if k_cache.device.type == "cpu" else None
+    if (kernels is not None and k.dim() == 3 and k.dtype == k_cache.dtype == v.dtype
+            and k.shape == v.shape and k_cache.shape == v_cache.shape
+            and k_cache.is_contiguous() and v_cache.is_contiguous()
+            and k.stride()[1:] == v.stride()[1:] == (k.shape[2], 1)):
+        kernels.arena_write_(k_cache, v_cache, rows, k, v)
+        return
+    k_cache[rows] = k
+    v_cache[rows] = v
+
+
 def kernel_applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     """Whether the C++ kernel runs for these tensors on this machine."""
     if (q.device.type != "cpu" or q.shape[-1] not in HEAD_DIMS or k_cache.dtype != q.dtype

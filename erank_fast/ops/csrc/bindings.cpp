@@ -16,6 +16,8 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   m.def("shared_prefix_attention_brgemm_available() -> bool",
         &shared_prefix_attention_brgemm_available);
   m.def("rotary_(Tensor(a!) q, Tensor(b!) k, Tensor cos, Tensor sin) -> ()");
+  m.def("arena_write_(Tensor(a!) k_arena, Tensor(b!) v_arena, Tensor rows, Tensor k, Tensor v) "
+        "-> ()");
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("quantize_rows(Tensor x) -> (Tensor, Tensor)");
   m.def("rms_norm_quantize(Tensor x, Tensor weight, float eps) -> (Tensor, Tensor)");
@@ -39,6 +41,7 @@ TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("shared_prefix_attention", &shared_prefix_attention);
   m.impl("shared_prefix_attention_brgemm", &shared_prefix_attention_brgemm);
   m.impl("rotary_", &rotary_);
+  m.impl("arena_write_", &arena_write_);
   m.impl("rms_norm", &rms_norm);
   m.impl("quantize_rows", &quantize_rows);
   m.impl("rms_norm_quantize", &rms_norm_quantize);

@@ -36,6 +36,10 @@ at::Tensor shared_prefix_attention_brgemm(at::Tensor q, at::Tensor k, at::Tensor
 
 void rotary_(at::Tensor q, at::Tensor k, at::Tensor cos, at::Tensor sin);
 
+// a step's new K and V rows copied into the K/V arena rows `rows` (arena_write.cpp)
+void arena_write_(at::Tensor k_arena, at::Tensor v_arena, at::Tensor rows, at::Tensor k,
+                  at::Tensor v);
+
 at::Tensor rms_norm(at::Tensor x, at::Tensor weight, double eps);
 
 // int8 linear layers' row-wise work (int8_rows.cpp): uint8 activations (zero point 128) with a

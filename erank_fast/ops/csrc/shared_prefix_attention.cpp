@@ -466,6 +466,7 @@ bool shared_prefix_attention_supports(std::string dtype) {
 // q [N, Hq, D] packed by document (rows q_cu[b]..q_cu[b+1]); k, v [T, Hkv, D], the arena;
 // per document (int64 [B]): its own rows start at own_base, own_start of them precede this
 // step's tokens, and its query's prefix is rows prefix_start .. + prefix_len. -> out [N, Hq, D].
+// Rows of q past q_cu[B] (padding: the linear layers run on whole blocks of rows) get zeros.
 at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor q_cu,
                                    at::Tensor own_base, at::Tensor own_start,
                                    at::Tensor prefix_start, at::Tensor prefix_len, double scale) {
@@ -480,9 +481,10 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   TORCH_CHECK(q_cu.numel() == docs + 1, "q_cu [B+1]");
   for (const auto& t : {q_cu, own_base, own_start, prefix_start, prefix_len})
     TORCH_CHECK(t.scalar_type() == at::kLong && t.is_contiguous(), "index tensors: int64");
-  TORCH_CHECK(q_cu.data_ptr<int64_t>()[docs] == q.size(0),
-              "q_cu must end at the number of rows of q");
+  const int64_t real = q_cu.data_ptr<int64_t>()[docs];
+  TORCH_CHECK(real <= q.size(0), "q_cu must end at most at the number of rows of q");
   auto out = at::empty_like(q);
+  if (real < q.size(0)) out.narrow(0, real, q.size(0) - real).zero_();  // padding rows: zeros
   std::vector<int64_t> every(docs);
   for (int64_t b = 0; b < docs; ++b) every[b] = b;
   shared_prefix_attention_of(q, k, v, q_cu, own_base, own_start, prefix_start, prefix_len, scale,

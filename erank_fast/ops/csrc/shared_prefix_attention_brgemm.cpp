@@ -13,7 +13,8 @@
 //   out = O / l rounded once.
 // Keys a row may not see (padding of a block, own keys after its token) get probability 0.
 // Documents with one new token (decode steps mixed into a prefill step) are left to the vector
-// kernel's decode path (shared_prefix_attention_of).
+// kernel's decode path (shared_prefix_attention_of). Rows of q past the documents' (padding)
+// get zeros, as in shared_prefix_attention.
 #include "erank_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -182,6 +183,7 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   auto out = at::empty_like(q);
   const int64_t docs = own_base.numel(), kv_heads = k.size(1), group = q.size(1) / kv_heads;
   const int64_t* cu = q_cu.data_ptr<int64_t>();
+  if (cu[docs] < q.size(0)) out.narrow(0, cu[docs], q.size(0) - cu[docs]).zero_();  // padding
   const int64_t *ob = own_base.data_ptr<int64_t>(), *os = own_start.data_ptr<int64_t>();
   const int64_t *ps = prefix_start.data_ptr<int64_t>(), *pl = prefix_len.data_ptr<int64_t>();
   Prefixes pre;
@@ -267,8 +269,8 @@ at::Tensor shared_prefix_attention_brgemm(at::Tensor q, at::Tensor k, at::Tensor
   TORCH_CHECK(q_cu.numel() == docs + 1, "q_cu [B+1]");
   for (const auto& t : {q_cu, own_base, own_start, prefix_start, prefix_len})
     TORCH_CHECK(t.scalar_type() == at::kLong && t.is_contiguous(), "index tensors: int64");
-  TORCH_CHECK(q_cu.data_ptr<int64_t>()[docs] == q.size(0),
-              "q_cu must end at the number of rows of q");
+  TORCH_CHECK(q_cu.data_ptr<int64_t>()[docs] <= q.size(0),
+              "q_cu must end at most at the number of rows of q");
   TORCH_CHECK(shared_prefix_attention_brgemm_available(), "no bfloat16 brgemm on this CPU");
   if (q.size(2) == 64) return run<64>(q, k, v, q_cu, own_base, own_start, prefix_start,
                                       prefix_len, scale);
