@@ -33,6 +33,7 @@ class ArenaRows:
     own_start: torch.Tensor
     prefix_start: torch.Tensor
     prefix_len: torch.Tensor
+    new_tokens: int = 0  # q_cu[-1]: the step's new tokens (q may have padding rows after them)
 
     @classmethod
     def of_step(cls, docs, prefixes, device="cpu") -> "ArenaRows":
@@ -46,7 +47,8 @@ class ArenaRows:
             return torch.tensor(values, dtype=torch.int64, device=device)
 
         return cls(t(cu), t([b for _, b, _, _ in docs]), t([s for _, _, s, _ in docs]),
-                   t([prefixes[g][0] for g, *_ in docs]), t([prefixes[g][1] for g, *_ in docs]))
+                   t([prefixes[g][0] for g, *_ in docs]), t([prefixes[g][1] for g, *_ in docs]),
+                   cu[-1])
 
 
 # Steps with at least this many new tokens per document (prefill) take the brgemm kernel where
@@ -96,8 +98,8 @@ def arena_attention_cpu(q, k_cache, v_cache, rows: ArenaRows, scale: float):
     if not kernel_applies(q, k_cache) or v_cache.stride() != k_cache.stride():
         return None
     q = q if q.stride(-1) == 1 else q.contiguous()
-    if q.dtype == torch.bfloat16 and q.shape[0] >= BRGEMM_MIN_TOKENS_PER_DOC * len(rows.own_base) \
-            and brgemm_available():
+    if q.dtype == torch.bfloat16 and rows.new_tokens >= BRGEMM_MIN_TOKENS_PER_DOC * len(
+            rows.own_base) and brgemm_available():
         return cpu_kernels().shared_prefix_attention_brgemm(
             q, k_cache, v_cache, rows.q_cu, rows.own_base, rows.own_start, rows.prefix_start,
             rows.prefix_len, scale)
