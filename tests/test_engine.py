@@ -271,28 +271,36 @@ def test_sampling_rejects_bad_arguments(tiny_qwen3):
         rr.sample([[1, 2]], n=0)
 
 
-@pytest.mark.parametrize("pack", [False, True])
-def test_low_precision_readout_rows_are_not_rounded(pack):
+@pytest.mark.parametrize("pack,blocks", [(False, False), (True, False), (True, True)])
+def test_low_precision_readout_rows_are_not_rounded(pack, blocks, monkeypatch):
     """With a bfloat16 lm_head on CPU, the rows a score is read from get float32 logits of the
     same (bfloat16) hidden states and weights: equal to a float32 log-softmax of those values,
     where a bfloat16 GEMM output would move logits of ~20 by up to 0.06. Thinking rows, which
-    only need the argmax, keep the model's dtype and get the argmax alone."""
+    only need the argmax, get the argmax alone: of the model-dtype logits on the chunked paths,
+    of the float32 sums on the small-batch blocks (``ops/csrc/vocab_head.cpp``, where oneDNN's
+    bfloat16 brgemm runs; no float32 copy of the lm_head is made there)."""
     from erank_fast.engine.readout import ScoreReader
     from erank_fast.scoring import ScoreTokens
 
+    if not blocks:
+        monkeypatch.setenv("ERANK_FAST_SMALL_ROWS", "0")
     torch.manual_seed(0)
     vocab, h = 3000, 64
     weight = torch.randn(vocab, h).bfloat16()
     hidden = torch.randn(6, h).bfloat16()
     tokens = ScoreTokens(tuple(range(100, 110)))
     reader = ScoreReader(weight, tokens, None, "torch", pack_weights=pack)
+    if blocks and reader.blocks is None:
+        pytest.skip("no bfloat16 brgemm (AMX) on this CPU")
+    assert (reader.exact is None) == (reader.blocks is not None)
     argmax, logprobs = reader._head(hidden, [0, 2, 3, 5], [True, True, False, True])
     logits = hidden.float() @ weight.float().T
     assert logits.abs().max() > 16  # large enough that bfloat16 output would round by >= 0.06
     want = torch.log_softmax(logits, -1)
     for got_lp, row in zip([logprobs[i] for i in (0, 1, 3)], (0, 2, 5)):
         torch.testing.assert_close(torch.tensor(got_lp), want[row, 100:110], atol=1e-4, rtol=0)
-    assert argmax[2] == int((hidden[3:4] @ weight.T).float().argmax())  # model-dtype argmax
+    thinking = logits[3] if blocks else (hidden[3:4] @ weight.T).float()[0]
+    assert argmax[2] == int(thinking.argmax())
     assert logprobs[2] == []  # a thinking row's digits are never read: not computed
     assert [argmax[i] for i in (0, 1, 3)] == logits[[0, 2, 5]].argmax(-1).tolist()
 

@@ -1,6 +1,7 @@
 """The vocabulary-streaming score head: erank_fast/kernels/score_head.py on CUDA (or the Triton
-interpreter), a PyTorch path streaming vocabulary chunks elsewhere; the oracle of both is
-erank_fast.reference.score_head."""
+interpreter), one C++ pass over the lm_head in small-batch blocks for bfloat16 on a CPU with
+oneDNN's bfloat16 brgemm (ops/csrc/vocab_head.cpp), a PyTorch path streaming vocabulary chunks
+elsewhere; the oracle of all three is erank_fast.reference.score_head."""
 
 from __future__ import annotations
 
