@@ -33,7 +33,7 @@ class ArenaRows:
     own_start: torch.Tensor
     prefix_start: torch.Tensor
     prefix_len: torch.Tensor
-    new_tokens: int = 0  # q_cu[-1]: the step's new tokens (q may have padding rows after them)
+    new_tokens: int  # q_cu[-1]: the step's new tokens (q may have padding rows after them)
 
     @classmethod
     def of_step(cls, docs, prefixes, device="cpu") -> "ArenaRows":
