@@ -8,7 +8,13 @@ import torch
 from torch.nn import functional as F
 
 from erank_fast.engine.kv_pool import KVPool
-from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu, write_kv
+from erank_fast.ops.arena_attention import (
+    ArenaRows,
+    arena_attention_cpu,
+    kernel_applies,
+    takes_brgemm,
+    write_kv,
+)
 from erank_fast.ops.causal_attention import causal_attention
 from erank_fast.ops.decode_attention import DecodeRows, decode_attention_cpu
 from erank_fast.ops.dispatch import use_triton
@@ -99,6 +105,23 @@ class SharedPrefixAttention:
                 if out is not None:
                     return padded(out, q.shape[0])
         return padded(self._paths(q[:real_queries], k_arena, v_arena), q.shape[0])
+
+    def kernel_args(self, layer: int, q: torch.Tensor) -> tuple | None:
+        """What this layer's C++ kernel path reads, for ``decoder_layer_`` (one call per layer):
+        (K arena, V arena, the new tokens' arena rows, q_cu, own_base, own_start, prefix_start,
+        prefix_len, scale, whether the brgemm kernel runs); None where the step takes another
+        path. q: a tensor like the layer's queries (device, dtype, head dim)."""
+        m = self.meta
+        k_arena, v_arena = self.pool.k[layer], self.pool.v[layer]
+        if (self.write_rows is not m.write_rows or not m.docs or use_triton(self.impl, q)
+                or not kernel_applies(q, k_arena) or v_arena.stride() != k_arena.stride()
+                or not k_arena.is_contiguous() or not v_arena.is_contiguous()):
+            return None
+        if self.rows is None:
+            self.rows = ArenaRows.of_step(m.docs, m.prefixes, q.device)
+        r = self.rows
+        return (k_arena, v_arena, self.write_rows, r.q_cu, r.own_base, r.own_start,
+                r.prefix_start, r.prefix_len, self.scale, takes_brgemm(q.dtype, r))
 
     def _paths(self, q, k_arena, v_arena):
         """The PyTorch and Triton paths (their K/V written)."""

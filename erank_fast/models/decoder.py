@@ -14,6 +14,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from erank_fast.models.decoder_config import DecoderConfig
+from erank_fast.models.fused_layer import run_fused_layer
 from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.int8_linear import Int8Linear, QuantizedRows, silu_mul_quantized
 from erank_fast.ops.packed_linear import linear_add, linear_mul, linear_silu
@@ -175,6 +176,8 @@ class DecoderLayer(nn.Module):
 
     def forward(self, x, rotation: Rotation, attention: Attention,
                 rows: torch.Tensor | None = None) -> torch.Tensor:
+        if rows is None and run_fused_layer(self, x, rotation, attention):
+            return x  # updated in place by one C++ call (models/fused_layer.py)
         x = self.self_attn(self.input_layernorm(x), rotation, attention, residual=x, rows=rows)
         return self.mlp(self.post_attention_layernorm(x), residual=x)
 
@@ -270,3 +273,11 @@ class RealRows:
                  real_queries: int | None = None):
         n = self.kv_rows
         return self.attention(layer, q, k[:n], v[:n], real_queries=self.q_rows)
+
+    def kernel_args(self, layer: int, q: torch.Tensor) -> tuple | None:
+        """The wrapped attention's ``kernel_args`` (the padding rows are written nowhere and
+        get zeros); None where queries are a subset of the tokens."""
+        kernel_args = getattr(self.attention, "kernel_args", None)
+        if kernel_args is None or self.q_rows != self.kv_rows:
+            return None
+        return kernel_args(layer, q)

@@ -92,14 +92,21 @@ def kernel_applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
     return kernels is not None and kernels.shared_prefix_attention_supports(dtype)
 
 
+def takes_brgemm(dtype: torch.dtype, rows: ArenaRows) -> bool:
+    """Whether a step of these rows runs the brgemm prefill kernel (bfloat16, prefill-sized
+    documents, AMX here) rather than the vector kernel."""
+    return (dtype == torch.bfloat16
+            and rows.new_tokens >= BRGEMM_MIN_TOKENS_PER_DOC * len(rows.own_base)
+            and brgemm_available())
+
+
 def arena_attention_cpu(q, k_cache, v_cache, rows: ArenaRows, scale: float):
     """q [N, Hq, D] packed by document; k_cache, v_cache [T, Hkv, D] (this step's K/V already
     written) -> out [N, Hq, D] in q's dtype, or None where the kernel does not apply."""
     if not kernel_applies(q, k_cache) or v_cache.stride() != k_cache.stride():
         return None
     q = q if q.stride(-1) == 1 else q.contiguous()
-    if q.dtype == torch.bfloat16 and rows.new_tokens >= BRGEMM_MIN_TOKENS_PER_DOC * len(
-            rows.own_base) and brgemm_available():
+    if takes_brgemm(q.dtype, rows):
         return cpu_kernels().shared_prefix_attention_brgemm(
             q, k_cache, v_cache, rows.q_cu, rows.own_base, rows.own_start, rows.prefix_start,
             rows.prefix_len, scale)

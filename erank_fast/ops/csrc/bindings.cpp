@@ -31,6 +31,10 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   m.def("small_linear_into_(Tensor(a!) other, Tensor x, Tensor blocks, int n, Tensor? bias, "
         "int epilogue) -> ()");
   m.def("vocab_head(Tensor x, Tensor blocks, int n, bool lse) -> Tensor[]");
+  m.def("decoder_layer_(Tensor(a!) x, Tensor[] norms, Tensor[] blocks, Tensor?[] biases, "
+        "int[] dims, float eps, Tensor cos, Tensor sin, Tensor(b!) k_arena, Tensor(c!) v_arena, "
+        "Tensor write_rows, Tensor q_cu, Tensor own_base, Tensor own_start, Tensor prefix_start, "
+        "Tensor prefix_len, float scale, bool brgemm) -> ()");
   // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
   m.def("shared_prefix_attention_supports(str dtype) -> bool",
         &shared_prefix_attention_supports);
@@ -52,4 +56,5 @@ TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("small_linear", &small_linear);
   m.impl("small_linear_into_", &small_linear_into_);
   m.impl("vocab_head", &vocab_head);
+  m.impl("decoder_layer_", &decoder_layer_);
 }

@@ -68,3 +68,12 @@ void small_linear_into_(at::Tensor other, at::Tensor x, at::Tensor blocks, int64
 // (vocab_head.cpp): [maximum logit (float32), its first index (int64), log-sum-exp (float32;
 // empty unless `lse`)]
 std::vector<at::Tensor> vocab_head(at::Tensor x, at::Tensor blocks, int64_t n, bool lse);
+
+// one decoder layer of a bfloat16 step of a few rows, the ops above called in the Python
+// layer's order (decoder_layer.cpp); x is updated in place
+void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at::Tensor> blocks,
+                    std::vector<c10::optional<at::Tensor>> biases, std::vector<int64_t> dims,
+                    double eps, at::Tensor cos, at::Tensor sin, at::Tensor k_arena,
+                    at::Tensor v_arena, at::Tensor write_rows, at::Tensor q_cu,
+                    at::Tensor own_base, at::Tensor own_start, at::Tensor prefix_start,
+                    at::Tensor prefix_len, double scale, bool brgemm);
