@@ -94,9 +94,8 @@ class SharedPrefixAttention:
         if not use_triton(self.impl, q) and m.docs:
             # CPU: the C++ kernel reads the arena in place, any number of tokens per document
             # (rows of q past the documents' get zeros: no copy for padding).
-            if self.rows is None:
-                self.rows = ArenaRows.of_step(m.docs, m.prefixes, q.device)
-            out = arena_attention_cpu(q, k_arena, v_arena, self.rows, self.scale)
+            out = arena_attention_cpu(q, k_arena, v_arena, self._arena_rows(q.device),
+                                      self.scale)
             if out is not None:
                 return out
             if m.max_q_tokens == 1:  # bf16 without AVX512-BF16: the decode kernel
@@ -117,11 +116,15 @@ class SharedPrefixAttention:
                 or not kernel_applies(q, k_arena) or v_arena.stride() != k_arena.stride()
                 or not k_arena.is_contiguous() or not v_arena.is_contiguous()):
             return None
-        if self.rows is None:
-            self.rows = ArenaRows.of_step(m.docs, m.prefixes, q.device)
-        r = self.rows
+        r = self._arena_rows(q.device)
         return (k_arena, v_arena, self.write_rows, r.q_cu, r.own_base, r.own_start,
                 r.prefix_start, r.prefix_len, self.scale, takes_brgemm(q.dtype, r))
+
+    def _arena_rows(self, device) -> ArenaRows:
+        """The C++ kernels' per-document rows, built by the first layer that needs them."""
+        if self.rows is None:
+            self.rows = ArenaRows.of_step(self.meta.docs, self.meta.prefixes, device)
+        return self.rows
 
     def _paths(self, q, k_arena, v_arena):
         """The PyTorch and Triton paths (their K/V written)."""

@@ -29,14 +29,23 @@ def run_fused_layer(layer, x: torch.Tensor, rotation, attention) -> bool:
     if weights is None or kernel_args is None:
         return False
     attn = layer.self_attn
-    q_like = x.new_empty((0, attn.num_heads, attn.head_dim))
-    args = kernel_args(attn.layer, q_like)
+    args = kernel_args(attn.layer, _queries_like(rotation, x, attn))
     if args is None:
         return False
     norms, blocks, biases, dims, eps = weights
     cpu_kernels().decoder_layer_(x, norms, blocks, biases, dims, eps, rotation.cos, rotation.sin,
                                  *args)
     return True
+
+
+def _queries_like(rotation, x: torch.Tensor, attn) -> torch.Tensor:
+    """An empty tensor with the layer's query device, dtype and head dim (what the attention
+    checks), made once per forward pass (kept on its ``Rotation``)."""
+    probe = rotation.__dict__.get("_queries_like")
+    if probe is None or probe.dtype != x.dtype or probe.shape[1:] != (attn.num_heads,
+                                                                      attn.head_dim):
+        probe = rotation._queries_like = x.new_empty((0, attn.num_heads, attn.head_dim))
+    return probe
 
 
 def _layer_weights(layer):

@@ -88,7 +88,7 @@ class PackedLinear(nn.Module):
         self.register_buffer("blocks", blocks, persistent=False)
         self.register_buffer("bias32", bias32, persistent=False)
 
-    # small_linear's epilogues (ops/csrc/small_linear.cpp)
+    # small_linear's epilogues (erank_cpu::Epilogue in ops/csrc/erank_cpu.h)
     NONE, SILU, MUL, ADD = 0, 1, 2, 3
 
     def small(self, x: torch.Tensor) -> bool:

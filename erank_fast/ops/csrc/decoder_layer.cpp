@@ -8,11 +8,10 @@
 //   b = rms_norm(x); x += (silu(b @ Wg) * (b @ Wu)) @ Wd.
 #include "erank_cpu.h"
 
-namespace {
-
-constexpr int64_t NONE = 0, SILU = 1, MUL = 2, ADD = 3;  // small_linear's epilogues
-
-}  // namespace
+using erank_cpu::ADD;
+using erank_cpu::MUL;
+using erank_cpu::NONE;
+using erank_cpu::SILU;
 
 void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at::Tensor> blocks,
                     std::vector<c10::optional<at::Tensor>> biases, std::vector<int64_t> dims,

@@ -52,6 +52,8 @@ void scaled_add_(at::Tensor residual, at::Tensor y, at::Tensor s);
 
 namespace erank_cpu {
 constexpr int64_t SMALL_LINEAR_BLOCK = 64;  // output columns per block of small_linear_pack
+// small_linear's epilogues (PackedLinear.NONE .. ADD in ops/packed_linear.py)
+enum Epilogue : int64_t { NONE = 0, SILU = 1, MUL = 2, ADD = 3 };
 }
 
 // bfloat16 linear layers for a few rows on oneDNN's brgemm micro-kernels (small_linear.cpp):

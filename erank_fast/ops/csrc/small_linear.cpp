@@ -33,7 +33,11 @@ using erank_cpu::store16;
 
 constexpr int64_t NB = erank_cpu::SMALL_LINEAR_BLOCK;  // output columns per block
 
-enum Epilogue : int64_t { NONE = 0, SILU = 1, MUL = 2, ADD = 3 };
+using erank_cpu::Epilogue;
+using erank_cpu::NONE;
+using erank_cpu::SILU;
+using erank_cpu::MUL;
+using erank_cpu::ADD;
 
 // One block's float32 product c [M][NB] -> out[:, n0 : n0 + cols] (bfloat16) through the
 // epilogue; `other` (MUL, ADD) is read at the same place and is where the result goes.
