@@ -211,8 +211,9 @@ def test_cpu_arena_attention_kernel_equals_plain_causal(case, hq, hkv, d, dtype,
 @pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (16, 8, 128), (4, 1, 64)])
 def test_cpu_brgemm_prefill_kernel_equals_the_vector_kernel(hq, hkv, d):
     """The bfloat16 prefill kernel on oneDNN's brgemm tiles (AMX) against the float32 kernel on
-    the same values: several prefixes (one empty, one past a 64-key block), own rows before the
-    step, documents of 1 to 130 new tokens (tiles and key blocks cut mid-token), NaN in rows
+    the same values: several prefixes (one empty, one of exactly 32 keys, others not multiples
+    of the kernel's 32-key runs), own rows before the step, documents of 1 to 130 new tokens
+    (tiles cut mid-token), NaN in rows
     nobody owns; the dispatch takes it for prefill steps where it runs. A one-token document
     (decode, in a step that mixes it with prefill) gets the vector kernel's rows, bit for bit."""
     from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu, brgemm_available
@@ -221,8 +222,9 @@ def test_cpu_brgemm_prefill_kernel_equals_the_vector_kernel(hq, hkv, d):
     if not brgemm_available():
         pytest.skip("no bfloat16 brgemm (AMX) on this CPU")
     torch.manual_seed(5)
-    prefixes = [(2, 17), (30, 0), (31, 70)]
-    docs = [(0, 110, 0, 37), (0, 160, 3, 1), (1, 230, 0, 130), (2, 400, 64, 5), (2, 500, 1, 64)]
+    prefixes = [(2, 17), (30, 0), (31, 70), (140, 32)]
+    docs = [(0, 110, 0, 37), (0, 160, 3, 1), (1, 230, 0, 130), (2, 400, 64, 5), (2, 500, 1, 64),
+            (3, 540, 0, 40)]
     k_arena, v_arena = torch.randn(600, hkv, d), torch.randn(600, hkv, d)
     k_arena[[0, 1, 20, 109, 599]] = v_arena[[0, 1, 20, 109, 599]] = float("nan")
     q = torch.randn(sum(n for *_, n in docs), hq, d)

@@ -3,15 +3,16 @@
 // result as shared_prefix_attention.cpp (every new token of every document against its query's
 // prefix rows and causally its own rows of the K/V arena), its two products as matrix tiles.
 //
-// One task is (document, KV head). Its keys are packed once in the layout the micro-kernels
-// read (pairs of bfloat16, "VNNI"), in blocks of KB keys: the prefix's blocks once per (query
-// prefix, KV head) for all its documents, the document's own blocks per task. Then per tile of
-// MR rows (32 for a document of fewer than 128 rows; a row being (new token i, query head g of
-// this KV head's group), token-major):
-//   S = Q K^T block by block (float32), the masked softmax over the tile's keys in float32
-//   (exp2 in log2 units), P rounded to bfloat16, O = sum over blocks of P V (float32),
+// One task is (document, KV head). Its keys are packed in the layouts the micro-kernels read
+// (pairs of bfloat16, "VNNI"), in one buffer per product: the prefix's keys first (packed once
+// per (query prefix, KV head) for all its documents, then copied), the document's own after them,
+// each part rounded up to KB keys with zeros. Then per tile of MR rows (32 for a document of
+// fewer than 128 rows; a row being (new token i, query head g of this KV head's group),
+// token-major), each product one micro-kernel call:
+//   S = Q K^T over the keys the tile's last token sees (float32), the masked softmax in float32
+//   (exp2 in log2 units), P rounded to bfloat16, O = P V (float32, reduced in the tiles),
 //   out = O / l rounded once.
-// Keys a row may not see (padding of a block, own keys after its token) get probability 0.
+// Keys a row may not see (padding, own keys after its token) get probability 0.
 // Documents with one new token (decode steps mixed into a prefill step) are left to the vector
 // kernel's decode path (shared_prefix_attention_of). Rows of q past the documents' (padding)
 // get zeros, as in shared_prefix_attention.
@@ -42,24 +43,38 @@ using erank_cpu::LOG2E;
 using bf16 = c10::BFloat16;
 
 constexpr int64_t MR = 64;  // rows per tile (at most)
-constexpr int64_t KB = 64;  // keys per block
+// Each part of a task's keys (prefix, own) is padded to a multiple of KB keys: on a 2-core Xeon
+// with AMX, 32 ran prefill steps' attention 1.15x faster than 64 (less padding of an 80-token
+// prefix, less past a tile's last token) and 1.02x faster than 16.
+constexpr int64_t KB = 32;
 
-// The first n keys at k, v of one KV head (rows `stride` elements apart), as blocks of KB keys for
-// both products: ks[block] = K^T [D/2][KB][2] (S = Q K^T), vs[block] = V [KB/2][D][2] (P V).
-// Keys past n are zeros.
+// The first n keys at k, v of one KV head (rows `stride` elements apart), in the layouts the two
+// products read, for `cols` keys (n rounded up to a multiple of KB; keys past n are zeros):
+// kt = K^T as [D/2][ld][2] (pairs of dimensions, "VNNI"; S = Q K^T), ld >= cols columns apart;
+// vt = V as [cols/2][D][2] (pairs of keys; P V).
 template <int D>
-void pack_keys(const bf16* k, const bf16* v, int64_t stride, int64_t n, bf16* ks, bf16* vs) {
-  const int64_t blocks = (n + KB - 1) / KB;
-  std::memset(ks, 0, sizeof(bf16) * blocks * KB * D);
-  std::memset(vs, 0, sizeof(bf16) * blocks * KB * D);
+void pack_keys(const bf16* k, const bf16* v, int64_t stride, int64_t n, int64_t cols,
+               int64_t ld, bf16* kt, bf16* vt) {
+  auto* kt32 = reinterpret_cast<uint32_t*>(kt);
+  for (int p = 0; p < D / 2; ++p) std::fill(kt32 + p * ld + n, kt32 + p * ld + cols, 0u);
+  std::memset(vt + n / 2 * 2 * D, 0, sizeof(bf16) * (cols - n / 2 * 2) * D);
   for (int64_t j = 0; j < n; ++j) {
-    const int64_t blk = j / KB, jj = j % KB;
     const auto* krow = reinterpret_cast<const uint32_t*>(k + j * stride);
-    auto* kb = reinterpret_cast<uint32_t*>(ks + blk * KB * D);
-    for (int p = 0; p < D / 2; ++p) kb[p * KB + jj] = krow[p];
-    const bf16* vrow = v + j * stride;
-    bf16* vb = vs + blk * KB * D + (jj / 2) * 2 * D + (jj % 2);
-    for (int d = 0; d < D; ++d) vb[2 * d] = vrow[d];
+    for (int p = 0; p < D / 2; ++p) kt32[p * ld + j] = krow[p];
+  }
+  // Two keys at a time: their rows interleaved element by element, 16 dimensions at a time.
+  const __m512i lo = _mm512_set_epi16(47, 15, 46, 14, 45, 13, 44, 12, 43, 11, 42, 10, 41, 9, 40,
+                                      8, 39, 7, 38, 6, 37, 5, 36, 4, 35, 3, 34, 2, 33, 1, 32, 0);
+  const __m512i hi = _mm512_add_epi16(lo, _mm512_set1_epi16(16));
+  for (int64_t j = 0; j < n; j += 2) {
+    bf16* dst = vt + j * D;
+    const bf16* a = v + j * stride;
+    for (int d = 0; d < D; d += 32) {
+      const __m512i x = _mm512_loadu_si512(a + d);
+      const __m512i y = j + 1 < n ? _mm512_loadu_si512(a + stride + d) : _mm512_setzero_si512();
+      _mm512_storeu_si512(dst + 2 * d, _mm512_permutex2var_epi16(x, lo, y));
+      _mm512_storeu_si512(dst + 2 * d + 32, _mm512_permutex2var_epi16(x, hi, y));
+    }
   }
 }
 
@@ -70,32 +85,31 @@ struct Doc {
 struct Prefixes {  // the distinct query prefixes of a call, packed once per KV head
   std::vector<int64_t> start, len, offset;  // offset: of the prefix's packed keys, head 0
   int64_t head_stride = 0;                   // elements between heads' packed keys
-  std::vector<bf16> ks, vs;
-  int64_t blocks(int64_t p) const { return (len[p] + KB - 1) / KB; }
+  std::vector<bf16> ks, vs;                  // as pack_keys writes them, ld = cols(p)
+  int64_t cols(int64_t p) const { return (len[p] + KB - 1) / KB * KB; }
 };
 
 template <int D>
 void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q_s0,
               int64_t q_s1, const bf16* k, const bf16* v, int64_t k_s0, int64_t k_s1, bf16* out,
-              int64_t o_s0, int64_t o_s1, const Prefixes& pre, float scale_log2,
-              std::vector<bf16>& own_k, std::vector<bf16>& own_v, std::vector<float>& s_buf,
+              int64_t o_s0, int64_t o_s1, const Prefixes& pre, int64_t width, float scale_log2,
+              std::vector<bf16>& kt, std::vector<bf16>& vt, std::vector<float>& s_buf,
               std::vector<bf16>& p_buf, std::vector<bf16>& q_buf, std::vector<float>& o_buf) {
+  // All the keys of the task in one buffer per product, the prefix's first (copied from its
+  // packing, shared by the query's documents), then the document's own: each product is then
+  // one micro-kernel call per tile.
   const int64_t own_keys = doc.own_start + doc.new_tokens;
-  const int64_t own_blocks = (own_keys + KB - 1) / KB;
-  const int64_t plen = pre.len[doc.prefix], pblocks = pre.blocks(doc.prefix);
-  const int64_t max_blocks = pblocks + own_blocks, width = max_blocks * KB;
-  own_k.resize(own_blocks * KB * D);
-  own_v.resize(own_blocks * KB * D);
-  pack_keys<D>(k + doc.own_base * k_s0 + h * k_s1, v + doc.own_base * k_s0 + h * k_s1, k_s0,
-               own_keys, own_k.data(), own_v.data());
+  const int64_t plen = pre.len[doc.prefix], pcols = pre.cols(doc.prefix);
+  const int64_t cols = pcols + (own_keys + KB - 1) / KB * KB;  // <= width, the call's widest
+  kt.resize(width * D);
+  vt.resize(width * D);
   const bf16* pk = pre.ks.data() + pre.offset[doc.prefix] + h * pre.head_stride;
-  const bf16* pv = pre.vs.data() + pre.offset[doc.prefix] + h * pre.head_stride;
-  auto k_block = [&](int64_t b) {
-    return b < pblocks ? pk + b * KB * D : own_k.data() + (b - pblocks) * KB * D;
-  };
-  auto v_block = [&](int64_t b) {
-    return b < pblocks ? pv + b * KB * D : own_v.data() + (b - pblocks) * KB * D;
-  };
+  for (int p = 0; p < D / 2; ++p)
+    std::memcpy(kt.data() + 2 * p * width, pk + 2 * p * pcols, sizeof(bf16) * 2 * pcols);
+  std::memcpy(vt.data(), pre.vs.data() + pre.offset[doc.prefix] + h * pre.head_stride,
+              sizeof(bf16) * pcols * D);
+  pack_keys<D>(k + doc.own_base * k_s0 + h * k_s1, v + doc.own_base * k_s0 + h * k_s1, k_s0,
+               own_keys, cols - pcols, width, kt.data() + 2 * pcols, vt.data() + pcols * D);
   // Tiles of 64 rows: on a 2-core Xeon with AMX, 1.07-1.13x the speed of 32-row tiles at
   // prefill sizes (8-21 documents x 186-250 tokens); a document of fewer than 128 rows keeps
   // 32-row tiles, which pad it less.
@@ -115,25 +129,24 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
         std::memset(dst, 0, sizeof(bf16) * D);
       }
     }
-    // Own keys the tile's last token sees: its blocks, and no block past them.
+    // The keys the tile's last token sees, rounded up to KB: its prefix, its own up to itself.
     const int64_t last_token = (r0 + tile - 1) / group;
-    const int64_t blocks = pblocks + (doc.own_start + last_token + KB) / KB;
-    for (int64_t b = 0; b < blocks; ++b)
-      at::native::cpublas::brgemm(mr, KB, D, D, KB, width, false, q_buf.data(), k_block(b),
-                                  s_buf.data() + b * KB, true);
+    const int64_t seen = pcols + (doc.own_start + last_token + KB) / KB * KB;
+    at::native::cpublas::brgemm(mr, seen, D, D, width, width, false, q_buf.data(), kt.data(),
+                                s_buf.data(), true);
     float inv_l[MR];
     for (int64_t r = 0; r < mr; ++r) {
       float* s = s_buf.data() + r * width;
       bf16* p = p_buf.data() + r * width;
       if (r >= tile) {  // padding rows: weights 0
-        std::memset(p, 0, sizeof(bf16) * blocks * KB);
+        std::memset(p, 0, sizeof(bf16) * seen);
         inv_l[r] = 0.0f;
         continue;
       }
       // Visible: prefix keys [0, plen) and own keys [0, own_seen): two runs of S's row (the
-      // own keys start at block pblocks); every other weight up to the tile's blocks is 0.
-      const int64_t own0 = pblocks * KB, own_seen = doc.own_start + (r0 + r) / group + 1;
-      const int64_t runs[2][2] = {{0, plen}, {own0, own0 + own_seen}};
+      // own keys start at column pcols); every other weight up to `seen` is 0.
+      const int64_t own_seen = doc.own_start + (r0 + r) / group + 1;
+      const int64_t runs[2][2] = {{0, plen}, {pcols, pcols + own_seen}};
       // f(j, mask) on each 16 keys of a run (the last ones masked); returns where it stopped.
       auto each_16 = [](const int64_t* run, auto f) {
         int64_t j = run[0];
@@ -159,13 +172,12 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
         erank_cpu::store16(p + j, e);
       };
       const int64_t zero_from[2] = {each_16(runs[0], weights), each_16(runs[1], weights)};
-      std::memset(p + zero_from[0], 0, sizeof(bf16) * (own0 - zero_from[0]));
-      std::memset(p + zero_from[1], 0, sizeof(bf16) * (blocks * KB - zero_from[1]));
+      std::memset(p + zero_from[0], 0, sizeof(bf16) * (pcols - zero_from[0]));
+      std::memset(p + zero_from[1], 0, sizeof(bf16) * (seen - zero_from[1]));
       inv_l[r] = 1.0f / _mm512_reduce_add_ps(sum);
     }
-    for (int64_t b = 0; b < blocks; ++b)
-      at::native::cpublas::brgemm(mr, D, KB, width, D, D, b > 0, p_buf.data() + b * KB,
-                                  v_block(b), o_buf.data(), true);
+    at::native::cpublas::brgemm(mr, D, seen, width, D, D, false, p_buf.data(), vt.data(),
+                                o_buf.data(), true);
     for (int64_t r = 0; r < tile; ++r) {
       const int64_t t = (r0 + r) / group, g = (r0 + r) % group;
       bf16* dst = out + (doc.q_row + t) * o_s0 + (h * group + g) * o_s1;
@@ -192,7 +204,7 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   // Documents with one new token (decode, in a step that mixes it with prefill) take the vector
   // kernel's decode path: a tile would hold their few rows, after packing all their keys.
   std::vector<int64_t> single, tiled;
-  int64_t blocks_total = 0;
+  int64_t cols_total = 0;
   for (int64_t b = 0; b < docs; ++b) {
     if (cu[b + 1] - cu[b] == 1) {
       single.push_back(b);
@@ -203,12 +215,12 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
     if (fresh) {
       pre.start.push_back(ps[b]);
       pre.len.push_back(pl[b]);
-      pre.offset.push_back(blocks_total * KB * D);
-      blocks_total += pre.blocks(it->second);
+      pre.offset.push_back(cols_total * D);
+      cols_total += pre.cols(it->second);
     }
     doc[b] = {cu[b], cu[b + 1] - cu[b], ob[b], os[b], it->second};
   }
-  pre.head_stride = blocks_total * KB * D;
+  pre.head_stride = cols_total * D;
   pre.ks.resize(pre.head_stride * kv_heads);
   pre.vs.resize(pre.head_stride * kv_heads);
   const bf16 *qp = q.data_ptr<bf16>(), *kp = k.data_ptr<bf16>(), *vp = v.data_ptr<bf16>();
@@ -219,7 +231,7 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const int64_t at_ = pre.offset[p] + h * pre.head_stride;
       pack_keys<D>(kp + pre.start[p] * k.stride(0) + h * k.stride(1),
                    vp + pre.start[p] * k.stride(0) + h * k.stride(1), k.stride(0), pre.len[p],
-                   pre.ks.data() + at_, pre.vs.data() + at_);
+                   pre.cols(p), pre.cols(p), pre.ks.data() + at_, pre.vs.data() + at_);
     }
   });
   // Tasks longest first, handed out one at a time (the cores finish together).
@@ -229,17 +241,24 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       tasks.push_back({doc[b].new_tokens * (pre.len[doc[b].prefix] + doc[b].own_start +
                                             doc[b].new_tokens), b * kv_heads + h});
   std::sort(tasks.begin(), tasks.end(), std::greater<>());
+  // One row length for every task's keys and scores (the widest, rounded up to 64): the
+  // micro-kernels are made per shape and leading dimension, so few shapes.
+  int64_t width = 0;
+  for (const int64_t b : tiled)
+    width = std::max(width, pre.cols(doc[b].prefix) +
+                                (doc[b].own_start + doc[b].new_tokens + KB - 1) / KB * KB);
+  width = (width + 63) / 64 * 64;
   const float scale_log2 = static_cast<float>(scale) * LOG2E;
   bf16* op = out.data_ptr<bf16>();
   std::atomic<int64_t> next{0};
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
-    std::vector<bf16> own_k, own_v, p_buf, q_buf;
+    std::vector<bf16> kt, vt, p_buf, q_buf;
     std::vector<float> s_buf, o_buf;
     for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());) {
       const int64_t task = tasks[i].second;
       run_task<D>(doc[task / kv_heads], task % kv_heads, group, qp, q.stride(0), q.stride(1),
                   kp, vp, k.stride(0), k.stride(1), op, out.stride(0), out.stride(1), pre,
-                  scale_log2, own_k, own_v, s_buf, p_buf, q_buf, o_buf);
+                  width, scale_log2, kt, vt, s_buf, p_buf, q_buf, o_buf);
     }
     at::native::cpublas::brgemm_release(true);
   });
