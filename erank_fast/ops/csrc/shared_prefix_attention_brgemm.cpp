@@ -38,7 +38,7 @@
 
 namespace {
 
-using erank_cpu::exp2_ps;
+using erank_cpu::exp2_ps_bf16;
 using erank_cpu::LOG2E;
 using bf16 = c10::BFloat16;
 
@@ -167,7 +167,7 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
       __m512 sum = _mm512_setzero_ps();
       auto weights = [&](int64_t j, __mmask16 keep) {  // 16 weights from key j, stored as bf16
         const __m512 e =
-            _mm512_maskz_mov_ps(keep, exp2_ps(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, m)));
+            _mm512_maskz_mov_ps(keep, exp2_ps_bf16(_mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, m)));
         sum = _mm512_add_ps(sum, e);
         erank_cpu::store16(p + j, e);
       };
