@@ -253,6 +253,28 @@ def test_cpu_brgemm_prefill_kernel_equals_the_vector_kernel(hq, hkv, d):
         assert torch.equal(out[: q.shape[0]], unpadded) and not out[q.shape[0] :].any()
 
 
+def test_cpu_brgemm_prefill_kernel_on_long_documents():
+    """Documents of 700-1000 keys, where the brgemm kernel multiplies keys in coarser runs (64
+    above 512 keys, 128 above 2048, so that few micro-kernel shapes are made whatever the
+    lengths): the same attention as the float32 vector kernel."""
+    from erank_fast.ops.arena_attention import ArenaRows, brgemm_available
+    from erank_fast.ops.cpu_extension import cpu_kernels
+
+    if not brgemm_available():
+        pytest.skip("no bfloat16 brgemm (AMX) on this CPU")
+    torch.manual_seed(6)
+    prefixes = [(0, 45), (50, 300)]
+    docs = [(0, 400, 0, 700), (1, 1200, 200, 500), (1, 1800, 0, 90)]
+    k_arena, v_arena = torch.randn(2000, 3, 64).bfloat16(), torch.randn(2000, 3, 64).bfloat16()
+    q = torch.randn(sum(n for *_, n in docs), 9, 64).bfloat16()
+    rows = ArenaRows.of_step(docs, prefixes)
+    args = (rows.q_cu, rows.own_base, rows.own_start, rows.prefix_start, rows.prefix_len, 0.125)
+    got = cpu_kernels().shared_prefix_attention_brgemm(q, k_arena, v_arena, *args)
+    want = cpu_kernels().shared_prefix_attention(q.float(), k_arena.float(), v_arena.float(),
+                                                 *args)
+    torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=0)
+
+
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])
 @pytest.mark.parametrize("d", [64, 128, 48])
 def test_cpu_rotary_kernel_equals_the_decoder_rotation(d, dtype, tol):

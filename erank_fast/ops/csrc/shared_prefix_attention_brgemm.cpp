@@ -5,8 +5,8 @@
 //
 // One task is (document, KV head). Its keys are packed in the layouts the micro-kernels read
 // (pairs of bfloat16, "VNNI"), in one buffer per product: the prefix's keys first (packed once
-// per (query prefix, KV head) for all its documents, then copied), the document's own after them,
-// each part rounded up to KB keys with zeros. Then per tile of MR rows (32 for a document of
+// per (query prefix, KV head) for all its documents, then copied; padded to KB keys), the
+// document's own after them. Then per tile of MR rows (32 for a document of
 // fewer than 128 rows; a row being (new token i, query head g of this KV head's group),
 // token-major), each product one micro-kernel call:
 //   S = Q K^T over the keys the tile's last token sees (float32), the masked softmax in float32
@@ -43,13 +43,32 @@ using erank_cpu::LOG2E;
 using bf16 = c10::BFloat16;
 
 constexpr int64_t MR = 64;  // rows per tile (at most)
-// Each part of a task's keys (prefix, own) is padded to a multiple of KB keys: on a 2-core Xeon
-// with AMX, 32 ran prefill steps' attention 1.15x faster than 64 (less padding of an 80-token
-// prefix, less past a tile's last token) and 1.02x faster than 16.
+// A prefix's keys are padded to a multiple of KB keys, and a tile's products run over a multiple
+// of `Widths::step` keys (KB up to 512 keys, a sixteenth of the row above): on a 2-core Xeon with
+// AMX, 32 ran prefill steps' attention 1.15x faster than 64 (less padding of an 80-token prefix,
+// less past a tile's last token) and 1.02x faster than 16.
 constexpr int64_t KB = 32;
 
+// The micro-kernels are made (and kept) per shape and leading dimension, so the shapes a call
+// uses come from a bounded set whatever the documents' lengths: every row of keys and scores is
+// `ld` long (64 or 96 times a power of two, at least the call's widest task, plus 64), and the
+// keys a tile multiplies are a multiple of `step`: at most 24 shapes per product, tile height
+// and ld.
+struct Widths {
+  int64_t ld, step;
+  explicit Widths(int64_t widest) {
+    for (int64_t pow2 = 64;; pow2 *= 2) {
+      ld = pow2 >= widest ? pow2 : pow2 * 3 / 2;
+      if (ld >= widest) break;
+    }
+    for (step = KB; step * 32 <= ld;) step *= 2;  // the largest power of two <= ld / 16
+    ld += 64;  // rows a power of two apart share cache sets (1.1x slower at 512 keys)
+  }
+  int64_t round(int64_t keys) const { return (keys + step - 1) / step * step; }
+};
+
 // The first n keys at k, v of one KV head (rows `stride` elements apart), in the layouts the two
-// products read, for `cols` keys (n rounded up to a multiple of KB; keys past n are zeros):
+// products read, for `cols` keys (cols >= n, even; keys past n are zeros):
 // kt = K^T as [D/2][ld][2] (pairs of dimensions, "VNNI"; S = Q K^T), ld >= cols columns apart;
 // vt = V as [cols/2][D][2] (pairs of keys; P V).
 template <int D>
@@ -92,7 +111,7 @@ struct Prefixes {  // the distinct query prefixes of a call, packed once per KV 
 template <int D>
 void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q_s0,
               int64_t q_s1, const bf16* k, const bf16* v, int64_t k_s0, int64_t k_s1, bf16* out,
-              int64_t o_s0, int64_t o_s1, const Prefixes& pre, int64_t width, float scale_log2,
+              int64_t o_s0, int64_t o_s1, const Prefixes& pre, const Widths& w, float scale_log2,
               std::vector<bf16>& kt, std::vector<bf16>& vt, std::vector<float>& s_buf,
               std::vector<bf16>& p_buf, std::vector<bf16>& q_buf, std::vector<float>& o_buf) {
   // All the keys of the task in one buffer per product, the prefix's first (copied from its
@@ -100,7 +119,7 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
   // one micro-kernel call per tile.
   const int64_t own_keys = doc.own_start + doc.new_tokens;
   const int64_t plen = pre.len[doc.prefix], pcols = pre.cols(doc.prefix);
-  const int64_t cols = pcols + (own_keys + KB - 1) / KB * KB;  // <= width, the call's widest
+  const int64_t width = w.ld, cols = w.round(pcols + own_keys);  // cols <= width
   kt.resize(width * D);
   vt.resize(width * D);
   const bf16* pk = pre.ks.data() + pre.offset[doc.prefix] + h * pre.head_stride;
@@ -129,9 +148,9 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
         std::memset(dst, 0, sizeof(bf16) * D);
       }
     }
-    // The keys the tile's last token sees, rounded up to KB: its prefix, its own up to itself.
+    // The keys the tile's last token sees (its prefix, its own up to itself), rounded up.
     const int64_t last_token = (r0 + tile - 1) / group;
-    const int64_t seen = pcols + (doc.own_start + last_token + KB) / KB * KB;
+    const int64_t seen = w.round(pcols + doc.own_start + last_token + 1);
     at::native::cpublas::brgemm(mr, seen, D, D, width, width, false, q_buf.data(), kt.data(),
                                 s_buf.data(), true);
     float inv_l[MR];
@@ -241,13 +260,10 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       tasks.push_back({doc[b].new_tokens * (pre.len[doc[b].prefix] + doc[b].own_start +
                                             doc[b].new_tokens), b * kv_heads + h});
   std::sort(tasks.begin(), tasks.end(), std::greater<>());
-  // One row length for every task's keys and scores (the widest, rounded up to 64): the
-  // micro-kernels are made per shape and leading dimension, so few shapes.
-  int64_t width = 0;
+  int64_t widest = 0;
   for (const int64_t b : tiled)
-    width = std::max(width, pre.cols(doc[b].prefix) +
-                                (doc[b].own_start + doc[b].new_tokens + KB - 1) / KB * KB);
-  width = (width + 63) / 64 * 64;
+    widest = std::max(widest, pre.cols(doc[b].prefix) + doc[b].own_start + doc[b].new_tokens);
+  const Widths widths(widest);
   const float scale_log2 = static_cast<float>(scale) * LOG2E;
   bf16* op = out.data_ptr<bf16>();
   std::atomic<int64_t> next{0};
@@ -258,7 +274,7 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
       const int64_t task = tasks[i].second;
       run_task<D>(doc[task / kv_heads], task % kv_heads, group, qp, q.stride(0), q.stride(1),
                   kp, vp, k.stride(0), k.stride(1), op, out.stride(0), out.stride(1), pre,
-                  width, scale_log2, kt, vt, s_buf, p_buf, q_buf, o_buf);
+                  widths, scale_log2, kt, vt, s_buf, p_buf, q_buf, o_buf);
     }
     at::native::cpublas::brgemm_release(true);
   });
