@@ -59,9 +59,9 @@ BRGEMM_MIN_TOKENS_PER_DOC = 4
 @functools.cache
 def brgemm_available() -> bool:
     """Whether oneDNN multiplies bfloat16 tiles here (AMX): then bfloat16 prefill attention runs
-    as matrix tiles (``shared_prefix_attention_brgemm``), ~2.4x faster than the AVX512-BF16
-    vector kernel on a 2-core Xeon with AMX at 100 documents x ~190 tokens after a 150-token
-    prefix."""
+    as matrix tiles (``shared_prefix_attention_brgemm``), ~3.5x faster than the AVX512-BF16
+    vector kernel on a 2-core Xeon with AMX at 18 documents x 150-340 tokens after an 80-token
+    prefix (``bench/bench_cpu_prefill_attention.py``)."""
     kernels = cpu_kernels()
     return kernels is not None and kernels.shared_prefix_attention_brgemm_available()
 
