@@ -128,6 +128,15 @@ def test_int8_model_with_projection_biases(qwen_tokenizer, tmp_path):
     want = scores(tmp_path / "biased", dtype=torch.float32)
     rr = Reranker.from_pretrained(tmp_path / "biased", dtype=torch.bfloat16, quantize="int8")
     assert rr.backend.quantized_layers == 7 * model.config.num_hidden_layers
+    # The bfloat16 lm_head is packed as in a bfloat16 model: its small-batch blocks where they
+    # apply, without a float32 copy; else oneDNN's packed chunks.
+    from erank_fast.ops.packed_linear import packing_available, small_rows_apply
+
+    reader = rr.backend.reader
+    if small_rows_apply(reader.weight):
+        assert reader.blocks is not None and reader.exact is None
+    else:
+        assert reader.packed is not None or not packing_available(reader.weight)
     got = rr.score("flea life cycle", docs)
     assert max(abs(a - b) for a, b in zip(got, want)) <= 0.5, (got, want)
     with torch.no_grad():

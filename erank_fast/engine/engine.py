@@ -83,8 +83,10 @@ class Engine:
                                    kv_memory=kv_memory,
                                    max_batch_tokens=max_batch_tokens
                                    or DEFAULT_MAX_BATCH_TOKENS.get(weight.device.type, 4096))
+        # The lm_head stays bfloat16 under quantize="int8" (the decoder's linear layers are
+        # int8 then, so none was left to pack), and is packed as in bfloat16.
         self.reader = ScoreReader(weight, tokens, detector, impl,
-                                  pack_weights=self.packed_layers > 0,
+                                  pack_weights=self.packed_layers > 0 or self.quantized_layers > 0,
                                   one_token_steps=self.runner.cuda_graphs != "off")
         self.steps_run = 0  # forward passes (steps) run so far, over all calls
         self._loop = threading.Condition()  # guards _driving; notified after every step
