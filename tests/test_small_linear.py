@@ -1,9 +1,10 @@
-"""Linear layers for few rows (``ops/csrc/small_linear.cpp``, ``PackedLinear``'s small-batch
-blocks): each epilogue against float32 arithmetic on the same bfloat16 values rounded once, and
-against oneDNN's packed path (both within one bfloat16 rounding: they sum in different orders);
-which steps take the blocks; when the copies are made; a bfloat16 model's scores with and
-without them. The vocabulary head on the same blocks (``ops/csrc/vocab_head.cpp``) against the
-float32 logits of the same bfloat16 values."""
+"""Linear layers on small-batch blocks (``ops/csrc/small_linear.cpp``, ``PackedLinear``'s
+blocks; steps of many rows on AMX tiles, ``ops/csrc/tile_linear.cpp``): each epilogue against
+float32 arithmetic on the same bfloat16 values rounded once, and against oneDNN's packed path
+(both within one bfloat16 rounding: they sum in different orders); the tile kernel against the
+micro-kernels, bit for bit; which steps take the blocks; when the copies are made; a bfloat16
+model's scores with and without them. The vocabulary head on the same blocks
+(``ops/csrc/vocab_head.cpp``) against the float32 logits of the same bfloat16 values."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def _close(got: torch.Tensor, want: torch.Tensor):
 
 
 @pytest.mark.parametrize("n,k", [(96, 64), (200, 130), (576, 576), (40, 32)])
-@pytest.mark.parametrize("rows", [1, 17, 64])
+@pytest.mark.parametrize("rows", [1, 17, 64, 300])
 @pytest.mark.parametrize("bias", [False, True])
 def test_small_batch_blocks_equal_float32_arithmetic(n, k, rows, bias):
     _small_or_skip()
@@ -55,12 +56,52 @@ def test_small_batch_blocks_equal_float32_arithmetic(n, k, rows, bias):
     added = pl.linear_add(layer, x, residual)
     assert added.data_ptr() == residual.data_ptr()  # in place, as the oneDNN path may
     _close(added, exact + other.float())
+    up = pl.PackedLinear(nn.Linear(k, n, bias=bias).bfloat16(), small_rows=True)
+    want = pl.linear_mul(up, x, pl.linear_silu(layer, x))  # the two projections one by one
+    assert torch.equal(pl.linear_silu_mul(layer, up, x), want)
 
 
-def test_steps_above_small_rows_take_onednn():
+@pytest.mark.parametrize("n,k,bias", [(576, 576, False), (200, 96, True), (1536, 576, True),
+                                      (40, 64, False), (576, 1536, False)])
+def test_tile_kernel_equals_the_micro_kernels(n, k, bias):
+    """Steps of many rows on AMX tiles give small_linear's micro-kernel results bit for bit (a
+    row's result does not depend on the other rows: 255 rows take the micro-kernels, 300 the
+    tiles), for every epilogue, the gate/up pair, a bias, N not a multiple of the 64-column
+    blocks and a last chunk of fewer than 32 rows."""
+    _small_or_skip()
+    kernels = pl.cpu_kernels()
+    if not kernels.tile_linear_applies(300, k):
+        pytest.skip("no AMX tiles on this CPU")
+    assert not kernels.tile_linear_applies(255, k) and not kernels.tile_linear_applies(300, k + 2)
+    torch.manual_seed(n + k)
+    gate, up = (pl.PackedLinear(nn.Linear(k, n, bias=bias).bfloat16(), small_rows=True)
+                for _ in range(2))
+    x, other = torch.randn(300, k).bfloat16(), torch.randn(300, n).bfloat16()
+    for epilogue in (pl.PackedLinear.NONE, pl.PackedLinear.SILU):
+        few = kernels.small_linear(x[:255], gate.blocks, n, gate.bias32, epilogue)
+        many = kernels.small_linear(x, gate.blocks, n, gate.bias32, epilogue)
+        assert torch.equal(few, many[:255])
+    for epilogue in (pl.PackedLinear.MUL, pl.PackedLinear.ADD):
+        few, many = other[:255].clone(), other.clone()
+        kernels.small_linear_into_(few, x[:255], gate.blocks, n, gate.bias32, epilogue)
+        kernels.small_linear_into_(many, x, gate.blocks, n, gate.bias32, epilogue)
+        assert torch.equal(few, many[:255])
+    pair = (gate.blocks, up.blocks, n, gate.bias32, up.bias32)
+    few = kernels.small_linear_gate_up(x[:255], *pair)
+    assert torch.equal(few, kernels.small_linear_gate_up(x, *pair)[:255])
+    assert torch.equal(few, pl.linear_mul(up, x[:255], pl.linear_silu(gate, x[:255])))
+
+
+def test_steps_above_small_rows_take_tiles_or_onednn(monkeypatch):
+    """Above ``SMALL_ROWS`` rows a layer takes its blocks where the AMX tile kernel applies
+    (``many_rows``) and oneDNN's packed weight elsewhere."""
     _small_or_skip()
     layer = pl.PackedLinear(nn.Linear(64, 96).bfloat16(), small_rows=True)
     few, many = torch.randn(pl.SMALL_ROWS, 64).bfloat16(), torch.randn(pl.SMALL_ROWS + 1, 64)
+    assert layer.many_rows == pl.cpu_kernels().tile_linear_applies(pl.SMALL_ROWS + 1, 64)
+    assert layer.small(many.bfloat16()) == layer.many_rows
+    assert not pl.PackedLinear(nn.Linear(66, 96).bfloat16(), small_rows=True).many_rows
+    layer.many_rows = False
     assert layer.small(few) and not layer.small(many.bfloat16())
     strided = few.t().contiguous().t()  # the same rows, columns not contiguous
     assert not layer.small(few.float()) and not layer.small(strided)

@@ -17,7 +17,7 @@ from erank_fast.models.decoder_config import DecoderConfig
 from erank_fast.models.fused_layer import run_fused_layer
 from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.int8_linear import Int8Linear, QuantizedRows, silu_mul_quantized
-from erank_fast.ops.packed_linear import linear_add, linear_mul, linear_silu
+from erank_fast.ops.packed_linear import linear_add, linear_silu_mul
 from erank_fast.ops.rms_norm import rms_norm_kernel
 from erank_fast.ops.rotary import rotary_kernel
 
@@ -162,8 +162,8 @@ class MLP(nn.Module):
         if isinstance(self.gate_proj, Int8Linear):
             return linear_add(self.down_proj, silu_mul_quantized(self.gate_proj, self.up_proj, x),
                               residual)
-        h = linear_mul(self.up_proj, x, linear_silu(self.gate_proj, x))
-        return linear_add(self.down_proj, h, residual)
+        return linear_add(self.down_proj, linear_silu_mul(self.gate_proj, self.up_proj, x),
+                          residual)
 
 
 class DecoderLayer(nn.Module):

@@ -15,7 +15,10 @@ inner product reads the weights at about half the memory's speed. Where the CPU 
 bfloat16 brgemm micro-kernels (AMX), a bfloat16 layer keeps a second copy of its weight in
 blocks of 64 output columns (``ops/csrc/small_linear.cpp``) for steps of at most ``SMALL_ROWS``
 rows, when that copy fits: the layers' weights again, taken only while they are at most
-``SMALL_ROWS_MEMORY_SHARE`` of the machine's memory (SmolLM2-135M: 212 MB).
+``SMALL_ROWS_MEMORY_SHARE`` of the machine's memory (SmolLM2-135M: 212 MB). Steps of more rows
+take the same blocks on AMX tiles where that kernel applies (``ops/csrc/tile_linear.cpp``: its
+epilogues overlap the products, where oneDNN's add a quarter to the MLP's time), oneDNN's
+packed weight elsewhere.
 """
 
 from __future__ import annotations
@@ -87,14 +90,18 @@ class PackedLinear(nn.Module):
             bias32 = bias.float() if bias is not None else None
         self.register_buffer("blocks", blocks, persistent=False)
         self.register_buffer("bias32", bias32, persistent=False)
+        # Steps above SMALL_ROWS rows take the blocks too where the AMX tile kernel applies.
+        self.many_rows = blocks is not None and cpu_kernels().tile_linear_applies(
+            SMALL_ROWS + 1, self.in_features)
 
     # small_linear's epilogues (erank_cpu::Epilogue in ops/csrc/erank_cpu.h)
     NONE, SILU, MUL, ADD = 0, 1, 2, 3
 
     def small(self, x: torch.Tensor) -> bool:
         """Whether x's rows go through the small-batch blocks."""
-        return (self.blocks is not None and x.dim() == 2 and 0 < x.shape[0] <= SMALL_ROWS
-                and x.dtype == torch.bfloat16 and x.stride(-1) == 1)
+        return (self.blocks is not None and x.dim() == 2 and x.dtype == torch.bfloat16
+                and x.stride(-1) == 1
+                and 0 < x.shape[0] and (x.shape[0] <= SMALL_ROWS or self.many_rows))
 
     def small_matmul(self, x: torch.Tensor, epilogue: int = NONE) -> torch.Tensor:
         """x @ weight.T (+ bias), then SiLU for ``SILU``, on the small-batch blocks."""
@@ -143,6 +150,17 @@ def linear_mul(linear: nn.Module, x: torch.Tensor, other: torch.Tensor) -> torch
         return torch.ops.mkldnn._linear_pointwise.binary(x, other, linear.packed, linear.bias,
                                                          "mul")
     return other.mul_(linear(x))
+
+
+def linear_silu_mul(gate: nn.Module, up: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """silu(gate(x)) * up(x), the MLP's product: on small-batch blocks one op (on AMX tiles both
+    projections of a tile before one epilogue), the same values as ``linear_mul(up, x,
+    linear_silu(gate, x))``, which runs elsewhere."""
+    if (isinstance(gate, PackedLinear) and isinstance(up, PackedLinear) and gate.small(x)
+            and up.small(x)):
+        return cpu_kernels().small_linear_gate_up(x, gate.blocks, up.blocks, gate.out_features,
+                                                  gate.bias32, up.bias32)
+    return linear_mul(up, x, linear_silu(gate, x))
 
 
 def linear_add(linear: nn.Module, x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:

@@ -30,6 +30,10 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   m.def("small_linear(Tensor x, Tensor blocks, int n, Tensor? bias, int epilogue) -> Tensor");
   m.def("small_linear_into_(Tensor(a!) other, Tensor x, Tensor blocks, int n, Tensor? bias, "
         "int epilogue) -> ()");
+  m.def("small_linear_gate_up(Tensor x, Tensor gate_blocks, Tensor up_blocks, int n, "
+        "Tensor? gate_bias, Tensor? up_bias) -> Tensor");
+  // whether a step of m rows with k input features takes the AMX tiles (tile_linear.cpp)
+  m.def("tile_linear_applies(int m, int k) -> bool", &tile_linear_applies);
   m.def("vocab_head(Tensor x, Tensor blocks, int n, bool lse) -> Tensor[]");
   m.def("decoder_layer_(Tensor(a!) x, Tensor[] norms, Tensor[] blocks, Tensor?[] biases, "
         "int[] dims, float eps, Tensor cos, Tensor sin, Tensor(b!) k_arena, Tensor(c!) v_arena, "
@@ -55,6 +59,7 @@ TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("small_linear_pack", &small_linear_pack);
   m.impl("small_linear", &small_linear);
   m.impl("small_linear_into_", &small_linear_into_);
+  m.impl("small_linear_gate_up", &small_linear_gate_up);
   m.impl("vocab_head", &vocab_head);
   m.impl("decoder_layer_", &decoder_layer_);
 }

@@ -65,6 +65,20 @@ at::Tensor small_linear(at::Tensor x, at::Tensor blocks, int64_t n, c10::optiona
                         int64_t epilogue);
 void small_linear_into_(at::Tensor other, at::Tensor x, at::Tensor blocks, int64_t n,
                         c10::optional<at::Tensor> bias, int64_t epilogue);
+// silu(x @ gate^T + gate_bias), rounded to bfloat16, times (x @ up^T + up_bias): the MLP's two
+// projections on their blocks in one call (small_linear's SiLU and product epilogues' result)
+at::Tensor small_linear_gate_up(at::Tensor x, at::Tensor gate_blocks, at::Tensor up_blocks,
+                                int64_t n, c10::optional<at::Tensor> gate_bias,
+                                c10::optional<at::Tensor> up_bias);
+
+// the same blocks for steps of many rows on AMX tiles, the epilogue overlapping the products
+// (tile_linear.cpp; small_linear's functions call them where tile_linear_applies)
+bool tile_linear_applies(int64_t m, int64_t k);
+void tile_linear(const at::Tensor& x, const at::Tensor& blocks, int64_t n, const float* bias,
+                 erank_cpu::Epilogue epilogue, c10::BFloat16* out, int64_t ldo);
+void tile_linear_gate_up(const at::Tensor& x, const at::Tensor& gate, const at::Tensor& up,
+                         int64_t n, const float* gate_bias, const float* up_bias,
+                         c10::BFloat16* out);
 
 // the vocabulary projection on small_linear_pack's blocks, reduced per row as it is computed
 // (vocab_head.cpp): [maximum logit (float32), its first index (int64), log-sum-exp (float32;

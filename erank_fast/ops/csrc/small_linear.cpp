@@ -69,6 +69,7 @@ void run(const at::Tensor& x, const at::Tensor& blocks, int64_t n, const float* 
   const bf16* w = blocks.data_ptr<bf16>();
   const int64_t lda = x.stride(0);
   if (m == 0) return;  // no rows: nothing to multiply (the micro-kernels take M >= 1)
+  if (tile_linear_applies(m, k)) return tile_linear(x, blocks, n, bias, epilogue, out, ldo);
   at::parallel_for(0, count, 1, [&](int64_t b0, int64_t b1) {
     std::vector<float> c(m * NB);
     for (int64_t blk = b0; blk < b1; ++blk) {
@@ -139,6 +140,23 @@ void small_linear_into_(at::Tensor other, at::Tensor x, at::Tensor blocks, int64
       other.data_ptr<bf16>(), other.stride(0));
 }
 
+at::Tensor small_linear_gate_up(at::Tensor x, at::Tensor gate_blocks, at::Tensor up_blocks,
+                                int64_t n, c10::optional<at::Tensor> gate_bias,
+                                c10::optional<at::Tensor> up_bias) {
+  check(x, gate_blocks, n, gate_bias);
+  check(x, up_blocks, n, up_bias);
+  const float* gb = gate_bias ? gate_bias->data_ptr<float>() : nullptr;
+  const float* ub = up_bias ? up_bias->data_ptr<float>() : nullptr;
+  auto out = at::empty({x.size(0), n}, x.options());
+  if (tile_linear_applies(x.size(0), x.size(1))) {
+    tile_linear_gate_up(x, gate_blocks, up_blocks, n, gb, ub, out.data_ptr<bf16>());
+  } else {
+    run(x, gate_blocks, n, gb, SILU, out.data_ptr<bf16>(), n);
+    run(x, up_blocks, n, ub, MUL, out.data_ptr<bf16>(), n);
+  }
+  return out;
+}
+
 #else  // no AVX512-BF16: oneDNN's inner product runs every linear layer
 
 bool small_linear_available() { return false; }
@@ -156,6 +174,12 @@ at::Tensor small_linear(at::Tensor x, at::Tensor, int64_t, c10::optional<at::Ten
 void small_linear_into_(at::Tensor, at::Tensor, at::Tensor, int64_t, c10::optional<at::Tensor>,
                         int64_t) {
   TORCH_CHECK(false, "small_linear: not built on this CPU");
+}
+
+at::Tensor small_linear_gate_up(at::Tensor x, at::Tensor, at::Tensor, int64_t,
+                                c10::optional<at::Tensor>, c10::optional<at::Tensor>) {
+  TORCH_CHECK(false, "small_linear: not built on this CPU");
+  return x;
 }
 
 #endif
