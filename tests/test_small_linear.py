@@ -90,6 +90,14 @@ def test_tile_kernel_equals_the_micro_kernels(n, k, bias):
     few = kernels.small_linear_gate_up(x[:255], *pair)
     assert torch.equal(few, kernels.small_linear_gate_up(x, *pair)[:255])
     assert torch.equal(few, pl.linear_mul(up, x[:255], pl.linear_silu(gate, x[:255])))
+    threads = torch.get_num_threads()
+    try:  # more threads than twice the 10 chunks: the threads share out the blocks instead
+        torch.set_num_threads(6)
+        assert torch.equal(few, kernels.small_linear_gate_up(x, *pair)[:255])
+        silu = kernels.small_linear(x, gate.blocks, n, gate.bias32, pl.PackedLinear.SILU)
+        assert torch.equal(silu[:255], pl.linear_silu(gate, x[:255]))
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_steps_above_small_rows_take_tiles_or_onednn(monkeypatch):

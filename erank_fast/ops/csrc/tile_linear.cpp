@@ -10,7 +10,8 @@
 // tiles of a weight block, K 32 at a time), and the previous tile's epilogue runs a few rows per
 // step of the next tile's K loop, so the vector units work while the tile unit multiplies. The
 // threads take runs of 32-row chunks and go through the weight blocks a group at a time (the
-// group in L2 while the chunks pass). The MLP's gate and up projections of a tile are multiplied
+// group in L2 while the chunks pass; with fewer chunks than twice the threads, runs of blocks
+// instead). The MLP's gate and up projections of a tile are multiplied
 // together and finished in one pass (silu(gate) rounded to bfloat16, times up), which is what
 // small_linear's SiLU and product epilogues compute one after the other.
 //
@@ -154,13 +155,18 @@ void run(const at::Tensor& x, const bf16* w, const bf16* w_up, int64_t n, const 
   const int64_t count = (n + NB - 1) / NB, chunks = (m + ROWS - 1) / ROWS;
   const int64_t group = std::clamp<int64_t>(
       GROUP_BYTES / (k * NB * 2 * (w_up != nullptr ? 2 : 1)), 1, count);
-  at::parallel_for(0, chunks, 1, [&](int64_t c0, int64_t c1) {
+  // The threads share out the chunks (each reads every weight block once per chunk run); where
+  // there are too few chunks to go round (many cores), the blocks instead.
+  const bool by_rows = chunks >= 2 * at::get_num_threads();
+  at::parallel_for(0, by_rows ? chunks : count, 1, [&](int64_t i0, int64_t i1) {
+    const int64_t c0 = by_rows ? i0 : 0, c1 = by_rows ? i1 : chunks;
+    const int64_t b0 = by_rows ? 0 : i0, b1 = by_rows ? count : i1;
     load_tile_config();
     alignas(64) float c[2][ROWS * COLS], c_up[2][ROWS * COLS];
     std::vector<bf16> padded;  // a last chunk of fewer than 32 rows, padded with zero rows
     Finish pending, none;
     int buffer = 0;
-    for (int64_t g0 = 0; g0 < count; g0 += group) {
+    for (int64_t g0 = b0; g0 < b1; g0 += group) {
       for (int64_t chunk = c0; chunk < c1; ++chunk) {
         const int64_t r0 = chunk * ROWS, rows = std::min(ROWS, m - r0);
         const bf16* rows_a = a + r0 * lda;
@@ -172,13 +178,14 @@ void run(const at::Tensor& x, const bf16* w, const bf16* w_up, int64_t n, const 
           rows_a = padded.data();
           ld = k;
         }
-        for (int64_t blk = g0; blk < std::min(count, g0 + group); ++blk) {
+        for (int64_t blk = g0; blk < std::min(b1, g0 + group); ++blk) {
           for (int64_t half = 0; half < NB / COLS; ++half) {
             const int64_t col = blk * NB + half * COLS;
             if (col >= n) break;
             const int64_t offset = blk * k * NB + half * COLS * 2;
             multiply_tile<EPI>(rows_a, ld, w + offset, k, c[buffer], pending);
-            if (w_up != nullptr) multiply_tile<EPI>(rows_a, ld, w_up + offset, k, c_up[buffer], none);
+            if (w_up != nullptr)
+              multiply_tile<EPI>(rows_a, ld, w_up + offset, k, c_up[buffer], none);
             pending = Finish{c[buffer], c_up[buffer],
                              bias != nullptr ? bias + col : nullptr,
                              bias_up != nullptr ? bias_up + col : nullptr,
