@@ -9,9 +9,7 @@
 #include "erank_cpu.h"
 
 using erank_cpu::ADD;
-using erank_cpu::MUL;
 using erank_cpu::NONE;
-using erank_cpu::SILU;
 
 void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at::Tensor> blocks,
                     std::vector<c10::optional<at::Tensor>> biases, std::vector<int64_t> dims,
@@ -43,7 +41,6 @@ void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at:
                                               prefix_start, prefix_len, scale);
   small_linear_into_(x, out.view({m, hq * d}), blocks[3], h, biases[3], ADD);
   auto b = rms_norm(x, norms[1], eps);
-  auto g = small_linear(b, blocks[4], f, biases[4], SILU);
-  small_linear_into_(g, b, blocks[5], f, biases[5], MUL);
+  auto g = small_linear_gate_up(b, blocks[4], blocks[5], f, biases[4], biases[5]);
   small_linear_into_(x, g, blocks[6], h, biases[6], ADD);
 }
