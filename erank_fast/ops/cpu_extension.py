@@ -2,7 +2,7 @@
 ``torch.utils.cpp_extension`` for this machine (``-O3 -march=native``, OpenMP) and cached in
 ``$ERANK_FAST_CACHE/torch_extensions`` (default ``~/.cache/erank_fast``) under a name that
 changes with the source, its location, the CPU and torch, so a different machine, version or
-install builds its own. The first build takes ~20 s on 2 cores and happens when an engine is
+install builds its own. The first build takes ~30 s on 2 cores and happens when an engine is
 made on CPU (at load, so a server is ready only once they are built, and no call pays for it);
 where no compiler is found, or ``ERANK_FAST_CPU_KERNELS=0``, the PyTorch paths run instead (a
 warning says so once)."""
@@ -43,7 +43,7 @@ def cpu_kernels():
     for path in SOURCES + HEADERS:
         key.update(path.read_bytes())
     # The sources' location too: torch rebuilds whenever the build file's source paths change,
-    # so two installs sharing the cache would otherwise rebuild each other's (~20 s per load).
+    # so two installs sharing the cache would otherwise rebuild each other's (~30 s per load).
     key.update(f"{cpu_info()['model']}|{cpu_info()['flags']}|{torch.__version__}|{CSRC}".encode())
     name = f"erank_fast_cpu_{key.hexdigest()[:12]}"
     build = cache_root() / "torch_extensions" / name
@@ -53,7 +53,7 @@ def cpu_kernels():
         build.mkdir(parents=True, exist_ok=True)
         cached = (build / f"{name}.so").is_file()
         if not cached:
-            log.info("building erank_fast's CPU kernels for this machine (once; ~20 s on 2 cores)")
+            log.info("building erank_fast's CPU kernels for this machine (once; ~30 s on 2 cores)")
         started = time.perf_counter()
         load(name, [str(p) for p in SOURCES], build_directory=str(build),
              extra_cflags=["-O3", "-march=native", "-fopenmp", "-fno-math-errno"],
