@@ -50,8 +50,9 @@ constexpr int64_t ROWS = 32, COLS = 32, KSTEP = 32;    // one output tile; K per
 // same blocks: 1.2x at 512 rows, parity at 256, slower below, where the rows are too few to
 // pay for reading every weight block once per thread).
 constexpr int64_t MIN_ROWS = 256;
-// Up to this K: above it the input chunk (32 rows x K) no longer stays near the tile unit and
-// oneDNN's inner product, which splits K, was as fast or faster (Qwen3-4B's 2560 x 9728).
+// Up to this K (measured 1.10x oneDNN with epilogues at Qwen3-0.6B's 1024 -> 3072 -> 1024):
+// at Qwen3-4B's 2560 -> 9728 -> 2560 oneDNN's inner product was as fast (206 against 201 ms per
+// MLP at 2048 rows), the tiles' 32-row input chunk no longer fitting in L1 beside the weights.
 constexpr int64_t MAX_K = 3072;
 // The weight blocks a thread keeps in its L2 while its chunks pass.
 constexpr int64_t GROUP_BYTES = 768 << 10;
