@@ -190,5 +190,35 @@ def test_bf16_scores_with_and_without_small_batch_blocks(tiny_qwen3, tmp_path, m
     docs = ["tides and the moon", "a recipe for bread", "gravity pulls the sea", "x y z"]
     with_blocks = rr.score("what causes tides", docs)
     monkeypatch.setattr(pl, "SMALL_ROWS", 0)
+    for layer in layers:  # nor the tile kernel for many rows
+        monkeypatch.setattr(layer, "many_rows", False)
+    assert not any(layer.small(torch.zeros(4, layer.in_features).bfloat16()) for layer in layers)
     without = rr.score("what causes tides", docs)
     assert max(abs(a - b) for a, b in zip(with_blocks, without)) < 0.1, (with_blocks, without)
+
+
+def test_many_row_steps_on_tiles_run_unpadded(tiny_qwen3, tmp_path):
+    """Where every linear layer takes the tile kernel, steps above ``SMALL_ROWS`` rows are not
+    padded to a row bucket (the kernel is made once for all row counts): the same scores as
+    padded steps, bit for bit (each row's products do not depend on the other rows). Where
+    some layer does not (oneDNN), they are padded."""
+    _small_or_skip()
+    model, tok = tiny_qwen3
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    rr = Reranker.from_pretrained(tmp_path, dtype=torch.bfloat16)
+    decoder = rr.backend.decoder
+    layers = [m for m in decoder.model.modules() if isinstance(m, pl.PackedLinear)]
+    if not all(m.many_rows for m in layers):
+        assert decoder.unpadded_above is None
+        pytest.skip("no AMX tile kernel here: every step is padded")
+    assert decoder.unpadded_above == pl.SMALL_ROWS
+    docs = [f"passage {i} about the moon, the sea and the tides that follow them" * 3
+            for i in range(40)]  # one step of well over SMALL_ROWS tokens
+    unpadded = rr.rerank("what causes tides", docs)
+    assert unpadded.stats.prefill_tokens > pl.SMALL_ROWS
+    decoder.unpadded_above = None
+    padded = rr.rerank("what causes tides", docs)
+    assert [(r.index, r.score) for r in unpadded] == [(r.index, r.score) for r in padded]
+    layers[0].many_rows = False
+    assert pl.rows_unpadded_above(decoder.model) is None

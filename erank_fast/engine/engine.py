@@ -34,7 +34,7 @@ from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request
 from erank_fast.models.decoder import Decoder
 from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.int8_linear import int8_unavailable_reason, quantize_decoder_layers
-from erank_fast.ops.packed_linear import pack_linears
+from erank_fast.ops.packed_linear import pack_linears, rows_unpadded_above
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
 
@@ -78,6 +78,7 @@ class Engine:
             self.quantized_layers = quantize_decoder_layers(decoder.model.layers)
         self.packed_layers = pack_linears(decoder.model) if pack_weights else 0
         decoder.pad_rows = self.packed_layers > 0 or self.quantized_layers > 0
+        decoder.unpadded_above = rows_unpadded_above(decoder.model) if self.packed_layers else None
         self.runner = ModelRunner(decoder, impl, cuda_graphs)
         self.scheduler = Scheduler(decoder.config, weight.dtype, weight.device,
                                    kv_memory=kv_memory,

@@ -207,8 +207,11 @@ class Decoder(nn.Module):
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         # Set by an engine that packs the linear layers for oneDNN (CPU): pass them row counts
-        # from a few buckets only (``padded_rows``).
+        # from a few buckets only (``padded_rows``) — except steps of more than
+        # ``unpadded_above`` rows, where every linear layer runs on kernels made once for all
+        # row counts (``PackedLinear.many_rows``: the AMX tile kernel).
         self.pad_rows = False
+        self.unpadded_above: int | None = None
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -233,7 +236,8 @@ class Decoder(nn.Module):
         if self.pad_rows:
             # Padding tokens run through the linear layers only: attention sees the real rows
             # and stores their K/V alone; the output keeps the real rows.
-            pad = padded_rows(n) - n
+            unpadded = self.unpadded_above is not None and n > self.unpadded_above
+            pad = 0 if unpadded else padded_rows(n) - n
             if pad:
                 input_ids, positions = F.pad(input_ids, (0, pad)), F.pad(positions, (0, pad))
                 attention = RealRows(attention, n, n)

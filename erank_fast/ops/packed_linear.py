@@ -207,6 +207,16 @@ def pack_linears(module: nn.Module) -> int:
     return len(targets)
 
 
+def rows_unpadded_above(module: nn.Module) -> int | None:
+    """The row count above which every linear layer below ``module`` runs on a kernel made
+    once for all row counts (the AMX tile kernel, ``PackedLinear.many_rows``), so steps of more
+    rows need no padding to a few row counts; None where some layer does not."""
+    linears = [m for m in module.modules() if isinstance(m, (PackedLinear, Int8Linear, nn.Linear))]
+    if linears and all(isinstance(m, PackedLinear) and m.many_rows for m in linears):
+        return SMALL_ROWS
+    return None
+
+
 def _small_rows_fit(weights: list[torch.Tensor]) -> bool:
     """Whether the layers get small-batch blocks: where they apply, unless turned off, and
     while their copies take at most ``SMALL_ROWS_MEMORY_SHARE`` of this machine's memory."""
