@@ -11,9 +11,9 @@
 // step of the next tile's K loop, so the vector units work while the tile unit multiplies. The
 // threads take runs of 32-row chunks and go through the weight blocks a group at a time (the
 // group in L2 while the chunks pass; with fewer chunks than twice the threads, runs of blocks
-// instead). The MLP's gate and up projections of a tile are multiplied
-// together and finished in one pass (silu(gate) rounded to bfloat16, times up), which is what
-// small_linear's SiLU and product epilogues compute one after the other.
+// instead). The MLP's gate and up projections of a tile are multiplied together and finished
+// in one pass (silu(gate) rounded to bfloat16, times up), which is what small_linear's SiLU and
+// product epilogues compute one after the other.
 //
 // The products are those of the brgemm micro-kernels on the same blocks, summed in the same
 // order: the results equal small_linear's (tested).
@@ -47,8 +47,8 @@ using erank_cpu::store16;
 constexpr int64_t NB = erank_cpu::SMALL_LINEAR_BLOCK;  // output columns per weight block
 constexpr int64_t ROWS = 32, COLS = 32, KSTEP = 32;    // one output tile; K per tile step
 // From this many rows a step takes the tiles (measured against the brgemm micro-kernels on the
-// same blocks: 1.2x at 512 rows, parity at 256, slower below, where the rows are too few to
-// pay for reading every weight block once per thread).
+// same blocks: 1.2x at 512 rows, parity at 256; at 32-224 rows parity and at 1-16 0.83x, where
+// streaming the weights is the cost).
 constexpr int64_t MIN_ROWS = 256;
 // Up to this K (measured 1.10x oneDNN with epilogues at Qwen3-0.6B's 1024 -> 3072 -> 1024):
 // at Qwen3-4B's 2560 -> 9728 -> 2560 oneDNN's inner product was as fast (206 against 201 ms per
