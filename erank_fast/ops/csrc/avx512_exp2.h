@@ -37,4 +37,10 @@ inline __m512 exp2_ps(__m512 t) {
 // ulp there is 2e-3): two multiply-adds fewer than exp2_ps. Below -150 vscalefps gives 0.
 inline __m512 exp2_ps_bf16(__m512 t) { return exp2_poly(t, EXP2_FIT4); }
 
+// silu(y) = y / (1 + 2^(-y log2 e)) elementwise, with exp2_ps.
+inline __m512 silu_ps(__m512 y) {
+  const __m512 e = exp2_ps(_mm512_mul_ps(y, _mm512_set1_ps(-LOG2E)));
+  return _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
+}
+
 }  // namespace erank_cpu

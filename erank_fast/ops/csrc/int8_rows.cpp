@@ -165,12 +165,9 @@ std::tuple<at::Tensor, at::Tensor> silu_mul_quantize(at::Tensor g, at::Tensor u,
     const bf16 *gr = gp + r * g.stride(0), *ur = up + r * u.stride(0);
     const float sr = sp[r];
 #if defined(__AVX512BF16__)
-    const __m512 vs = _mm512_set1_ps(sr), one = _mm512_set1_ps(1.0f),
-                 neg_log2e = _mm512_set1_ps(-erank_cpu::LOG2E);
+    const __m512 vs = _mm512_set1_ps(sr);
     map_row(gr, buf, h, [&](int64_t i, __m512 v) {
-      const __m512 a = _mm512_mul_ps(v, vs);  // silu(a) = a / (1 + 2^(-a log2 e))
-      const __m512 silu = _mm512_div_ps(
-          a, _mm512_add_ps(one, erank_cpu::exp2_ps(_mm512_mul_ps(a, neg_log2e))));
+      const __m512 silu = erank_cpu::silu_ps(_mm512_mul_ps(v, vs));
       return _mm512_mul_ps(silu, _mm512_mul_ps(load16(ur + i), vs));
     }, [&](int64_t i, float v) {
       const float a = v * sr;

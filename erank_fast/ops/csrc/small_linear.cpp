@@ -20,16 +20,11 @@
 #if defined(__AVX512BF16__)
 #include <immintrin.h>
 
-#include "avx512_bf16.h"
-#include "avx512_exp2.h"
+#include "linear_epilogue.h"
 
 namespace {
 
 using bf16 = c10::BFloat16;
-using erank_cpu::exp2_ps;
-using erank_cpu::LOG2E;
-using erank_cpu::load16;
-using erank_cpu::store16;
 
 constexpr int64_t NB = erank_cpu::SMALL_LINEAR_BLOCK;  // output columns per block
 
@@ -44,20 +39,11 @@ using erank_cpu::ADD;
 void finish_block(const float* c, int64_t m, int64_t n0, int64_t cols, const float* bias,
                   Epilogue epilogue, bf16* out, int64_t ldo) {
   for (int64_t r = 0; r < m; ++r) {
-    bf16* row = out + r * ldo + n0;
     for (int64_t j = 0; j < cols; j += 16) {
       const __mmask16 mask = static_cast<__mmask16>((1u << std::min<int64_t>(16, cols - j)) - 1);
-      __m512 y = _mm512_loadu_ps(c + r * NB + j);
-      if (bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, bias + n0 + j));
-      if (epilogue == SILU) {  // y / (1 + exp(-y))
-        const __m512 e = exp2_ps(_mm512_mul_ps(y, _mm512_set1_ps(-LOG2E)));
-        y = _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-      } else if (epilogue == MUL) {
-        y = _mm512_mul_ps(y, load16(row + j, mask));
-      } else if (epilogue == ADD) {
-        y = _mm512_add_ps(y, load16(row + j, mask));
-      }
-      store16(row + j, y, mask);
+      erank_cpu::finish16(_mm512_loadu_ps(c + r * NB + j),
+                          bias != nullptr ? bias + n0 + j : nullptr, epilogue,
+                          out + r * ldo + n0 + j, mask);
     }
   }
 }

@@ -32,16 +32,12 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include "avx512_bf16.h"
-#include "avx512_exp2.h"
+#include "linear_epilogue.h"
 
 namespace {
 
 using bf16 = c10::BFloat16;
 using erank_cpu::Epilogue;
-using erank_cpu::exp2_ps;
-using erank_cpu::load16;
-using erank_cpu::LOG2E;
 using erank_cpu::store16;
 
 constexpr int64_t NB = erank_cpu::SMALL_LINEAR_BLOCK;  // output columns per weight block
@@ -97,22 +93,17 @@ inline void finish_row(const Finish& f, int64_t r) {
   for (int64_t j = 0; j < f.cols; j += 16) {
     const __mmask16 mask = static_cast<__mmask16>((1u << std::min<int64_t>(16, f.cols - j)) - 1);
     bf16* o = f.out + r * f.ldo + j;
-    __m512 y = _mm512_load_ps(f.c + r * COLS + j);
-    if (f.bias != nullptr) y = _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, f.bias + j));
-    if constexpr (EPI == erank_cpu::SILU || EPI == SILU_MUL) {  // y / (1 + exp(-y))
-      const __m512 e = exp2_ps(_mm512_mul_ps(y, _mm512_set1_ps(-LOG2E)));
-      y = _mm512_div_ps(y, _mm512_add_ps(_mm512_set1_ps(1.0f), e));
-    }
-    if constexpr (EPI == SILU_MUL) {  // rounded as the SiLU projection's output is, then x up
+    const __m512 y = _mm512_load_ps(f.c + r * COLS + j);
+    const float* bias = f.bias != nullptr ? f.bias + j : nullptr;
+    if constexpr (EPI == SILU_MUL) {  // silu(gate) rounded as small_linear's SiLU output is, x up
+      const __m512 g = erank_cpu::silu_ps(
+          bias != nullptr ? _mm512_add_ps(y, _mm512_maskz_loadu_ps(mask, bias)) : y);
       __m512 u = _mm512_load_ps(f.c_up + r * COLS + j);
       if (f.bias_up != nullptr) u = _mm512_add_ps(u, _mm512_maskz_loadu_ps(mask, f.bias_up + j));
-      y = _mm512_mul_ps(_mm512_cvtpbh_ps(_mm512_cvtneps_pbh(y)), u);
-    } else if constexpr (EPI == erank_cpu::MUL) {
-      y = _mm512_mul_ps(y, load16(o, mask));
-    } else if constexpr (EPI == erank_cpu::ADD) {
-      y = _mm512_add_ps(y, load16(o, mask));
+      store16(o, _mm512_mul_ps(_mm512_cvtpbh_ps(_mm512_cvtneps_pbh(g)), u), mask);
+    } else {
+      erank_cpu::finish16(y, bias, static_cast<Epilogue>(EPI), o, mask);
     }
-    store16(o, y, mask);
   }
 }
 
