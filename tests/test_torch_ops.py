@@ -210,12 +210,12 @@ def test_cpu_arena_attention_kernel_equals_plain_causal(case, hq, hkv, d, dtype,
 
 @pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (16, 8, 128), (4, 1, 64)])
 def test_cpu_brgemm_prefill_kernel_equals_the_vector_kernel(hq, hkv, d):
-    """The bfloat16 prefill kernel on oneDNN's brgemm tiles (AMX) against the float32 kernel on
-    the same values: several prefixes (one empty, one of exactly 32 keys, others not multiples
-    of the kernel's 32-key runs), own rows before the step, documents of 1 to 130 new tokens
-    (tiles cut mid-token), NaN in rows
-    nobody owns; the dispatch takes it for prefill steps where it runs. A one-token document
-    (decode, in a step that mixes it with prefill) gets the vector kernel's rows, bit for bit."""
+    """The bfloat16 prefill kernel on AMX tiles (raw, or oneDNN's brgemm) against the float32
+    kernel on the same values: several prefixes (one empty, one of exactly 32 keys, others not
+    multiples of the kernel's 32-key runs), own rows before the step, documents of 1 to 130 new
+    tokens (tiles cut mid-token), NaN in rows nobody owns; the dispatch takes it for prefill
+    steps where it runs. A one-token document (decode, in a step that mixes it with prefill) gets
+    the vector kernel's rows, bit for bit. Raw tiles and the micro-kernels agree bit for bit."""
     from erank_fast.ops.arena_attention import ArenaRows, arena_attention_cpu, brgemm_available
     from erank_fast.ops.cpu_extension import cpu_kernels
 
@@ -238,6 +238,10 @@ def test_cpu_brgemm_prefill_kernel_equals_the_vector_kernel(hq, hkv, d):
     torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=0)
     torch.testing.assert_close(arena_attention_cpu(q, k_arena, v_arena, rows, d**-0.5), got,
                                atol=0, rtol=0)
+    # Raw AMX tiles (the default where the process may use them) and the micro-kernels: the
+    # same sums in the same order.
+    assert torch.equal(got, cpu_kernels().shared_prefix_attention_brgemm(
+        q, k_arena, v_arena, *args, tiles=False))
     vector = cpu_kernels().shared_prefix_attention(q, k_arena, v_arena, *args)
     cu = rows.q_cu.tolist()
     one_token = [b for b, (*_, n) in enumerate(docs) if n == 1]
@@ -273,6 +277,8 @@ def test_cpu_brgemm_prefill_kernel_on_long_documents():
     want = cpu_kernels().shared_prefix_attention(q.float(), k_arena.float(), v_arena.float(),
                                                  *args)
     torch.testing.assert_close(got.float(), want, atol=1e-2, rtol=0)
+    assert torch.equal(got, cpu_kernels().shared_prefix_attention_brgemm(
+        q, k_arena, v_arena, *args, tiles=False))
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-6), (torch.bfloat16, 1e-2)])

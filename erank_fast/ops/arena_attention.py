@@ -5,7 +5,8 @@ tensor, no per-document Python. float32 scores, softmax and accumulation (AVX512
 products for bfloat16 inputs; on a CPU without AVX-512, a portable float32 kernel). Documents
 with one new token (decode) take the kernel's own path, keys rather than rows in the vector
 lanes. bfloat16 prefill steps on a CPU with AMX run ``shared_prefix_attention_brgemm.cpp``
-instead: the same attention with its two products on oneDNN's brgemm tiles (a step's one-token
+instead: the same attention with its two products on AMX tiles (raw tile instructions, or
+oneDNN's brgemm micro-kernels where the process may not use them directly; a step's one-token
 documents, decoding beside the prefill, still on the vector kernel's decode path). Equal to
 prefix_attention + suffix_attention merged by LSE (tests/test_torch_ops.py);
 None where the kernel does not apply, and the caller runs the PyTorch paths instead."""

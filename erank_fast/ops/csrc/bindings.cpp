@@ -11,7 +11,7 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
         "Tensor own_start, Tensor prefix_start, Tensor prefix_len, float scale) -> Tensor");
   m.def("shared_prefix_attention_brgemm(Tensor q, Tensor k, Tensor v, Tensor q_cu, "
         "Tensor own_base, Tensor own_start, Tensor prefix_start, Tensor prefix_len, "
-        "float scale) -> Tensor");
+        "float scale, bool tiles=True) -> Tensor");
   // whether this CPU has oneDNN's bfloat16 brgemm (AMX) for shared_prefix_attention_brgemm
   m.def("shared_prefix_attention_brgemm_available() -> bool",
         &shared_prefix_attention_brgemm_available);

@@ -36,7 +36,8 @@ void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at:
   rotary_(q, k, cos, sin);
   arena_write_(k_arena, v_arena, write_rows, k.narrow(0, 0, n), v.narrow(0, 0, n));
   auto out = brgemm ? shared_prefix_attention_brgemm(q, k_arena, v_arena, q_cu, own_base,
-                                                     own_start, prefix_start, prefix_len, scale)
+                                                     own_start, prefix_start, prefix_len, scale,
+                                                     true)
                     : shared_prefix_attention(q, k_arena, v_arena, q_cu, own_base, own_start,
                                               prefix_start, prefix_len, scale);
   small_linear_into_(x, out.view({m, hq * d}), blocks[3], h, biases[3], ADD);

@@ -27,12 +27,14 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& prefix_len, double scale,
                                 const std::vector<int64_t>& docs, at::Tensor& out);
 
-// the same in bfloat16 through oneDNN's brgemm micro-kernels (AMX tiles where present)
+// the same in bfloat16 with its two products on AMX tiles: raw tile instructions where the
+// process may use them and `tiles` (shared_prefix_attention_brgemm.cpp), else oneDNN's brgemm
+// micro-kernels (also AMX); the same results either way
 bool shared_prefix_attention_brgemm_available();
 at::Tensor shared_prefix_attention_brgemm(at::Tensor q, at::Tensor k, at::Tensor v,
                                           at::Tensor q_cu, at::Tensor own_base,
                                           at::Tensor own_start, at::Tensor prefix_start,
-                                          at::Tensor prefix_len, double scale);
+                                          at::Tensor prefix_len, double scale, bool tiles);
 
 void rotary_(at::Tensor q, at::Tensor k, at::Tensor cos, at::Tensor sin);
 
@@ -51,6 +53,13 @@ void scale_rows_(at::Tensor y, at::Tensor s);
 void scaled_add_(at::Tensor residual, at::Tensor y, at::Tensor s);
 
 namespace erank_cpu {
+// AMX tiles (tile_linear.cpp): whether this build has them and Linux grants this process their
+// state; load_tile_config sets all eight tiles to 16 rows of 64 bytes (palette 1), the
+// layout of tile_linear's and the prefill attention's kernels: tiles 0-3 float32 accumulators
+// (16 x 16), 4-5 the left operand (16 rows x 32 bfloat16), 6-7 the right one (16 rows of 16
+// bfloat16 pairs)
+bool tiles_permitted();
+void load_tile_config();
 constexpr int64_t SMALL_LINEAR_BLOCK = 64;  // output columns per block of small_linear_pack
 // small_linear's epilogues (PackedLinear.NONE .. ADD in ops/packed_linear.py)
 enum Epilogue : int64_t { NONE = 0, SILU = 1, MUL = 2, ADD = 3 };

@@ -1,17 +1,22 @@
-// Shared-prefix attention for prefill steps in bfloat16 with oneDNN's batch-reduce GEMM
-// micro-kernels (ATen's cpublas::brgemm), which run on AMX tiles where the CPU has them: the same
+// Shared-prefix attention for prefill steps in bfloat16, its two products on AMX tiles: the same
 // result as shared_prefix_attention.cpp (every new token of every document against its query's
-// prefix rows and causally its own rows of the K/V arena), its two products as matrix tiles.
+// prefix rows and causally its own rows of the K/V arena).
 //
-// One task is (document, KV head). Its keys are packed in the layouts the micro-kernels read
-// (pairs of bfloat16, "VNNI"), in one buffer per product: the prefix's keys first (packed once
-// per (query prefix, KV head) for all its documents, then copied; padded to KB keys), the
-// document's own after them. Then per tile of MR rows (32 for a document of
-// fewer than 128 rows; a row being (new token i, query head g of this KV head's group),
-// token-major), each product one micro-kernel call:
+// One task is (document, KV head). Its keys are packed in the layouts the tiles read (pairs of
+// bfloat16, "VNNI"), in one buffer per product: the prefix's keys first (packed once per (query
+// prefix, KV head) for all its documents, then copied; padded to KB keys), the document's own
+// after them. Then per tile of rows (a row being (new token i, query head g of this KV head's
+// group), token-major):
 //   S = Q K^T over the keys the tile's last token sees (float32), the masked softmax in float32
 //   (exp2 in log2 units), P rounded to bfloat16, O = P V (float32, reduced in the tiles),
 //   out = O / l rounded once.
+// The products run on raw tile instructions, 32 rows at a time (attend_tiles), where the process
+// may use AMX; otherwise (or with tiles=false) on oneDNN's batch-reduce GEMM micro-kernels
+// (ATen's cpublas::brgemm), one call per product and tile of up to 64 rows. Both compute the same
+// sums in the same order: the same results, bit for bit (tested). On a 2-core Xeon with AMX the
+// raw tiles ran a prefill step's attention 1.07-1.17x faster than the micro-kernels (their
+// per-call dispatch and tile configuration); the tile unit and the softmax's vector work did
+// not overlap there (interleaving them, as tile_linear does, measured no faster).
 // Keys a row may not see (padding, own keys after its token) get probability 0.
 // Documents with one new token (decode steps mixed into a prefill step) are left to the vector
 // kernel's decode path (shared_prefix_attention_of). Rows of q past the documents' (padding)
@@ -97,6 +102,62 @@ void pack_keys(const bf16* k, const bf16* v, int64_t stride, int64_t n, int64_t 
   }
 }
 
+// One row's weights from its float32 scores s: the keys visible to it are its prefix's [0, plen)
+// and its own [pcols, pcols + own_seen); p [0, seen) gets their weights 2^(s scale_log2 - max),
+// rounded to bfloat16, and zeros elsewhere. Returns 1 / the weights' sum.
+inline float softmax_row(const float* s, bf16* p, int64_t plen, int64_t pcols, int64_t own_seen,
+                         int64_t seen, float scale_log2) {
+  const int64_t runs[2][2] = {{0, plen}, {pcols, pcols + own_seen}};
+  // f(j, mask) on each 16 keys of a run (the last ones masked); returns where it stopped.
+  auto each_16 = [](const int64_t* run, auto f) {
+    int64_t j = run[0];
+    for (; j + 16 <= run[1]; j += 16) f(j, __mmask16(0xFFFF));
+    if (j < run[1]) {
+      f(j, __mmask16((1u << (run[1] - j)) - 1));
+      j += 16;
+    }
+    return j;
+  };
+  // The maximum in four independent chains (the maximum of each 64 keys, then of the rest).
+  const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  __m512 mx[4] = {lowest, lowest, lowest, lowest};
+  for (const auto& run : runs) {
+    int64_t j = run[0];
+    for (; j + 64 <= run[1]; j += 64)
+      for (int c = 0; c < 4; ++c) mx[c] = _mm512_max_ps(mx[c], _mm512_loadu_ps(s + j + 16 * c));
+    const int64_t tail[2] = {j, run[1]};
+    each_16(tail, [&](int64_t i, __mmask16 keep) {
+      mx[0] = _mm512_mask_max_ps(mx[0], keep, mx[0], _mm512_loadu_ps(s + i));
+    });
+  }
+  const float row_max = _mm512_reduce_max_ps(
+      _mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3])));
+  const __m512 m = _mm512_set1_ps(row_max * scale_log2);
+  const __m512 sc = _mm512_set1_ps(scale_log2);
+  __m512 sum = _mm512_setzero_ps();
+  auto weights = [&](int64_t j, __mmask16 keep) {  // 16 weights from key j, stored as bf16
+    const __m512 t = _mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, m);
+    const __m512 e = _mm512_maskz_mov_ps(keep, exp2_ps_bf16(t));
+    sum = _mm512_add_ps(sum, e);
+    erank_cpu::store16(p + j, e);
+  };
+  // Zeros from where each run's last 16 weights ended (pcols and seen are multiples of 16).
+  const __m256i zero = _mm256_setzero_si256();
+  for (int64_t j = each_16(runs[0], weights); j < pcols; j += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), zero);
+  for (int64_t j = each_16(runs[1], weights); j < seen; j += 16)
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), zero);
+  return 1.0f / _mm512_reduce_add_ps(sum);
+}
+
+// Row r of a tile's output: o (float32, D) times inv_l, rounded to dst.
+template <int D>
+inline void finish_row(const float* o, float inv_l, bf16* dst) {
+  const __m512 w = _mm512_set1_ps(inv_l);
+  for (int d = 0; d < D; d += 16)
+    erank_cpu::store16(dst + d, _mm512_mul_ps(_mm512_loadu_ps(o + d), w));
+}
+
 struct Doc {
   int64_t q_row, new_tokens, own_base, own_start, prefix;  // prefix: index into Prefixes
 };
@@ -108,12 +169,94 @@ struct Prefixes {  // the distinct query prefixes of a call, packed once per KV 
   int64_t cols(int64_t p) const { return (len[p] + KB - 1) / KB * KB; }
 };
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+constexpr int64_t TR = 32;  // rows per tile of the raw-tile kernel
+
+struct TileBuffers {  // one thread's, reused from task to task
+  std::vector<float> s, o;
+  std::vector<bf16> p, q;
+};
+
+// acc (tiles 0-3) = a x b over k: a 32 rows of bfloat16 (two 16-row tiles, lda elements
+// apart), b 32 columns as 16-row tiles of bfloat16 pairs (ldb elements between pair rows; the
+// next 32 of k start b_step elements on), stored to c (ldc floats apart).
+inline void multiply_32x32(const bf16* a, int64_t lda, const bf16* b, int64_t ldb,
+                           int64_t b_step, int64_t k, float* c, int64_t ldc) {
+  _tile_zero(0);
+  _tile_zero(1);
+  _tile_zero(2);
+  _tile_zero(3);
+  for (int64_t kk = 0; kk < k; kk += 32, b += b_step) {
+    _tile_loadd(4, a + kk, lda * 2);
+    _tile_loadd(5, a + 16 * lda + kk, lda * 2);
+    _tile_loadd(6, b, ldb * 2);
+    _tile_loadd(7, b + 32, ldb * 2);
+    _tile_dpbf16ps(0, 4, 6);
+    _tile_dpbf16ps(1, 4, 7);
+    _tile_dpbf16ps(2, 5, 6);
+    _tile_dpbf16ps(3, 5, 7);
+  }
+  _tile_stored(0, c, ldc * 4);
+  _tile_stored(1, c + 16, ldc * 4);
+  _tile_stored(2, c + 16 * ldc, ldc * 4);
+  _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
+}
+
+// A task's attention on raw AMX tiles, 32 rows at a time: S = Q K^T over the keys the tile's
+// last token sees, the softmax rows, O = P V, the output. The products are the brgemm
+// micro-kernels' (bfloat16 pairs, float32 accumulators, 32 dimensions or keys per step, in the
+// same order) and the softmax the same function: the brgemm path's results, without its
+// per-call dispatch and tile configuration.
+template <int D>
+void attend_tiles(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q_s0,
+                  int64_t q_s1, bf16* out, int64_t o_s0, int64_t o_s1, int64_t plen,
+                  int64_t pcols, int64_t width, const bf16* kt, const bf16* vt,
+                  float scale_log2, TileBuffers& buf) {
+  const int64_t rows = doc.new_tokens * group;
+  buf.s.resize(TR * width);
+  buf.p.resize(TR * width);
+  buf.o.resize(TR * D);
+  buf.q.resize(TR * D);
+  float inv_l[TR];
+  for (int64_t r0 = 0; r0 < rows; r0 += TR) {
+    const int64_t tile = std::min(TR, rows - r0);
+    for (int64_t r = 0; r < TR; ++r) {
+      bf16* dst = buf.q.data() + r * D;
+      if (r < tile) {
+        const int64_t t = (r0 + r) / group, g = (r0 + r) % group;
+        std::memcpy(dst, q + (doc.q_row + t) * q_s0 + (h * group + g) * q_s1, sizeof(bf16) * D);
+      } else {
+        std::memset(dst, 0, sizeof(bf16) * D);
+      }
+    }
+    // The keys the tile's last token sees, rounded up to 32.
+    const int64_t seen = (pcols + doc.own_start + (r0 + tile - 1) / group + 1 + 31) / 32 * 32;
+    for (int64_t j = 0; j < seen; j += 32)  // K^T: pairs of dimensions, width apart
+      multiply_32x32(buf.q.data(), D, kt + 2 * j, 2 * width, 32 * width, D,
+                     buf.s.data() + j, width);
+    for (int64_t r = 0; r < tile; ++r) {  // padding rows: their weights are never read
+      const int64_t own_seen = doc.own_start + (r0 + r) / group + 1;
+      inv_l[r] = softmax_row(buf.s.data() + r * width, buf.p.data() + r * width, plen, pcols,
+                             own_seen, seen, scale_log2);
+    }
+    for (int64_t d = 0; d < D; d += 32)  // V: pairs of keys, D apart
+      multiply_32x32(buf.p.data(), width, vt + 2 * d, 2 * D, 32 * D, seen, buf.o.data() + d, D);
+    for (int64_t r = 0; r < tile; ++r) {
+      const int64_t t = (r0 + r) / group, g = (r0 + r) % group;
+      finish_row<D>(buf.o.data() + r * D, inv_l[r],
+                    out + (doc.q_row + t) * o_s0 + (h * group + g) * o_s1);
+    }
+  }
+}
+#endif
+
 template <int D>
 void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q_s0,
               int64_t q_s1, const bf16* k, const bf16* v, int64_t k_s0, int64_t k_s1, bf16* out,
               int64_t o_s0, int64_t o_s1, const Prefixes& pre, const Widths& w, float scale_log2,
               std::vector<bf16>& kt, std::vector<bf16>& vt, std::vector<float>& s_buf,
-              std::vector<bf16>& p_buf, std::vector<bf16>& q_buf, std::vector<float>& o_buf) {
+              std::vector<bf16>& p_buf, std::vector<bf16>& q_buf, std::vector<float>& o_buf,
+              void* tile_buffers) {
   // All the keys of the task in one buffer per product, the prefix's first (copied from its
   // packing, shared by the query's documents), then the document's own: each product is then
   // one micro-kernel call per tile.
@@ -129,6 +272,12 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
               sizeof(bf16) * pcols * D);
   pack_keys<D>(k + doc.own_base * k_s0 + h * k_s1, v + doc.own_base * k_s0 + h * k_s1, k_s0,
                own_keys, cols - pcols, width, kt.data() + 2 * pcols, vt.data() + pcols * D);
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  if (tile_buffers != nullptr)
+    return attend_tiles<D>(doc, h, group, q, q_s0, q_s1, out, o_s0, o_s1, plen, pcols, width,
+                           kt.data(), vt.data(), scale_log2,
+                           *static_cast<TileBuffers*>(tile_buffers));
+#endif
   // Tiles of 64 rows: on a 2-core Xeon with AMX, 1.07-1.13x the speed of 32-row tiles at
   // prefill sizes (8-21 documents x 186-250 tokens); a document of fewer than 128 rows keeps
   // 32-row tiles, which pad it less.
@@ -162,47 +311,16 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
         inv_l[r] = 0.0f;
         continue;
       }
-      // Visible: prefix keys [0, plen) and own keys [0, own_seen): two runs of S's row (the
-      // own keys start at column pcols); every other weight up to `seen` is 0.
+      // Visible: prefix keys [0, plen) and own keys [0, own_seen) (from column pcols).
       const int64_t own_seen = doc.own_start + (r0 + r) / group + 1;
-      const int64_t runs[2][2] = {{0, plen}, {pcols, pcols + own_seen}};
-      // f(j, mask) on each 16 keys of a run (the last ones masked); returns where it stopped.
-      auto each_16 = [](const int64_t* run, auto f) {
-        int64_t j = run[0];
-        for (; j + 16 <= run[1]; j += 16) f(j, __mmask16(0xFFFF));
-        if (j < run[1]) {
-          f(j, __mmask16((1u << (run[1] - j)) - 1));
-          j += 16;
-        }
-        return j;
-      };
-      __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-      for (const auto& run : runs)
-        each_16(run, [&](int64_t j, __mmask16 keep) {
-          mx = _mm512_mask_max_ps(mx, keep, mx, _mm512_loadu_ps(s + j));
-        });
-      const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx) * scale_log2);
-      const __m512 sc = _mm512_set1_ps(scale_log2);
-      __m512 sum = _mm512_setzero_ps();
-      auto weights = [&](int64_t j, __mmask16 keep) {  // 16 weights from key j, stored as bf16
-        const __m512 t = _mm512_fmsub_ps(_mm512_loadu_ps(s + j), sc, m);
-        const __m512 e = _mm512_maskz_mov_ps(keep, exp2_ps_bf16(t));
-        sum = _mm512_add_ps(sum, e);
-        erank_cpu::store16(p + j, e);
-      };
-      const int64_t zero_from[2] = {each_16(runs[0], weights), each_16(runs[1], weights)};
-      std::memset(p + zero_from[0], 0, sizeof(bf16) * (pcols - zero_from[0]));
-      std::memset(p + zero_from[1], 0, sizeof(bf16) * (seen - zero_from[1]));
-      inv_l[r] = 1.0f / _mm512_reduce_add_ps(sum);
+      inv_l[r] = softmax_row(s, p, plen, pcols, own_seen, seen, scale_log2);
     }
     at::native::cpublas::brgemm(mr, D, seen, width, D, D, false, p_buf.data(), vt.data(),
                                 o_buf.data(), true);
     for (int64_t r = 0; r < tile; ++r) {
       const int64_t t = (r0 + r) / group, g = (r0 + r) % group;
-      bf16* dst = out + (doc.q_row + t) * o_s0 + (h * group + g) * o_s1;
-      const __m512 w = _mm512_set1_ps(inv_l[r]);
-      for (int d = 0; d < D; d += 16)
-        erank_cpu::store16(dst + d, _mm512_mul_ps(_mm512_loadu_ps(o_buf.data() + r * D + d), w));
+      finish_row<D>(o_buf.data() + r * D, inv_l[r],
+                    out + (doc.q_row + t) * o_s0 + (h * group + g) * o_s1);
     }
   }
 }
@@ -210,7 +328,8 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
 template <int D>
 at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                const at::Tensor& q_cu, const at::Tensor& own_base, const at::Tensor& own_start,
-               const at::Tensor& prefix_start, const at::Tensor& prefix_len, double scale) {
+               const at::Tensor& prefix_start, const at::Tensor& prefix_len, double scale,
+               bool tiles) {
   auto out = at::empty_like(q);
   const int64_t docs = own_base.numel(), kv_heads = k.size(1), group = q.size(1) / kv_heads;
   const int64_t* cu = q_cu.data_ptr<int64_t>();
@@ -267,14 +386,23 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   const float scale_log2 = static_cast<float>(scale) * LOG2E;
   bf16* op = out.data_ptr<bf16>();
   std::atomic<int64_t> next{0};
+  const bool use_tiles = tiles && erank_cpu::tiles_permitted();
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     std::vector<bf16> kt, vt, p_buf, q_buf;
     std::vector<float> s_buf, o_buf;
+    void* tile_buffers = nullptr;
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+    TileBuffers tb;
+    if (use_tiles) {
+      erank_cpu::load_tile_config();
+      tile_buffers = &tb;
+    }
+#endif
     for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());) {
       const int64_t task = tasks[i].second;
       run_task<D>(doc[task / kv_heads], task % kv_heads, group, qp, q.stride(0), q.stride(1),
                   kp, vp, k.stride(0), k.stride(1), op, out.stride(0), out.stride(1), pre,
-                  widths, scale_log2, kt, vt, s_buf, p_buf, q_buf, o_buf);
+                  widths, scale_log2, kt, vt, s_buf, p_buf, q_buf, o_buf, tile_buffers);
     }
     at::native::cpublas::brgemm_release(true);
   });
@@ -293,7 +421,7 @@ bool shared_prefix_attention_brgemm_available() {
 at::Tensor shared_prefix_attention_brgemm(at::Tensor q, at::Tensor k, at::Tensor v,
                                           at::Tensor q_cu, at::Tensor own_base,
                                           at::Tensor own_start, at::Tensor prefix_start,
-                                          at::Tensor prefix_len, double scale) {
+                                          at::Tensor prefix_len, double scale, bool tiles) {
   TORCH_CHECK(q.scalar_type() == at::kBFloat16 && k.scalar_type() == at::kBFloat16 &&
                   v.scalar_type() == at::kBFloat16, "bfloat16 q, k, v");
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes(), "q [N,Hq,D], k/v [T,Hkv,D]");
@@ -308,9 +436,9 @@ at::Tensor shared_prefix_attention_brgemm(at::Tensor q, at::Tensor k, at::Tensor
               "q_cu must end at most at the number of rows of q");
   TORCH_CHECK(shared_prefix_attention_brgemm_available(), "no bfloat16 brgemm on this CPU");
   if (q.size(2) == 64) return run<64>(q, k, v, q_cu, own_base, own_start, prefix_start,
-                                      prefix_len, scale);
+                                      prefix_len, scale, tiles);
   TORCH_CHECK(q.size(2) == 128, "head_dim 64 or 128");
-  return run<128>(q, k, v, q_cu, own_base, own_start, prefix_start, prefix_len, scale);
+  return run<128>(q, k, v, q_cu, own_base, own_start, prefix_start, prefix_len, scale, tiles);
 }
 
 #else  // no AVX512-BF16: the vector kernels of shared_prefix_attention.cpp run instead
@@ -319,7 +447,7 @@ bool shared_prefix_attention_brgemm_available() { return false; }
 
 at::Tensor shared_prefix_attention_brgemm(at::Tensor q, at::Tensor, at::Tensor, at::Tensor,
                                           at::Tensor, at::Tensor, at::Tensor, at::Tensor,
-                                          double) {
+                                          double, bool) {
   TORCH_CHECK(false, "shared_prefix_attention_brgemm: not built on this CPU");
   return q;
 }

@@ -54,29 +54,6 @@ constexpr int64_t MAX_K = 3072;
 constexpr int64_t GROUP_BYTES = 768 << 10;
 constexpr int SILU_MUL = 4;  // the gate/up pair's epilogue
 
-bool tiles_permitted() {
-  static const bool permitted = [] {  // Linux asks each process to request the tile state
-    constexpr int ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
-    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
-  }();
-  return permitted;
-}
-
-struct TileConfig {  // palette 1: tiles 0-3 accumulators, 4-5 input rows, 6-7 weight columns
-  uint8_t palette = 1, start_row = 0, reserved[14] = {};
-  uint16_t bytes_per_row[16] = {};
-  uint8_t rows[16] = {};
-};
-
-void load_tile_config() {
-  TileConfig config;
-  for (int t = 0; t < 8; ++t) {
-    config.rows[t] = 16;
-    config.bytes_per_row[t] = 64;
-  }
-  _tile_loadconfig(&config);
-}
-
 // One 32 x 32 tile's epilogue source: its float32 products (and the up projection's, for the
 // gate/up pair), where its rows go, and its bias.
 struct Finish {
@@ -153,7 +130,7 @@ void run(const at::Tensor& x, const bf16* w, const bf16* w_up, int64_t n, const 
   at::parallel_for(0, by_rows ? chunks : count, 1, [&](int64_t i0, int64_t i1) {
     const int64_t c0 = by_rows ? i0 : 0, c1 = by_rows ? i1 : chunks;
     const int64_t b0 = by_rows ? 0 : i0, b1 = by_rows ? count : i1;
-    load_tile_config();
+    erank_cpu::load_tile_config();
     alignas(64) float c[2][ROWS * COLS], c_up[2][ROWS * COLS];
     std::vector<bf16> padded;  // a last chunk of fewer than 32 rows, padded with zero rows
     Finish pending, none;
@@ -195,9 +172,45 @@ void run(const at::Tensor& x, const bf16* w, const bf16* w_up, int64_t n, const 
 
 }  // namespace
 
+namespace {
+
+struct TileConfig {  // palette 1
+  uint8_t palette = 1, start_row = 0, reserved[14] = {};
+  uint16_t bytes_per_row[16] = {};
+  uint8_t rows[16] = {};
+};
+
+}  // namespace
+
+namespace erank_cpu {
+
+bool tiles_permitted() {
+  static const bool permitted = [] {  // Linux asks each process to request the tile state
+    constexpr int ARCH_REQ_XCOMP_PERM = 0x1023, XFEATURE_XTILEDATA = 18;
+    return syscall(SYS_arch_prctl, ARCH_REQ_XCOMP_PERM, XFEATURE_XTILEDATA) == 0;
+  }();
+  return permitted;
+}
+
+void load_tile_config() {
+  // A static object: GCC 12 drops a stack copy's stores past its first 32 bytes as dead before
+  // ldtilecfg, where the function is not inlined.
+  static const TileConfig config = [] {
+    TileConfig c;
+    for (int t = 0; t < 8; ++t) {
+      c.rows[t] = 16;
+      c.bytes_per_row[t] = 64;
+    }
+    return c;
+  }();
+  _tile_loadconfig(&config);
+}
+
+}  // namespace erank_cpu
+
 bool tile_linear_applies(int64_t m, int64_t k) {
   return m >= MIN_ROWS && k > 0 && k % KSTEP == 0 && k <= MAX_K && small_linear_available() &&
-         tiles_permitted();
+         erank_cpu::tiles_permitted();
 }
 
 void tile_linear(const at::Tensor& x, const at::Tensor& blocks, int64_t n, const float* bias,
@@ -218,6 +231,11 @@ void tile_linear_gate_up(const at::Tensor& x, const at::Tensor& gate, const at::
 }
 
 #else  // no AMX: the brgemm micro-kernels (or oneDNN) take every step
+
+namespace erank_cpu {
+bool tiles_permitted() { return false; }
+void load_tile_config() { TORCH_CHECK(false, "no AMX tiles in this build"); }
+}  // namespace erank_cpu
 
 bool tile_linear_applies(int64_t, int64_t) { return false; }
 
