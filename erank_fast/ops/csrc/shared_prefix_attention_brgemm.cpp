@@ -118,21 +118,12 @@ inline float softmax_row(const float* s, bf16* p, int64_t plen, int64_t pcols, i
     }
     return j;
   };
-  // The maximum in four independent chains (the maximum of each 64 keys, then of the rest).
-  const __m512 lowest = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  __m512 mx[4] = {lowest, lowest, lowest, lowest};
-  for (const auto& run : runs) {
-    int64_t j = run[0];
-    for (; j + 64 <= run[1]; j += 64)
-      for (int c = 0; c < 4; ++c) mx[c] = _mm512_max_ps(mx[c], _mm512_loadu_ps(s + j + 16 * c));
-    const int64_t tail[2] = {j, run[1]};
-    each_16(tail, [&](int64_t i, __mmask16 keep) {
-      mx[0] = _mm512_mask_max_ps(mx[0], keep, mx[0], _mm512_loadu_ps(s + i));
+  __m512 mx = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (const auto& run : runs)
+    each_16(run, [&](int64_t j, __mmask16 keep) {
+      mx = _mm512_mask_max_ps(mx, keep, mx, _mm512_loadu_ps(s + j));
     });
-  }
-  const float row_max = _mm512_reduce_max_ps(
-      _mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3])));
-  const __m512 m = _mm512_set1_ps(row_max * scale_log2);
+  const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(mx) * scale_log2);
   const __m512 sc = _mm512_set1_ps(scale_log2);
   __m512 sum = _mm512_setzero_ps();
   auto weights = [&](int64_t j, __mmask16 keep) {  // 16 weights from key j, stored as bf16
@@ -141,12 +132,9 @@ inline float softmax_row(const float* s, bf16* p, int64_t plen, int64_t pcols, i
     sum = _mm512_add_ps(sum, e);
     erank_cpu::store16(p + j, e);
   };
-  // Zeros from where each run's last 16 weights ended (pcols and seen are multiples of 16).
-  const __m256i zero = _mm256_setzero_si256();
-  for (int64_t j = each_16(runs[0], weights); j < pcols; j += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), zero);
-  for (int64_t j = each_16(runs[1], weights); j < seen; j += 16)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p + j), zero);
+  const int64_t zero_from[2] = {each_16(runs[0], weights), each_16(runs[1], weights)};
+  std::memset(p + zero_from[0], 0, sizeof(bf16) * (pcols - zero_from[0]));
+  std::memset(p + zero_from[1], 0, sizeof(bf16) * (seen - zero_from[1]));
   return 1.0f / _mm512_reduce_add_ps(sum);
 }
 
@@ -169,14 +157,14 @@ struct Prefixes {  // the distinct query prefixes of a call, packed once per KV 
   int64_t cols(int64_t p) const { return (len[p] + KB - 1) / KB * KB; }
 };
 
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 constexpr int64_t TR = 32;  // rows per tile of the raw-tile kernel
 
-struct TileBuffers {  // one thread's, reused from task to task
+struct TileBuffers {  // one thread's, for the raw-tile kernel, reused from task to task
   std::vector<float> s, o;
   std::vector<bf16> p, q;
 };
 
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 // acc (tiles 0-3) = a x b over k: a 32 rows of bfloat16 (two 16-row tiles, lda elements
 // apart), b 32 columns as 16-row tiles of bfloat16 pairs (ldb elements between pair rows; the
 // next 32 of k start b_step elements on), stored to c (ldc floats apart).
@@ -234,7 +222,7 @@ void attend_tiles(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64
     for (int64_t j = 0; j < seen; j += 32)  // K^T: pairs of dimensions, width apart
       multiply_32x32(buf.q.data(), D, kt + 2 * j, 2 * width, 32 * width, D,
                      buf.s.data() + j, width);
-    for (int64_t r = 0; r < tile; ++r) {  // padding rows: their weights are never read
+    for (int64_t r = 0; r < tile; ++r) {  // (padding rows: multiplied, never written out)
       const int64_t own_seen = doc.own_start + (r0 + r) / group + 1;
       inv_l[r] = softmax_row(buf.s.data() + r * width, buf.p.data() + r * width, plen, pcols,
                              own_seen, seen, scale_log2);
@@ -256,7 +244,7 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
               int64_t o_s0, int64_t o_s1, const Prefixes& pre, const Widths& w, float scale_log2,
               std::vector<bf16>& kt, std::vector<bf16>& vt, std::vector<float>& s_buf,
               std::vector<bf16>& p_buf, std::vector<bf16>& q_buf, std::vector<float>& o_buf,
-              void* tile_buffers) {
+              TileBuffers* tile_buffers) {
   // All the keys of the task in one buffer per product, the prefix's first (copied from its
   // packing, shared by the query's documents), then the document's own: each product is then
   // one micro-kernel call per tile.
@@ -275,8 +263,7 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
   if (tile_buffers != nullptr)
     return attend_tiles<D>(doc, h, group, q, q_s0, q_s1, out, o_s0, o_s1, plen, pcols, width,
-                           kt.data(), vt.data(), scale_log2,
-                           *static_cast<TileBuffers*>(tile_buffers));
+                           kt.data(), vt.data(), scale_log2, *tile_buffers);
 #endif
   // Tiles of 64 rows: on a 2-core Xeon with AMX, 1.07-1.13x the speed of 32-row tiles at
   // prefill sizes (8-21 documents x 186-250 tokens); a document of fewer than 128 rows keeps
@@ -390,19 +377,14 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     std::vector<bf16> kt, vt, p_buf, q_buf;
     std::vector<float> s_buf, o_buf;
-    void* tile_buffers = nullptr;
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-    TileBuffers tb;
-    if (use_tiles) {
-      erank_cpu::load_tile_config();
-      tile_buffers = &tb;
-    }
-#endif
+    TileBuffers tile_buffers;  // used where use_tiles (tiles_permitted: built with AMX)
+    if (use_tiles) erank_cpu::load_tile_config();
     for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());) {
       const int64_t task = tasks[i].second;
       run_task<D>(doc[task / kv_heads], task % kv_heads, group, qp, q.stride(0), q.stride(1),
                   kp, vp, k.stride(0), k.stride(1), op, out.stride(0), out.stride(1), pre,
-                  widths, scale_log2, kt, vt, s_buf, p_buf, q_buf, o_buf, tile_buffers);
+                  widths, scale_log2, kt, vt, s_buf, p_buf, q_buf, o_buf,
+                  use_tiles ? &tile_buffers : nullptr);
     }
     at::native::cpublas::brgemm_release(true);
   });
