@@ -170,10 +170,6 @@ void run(const at::Tensor& x, const bf16* w, const bf16* w_up, int64_t n, const 
   });
 }
 
-}  // namespace
-
-namespace {
-
 struct TileConfig {  // palette 1
   uint8_t palette = 1, start_row = 0, reserved[14] = {};
   uint16_t bytes_per_row[16] = {};
