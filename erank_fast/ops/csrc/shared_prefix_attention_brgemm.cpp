@@ -10,9 +10,9 @@
 //   S = Q K^T over the keys the tile's last token sees (float32), the masked softmax in float32
 //   (exp2 in log2 units), P rounded to bfloat16, O = P V (float32, reduced in the tiles),
 //   out = O / l rounded once.
-// The products run on raw tile instructions, 32 rows at a time (attend_tiles), where the process
-// may use AMX; otherwise (or with tiles=false) on oneDNN's batch-reduce GEMM micro-kernels
-// (ATen's cpublas::brgemm), one call per product and tile of up to 64 rows. Both compute the same
+// The products run on raw tile instructions, 32 rows at a time (scores, values), where the
+// process may use AMX; otherwise (or with tiles=false) on oneDNN's batch-reduce GEMM
+// micro-kernels (ATen's cpublas::brgemm), one call per product and tile of up to 64 rows. Both compute the same
 // sums in the same order: the same results, bit for bit (tested). On a 2-core Xeon with AMX the
 // raw tiles ran a prefill step's attention 1.07-1.17x faster than the micro-kernels (their
 // per-call dispatch and tile configuration); the tile unit and the softmax's vector work did
@@ -157,13 +157,6 @@ struct Prefixes {  // the distinct query prefixes of a call, packed once per KV 
   int64_t cols(int64_t p) const { return (len[p] + KB - 1) / KB * KB; }
 };
 
-constexpr int64_t TR = 32;  // rows per tile of the raw-tile kernel
-
-struct TileBuffers {  // one thread's, for the raw-tile kernel, reused from task to task
-  std::vector<float> s, o;
-  std::vector<bf16> p, q;
-};
-
 #if defined(__AMX_TILE__) && defined(__AMX_BF16__)
 // acc (tiles 0-3) = a x b over k: a 32 rows of bfloat16 (two 16-row tiles, lda elements
 // apart), b 32 columns as 16-row tiles of bfloat16 pairs (ldb elements between pair rows; the
@@ -189,54 +182,37 @@ inline void multiply_32x32(const bf16* a, int64_t lda, const bf16* b, int64_t ld
   _tile_stored(2, c + 16 * ldc, ldc * 4);
   _tile_stored(3, c + 16 * ldc + 16, ldc * 4);
 }
-
-// A task's attention on raw AMX tiles, 32 rows at a time: S = Q K^T over the keys the tile's
-// last token sees, the softmax rows, O = P V, the output. The products are the brgemm
-// micro-kernels' (bfloat16 pairs, float32 accumulators, 32 dimensions or keys per step, in the
-// same order) and the softmax the same function: the brgemm path's results, without its
-// per-call dispatch and tile configuration.
-template <int D>
-void attend_tiles(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q_s0,
-                  int64_t q_s1, bf16* out, int64_t o_s0, int64_t o_s1, int64_t plen,
-                  int64_t pcols, int64_t width, const bf16* kt, const bf16* vt,
-                  float scale_log2, TileBuffers& buf) {
-  const int64_t rows = doc.new_tokens * group;
-  buf.s.resize(TR * width);
-  buf.p.resize(TR * width);
-  buf.o.resize(TR * D);
-  buf.q.resize(TR * D);
-  float inv_l[TR];
-  for (int64_t r0 = 0; r0 < rows; r0 += TR) {
-    const int64_t tile = std::min(TR, rows - r0);
-    for (int64_t r = 0; r < TR; ++r) {
-      bf16* dst = buf.q.data() + r * D;
-      if (r < tile) {
-        const int64_t t = (r0 + r) / group, g = (r0 + r) % group;
-        std::memcpy(dst, q + (doc.q_row + t) * q_s0 + (h * group + g) * q_s1, sizeof(bf16) * D);
-      } else {
-        std::memset(dst, 0, sizeof(bf16) * D);
-      }
-    }
-    // The keys the tile's last token sees, rounded up to 32.
-    const int64_t seen = (pcols + doc.own_start + (r0 + tile - 1) / group + 1 + 31) / 32 * 32;
-    for (int64_t j = 0; j < seen; j += 32)  // K^T: pairs of dimensions, width apart
-      multiply_32x32(buf.q.data(), D, kt + 2 * j, 2 * width, 32 * width, D,
-                     buf.s.data() + j, width);
-    for (int64_t r = 0; r < tile; ++r) {  // (padding rows: multiplied, never written out)
-      const int64_t own_seen = doc.own_start + (r0 + r) / group + 1;
-      inv_l[r] = softmax_row(buf.s.data() + r * width, buf.p.data() + r * width, plen, pcols,
-                             own_seen, seen, scale_log2);
-    }
-    for (int64_t d = 0; d < D; d += 32)  // V: pairs of keys, D apart
-      multiply_32x32(buf.p.data(), width, vt + 2 * d, 2 * D, 32 * D, seen, buf.o.data() + d, D);
-    for (int64_t r = 0; r < tile; ++r) {
-      const int64_t t = (r0 + r) / group, g = (r0 + r) % group;
-      finish_row<D>(buf.o.data() + r * D, inv_l[r],
-                    out + (doc.q_row + t) * o_s0 + (h * group + g) * o_s1);
-    }
-  }
-}
 #endif
+
+// A tile's scores s [mr][width] = q [mr][D] K^T over its first `seen` keys, and its output
+// o [mr][D] = p [mr][width] V: on raw tiles (32 rows) or in one micro-kernel call each. Both
+// sum in the same order (bfloat16 pairs into float32, 32 dimensions or keys per step): the same
+// results, the raw tiles without the micro-kernels' per-call dispatch and tile configuration.
+template <int D>
+void scores(bool tiles, int64_t mr, int64_t seen, int64_t width, const bf16* q, const bf16* kt,
+            float* s) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  if (tiles) {
+    for (int64_t j = 0; j < seen; j += 32)  // K^T: pairs of dimensions, width apart
+      multiply_32x32(q, D, kt + 2 * j, 2 * width, 32 * width, D, s + j, width);
+    return;
+  }
+#endif
+  at::native::cpublas::brgemm(mr, seen, D, D, width, width, false, q, kt, s, true);
+}
+
+template <int D>
+void values(bool tiles, int64_t mr, int64_t seen, int64_t width, const bf16* p, const bf16* vt,
+            float* o) {
+#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
+  if (tiles) {
+    for (int64_t d = 0; d < D; d += 32)  // V: pairs of keys, D apart
+      multiply_32x32(p, width, vt + 2 * d, 2 * D, 32 * D, seen, o + d, D);
+    return;
+  }
+#endif
+  at::native::cpublas::brgemm(mr, D, seen, width, D, D, false, p, vt, o, true);
+}
 
 template <int D>
 void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q_s0,
@@ -244,10 +220,10 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
               int64_t o_s0, int64_t o_s1, const Prefixes& pre, const Widths& w, float scale_log2,
               std::vector<bf16>& kt, std::vector<bf16>& vt, std::vector<float>& s_buf,
               std::vector<bf16>& p_buf, std::vector<bf16>& q_buf, std::vector<float>& o_buf,
-              TileBuffers* tile_buffers) {
+              bool tiles) {
   // All the keys of the task in one buffer per product, the prefix's first (copied from its
   // packing, shared by the query's documents), then the document's own: each product is then
-  // one micro-kernel call per tile.
+  // one pass over them per tile.
   const int64_t own_keys = doc.own_start + doc.new_tokens;
   const int64_t plen = pre.len[doc.prefix], pcols = pre.cols(doc.prefix);
   const int64_t width = w.ld, cols = w.round(pcols + own_keys);  // cols <= width
@@ -260,15 +236,10 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
               sizeof(bf16) * pcols * D);
   pack_keys<D>(k + doc.own_base * k_s0 + h * k_s1, v + doc.own_base * k_s0 + h * k_s1, k_s0,
                own_keys, cols - pcols, width, kt.data() + 2 * pcols, vt.data() + pcols * D);
-#if defined(__AMX_TILE__) && defined(__AMX_BF16__)
-  if (tile_buffers != nullptr)
-    return attend_tiles<D>(doc, h, group, q, q_s0, q_s1, out, o_s0, o_s1, plen, pcols, width,
-                           kt.data(), vt.data(), scale_log2, *tile_buffers);
-#endif
-  // Tiles of 64 rows: on a 2-core Xeon with AMX, 1.07-1.13x the speed of 32-row tiles at
-  // prefill sizes (8-21 documents x 186-250 tokens); a document of fewer than 128 rows keeps
-  // 32-row tiles, which pad it less.
-  const int64_t rows = doc.new_tokens * group, mr = rows >= 128 ? MR : 32;
+  // Raw tiles take 32 rows at a time. The micro-kernels take 64: on a 2-core Xeon with AMX,
+  // 1.07-1.13x the speed of 32-row tiles at prefill sizes (8-21 documents x 186-250 tokens); a
+  // document of fewer than 128 rows keeps 32-row tiles, which pad it less.
+  const int64_t rows = doc.new_tokens * group, mr = tiles || rows < 128 ? 32 : MR;
   s_buf.resize(mr * width);
   p_buf.resize(mr * width);
   q_buf.resize(mr * D);
@@ -284,11 +255,12 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
         std::memset(dst, 0, sizeof(bf16) * D);
       }
     }
-    // The keys the tile's last token sees (its prefix, its own up to itself), rounded up.
+    // The keys the tile's last token sees (its prefix, its own up to itself), rounded up (to
+    // 32 on raw tiles; to the bounded set of micro-kernel shapes otherwise).
     const int64_t last_token = (r0 + tile - 1) / group;
-    const int64_t seen = w.round(pcols + doc.own_start + last_token + 1);
-    at::native::cpublas::brgemm(mr, seen, D, D, width, width, false, q_buf.data(), kt.data(),
-                                s_buf.data(), true);
+    const int64_t visible = pcols + doc.own_start + last_token + 1;
+    const int64_t seen = tiles ? (visible + 31) / 32 * 32 : w.round(visible);
+    scores<D>(tiles, mr, seen, width, q_buf.data(), kt.data(), s_buf.data());
     float inv_l[MR];
     for (int64_t r = 0; r < mr; ++r) {
       float* s = s_buf.data() + r * width;
@@ -302,8 +274,7 @@ void run_task(const Doc& doc, int64_t h, int64_t group, const bf16* q, int64_t q
       const int64_t own_seen = doc.own_start + (r0 + r) / group + 1;
       inv_l[r] = softmax_row(s, p, plen, pcols, own_seen, seen, scale_log2);
     }
-    at::native::cpublas::brgemm(mr, D, seen, width, D, D, false, p_buf.data(), vt.data(),
-                                o_buf.data(), true);
+    values<D>(tiles, mr, seen, width, p_buf.data(), vt.data(), o_buf.data());
     for (int64_t r = 0; r < tile; ++r) {
       const int64_t t = (r0 + r) / group, g = (r0 + r) % group;
       finish_row<D>(o_buf.data() + r * D, inv_l[r],
@@ -377,14 +348,12 @@ at::Tensor run(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
     std::vector<bf16> kt, vt, p_buf, q_buf;
     std::vector<float> s_buf, o_buf;
-    TileBuffers tile_buffers;  // used where use_tiles (tiles_permitted: built with AMX)
     if (use_tiles) erank_cpu::load_tile_config();
     for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());) {
       const int64_t task = tasks[i].second;
       run_task<D>(doc[task / kv_heads], task % kv_heads, group, qp, q.stride(0), q.stride(1),
                   kp, vp, k.stride(0), k.stride(1), op, out.stride(0), out.stride(1), pre,
-                  widths, scale_log2, kt, vt, s_buf, p_buf, q_buf, o_buf,
-                  use_tiles ? &tile_buffers : nullptr);
+                  widths, scale_log2, kt, vt, s_buf, p_buf, q_buf, o_buf, use_tiles);
     }
     at::native::cpublas::brgemm_release(true);
   });
