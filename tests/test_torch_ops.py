@@ -257,6 +257,49 @@ def test_cpu_brgemm_prefill_kernel_equals_the_vector_kernel(hq, hkv, d):
         assert torch.equal(out[: q.shape[0]], unpadded) and not out[q.shape[0] :].any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (16, 8, 128), (32, 8, 128)])
+def test_cpu_decode_rows_are_the_same_per_document_or_per_kv_head(hq, hkv, d, dtype):
+    """A decode step's one-token documents: a step of many runs each document's heads in one
+    task (the keys' rows of every head read together), a step of one document splits it by KV
+    head across the threads. Both compute the same sums in the same order: bit for bit the same
+    rows, whichever way a document is run (prefixes shared or not, own keys of 0 to 80, a block
+    cut mid-prefix), and the float32 reference's attention."""
+    from erank_fast.ops.arena_attention import ArenaRows
+    from erank_fast.ops.cpu_extension import cpu_kernels
+
+    kernels = cpu_kernels()
+    if kernels is None or not kernels.shared_prefix_attention_supports(str(dtype)[6:]):
+        pytest.skip("erank_fast's CPU kernels for this dtype could not be built here")
+    torch.manual_seed(7)
+    prefixes = [(0, 45), (50, 3)]
+    docs = [(0, 60, 0, 1), (0, 70, 9, 1), (1, 90, 31, 1), (1, 130, 80, 1), (0, 220, 33, 1),
+            (1, 260, 15, 1)]
+    k_arena, v_arena = torch.randn(300, hkv, d).to(dtype), torch.randn(300, hkv, d).to(dtype)
+    q = torch.randn(len(docs), hq, d).to(dtype)
+    rows = ArenaRows.of_step(docs, prefixes)
+    args = (rows.q_cu, rows.own_base, rows.own_start, rows.prefix_start, rows.prefix_len, d**-0.5)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)  # 6 documents go round 2 threads; one does not
+    try:
+        together = kernels.shared_prefix_attention(q, k_arena, v_arena, *args)
+        for b, doc in enumerate(docs):
+            alone = ArenaRows.of_step([doc], prefixes)
+            got = kernels.shared_prefix_attention(
+                q[b : b + 1], k_arena, v_arena, alone.q_cu, alone.own_base, alone.own_start,
+                alone.prefix_start, alone.prefix_len, d**-0.5)
+            assert torch.equal(got, together[b : b + 1]), f"document {b}"
+    finally:
+        torch.set_num_threads(threads)
+    tol = 1e-5 if dtype == torch.float32 else 2e-2
+    for b, (g, base, start, n) in enumerate(docs):
+        p0, plen = prefixes[g]
+        keys = torch.cat([k_arena[p0 : p0 + plen], k_arena[base : base + start + n]]).float()
+        values = torch.cat([v_arena[p0 : p0 + plen], v_arena[base : base + start + n]]).float()
+        want = _plain(q[b : b + 1].float(), keys, values, d**-0.5)
+        assert (together[b : b + 1].float() - want).abs().max().item() < tol, f"document {b}"
+
+
 def test_cpu_brgemm_prefill_kernel_on_long_documents():
     """Documents of 700-1000 keys, where the brgemm kernel multiplies keys in coarser runs (64
     above 512 keys, 128 above 2048, so that few micro-kernel shapes are made whatever the

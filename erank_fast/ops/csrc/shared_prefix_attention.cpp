@@ -253,8 +253,13 @@ template <> struct QK<c10::BFloat16> {
 };
 #endif
 
-// run_single here takes one KV head per task.
-inline bool decode_task_per_document(int64_t) { return false; }
+// run_single here takes every head of a one-token document in one task (up to 16 query heads)
+// where the step has enough such documents to go round the threads; else one KV head per task.
+// Per document, each key's rows for all heads are read as one contiguous run: on a 2-core Xeon
+// with AMX, SmolLM2's decode attention at 16-100 documents 1.07-1.10x one KV head per task.
+inline bool decode_task_per_document(int64_t q_heads, int64_t documents) {
+  return q_heads <= 16 && documents >= 2 * at::get_num_threads();
+}
 
 template <typename T, int D>
 void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
@@ -380,23 +385,28 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
                 int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1,
                 const Rows& m, float scale_log2) {
   using Q = QK<T>;
-  constexpr int VB = 32;    // keys per block: two vectors of 16 lanes
-  constexpr int MAX_G = 16;  // query heads per KV head
+  constexpr int VB = 32;     // keys per block: two vectors of 16 lanes
+  constexpr int MAX_Q = 16;  // query heads per task
   constexpr int PREFETCH_BLOCKS = 1;
   const int64_t b = t.doc, groups = m.group, plen = m.prefix_len[b];
   const int64_t n_keys = plen + m.own_start[b] + 1;
-  TORCH_CHECK(groups <= MAX_G, "at most ", MAX_G, " query heads per KV head");
-  alignas(64) float p[MAX_G][VB];
-  alignas(64) float o[MAX_G][D];
-  float run_max[MAX_G], run_sum[MAX_G], alpha[MAX_G];
+  // One KV head, or (head -1) all of them, a block of keys at a time.
+  const int64_t h0 = t.head < 0 ? 0 : t.head, h1 = t.head < 0 ? m.kv_heads : t.head + 1;
+  const int64_t heads = (h1 - h0) * groups;  // query heads of this task
+  TORCH_CHECK(heads <= MAX_Q, "at most ", MAX_Q, " query heads per task");
+  alignas(64) float p[MAX_Q][VB];
+  alignas(64) float o[MAX_Q][D];
+  float run_max[MAX_Q], run_sum[MAX_Q], alpha[MAX_Q];
+  int64_t rows[VB];
   const T* value_rows[VB];
   const T* key_rows[VB];
-  const T* q_row = q + m.q_cu[b] * q_s0 + t.head * groups * q_s1;
-  for (int64_t g = 0; g < groups; ++g) {
-    run_max[g] = -std::numeric_limits<float>::infinity();
-    run_sum[g] = 0.0f;
-    std::memset(o[g], 0, sizeof(o[g]));
+  const T* q_rows = q + m.q_cu[b] * q_s0 + h0 * groups * q_s1;
+  for (int64_t i = 0; i < heads; ++i) {
+    run_max[i] = -std::numeric_limits<float>::infinity();
+    run_sum[i] = 0.0f;
+    std::memset(o[i], 0, sizeof(o[i]));
   }
+  const int64_t row_bytes = static_cast<int64_t>(sizeof(T)) * D;
   for (int64_t j0 = 0; j0 < n_keys; j0 += VB) {
     const int nk = static_cast<int>(std::min<int64_t>(VB, n_keys - j0));
     // Ask for the rows of the block PREFETCH_BLOCKS ahead now, so that their loads overlap
@@ -405,49 +415,53 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
     // faster.)
     for (int64_t j = j0 + PREFETCH_BLOCKS * VB, end = std::min(j + VB, n_keys); j < end; ++j) {
       const int64_t row = m.arena_row(b, j);
-      for (int64_t byte = 0; byte < static_cast<int64_t>(sizeof(T)) * D; byte += 64) {
-        _mm_prefetch(reinterpret_cast<const char*>(k + row * kv_s0 + t.head * kv_s1) + byte,
-                     _MM_HINT_T0);
-        _mm_prefetch(reinterpret_cast<const char*>(v + row * kv_s0 + t.head * kv_s1) + byte,
-                     _MM_HINT_T0);
-      }
+      for (int64_t h = h0; h < h1; ++h)
+        for (int64_t byte = 0; byte < row_bytes; byte += 64) {
+          _mm_prefetch(reinterpret_cast<const char*>(k + row * kv_s0 + h * kv_s1) + byte,
+                       _MM_HINT_T0);
+          _mm_prefetch(reinterpret_cast<const char*>(v + row * kv_s0 + h * kv_s1) + byte,
+                       _MM_HINT_T0);
+        }
     }
-    for (int j = 0; j < VB; ++j) {
-      const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
-      const int64_t row = m.arena_row(b, key);
-      key_rows[j] = k + row * kv_s0 + t.head * kv_s1;
-      value_rows[j] = v + row * kv_s0 + t.head * kv_s1;
-    }
+    for (int j = 0; j < VB; ++j)  // past the end: repeat the last key
+      rows[j] = m.arena_row(b, j0 + std::min(j, nk - 1));
     const __mmask16 valid0 = static_cast<__mmask16>((1u << std::min(nk, 16)) - 1);
     const __mmask16 valid1 = static_cast<__mmask16>((1u << std::max(nk - 16, 0)) - 1);
     const __m512 minus_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
     const __m512 scale = _mm512_set1_ps(scale_log2);
-    for (int64_t g = 0; g < groups; ++g) {
-      __m512 partial[16];
-      for (int j = 0; j < 16; ++j)
-        partial[j] = Q::template dot_partials<D>(q_row + g * q_s1, key_rows[j]);
-      const __m512 s0 =
-          _mm512_mask_mov_ps(minus_inf, valid0, _mm512_mul_ps(sum16(partial), scale));
-      for (int j = 0; j < 16; ++j)
-        partial[j] = Q::template dot_partials<D>(q_row + g * q_s1, key_rows[16 + j]);
-      const __m512 s1 =
-          _mm512_mask_mov_ps(minus_inf, valid1, _mm512_mul_ps(sum16(partial), scale));
-      const float new_max = std::max(run_max[g], _mm512_reduce_max_ps(_mm512_max_ps(s0, s1)));
-      const __m512 top = _mm512_set1_ps(new_max);
-      const __m512 e0 = _mm512_maskz_mov_ps(valid0, exp2_ps(_mm512_sub_ps(s0, top)));
-      const __m512 e1 = _mm512_maskz_mov_ps(valid1, exp2_ps(_mm512_sub_ps(s1, top)));
-      alpha[g] = std::exp2(run_max[g] - new_max);
-      run_sum[g] = run_sum[g] * alpha[g] + _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
-      run_max[g] = new_max;
-      _mm512_store_ps(p[g], e0);
-      _mm512_store_ps(p[g] + 16, e1);
+    for (int64_t h = h0; h < h1; ++h) {
+      for (int j = 0; j < VB; ++j) {
+        key_rows[j] = k + rows[j] * kv_s0 + h * kv_s1;
+        value_rows[j] = v + rows[j] * kv_s0 + h * kv_s1;
+      }
+      const int64_t first = (h - h0) * groups;  // this KV head's query heads in the task's
+      for (int64_t g = first; g < first + groups; ++g) {
+        __m512 partial[16];
+        for (int j = 0; j < 16; ++j)
+          partial[j] = Q::template dot_partials<D>(q_rows + g * q_s1, key_rows[j]);
+        const __m512 s0 =
+            _mm512_mask_mov_ps(minus_inf, valid0, _mm512_mul_ps(sum16(partial), scale));
+        for (int j = 0; j < 16; ++j)
+          partial[j] = Q::template dot_partials<D>(q_rows + g * q_s1, key_rows[16 + j]);
+        const __m512 s1 =
+            _mm512_mask_mov_ps(minus_inf, valid1, _mm512_mul_ps(sum16(partial), scale));
+        const float new_max = std::max(run_max[g], _mm512_reduce_max_ps(_mm512_max_ps(s0, s1)));
+        const __m512 top = _mm512_set1_ps(new_max);
+        const __m512 e0 = _mm512_maskz_mov_ps(valid0, exp2_ps(_mm512_sub_ps(s0, top)));
+        const __m512 e1 = _mm512_maskz_mov_ps(valid1, exp2_ps(_mm512_sub_ps(s1, top)));
+        alpha[g] = std::exp2(run_max[g] - new_max);
+        run_sum[g] = run_sum[g] * alpha[g] + _mm512_reduce_add_ps(_mm512_add_ps(e0, e1));
+        run_max[g] = new_max;
+        _mm512_store_ps(p[g], e0);
+        _mm512_store_ps(p[g] + 16, e1);
+      }
+      Q::template single_pv<D>(o + first, p + first, alpha + first, groups, nk, value_rows);
     }
-    Q::template single_pv<D>(o, p, alpha, groups, nk, value_rows);
   }
-  T* out_row = out + m.q_cu[b] * o_s0 + t.head * groups * o_s1;
-  for (int64_t g = 0; g < groups; ++g) {
-    const float inv = 1.0f / run_sum[g];
-    for (int d = 0; d < D; ++d) out_row[g * o_s1 + d] = static_cast<T>(o[g][d] * inv);
+  T* out_row = out + m.q_cu[b] * o_s0 + h0 * groups * o_s1;
+  for (int64_t i = 0; i < heads; ++i) {
+    const float inv = 1.0f / run_sum[i];
+    for (int d = 0; d < D; ++d) out_row[i * o_s1 + d] = static_cast<T>(o[i][d] * inv);
   }
 }
 
@@ -501,10 +515,13 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
   const Rows m{q_cu.data_ptr<int64_t>(), own_base.data_ptr<int64_t>(),
                own_start.data_ptr<int64_t>(), prefix_start.data_ptr<int64_t>(),
                prefix_len.data_ptr<int64_t>(), q.size(1) / k.size(1), k.size(1)};
+  int64_t one_token = 0;
+  for (const int64_t b : docs) one_token += m.q_cu[b + 1] - m.q_cu[b] == 1;
+  const bool per_document = decode_task_per_document(q.size(1), one_token);
   std::vector<Task> tasks;
   for (const int64_t b : docs) {
     const int64_t rows = (m.q_cu[b + 1] - m.q_cu[b]) * m.group;
-    if (rows == m.group && decode_task_per_document(q.size(1))) {  // one new token, every head
+    if (rows == m.group && per_document) {  // one new token, every head
       tasks.push_back({b, -1, 0, (m.prefix_len[b] + m.own_start[b] + 1) * k.size(1)});
       continue;
     }

@@ -221,7 +221,7 @@ inline v8f sum8(const v8f* p) {
 // together, so a block of 8 keys gives one vector of scores per query head. (The tile above
 // would fill G of its 16 rows and compute the rest for nothing, one KV head at a time.)
 constexpr int MAX_Q_HEADS = 64;
-inline bool decode_task_per_document(int64_t q_heads) { return q_heads <= MAX_Q_HEADS; }
+inline bool decode_task_per_document(int64_t q_heads, int64_t) { return q_heads <= MAX_Q_HEADS; }
 
 template <typename T, int D>
 void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,

@@ -84,11 +84,34 @@ inline void finish_row(const Finish& f, int64_t r) {
   }
 }
 
+// The next chunk's input rows, asked into L2 a few cache lines per K step while the current
+// chunk multiplies, so that its first tiles find them there rather than in L3 or memory (on a
+// 2-core Xeon with AMX, 4 lines a step: think-off calls 1.04x, 6 rounds; 8 lines no better).
+struct NextRows {
+  static constexpr int LINES_PER_STEP = 4;
+  const char* row;  // the row being fetched
+  int64_t stride, bytes, at = 0, rows;
+
+  NextRows(const bf16* a, int64_t lda, int64_t k, int64_t n_rows)
+      : row(reinterpret_cast<const char*>(a)), stride(lda * 2), bytes(k * 2), rows(n_rows) {}
+
+  void step() {
+    for (int i = 0; i < LINES_PER_STEP && rows > 0; ++i) {
+      _mm_prefetch(row + at, _MM_HINT_T1);
+      if ((at += 64) >= bytes) {
+        at = 0;
+        row += stride;
+        --rows;
+      }
+    }
+  }
+};
+
 // c [32][32] = a [32 rows, K] x one 32-column half of a weight block, finishing `pending`'s rows
-// between the K steps (all of them by the end).
+// between the K steps (all of them by the end) and fetching `next`'s.
 template <int EPI>
 inline void multiply_tile(const bf16* a, int64_t lda, const bf16* b, int64_t k, float* c,
-                          const Finish& pending) {
+                          const Finish& pending, NextRows& next) {
   _tile_zero(0);
   _tile_zero(1);
   _tile_zero(2);
@@ -107,6 +130,7 @@ inline void multiply_tile(const bf16* a, int64_t lda, const bf16* b, int64_t k, 
     _tile_dpbf16ps(3, 5, 7);
     for (const int64_t end = std::min(pending.rows, done + per_step); done < end; ++done)
       finish_row<EPI>(pending, done);
+    next.step();
   }
   for (; done < pending.rows; ++done) finish_row<EPI>(pending, done);
   _tile_stored(0, c, COLS * 4);
@@ -147,14 +171,20 @@ void run(const at::Tensor& x, const bf16* w, const bf16* w_up, int64_t n, const 
           rows_a = padded.data();
           ld = k;
         }
+        // The rows after this chunk's: the next chunk's, or at a group's end the first chunk's
+        // (the next group starts from it).
+        const int64_t following = chunk + 1 < c1 ? chunk + 1 : c0;
+        const int64_t following_rows =
+            chunk + 1 < c1 || g0 + group < b1 ? std::min(ROWS, m - following * ROWS) : 0;
+        NextRows next(a + following * ROWS * lda, lda, k, following_rows);
         for (int64_t blk = g0; blk < std::min(b1, g0 + group); ++blk) {
           for (int64_t half = 0; half < NB / COLS; ++half) {
             const int64_t col = blk * NB + half * COLS;
             if (col >= n) break;
             const int64_t offset = blk * k * NB + half * COLS * 2;
-            multiply_tile<EPI>(rows_a, ld, w + offset, k, c[buffer], pending);
+            multiply_tile<EPI>(rows_a, ld, w + offset, k, c[buffer], pending, next);
             if (w_up != nullptr)
-              multiply_tile<EPI>(rows_a, ld, w_up + offset, k, c_up[buffer], none);
+              multiply_tile<EPI>(rows_a, ld, w_up + offset, k, c_up[buffer], none, next);
             pending = Finish{c[buffer], c_up[buffer],
                              bias != nullptr ? bias + col : nullptr,
                              bias_up != nullptr ? bias_up + col : nullptr,
