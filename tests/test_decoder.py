@@ -80,3 +80,65 @@ def test_smollm2_real_weights_match_transformers(smollm2, smollm2_dir):
     ids = tokenizer.encode("The capital of France is Paris. The capital of Italy is",
                            add_special_tokens=False)
     _check(load_decoder(smollm2_dir, torch.float32, torch.device("cpu")), model, ids)
+
+
+def _rotary(theta: float = 100000.0):
+    from transformers import LlamaConfig
+
+    from erank_fast.models.decoder import Rotary
+
+    hf = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3,
+                     intermediate_size=1536, num_hidden_layers=1, vocab_size=64,
+                     rope_theta=theta)
+    return Rotary(DecoderConfig.from_hf(hf))
+
+
+def test_rope_tables_are_float64_cos_sin_rounded_once():
+    """The RoPE tables both rotation paths read: cos and sin of the float32 angles taken in
+    float64 and rounded to float32 once (ATen's float32 cos on CPU was not the same in every
+    process: tests below)."""
+    rotary = _rotary()
+    positions = torch.arange(0, 40000, 7)
+    angles = positions.float()[:, None] * rotary.inv_freq[None, :]
+    cos, sin = rotary.half_tables(positions)
+    assert torch.equal(cos, angles.double().cos().float() * rotary.scaling)
+    assert torch.equal(sin, angles.double().sin().float() * rotary.scaling)
+    full_cos, full_sin = rotary.cos_sin(positions, torch.float32)
+    assert torch.equal(full_cos[:, 0], torch.cat([cos, cos], dim=-1))
+    assert torch.equal(full_sin[:, 0], torch.cat([sin, sin], dim=-1))
+
+
+_TABLES_IN_A_THREAD = """
+import hashlib, threading, torch
+from tests.test_decoder import _rotary
+rotary = _rotary()
+torch.randn(256, 256) @ torch.randn(256, 256)
+out = {}
+def tables():  # as the engine's first step: in its own thread, after the model's load
+    cos, sin = rotary.half_tables(torch.arange(96))
+    out["hash"] = hashlib.sha1(cos.numpy().tobytes() + sin.numpy().tobytes()).hexdigest()
+thread = threading.Thread(target=tables)
+thread.start()
+thread.join()
+print(out["hash"])
+"""
+
+
+def test_rope_tables_are_the_same_in_every_process():
+    """The tables of a fresh process's first step (in a new thread, as the engine runs it) are
+    the same bytes in every process. With ATen's float32 cos, about one process in ten got
+    other last bits on a 2-core Xeon (its first call), and bfloat16 scores then moved by up to
+    0.14."""
+    import hashlib
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    rotary = _rotary()
+    cos, sin = rotary.half_tables(torch.arange(96))
+    want = hashlib.sha1(cos.numpy().tobytes() + sin.numpy().tobytes()).hexdigest()
+    root = Path(__file__).resolve().parents[1]
+    for _ in range(3):
+        got = subprocess.run([sys.executable, "-c", _TABLES_IN_A_THREAD], cwd=root, check=True,
+                             capture_output=True, text=True).stdout.split()[-1]
+        assert got == want

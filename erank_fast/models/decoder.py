@@ -62,6 +62,18 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+def _cos_sin(freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of float32 angles, as float32; on CPU taken in float64 and rounded once, the
+    same tables in every process. ATen's float32 cos on CPU gave other last bits in about one
+    process in ten (its first call; a 2-core Xeon), and through bfloat16 q and k a model's
+    scores then moved by up to 0.14 between runs of one input. Rounded from float64, a last-bit
+    difference there reaches a float32 table only at a rounding tie."""
+    if freqs.device.type != "cpu":
+        return freqs.cos(), freqs.sin()
+    wide = freqs.double()
+    return wide.cos().float(), wide.sin().float()
+
+
 class Rotary(nn.Module):
     """RoPE with the checkpoint's inverse frequencies (default, linear, llama3 or yarn)."""
 
@@ -69,19 +81,22 @@ class Rotary(nn.Module):
         super().__init__()
         with torch.device("cpu"):  # real values, also inside a meta-device build
             inv_freq, self.scaling = config.rope_inv_freq()
+            # A process's first cos / sin can take another path than every later call (see
+            # _cos_sin): made here, at load, rather than by the first step's tables.
+            _cos_sin(torch.linspace(0.0, 8.0, 64))
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
     def half_tables(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """float32 cos and sin [N, head_dim // 2] of the positions (scaling applied)."""
         freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]
-        return freqs.cos().mul_(self.scaling), freqs.sin().mul_(self.scaling)
+        cos, sin = _cos_sin(freqs)
+        return cos.mul_(self.scaling), sin.mul_(self.scaling)
 
     def cos_sin(self, positions: torch.Tensor, dtype: torch.dtype):
         freqs = positions.float()[:, None] * self.inv_freq.to(positions.device)[None, :]
-        emb = torch.cat((freqs, freqs), dim=-1)
-        cos = (emb.cos() * self.scaling).to(dtype)[:, None, :]
-        sin = (emb.sin() * self.scaling).to(dtype)[:, None, :]
-        return cos, sin
+        cos, sin = _cos_sin(torch.cat((freqs, freqs), dim=-1))
+        return ((cos * self.scaling).to(dtype)[:, None, :],
+                (sin * self.scaling).to(dtype)[:, None, :])
 
     @staticmethod
     def apply(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
