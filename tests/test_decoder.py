@@ -85,7 +85,7 @@ def test_smollm2_real_weights_match_transformers(smollm2, smollm2_dir):
 def _rotary(theta: float = 100000.0):
     from transformers import LlamaConfig
 
-    from erank_fast.models.decoder import Rotary
+    from erank_fast.models.rope import Rotary
 
     hf = LlamaConfig(hidden_size=576, num_attention_heads=9, num_key_value_heads=3,
                      intermediate_size=1536, num_hidden_layers=1, vocab_size=64,

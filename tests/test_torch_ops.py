@@ -329,7 +329,7 @@ def test_cpu_brgemm_prefill_kernel_on_long_documents():
 def test_cpu_rotary_kernel_equals_the_decoder_rotation(d, dtype, tol):
     """The C++ in-place RoPE of q and k, on views of one fused QKV projection (strided rows),
     against the decoder's PyTorch rotation in float32 on the same values."""
-    from erank_fast.models.decoder import Rotary
+    from erank_fast.models.rope import Rotary
     from erank_fast.ops.cpu_extension import cpu_kernels
 
     if cpu_kernels() is None:
