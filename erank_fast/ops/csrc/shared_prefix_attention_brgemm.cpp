@@ -13,10 +13,11 @@
 // The products run on raw tile instructions, 32 rows at a time (scores, values), where the
 // process may use AMX; otherwise (or with tiles=false) on oneDNN's batch-reduce GEMM
 // micro-kernels (ATen's cpublas::brgemm), one call per product and tile of up to 64 rows. Both
-// compute the same sums in the same order: the same results, bit for bit (tested). On a 2-core Xeon with AMX the
-// raw tiles ran a prefill step's attention 1.07-1.17x faster than the micro-kernels (their
-// per-call dispatch and tile configuration); the tile unit and the softmax's vector work did
-// not overlap there (interleaving them, as tile_linear does, measured no faster).
+// compute the same sums in the same order: the same results, bit for bit (tested). On a 2-core
+// Xeon with AMX the raw tiles ran a prefill step's attention 1.07-1.17x faster than the
+// micro-kernels (their per-call dispatch and tile configuration); the tile unit and the
+// softmax's vector work did not overlap there (interleaving them, as tile_linear does, measured
+// no faster).
 // Keys a row may not see (padding, own keys after its token) get probability 0.
 // Documents with one new token (decode steps mixed into a prefill step) are left to the vector
 // kernel's decode path (shared_prefix_attention_of). Rows of q past the documents' (padding)
