@@ -56,6 +56,9 @@ def test_cpu_prefill_attention(benchmark, provider):
         def fn():
             return arena_attention_cpu(q, k, v, rows, D**-0.5)
     else:
+        if not cpu_kernels().shared_prefix_attention_supports("bfloat16"):
+            pytest.skip("the vector kernel is built for bfloat16 only on AVX512-BF16 CPUs")
+
         def fn():
             return cpu_kernels().shared_prefix_attention(
                 q, k, v, rows.q_cu, rows.own_base, rows.own_start, rows.prefix_start,

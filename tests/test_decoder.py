@@ -93,19 +93,26 @@ def _rotary(theta: float = 100000.0):
     return Rotary(DecoderConfig.from_hf(hf))
 
 
-def test_rope_tables_are_float64_cos_sin_rounded_once():
-    """The RoPE tables both rotation paths read: cos and sin of the float32 angles taken in
-    float64 and rounded to float32 once (ATen's float32 cos on CPU was not the same in every
-    process: tests below)."""
+def test_rope_tables_are_transformers_tables_bit_for_bit():
+    """The RoPE tables both rotation paths read are transformers' own for a document's positions
+    (its float32 angles and ATen's float32 cos / sin, the same bits), and for any range of
+    positions the same values whichever rows a step asks for."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
     rotary = _rotary()
-    positions = torch.arange(0, 40000, 7)
-    angles = positions.float()[:, None] * rotary.inv_freq[None, :]
+    hf = LlamaRotaryEmbedding(LlamaConfig(hidden_size=576, num_attention_heads=9,
+                                          num_key_value_heads=3, rope_theta=100000.0))
+    positions = torch.arange(512)
+    hf_cos, hf_sin = hf(torch.zeros(1, 512, 64), positions[None])
     cos, sin = rotary.half_tables(positions)
-    assert torch.equal(cos, angles.double().cos().float() * rotary.scaling)
-    assert torch.equal(sin, angles.double().sin().float() * rotary.scaling)
+    assert torch.equal(cos, hf_cos[0, :, :32]) and torch.equal(sin, hf_sin[0, :, :32])
     full_cos, full_sin = rotary.cos_sin(positions, torch.float32)
-    assert torch.equal(full_cos[:, 0], torch.cat([cos, cos], dim=-1))
-    assert torch.equal(full_sin[:, 0], torch.cat([sin, sin], dim=-1))
+    assert torch.equal(full_cos[:, 0], hf_cos[0]) and torch.equal(full_sin[:, 0], hf_sin[0])
+    far = torch.arange(0, 40000, 97)  # tables grown to 65,536 rows; read in any order
+    angles = far.float()[:, None] * rotary.inv_freq[None, :]
+    cos, sin = rotary.half_tables(far.flip(0))
+    assert torch.equal(cos.flip(0), angles.cos()) and torch.equal(sin.flip(0), angles.sin())
 
 
 _TABLES_IN_A_THREAD = """
@@ -126,9 +133,9 @@ print(out["hash"])
 
 def test_rope_tables_are_the_same_in_every_process():
     """The tables of a fresh process's first step (in a new thread, as the engine runs it) are
-    the same bytes in every process. With ATen's float32 cos, about one process in ten got
-    other last bits on a 2-core Xeon (its first call), and bfloat16 scores then moved by up to
-    0.14."""
+    the same bytes in every process. ATen's float32 cos gave other last bits in about one
+    process in ten on a 2-core Xeon when the tables were a process's first call, and bfloat16
+    scores then moved by up to 0.14."""
     import hashlib
     import subprocess
     import sys

@@ -16,16 +16,28 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
 
 
+# Elements per cos / sin call on CPU: under ATen's parallel grain (32,768), so one thread
+# computes each call whatever the thread count, and a multiple of every vector width, so every
+# element takes the vectorized (SLEEF) path and none the scalar tail.
+COS_SIN_CHUNK = 16384
+
+
 def _cos_sin(freqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and sin of float32 angles, as float32; on CPU taken in float64 and rounded once, the
-    same tables in every process. ATen's float32 cos on CPU gave other last bits in about one
-    process in ten (its first call; a 2-core Xeon), and through bfloat16 q and k a model's
-    scores then moved by up to 0.14 between runs of one input. Rounded from float64, a last-bit
-    difference there reaches a float32 table only at a rounding tie."""
+    """cos and sin of float32 angles, as float32: on CPU ATen's vectorized float32 cos / sin,
+    the arithmetic of transformers' tables (the reference's, bit for bit for the rows of a
+    document), taken in chunks of ``COS_SIN_CHUNK`` elements so that no element's bits depend
+    on how the call is split between threads. A process's first call can give other last bits
+    (about one process in ten on a 2-core Xeon; through bfloat16 q and k the scores then moved
+    by up to 0.14): ``Rotary`` makes that call at load."""
     if freqs.device.type != "cpu":
         return freqs.cos(), freqs.sin()
-    wide = freqs.double()
-    return wide.cos().float(), wide.sin().float()
+    flat = freqs.contiguous().view(-1)
+    cos, sin = torch.empty_like(flat), torch.empty_like(flat)
+    for start in range(0, flat.numel(), COS_SIN_CHUNK):
+        part = flat[start:start + COS_SIN_CHUNK]
+        torch.cos(part, out=cos[start:start + COS_SIN_CHUNK])
+        torch.sin(part, out=sin[start:start + COS_SIN_CHUNK])
+    return cos.view(freqs.shape), sin.view(freqs.shape)
 
 
 class Rotary(nn.Module):
@@ -35,11 +47,11 @@ class Rotary(nn.Module):
         super().__init__()
         with torch.device("cpu"):  # real values, also inside a meta-device build
             inv_freq, self.scaling = config.rope_inv_freq()
-            # A process's first cos / sin can take another path than every later call (see
+            # A process's first cos / sin can give other bits than every later call (see
             # _cos_sin): made here, at load, rather than by the first step's tables.
-            _cos_sin(torch.linspace(0.0, 8.0, 64))
-            # CPU: the tables of positions 0 .. len - 1, made once (float64 cos / sin cost ~25x
-            # float32's: 1.6 ms a step at 4096 positions) and grown as later positions come.
+            _cos_sin(torch.linspace(0.0, 8.0, COS_SIN_CHUNK))
+            # CPU: the tables of positions 0 .. len - 1, made once and grown as later
+            # positions come.
             self._cpu_tables = (torch.empty(0, inv_freq.numel()),) * 2
         self.register_buffer("inv_freq", inv_freq.float(), persistent=False)
 
