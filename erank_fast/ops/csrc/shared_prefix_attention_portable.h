@@ -214,12 +214,26 @@ inline v8f sum8(const v8f* p) {
          ERANK_SHUFFLE(a, b, 4, 5, 6, 7, 12, 13, 14, 15);
 }
 
+// Lane-wise maximum and sum of a vector's 8 lanes, in every lane.
+inline v8f all_max(v8f x) {
+  x = vmax(x, ERANK_SHUFFLE(x, x, 4, 5, 6, 7, 0, 1, 2, 3));
+  x = vmax(x, ERANK_SHUFFLE(x, x, 2, 3, 0, 1, 6, 7, 4, 5));
+  return vmax(x, ERANK_SHUFFLE(x, x, 1, 0, 3, 2, 5, 4, 7, 6));
+}
+inline v8f all_sum(v8f x) {
+  x += ERANK_SHUFFLE(x, x, 4, 5, 6, 7, 0, 1, 2, 3);
+  x += ERANK_SHUFFLE(x, x, 2, 3, 0, 1, 6, 7, 4, 5);
+  return x + ERANK_SHUFFLE(x, x, 1, 0, 3, 2, 5, 4, 7, 6);
+}
+
 // A document with one new token (a decode step), all its query heads in one task (head -1;
 // one KV head's when the model has more query heads than MAX_Q_HEADS): each key row (every KV
 // head's part, contiguous in the arena) is read once, in order, and used by every head. The
 // head dimension sits in the lanes: each key's 8 partial sums, then 8 keys' sums reduced
-// together, so a block of 8 keys gives one vector of scores per query head. (The tile above
-// would fill G of its 16 rows and compute the rest for nothing, one KV head at a time.)
+// together, so 8 keys give one vector of scores per query head. The softmax's bookkeeping
+// (maximum, rescaling, sum) is paid once per block of VB = 32 keys, four such vectors. (The
+// tile above would fill G of its 16 rows and compute the rest for nothing, one KV head at a
+// time.)
 constexpr int MAX_Q_HEADS = 64;
 inline bool decode_task_per_document(int64_t q_heads, int64_t) { return q_heads <= MAX_Q_HEADS; }
 
@@ -228,7 +242,8 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
                 int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1, const Rows& m,
                 float softmax_scale) {
   static_assert(std::is_same_v<T, float>, "the portable kernel is float32 only");
-  constexpr int VB = 8;  // keys per block
+  constexpr int SV = 4;       // vectors of 8 keys' scores per block
+  constexpr int VB = 8 * SV;  // keys per block
   const int64_t b = t.doc, groups = m.group;
   // query heads h0 .. h0 + heads - 1: all of them, or those of KV head t.head
   const int64_t h0 = t.head < 0 ? 0 : t.head * groups;
@@ -256,28 +271,31 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
       key_rows[j] = k + row * kv_s0;
       value_rows[j] = v + row * kv_s0;
     }
-    const v8i valid = lane < nk;
+    const int vectors = (nk + 7) / 8;  // score vectors holding a visible key
     for (int64_t h = 0; h < heads; ++h) {  // query head h0 + h reads KV head (h0 + h) / groups
       const float* qh = q_row + h * q_s1;
       const int64_t kv = ((h0 + h) / groups) * kv_s1;
-      v8f partial[VB];  // one 8-lane slice of q at a time against the 8 keys' slices
-      for (int j = 0; j < VB; ++j) partial[j] = splat(0.0f);
-      for (int d = 0; d < D; d += 8) {
-        const v8f qd = load(qh + d);
-        for (int j = 0; j < VB; ++j) partial[j] += qd * load(key_rows[j] + kv + d);
+      v8f s[SV];
+      v8f block_max = splat(-inf);
+      for (int c = 0; c < vectors; ++c) {
+        v8f partial[8];  // one 8-lane slice of q at a time against the 8 keys' slices
+        for (int j = 0; j < 8; ++j) partial[j] = splat(0.0f);
+        for (int d = 0; d < D; d += 8) {
+          const v8f qd = load(qh + d);
+          for (int j = 0; j < 8; ++j) partial[j] += qd * load(key_rows[8 * c + j] + kv + d);
+        }
+        s[c] = lane + 8 * c < nk ? sum8(partial) * softmax_scale : splat(-inf);
+        block_max = vmax(block_max, s[c]);
       }
-      const v8f s = valid ? sum8(partial) * softmax_scale : splat(-inf);
-      alignas(32) float lanes[VB];
-      store(lanes, s);
-      float block_max = lanes[0];
-      for (int j = 1; j < VB; ++j) block_max = std::max(block_max, lanes[j]);
-      const float new_max = std::max(run_max[h], block_max);
-      const v8f e = valid ? exp2_ps((s - new_max) * LOG2E) : splat(0.0f);
-      store(p[h], e);
-      float block_sum = 0.0f;
-      for (int j = 0; j < VB; ++j) block_sum += p[h][j];
+      const float new_max = std::max(run_max[h], all_max(block_max)[0]);
+      v8f block_sum = splat(0.0f);
+      for (int c = 0; c < vectors; ++c) {
+        const v8f e = lane + 8 * c < nk ? exp2_ps((s[c] - new_max) * LOG2E) : splat(0.0f);
+        block_sum += e;
+        store(p[h] + 8 * c, e);
+      }
       alpha[h] = std::exp2((run_max[h] - new_max) * LOG2E);  // 0 for the first block
-      run_sum[h] = run_sum[h] * alpha[h] + block_sum;
+      run_sum[h] = run_sum[h] * alpha[h] + all_sum(block_sum)[0];
       run_max[h] = new_max;
     }
     for (int64_t h = 0; h < heads; ++h) {
