@@ -78,29 +78,38 @@ inline void scores(const float* qp, const float* const* keys, float* s) {
 
 // o [D][MR] = o * alpha + P V for one block: s [KB][MR] holds P for nk keys. The block's sum
 // starts from zero and is added once (two-level summation: float32 error grows with the
-// block length and the number of blocks, not with all keys in one chain).
+// block length and the number of blocks, not with all keys in one chain). Columns d0 ..
+// d0 + DD - 1 of o per pass over the keys: DD * RV accumulators.
+template <int DD>
+inline void accumulate_columns(float* o, const float* s, int nk, const float* const* v_rows,
+                               const v8f* alpha, int d0) {
+  v8f acc[DD][RV];
+  for (int dd = 0; dd < DD; ++dd)
+    for (int r = 0; r < RV; ++r) acc[dd][r] = splat(0.0f);
+  for (int j = 0; j < nk; ++j) {
+    v8f p[RV];
+    for (int r = 0; r < RV; ++r) p[r] = load(s + j * MR + 8 * r);
+    for (int dd = 0; dd < DD; ++dd) {
+      const v8f x = splat(v_rows[j][d0 + dd]);
+      for (int r = 0; r < RV; ++r) acc[dd][r] += p[r] * x;
+    }
+  }
+  for (int dd = 0; dd < DD; ++dd)
+    for (int r = 0; r < RV; ++r) {
+      float* dst = o + (d0 + dd) * MR + 8 * r;
+      store(dst, load(dst) * alpha[r] + acc[dd][r]);
+    }
+}
+
+// Six columns a pass: 12 accumulators (with P's two vectors and the broadcast, 15 of AVX2's 16
+// registers), enough independent sums to keep two FMA pipes of latency 5 busy.
 template <int D>
 inline void accumulate(float* o, const float* s, int nk, const float* const* v_rows,
                        const v8f* alpha) {
-  constexpr int DD = 4;
-  for (int d0 = 0; d0 < D; d0 += DD) {
-    v8f acc[DD][RV];
-    for (int dd = 0; dd < DD; ++dd)
-      for (int r = 0; r < RV; ++r) acc[dd][r] = splat(0.0f);
-    for (int j = 0; j < nk; ++j) {
-      v8f p[RV];
-      for (int r = 0; r < RV; ++r) p[r] = load(s + j * MR + 8 * r);
-      for (int dd = 0; dd < DD; ++dd) {
-        const v8f x = splat(v_rows[j][d0 + dd]);
-        for (int r = 0; r < RV; ++r) acc[dd][r] += p[r] * x;
-      }
-    }
-    for (int dd = 0; dd < DD; ++dd)
-      for (int r = 0; r < RV; ++r) {
-        float* dst = o + (d0 + dd) * MR + 8 * r;
-        store(dst, load(dst) * alpha[r] + acc[dd][r]);
-      }
-  }
+  constexpr int DD = 6;
+  for (int d0 = 0; d0 + DD <= D; d0 += DD) accumulate_columns<DD>(o, s, nk, v_rows, alpha, d0);
+  if constexpr (D % DD != 0)
+    accumulate_columns<D % DD>(o, s, nk, v_rows, alpha, D - D % DD);
 }
 
 template <typename T, int D>
