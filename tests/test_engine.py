@@ -306,10 +306,12 @@ def test_low_precision_readout_rows_are_not_rounded(pack, blocks, monkeypatch):
 
 
 def test_steps_padded_for_packed_gemms_give_the_unpadded_results(tiny_qwen3):
-    """On CPU with packed weights every step's rows are padded to a few bucket sizes (oneDNN
-    builds a kernel per row count); the padding must not change a token or a score (float32,
-    reasoning steps included: decode steps, the last layer's readout rows)."""
+    """On CPU with packed weights steps' rows are padded to a few bucket sizes where oneDNN
+    builds a kernel per row count (``padding_pays``: not float32 without AVX-512); the padding
+    must not change a token or a score (float32, reasoning steps included: decode steps, the
+    last layer's readout rows)."""
     from erank_fast.models.decoder import padded_rows
+    from erank_fast.ops.packed_linear import padding_pays
 
     assert [padded_rows(n) for n in (1, 16, 17, 250, 257, 1887, 2048)] == \
         [16, 16, 32, 256, 512, 2048, 2048]
@@ -319,7 +321,9 @@ def test_steps_padded_for_packed_gemms_give_the_unpadded_results(tiny_qwen3):
     decoder = rr.backend.decoder
     if not rr.backend.packed_layers:
         pytest.skip("oneDNN does not pack weights on this CPU")
-    assert decoder.pad_rows
+    assert decoder.pad_rows == padding_pays(torch.float32)
+    assert padding_pays(torch.bfloat16)
+    decoder.pad_rows = True
     query, docs = "what do vaccines do", ["They train immune memory.", "Paris in 1889.", "",
                                           "Antigens without the disease " * 9]
     padded = rr.rerank(query, docs, return_reasoning=True)

@@ -34,7 +34,7 @@ from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request
 from erank_fast.models.decoder import Decoder
 from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.int8_linear import int8_unavailable_reason, quantize_decoder_layers
-from erank_fast.ops.packed_linear import pack_linears, rows_unpadded_above
+from erank_fast.ops.packed_linear import pack_linears, padding_pays, rows_unpadded_above
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
 
@@ -77,7 +77,8 @@ class Engine:
                 raise ValueError(f'quantize="int8" cannot run here: {reason}')
             self.quantized_layers = quantize_decoder_layers(decoder.model.layers)
         self.packed_layers = pack_linears(decoder.model) if pack_weights else 0
-        decoder.pad_rows = self.packed_layers > 0 or self.quantized_layers > 0
+        decoder.pad_rows = (self.packed_layers > 0 and padding_pays(weight.dtype)
+                            or self.quantized_layers > 0)
         decoder.unpadded_above = rows_unpadded_above(decoder.model) if self.packed_layers else None
         self.runner = ModelRunner(decoder, impl, cuda_graphs)
         self.scheduler = Scheduler(decoder.config, weight.dtype, weight.device,

@@ -156,8 +156,9 @@ class Decoder(nn.Module):
         self.rotary = Rotary(config)
         if not config.tie_word_embeddings:
             self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
-        # Set by an engine that packs the linear layers for oneDNN (CPU): pass them row counts
-        # from a few buckets only (``padded_rows``) — except steps of more than
+        # Set by an engine that packs the linear layers for oneDNN (CPU) where its kernels are
+        # made per row count (``packed_linear.padding_pays``): pass them row counts from a
+        # few buckets only (``padded_rows``) — except steps of more than
         # ``unpadded_above`` rows, where every linear layer runs on kernels made once for all
         # row counts (``PackedLinear.many_rows``: the AMX tile kernel).
         self.pad_rows = False

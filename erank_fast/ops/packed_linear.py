@@ -217,6 +217,18 @@ def rows_unpadded_above(module: nn.Module) -> int | None:
     return None
 
 
+def padding_pays(dtype: torch.dtype) -> bool:
+    """Whether a CPU step of packed layers is padded to a few row counts (``padded_rows``):
+    where oneDNN makes a kernel for each new row count, as for bfloat16 and int8, and for
+    float32 on CPUs with AVX-512 (its brgemm kernels). Without AVX-512 its float32 kernels take
+    any row count at the same speed and build nothing per count (a 2-core Zen 2, SmolLM2's
+    projections at 1,777-4,096 rows: first call as fast as the next, 148-157 GFLOP/s), so
+    padding there is work for nothing (1.0-2.2 % of a think-off call)."""
+    from erank_fast.cpu import cpu_info
+
+    return dtype != torch.float32 or "avx512f" in cpu_info()["flags"]
+
+
 def _small_rows_fit(weights: list[torch.Tensor]) -> bool:
     """Whether the layers get small-batch blocks: where they apply, unless turned off, and
     while their copies take at most ``SMALL_ROWS_MEMORY_SHARE`` of this machine's memory."""
