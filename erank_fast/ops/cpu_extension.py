@@ -27,6 +27,7 @@ SOURCES = [CSRC / name for name in ("bindings.cpp", "decode_attention.cpp",
                                     "tile_linear.cpp", "vocab_head.cpp", "arena_write.cpp",
                                     "decoder_layer.cpp")]
 HEADERS = [CSRC / "erank_cpu.h", CSRC / "shared_prefix_attention_portable.h",
+           CSRC / "shared_prefix_attention_portable_decode.h",
            CSRC / "avx512_exp2.h", CSRC / "avx512_bf16.h", CSRC / "linear_epilogue.h"]
 
 

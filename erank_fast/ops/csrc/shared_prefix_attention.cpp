@@ -467,7 +467,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
 
 }  // namespace
 #else
-#include "shared_prefix_attention_portable.h"
+#include "shared_prefix_attention_portable_decode.h"
 #endif
 
 bool shared_prefix_attention_supports(std::string dtype) {
