@@ -1,7 +1,7 @@
-"""A decoder layer of a small bfloat16 CPU step in one C++ call (``models/fused_layer.py``,
+"""A decoder layer of a CPU step in one C++ call (``models/fused_layer.py``,
 ``ops/csrc/decoder_layer.cpp``): bit for bit the Python layer's results, on the three families'
-layer variants (q/k norms, q/k/v biases, neither), reasoning (decode steps) and think="off"; and
-which steps take it."""
+layer variants (q/k norms, q/k/v biases, neither), reasoning (decode steps) and think="off", in
+bfloat16 (small-batch blocks) and float32 (oneDNN's packed weights); and which steps take it."""
 
 from __future__ import annotations
 
@@ -18,10 +18,12 @@ DOCS = ["Tides are caused by the moon.", "Bread needs yeast and time.", "",
         "Spring tides align the sun and the moon.", "The sea " * 40]
 
 
-def _fused_or_skip():
-    probe = torch.zeros(8, 8, dtype=torch.bfloat16)
-    if not (pl.packing_available(probe) and pl.small_rows_apply(probe)):
-        pytest.skip("no bfloat16 brgemm (AMX) or no oneDNN packing on this CPU")
+def _fused_or_skip(dtype: torch.dtype):
+    probe = torch.zeros(8, 8, dtype=dtype)
+    if not pl.packing_available(probe):
+        pytest.skip(f"no oneDNN packing for {dtype} on this CPU")
+    if dtype == torch.bfloat16 and not pl.small_rows_apply(probe):
+        pytest.skip("no bfloat16 brgemm (AMX) on this CPU")
 
 
 @pytest.mark.parametrize("family,overrides", [
@@ -30,14 +32,15 @@ def _fused_or_skip():
     ("llama", dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)),
 ])
 @pytest.mark.parametrize("think", ["off", 6])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_fused_layer_equals_the_python_layer(qwen_tokenizer, tmp_path, monkeypatch, family,
-                                             overrides, think):
-    _fused_or_skip()
+                                             overrides, think, dtype):
+    _fused_or_skip(dtype)
     tok = qwen_tokenizer
     model = boost_digits(make_tiny_model(family, len(tok), **overrides), tok)
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    rr = Reranker.from_pretrained(tmp_path, dtype=torch.bfloat16, think=think,
+    rr = Reranker.from_pretrained(tmp_path, dtype=dtype, think=think,
                                   max_think_tokens=12)
     ran = []
     real = fused_layer.run_fused_layer
@@ -60,8 +63,8 @@ def test_fused_layer_equals_the_python_layer(qwen_tokenizer, tmp_path, monkeypat
 
 def test_fused_layer_only_where_every_op_takes_the_cpu_kernels(tiny_qwen3, tmp_path,
                                                                monkeypatch):
-    """float32 and steps above ``SMALL_ROWS`` take the Python layer; so does a bfloat16 model
-    whose head dim the attention kernel does not take (tiny_qwen3: 32)."""
+    """bfloat16 steps above ``SMALL_ROWS`` and other dtypes take the Python layer; so does a
+    model whose head dim the attention kernel does not take (tiny_qwen3: 32)."""
     model, tok = tiny_qwen3
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
@@ -74,4 +77,4 @@ def test_fused_layer_only_where_every_op_takes_the_cpu_kernels(tiny_qwen3, tmp_p
     with torch.inference_mode():  # rejected before the layer is looked at
         too_many = torch.zeros(pl.SMALL_ROWS + 1, 64, dtype=torch.bfloat16)
         assert real(object(), too_many, None, None) is False
-        assert real(object(), torch.zeros(4, 64), None, None) is False  # float32
+        assert real(object(), torch.zeros(4, 64, dtype=torch.float16), None, None) is False

@@ -1,15 +1,24 @@
-"""A decoder layer of a small bfloat16 CPU step in one C++ call (``ops/csrc/decoder_layer.cpp``).
+"""A decoder layer of a CPU step in one C++ call (``ops/csrc/decoder_layer.cpp``).
 
-Decode steps (tens of rows) spend a quarter of their time between ops: on a 2-core Xeon with
-AMX, ~6 ms of a ~24 ms SmolLM2 step went to the Python and dispatch around its 30 layers' ~400
-op calls. Where every op of a layer would take the C++ CPU kernels anyway — bfloat16 rows, at
-most ``SMALL_ROWS`` of them, every projection on its small-batch blocks, the RMSNorm and RoPE
-kernels, the arena attention kernel — the layer runs as one call of the same kernels in the same
-order: bit for bit the Python layer's result (``tests/test_fused_layer.py``). Anything else (a
-prefill-sized step, float32, int8, CUDA, a subset of rows read) takes the Python layer.
+Decode steps (tens to hundreds of rows) spend a share of their time between ops: on a 2-core
+Xeon with AMX, ~6 ms of a ~24 ms bfloat16 SmolLM2 step went to the Python and dispatch around
+its 30 layers' ~400 op calls; on a 2-core Zen 2, ~20 ms of a ~300 ms float32 one. Where every op
+of a layer would take the C++ CPU kernels anyway, the layer runs as one call of the same kernels
+in the same order: bit for bit the Python layer's result (``tests/test_fused_layer.py``). Two
+kinds of layers qualify:
+
+- bfloat16 steps of at most ``SMALL_ROWS`` rows whose projections all have small-batch blocks
+  (``decoder_layer_``: AMX);
+- float32 layers on oneDNN's packed weights (``decoder_layer_packed_``: oneDNN's linear, ATen's
+  SiLU, product and sums, as the Python layer calls them), steps of any size.
+
+Both also need the RMSNorm and RoPE kernels and the arena attention kernel. Anything else (int8,
+CUDA, bfloat16 without blocks, a subset of rows read) takes the Python layer.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
@@ -17,24 +26,46 @@ from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.packed_linear import SMALL_ROWS, PackedLinear
 
 
+@dataclass(frozen=True)
+class LayerWeights:
+    """What ``decoder_layer_`` (``blocks``) or ``decoder_layer_packed_`` reads of a layer."""
+
+    blocks: bool  # small_linear's blocks (bfloat16), else oneDNN's packed weights (float32)
+    dtype: torch.dtype
+    norms: list
+    weights: list
+    biases: list
+    dims: list
+    eps: float
+
+
 def run_fused_layer(layer, x: torch.Tensor, rotation, attention) -> bool:
     """Run ``layer`` (a ``DecoderLayer``) on x in place as one C++ call where that applies;
     returns whether it ran (False: nothing was done, the caller runs the Python layer)."""
-    if not (x.dtype == torch.bfloat16 and x.dim() == 2 and 0 < x.shape[0] <= SMALL_ROWS
-            and x.is_contiguous() and rotation.kernel is not None
-            and torch.is_inference_mode_enabled()):
+    if not (x.dtype in (torch.bfloat16, torch.float32) and x.dim() == 2 and x.shape[0] > 0
+            and x.is_contiguous() and torch.is_inference_mode_enabled()):
         return False
-    weights = _layer_weights(layer)
+    if x.dtype == torch.bfloat16 and x.shape[0] > SMALL_ROWS:
+        return False
+    if rotation.kernel is None:
+        return False
+    w = _layer_weights(layer)
     kernel_args = getattr(attention, "kernel_args", None)
-    if weights is None or kernel_args is None:
+    if w is None or w.dtype != x.dtype or kernel_args is None:
         return False
     attn = layer.self_attn
     args = kernel_args(attn.layer, _queries_like(rotation, x, attn))
     if args is None:
         return False
-    norms, blocks, biases, dims, eps = weights
-    cpu_kernels().decoder_layer_(x, norms, blocks, biases, dims, eps, rotation.cos, rotation.sin,
-                                 *args)
+    if w.blocks:
+        cpu_kernels().decoder_layer_(x, w.norms, w.weights, w.biases, w.dims, w.eps,
+                                     rotation.cos, rotation.sin, *args)
+    else:
+        *args, brgemm = args
+        if brgemm:  # (not taken by float32 steps)
+            return False
+        cpu_kernels().decoder_layer_packed_(x, w.norms, w.weights, w.biases, w.dims, w.eps,
+                                            rotation.cos, rotation.sin, *args)
     return True
 
 
@@ -48,28 +79,36 @@ def _queries_like(rotation, x: torch.Tensor, attn) -> torch.Tensor:
     return probe
 
 
-def _layer_weights(layer):
-    """The layer's norms, projection blocks, biases, dims and eps, or None where some op of it
-    would not take the C++ kernels; cached on the layer while its modules stay the same (packing
-    and quantising replace them)."""
+def _layer_weights(layer) -> LayerWeights | None:
+    """The layer's weights for one of the two C++ layers, or None where some op of it would not
+    take the C++ kernels; cached on the layer while its modules stay the same (packing and
+    quantising replace them)."""
     attn, mlp = layer.self_attn, layer.mlp
     linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
                mlp.down_proj]
     key, cached = layer.__dict__.get("_fused_weights", (None, None))
     if key is not None and all(a is b for a, b in zip(key, linears)):
         return cached
+    layer.__dict__["_fused_weights"] = (linears, _weights_of(layer, linears))
+    return layer.__dict__["_fused_weights"][1]
+
+
+def _weights_of(layer, linears) -> LayerWeights | None:
+    attn, mlp = layer.self_attn, layer.mlp
     norms = [layer.input_layernorm, layer.post_attention_layernorm]
     if attn.q_norm is not None:
         norms += [attn.q_norm, attn.k_norm]
-    usable = (attn.qkv_proj is None and cpu_kernels() is not None
-              and all(isinstance(p, PackedLinear) and p.blocks is not None for p in linears)
-              and all(n.weight.dtype == torch.bfloat16 and not n.quantize_output
-                      and n.eps == norms[0].eps for n in norms))
-    weights = None
-    if usable:
-        weights = ([n.weight for n in norms], [p.blocks for p in linears],
-                   [p.bias32 for p in linears],
-                   [attn.num_heads, attn.num_kv_heads, attn.head_dim, mlp.gate_proj.out_features],
-                   norms[0].eps)
-    layer.__dict__["_fused_weights"] = (linears, weights)
-    return weights
+    dtype = norms[0].weight.dtype
+    if not (attn.qkv_proj is None and cpu_kernels() is not None
+            and all(isinstance(p, PackedLinear) for p in linears)
+            and all(n.weight.dtype == dtype and not n.quantize_output and n.eps == norms[0].eps
+                    for n in norms)):
+        return None
+    dims = [attn.num_heads, attn.num_kv_heads, attn.head_dim, mlp.gate_proj.out_features]
+    if dtype == torch.bfloat16 and all(p.blocks is not None for p in linears):
+        return LayerWeights(True, dtype, [n.weight for n in norms], [p.blocks for p in linears],
+                            [p.bias32 for p in linears], dims, norms[0].eps)
+    if dtype == torch.float32 and all(p.blocks is None and not p.epilogues for p in linears):
+        return LayerWeights(False, dtype, [n.weight for n in norms], [p.packed for p in linears],
+                            [p.bias for p in linears], dims, norms[0].eps)
+    return None

@@ -39,6 +39,10 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
         "int[] dims, float eps, Tensor cos, Tensor sin, Tensor(b!) k_arena, Tensor(c!) v_arena, "
         "Tensor write_rows, Tensor q_cu, Tensor own_base, Tensor own_start, Tensor prefix_start, "
         "Tensor prefix_len, float scale, bool brgemm) -> ()");
+  m.def("decoder_layer_packed_(Tensor(a!) x, Tensor[] norms, Tensor[] packed, Tensor?[] biases, "
+        "int[] dims, float eps, Tensor cos, Tensor sin, Tensor(b!) k_arena, Tensor(c!) v_arena, "
+        "Tensor write_rows, Tensor q_cu, Tensor own_base, Tensor own_start, Tensor prefix_start, "
+        "Tensor prefix_len, float scale) -> ()");
   // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
   m.def("shared_prefix_attention_supports(str dtype) -> bool",
         &shared_prefix_attention_supports);
@@ -62,4 +66,10 @@ TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("small_linear_gate_up", &small_linear_gate_up);
   m.impl("vocab_head", &vocab_head);
   m.impl("decoder_layer_", &decoder_layer_);
+  m.impl("decoder_layer_packed_", &decoder_layer_packed_);
+}
+
+// oneDNN's packed weights are MkldnnCPU tensors, so a call given them dispatches there.
+TORCH_LIBRARY_IMPL(erank_fast_cpu, MkldnnCPU, m) {
+  m.impl("decoder_layer_packed_", &decoder_layer_packed_);
 }

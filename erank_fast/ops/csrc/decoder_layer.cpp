@@ -1,15 +1,81 @@
-// One decoder layer of a bfloat16 step of a few rows (decode) in one call: the same kernels, in
-// the same order, as the Python layer on the small-batch blocks (models/decoder.py), without a
-// Python call and a dispatch per op. On a 2-core Xeon a decode step of SmolLM2 spent ~6 ms of
-// ~24 between its 30 layers' ~400 op calls; here a layer is one call.
+// One decoder layer of a CPU step in one call: the same kernels, in the same order, as the
+// Python layer (models/decoder.py), without a Python call and a dispatch per op. On a 2-core
+// Xeon a bfloat16 decode step of SmolLM2 spent ~6 ms of ~24 between its 30 layers' ~400 op
+// calls, and a float32 one on a 2-core Zen 2 ~20 ms of ~300; here a layer is one call.
 //   a = rms_norm(x); q, k, v = a @ Wq, Wk, Wv (+ bias); [q, k = rms_norm per head]; RoPE(q, k);
 //   the step's real rows of k, v into the arena; out = shared-prefix attention (the vector
 //   kernel, or the brgemm one for prefill-like steps); x += out @ Wo;
 //   b = rms_norm(x); x += (silu(b @ Wg) * (b @ Wu)) @ Wd.
+// decoder_layer_ multiplies on small_linear's blocks (bfloat16, a few rows, the epilogues in
+// the products); decoder_layer_packed_ on oneDNN's packed weights (ops/packed_linear.py's
+// float32 layers: oneDNN's linear, then ATen's SiLU, product and sums, as the Python layer).
 #include "erank_cpu.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/add.h>
+#include <ATen/ops/mul.h>
+#include <ATen/ops/silu.h>
 
 using erank_cpu::ADD;
 using erank_cpu::NONE;
+
+namespace {
+
+struct LayerDims {
+  int64_t m, h, hq, hkv, d, f;
+};
+
+LayerDims check_layer(const at::Tensor& x, const std::vector<at::Tensor>& norms,
+                      const std::vector<at::Tensor>& weights,
+                      const std::vector<c10::optional<at::Tensor>>& biases,
+                      const std::vector<int64_t>& dims, const at::Tensor& write_rows) {
+  TORCH_CHECK(norms.size() == 2 || norms.size() == 4, "decoder layer: 2 norms (4 with q/k norms)");
+  TORCH_CHECK(weights.size() == 7 && biases.size() == 7, "decoder layer: q, k, v, o, gate, up, "
+              "down weights and biases");
+  TORCH_CHECK(dims.size() == 4, "decoder layer: dims [heads, kv heads, head dim, intermediate]");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "decoder layer: x [M, H] contiguous");
+  TORCH_CHECK(write_rows.numel() <= x.size(0), "decoder layer: more rows to write than rows");
+  return {x.size(0), x.size(1), dims[0], dims[1], dims[2], dims[3]};
+}
+
+// q/k norms, RoPE, the K/V write and the attention: out [M, Hq * D]
+at::Tensor attend(at::Tensor q, at::Tensor k, const at::Tensor& v, const LayerDims& l,
+                  const std::vector<at::Tensor>& norms, double eps, const at::Tensor& cos,
+                  const at::Tensor& sin, const at::Tensor& k_arena, const at::Tensor& v_arena,
+                  const at::Tensor& write_rows, const at::Tensor& q_cu,
+                  const at::Tensor& own_base, const at::Tensor& own_start,
+                  const at::Tensor& prefix_start, const at::Tensor& prefix_len, double scale,
+                  bool brgemm) {
+  if (norms.size() == 4) {
+    q = rms_norm(q.reshape({l.m * l.hq, l.d}), norms[2], eps).view({l.m, l.hq, l.d});
+    k = rms_norm(k.reshape({l.m * l.hkv, l.d}), norms[3], eps).view({l.m, l.hkv, l.d});
+  }
+  rotary_(q, k, cos, sin);
+  const int64_t n = write_rows.numel();
+  arena_write_(k_arena, v_arena, write_rows, k.narrow(0, 0, n), v.narrow(0, 0, n));
+  auto out = brgemm ? shared_prefix_attention_brgemm(q, k_arena, v_arena, q_cu, own_base,
+                                                     own_start, prefix_start, prefix_len, scale,
+                                                     true)
+                    : shared_prefix_attention(q, k_arena, v_arena, q_cu, own_base, own_start,
+                                              prefix_start, prefix_len, scale);
+  return out.view({l.m, l.hq * l.d});
+}
+
+// x [M, K] @ W^T (+ bias) on a weight packed by torch.ops.mkldnn._reorder_linear_weight, as
+// ops/packed_linear.py's packed_matmul calls it
+at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed,
+                         const c10::optional<at::Tensor>& bias) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("mkldnn::_linear_pointwise", "")
+                       .typed<at::Tensor(const at::Tensor&, const at::Tensor&,
+                                         const c10::optional<at::Tensor>&, c10::string_view,
+                                         c10::List<c10::optional<at::Scalar>>,
+                                         c10::optional<c10::string_view>)>();
+  return op.call(x, packed, bias, "none", c10::List<c10::optional<at::Scalar>>(),
+                 c10::string_view(""));
+}
+
+}  // namespace
 
 void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at::Tensor> blocks,
                     std::vector<c10::optional<at::Tensor>> biases, std::vector<int64_t> dims,
@@ -17,31 +83,37 @@ void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at:
                     at::Tensor v_arena, at::Tensor write_rows, at::Tensor q_cu,
                     at::Tensor own_base, at::Tensor own_start, at::Tensor prefix_start,
                     at::Tensor prefix_len, double scale, bool brgemm) {
-  TORCH_CHECK(norms.size() == 2 || norms.size() == 4, "decoder_layer_: 2 norms (4 with q/k norms)");
-  TORCH_CHECK(blocks.size() == 7 && biases.size() == 7, "decoder_layer_: q, k, v, o, gate, up, "
-              "down blocks and biases");
-  TORCH_CHECK(dims.size() == 4, "decoder_layer_: dims [heads, kv heads, head dim, intermediate]");
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "decoder_layer_: x [M, H] contiguous");
-  const int64_t m = x.size(0), h = x.size(1), hq = dims[0], hkv = dims[1], d = dims[2];
-  const int64_t f = dims[3], n = write_rows.numel();
-  TORCH_CHECK(n <= m, "decoder_layer_: more rows to write than rows");
+  const LayerDims l = check_layer(x, norms, blocks, biases, dims, write_rows);
   auto a = rms_norm(x, norms[0], eps);
-  auto q = small_linear(a, blocks[0], hq * d, biases[0], NONE).view({m, hq, d});
-  auto k = small_linear(a, blocks[1], hkv * d, biases[1], NONE).view({m, hkv, d});
-  auto v = small_linear(a, blocks[2], hkv * d, biases[2], NONE).view({m, hkv, d});
-  if (norms.size() == 4) {
-    q = rms_norm(q.reshape({m * hq, d}), norms[2], eps).view({m, hq, d});
-    k = rms_norm(k.reshape({m * hkv, d}), norms[3], eps).view({m, hkv, d});
-  }
-  rotary_(q, k, cos, sin);
-  arena_write_(k_arena, v_arena, write_rows, k.narrow(0, 0, n), v.narrow(0, 0, n));
-  auto out = brgemm ? shared_prefix_attention_brgemm(q, k_arena, v_arena, q_cu, own_base,
-                                                     own_start, prefix_start, prefix_len, scale,
-                                                     true)
-                    : shared_prefix_attention(q, k_arena, v_arena, q_cu, own_base, own_start,
-                                              prefix_start, prefix_len, scale);
-  small_linear_into_(x, out.view({m, hq * d}), blocks[3], h, biases[3], ADD);
+  auto q = small_linear(a, blocks[0], l.hq * l.d, biases[0], NONE).view({l.m, l.hq, l.d});
+  auto k = small_linear(a, blocks[1], l.hkv * l.d, biases[1], NONE).view({l.m, l.hkv, l.d});
+  auto v = small_linear(a, blocks[2], l.hkv * l.d, biases[2], NONE).view({l.m, l.hkv, l.d});
+  auto out = attend(q, k, v, l, norms, eps, cos, sin, k_arena, v_arena, write_rows, q_cu,
+                    own_base, own_start, prefix_start, prefix_len, scale, brgemm);
+  small_linear_into_(x, out, blocks[3], l.h, biases[3], ADD);
   auto b = rms_norm(x, norms[1], eps);
-  auto g = small_linear_gate_up(b, blocks[4], blocks[5], f, biases[4], biases[5]);
-  small_linear_into_(x, g, blocks[6], h, biases[6], ADD);
+  auto g = small_linear_gate_up(b, blocks[4], blocks[5], l.f, biases[4], biases[5]);
+  small_linear_into_(x, g, blocks[6], l.h, biases[6], ADD);
+}
+
+void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
+                           std::vector<at::Tensor> packed,
+                           std::vector<c10::optional<at::Tensor>> biases,
+                           std::vector<int64_t> dims, double eps, at::Tensor cos, at::Tensor sin,
+                           at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
+                           at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
+                           at::Tensor prefix_start, at::Tensor prefix_len, double scale) {
+  const LayerDims l = check_layer(x, norms, packed, biases, dims, write_rows);
+  auto a = rms_norm(x, norms[0], eps);
+  auto q = packed_linear(a, packed[0], biases[0]).view({l.m, l.hq, l.d});
+  auto k = packed_linear(a, packed[1], biases[1]).view({l.m, l.hkv, l.d});
+  auto v = packed_linear(a, packed[2], biases[2]).view({l.m, l.hkv, l.d});
+  auto out = attend(q, k, v, l, norms, eps, cos, sin, k_arena, v_arena, write_rows, q_cu,
+                    own_base, own_start, prefix_start, prefix_len, scale, false);
+  x.add_(packed_linear(out, packed[3], biases[3]));
+  auto b = rms_norm(x, norms[1], eps);
+  auto g = packed_linear(b, packed[4], biases[4]);
+  at::silu_(g);
+  g.mul_(packed_linear(b, packed[5], biases[5]));
+  x.add_(packed_linear(g, packed[6], biases[6]));
 }

@@ -102,3 +102,12 @@ void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at:
                     at::Tensor v_arena, at::Tensor write_rows, at::Tensor q_cu,
                     at::Tensor own_base, at::Tensor own_start, at::Tensor prefix_start,
                     at::Tensor prefix_len, double scale, bool brgemm);
+// the same on oneDNN's packed weights (float32 layers of ops/packed_linear.py), the Python
+// layer's oneDNN linear, SiLU, product and sums in its order
+void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
+                           std::vector<at::Tensor> packed,
+                           std::vector<c10::optional<at::Tensor>> biases,
+                           std::vector<int64_t> dims, double eps, at::Tensor cos, at::Tensor sin,
+                           at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
+                           at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
+                           at::Tensor prefix_start, at::Tensor prefix_len, double scale);
