@@ -19,9 +19,12 @@ import torch
 KINDS = {
     # the linear layers and the score head (packed or not); attention's matmuls are batched
     "matmul (linear layers)": ("mm", "addmm", "linear", "_linear_pointwise"),  # + epilogues
+    # decoder_layer_ / decoder_layer_packed_ (a layer in one C++ call): their own time is the
+    # attention and the RMSNorm, RoPE and K/V-write kernels called inside them (the linear
+    # layers and ATen's element-wise ops they call are counted as such)
     "attention": ("bmm", "baddbmm", "matmul", "scaled_dot_product", "flash_attention",
                   "decode_attention", "shared_prefix_attention", "logsumexp", "softmax",
-                  "_softmax"),
+                  "_softmax", "decoder_layer"),
     "copies and casts": ("copy_", "_to_copy", "to", "index", "index_select", "index_put",
                          "_index_put_impl_", "cat", "stack", "clone", "contiguous", "gather",
                          "fill_", "zero_", "empty", "masked_fill"),
