@@ -43,11 +43,9 @@ def run_fused_layer(layer, x: torch.Tensor, rotation, attention) -> bool:
     """Run ``layer`` (a ``DecoderLayer``) on x in place as one C++ call where that applies;
     returns whether it ran (False: nothing was done, the caller runs the Python layer)."""
     if not (x.dtype in (torch.bfloat16, torch.float32) and x.dim() == 2 and x.shape[0] > 0
-            and x.is_contiguous() and torch.is_inference_mode_enabled()):
-        return False
-    if x.dtype == torch.bfloat16 and x.shape[0] > SMALL_ROWS:
-        return False
-    if rotation.kernel is None:
+            and (x.dtype == torch.float32 or x.shape[0] <= SMALL_ROWS)
+            and x.is_contiguous() and torch.is_inference_mode_enabled()
+            and rotation.kernel is not None):
         return False
     w = _layer_weights(layer)
     kernel_args = getattr(attention, "kernel_args", None)
@@ -57,15 +55,9 @@ def run_fused_layer(layer, x: torch.Tensor, rotation, attention) -> bool:
     args = kernel_args(attn.layer, _queries_like(rotation, x, attn))
     if args is None:
         return False
-    if w.blocks:
-        cpu_kernels().decoder_layer_(x, w.norms, w.weights, w.biases, w.dims, w.eps,
-                                     rotation.cos, rotation.sin, *args)
-    else:
-        *args, brgemm = args
-        if brgemm:  # (not taken by float32 steps)
-            return False
-        cpu_kernels().decoder_layer_packed_(x, w.norms, w.weights, w.biases, w.dims, w.eps,
-                                            rotation.cos, rotation.sin, *args)
+    kernels = cpu_kernels()
+    layer_op = kernels.decoder_layer_ if w.blocks else kernels.decoder_layer_packed_
+    layer_op(x, w.norms, w.weights, w.biases, w.dims, w.eps, rotation.cos, rotation.sin, *args)
     return True
 
 

@@ -42,7 +42,7 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   m.def("decoder_layer_packed_(Tensor(a!) x, Tensor[] norms, Tensor[] packed, Tensor?[] biases, "
         "int[] dims, float eps, Tensor cos, Tensor sin, Tensor(b!) k_arena, Tensor(c!) v_arena, "
         "Tensor write_rows, Tensor q_cu, Tensor own_base, Tensor own_start, Tensor prefix_start, "
-        "Tensor prefix_len, float scale) -> ()");
+        "Tensor prefix_len, float scale, bool brgemm) -> ()");
   // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
   m.def("shared_prefix_attention_supports(str dtype) -> bool",
         &shared_prefix_attention_supports);

@@ -102,14 +102,15 @@ void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
                            std::vector<int64_t> dims, double eps, at::Tensor cos, at::Tensor sin,
                            at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
                            at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
-                           at::Tensor prefix_start, at::Tensor prefix_len, double scale) {
+                           at::Tensor prefix_start, at::Tensor prefix_len, double scale,
+                           bool brgemm) {
   const LayerDims l = check_layer(x, norms, packed, biases, dims, write_rows);
   auto a = rms_norm(x, norms[0], eps);
   auto q = packed_linear(a, packed[0], biases[0]).view({l.m, l.hq, l.d});
   auto k = packed_linear(a, packed[1], biases[1]).view({l.m, l.hkv, l.d});
   auto v = packed_linear(a, packed[2], biases[2]).view({l.m, l.hkv, l.d});
   auto out = attend(q, k, v, l, norms, eps, cos, sin, k_arena, v_arena, write_rows, q_cu,
-                    own_base, own_start, prefix_start, prefix_len, scale, false);
+                    own_base, own_start, prefix_start, prefix_len, scale, brgemm);
   x.add_(packed_linear(out, packed[3], biases[3]));
   auto b = rms_norm(x, norms[1], eps);
   auto g = packed_linear(b, packed[4], biases[4]);

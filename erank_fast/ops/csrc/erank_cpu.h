@@ -110,4 +110,5 @@ void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
                            std::vector<int64_t> dims, double eps, at::Tensor cos, at::Tensor sin,
                            at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
                            at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
-                           at::Tensor prefix_start, at::Tensor prefix_len, double scale);
+                           at::Tensor prefix_start, at::Tensor prefix_len, double scale,
+                           bool brgemm);
