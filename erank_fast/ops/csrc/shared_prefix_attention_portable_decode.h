@@ -41,6 +41,61 @@ inline v8f all_sum(v8f x) {
   return x + ERANK_SHUFFLE(x, x, 1, 0, 3, 2, 5, 4, 7, 6);
 }
 
+constexpr int SV = 4;       // the decode path's vectors of 8 keys' scores per block
+constexpr int VB = 8 * SV;  // keys per block
+
+// The next block's own key and value rows (the prefix's, read by every document of the query,
+// are in cache), prefetched a few cache lines at a time while this block is computed, the keys'
+// lines first. From memory the hardware prefetcher alone left the reads and the arithmetic
+// serial (a layer's time = its time in cache + its read time), and the block's ~770 prefetches
+// at once stall on the core's miss buffers; spread over the block's work, the reads overlap it
+// (100 documents x 220 own keys: 2.4 -> 2.0 ms a layer on a 2-core Zen 2).
+class NextBlock {
+ public:
+  // Keys j0 .. j0 + count - 1 of document b, bytes [lo, lo + span) of each row: as ranges of
+  // memory, the consecutive rows of a dense arena (lo 0, span a whole row) as one.
+  void start(const float* k, const float* v, int64_t row_bytes, int64_t lo, int64_t span,
+             const Rows& m, int64_t b, int64_t j0, int64_t count) {
+    k_ = reinterpret_cast<const char*>(k);
+    v_ = reinterpret_cast<const char*>(v);
+    const bool dense = lo == 0 && span == row_bytes;
+    ranges_ = 0;
+    for (int64_t j = std::max<int64_t>(0, m.prefix_len[b] - j0), last = -2; j < count; ++j) {
+      const int64_t row = m.arena_row(b, j0 + j);
+      if (dense && row == last + 1) {
+        end_[ranges_ - 1] += span;
+      } else {
+        begin_[ranges_] = row * row_bytes + lo;
+        end_[ranges_++] = row * row_bytes + lo + span;
+      }
+      last = row;
+    }
+    range_ = 0;
+    at_ = ranges_ > 0 ? begin_[0] : 0;
+  }
+  // The next n cache lines: the key ranges', then the value ranges'.
+  void fetch(int n) {
+    for (; n > 0 && range_ < 2 * ranges_; --n) {
+      const bool keys = range_ < ranges_;
+      __builtin_prefetch((keys ? k_ : v_) + at_);
+      at_ += 64;
+      if (at_ >= end_[keys ? range_ : range_ - ranges_] && ++range_ < 2 * ranges_)
+        at_ = begin_[range_ < ranges_ ? range_ : range_ - ranges_];
+    }
+  }
+
+ private:
+  const char* k_ = nullptr;
+  const char* v_ = nullptr;
+  int64_t begin_[VB], end_[VB];  // byte offsets of each range in the key (value) arena
+  int ranges_ = 0, range_ = 0;
+  int64_t at_ = 0;  // the next line's byte offset
+};
+// Lines fetched per unit of this block's work: each head's 8 keys' scores, each head's value
+// row (8 + 2 per key and head cover a block of 32 rows of 3 KV heads of 64 floats).
+constexpr int FETCH_PER_SCORES = 8;
+constexpr int FETCH_PER_VALUE = 2;
+
 // A document with one new token (a decode step), all its query heads in one task (head -1;
 // one KV head's when the model has more query heads than MAX_Q_HEADS): each key row (every KV
 // head's part, contiguous in the arena) is read once, in order, and used by every head. The
@@ -57,8 +112,6 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
                 int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1, const Rows& m,
                 float softmax_scale) {
   static_assert(std::is_same_v<T, float>, "the portable kernel is float32 only");
-  constexpr int SV = 4;       // vectors of 8 keys' scores per block
-  constexpr int VB = 8 * SV;  // keys per block
   const int64_t b = t.doc, groups = m.group;
   // query heads h0 .. h0 + heads - 1: all of them, or those of KV head t.head
   const int64_t h0 = t.head < 0 ? 0 : t.head * groups;
@@ -70,6 +123,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
   float run_max[MAX_Q_HEADS], run_sum[MAX_Q_HEADS], alpha[MAX_Q_HEADS];
   const float* key_rows[VB];
   const float* value_rows[VB];
+  NextBlock next;
   const float* q_row = q + m.q_cu[b] * q_s0 + h0 * q_s1;
   const float inf = std::numeric_limits<float>::infinity();
   const v8i lane = v8i{0, 1, 2, 3, 4, 5, 6, 7};
@@ -87,6 +141,9 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
       value_rows[j] = v + row * kv_s0;
     }
     const int vectors = (nk + 7) / 8;  // score vectors holding a visible key
+    constexpr int64_t F = sizeof(float);
+    next.start(k, v, kv_s0 * F, h0 / groups * kv_s1 * F, ((heads / groups - 1) * kv_s1 + D) * F,
+               m, b, j0 + VB, std::max<int64_t>(0, std::min<int64_t>(VB, n_keys - j0 - VB)));
     for (int64_t h = 0; h < heads; ++h) {  // query head h0 + h reads KV head (h0 + h) / groups
       const float* qh = q_row + h * q_s1;
       const int64_t kv = ((h0 + h) / groups) * kv_s1;
@@ -100,6 +157,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
           for (int j = 0; j < 8; ++j) partial[j] += qd * load(key_rows[8 * c + j] + kv + d);
         }
         s[c] = lane + 8 * c < nk ? sum8(partial) * softmax_scale : splat(-inf);
+        next.fetch(FETCH_PER_SCORES);
         block_max = vmax(block_max, s[c]);
       }
       const float new_max = std::max(run_max[h], all_max(block_max)[0]);
@@ -121,6 +179,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
         const v8f pj = splat(p[h][j]);
         const float* value = value_rows[j] + kv;
         for (int c = 0; c < D / 8; ++c) acc[c] += pj * load(value + 8 * c);
+        next.fetch(FETCH_PER_VALUE);
       }
       const v8f a = splat(alpha[h]);
       for (int c = 0; c < D / 8; ++c) store(o[h] + 8 * c, load(o[h] + 8 * c) * a + acc[c]);
