@@ -104,7 +104,7 @@ def warn_if_slower_than_float32(dtype: torch.dtype) -> float:
         name = str(dtype).removeprefix("torch.")
         log.warning("%s was asked for, but this CPU (%s) multiplies it at %.0f GFLOP/s against "
                     "float32's %.0f (%.2fx): the model will run slower than in float32, which "
-                    "dtype='auto' picks here", name, cpu_info()["model"], rate, rates["float32"],
+                    "'auto' picks here", name, cpu_info()["model"], rate, rates["float32"],
                     ratio)
     return ratio
 

@@ -64,6 +64,33 @@ def test_precision_follows_the_machine_unless_forced():
         apply_precision(config(), "int8")
 
 
+def test_forced_bf16_on_a_cpu_slower_at_it_is_warned_about(monkeypatch, caplog):
+    """--precision bf16 on a CPU that multiplies bfloat16 slower than float32 (no bf16 units):
+    trained as asked, with one warning that names both rates; none where bf16 is faster."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from erank_fast import cpu
+    from erank_fast.training.policy import apply_precision
+
+    if torch.cuda.is_available():
+        pytest.skip("the CPU check applies where no CUDA device trains")
+    for rates, warned in (({"float32": 141.0, "bfloat16": 1.4}, True),
+                          ({"float32": 300.0, "bfloat16": 2500.0}, False)):
+        cpu.warn_if_slower_than_float32.cache_clear()
+        monkeypatch.setattr(cpu, "gemm_gflops", lambda rates=rates: rates)
+        caplog.clear()
+        c = SimpleNamespace(bf16=False, fp16=False, use_cpu=False)
+        with caplog.at_level("WARNING", logger="erank_fast"):
+            assert apply_precision(c, "bf16") == "bf16" and c.bf16
+        text = [r.getMessage() for r in caplog.records if "was asked for" in r.getMessage()]
+        assert len(text) == warned, text
+        if warned:
+            assert "1 GFLOP/s against float32's 141 (0.01x)" in text[0]
+    cpu.warn_if_slower_than_float32.cache_clear()
+
+
 @pytest.mark.parametrize("config", ["sft.yaml", "rl.yaml"])
 def test_bf16_chosen_after_parsing_turns_autocast_on(config, tmp_path):
     """The arguments are parsed with bf16 false (a CPU refuses TRL's default), then the chosen

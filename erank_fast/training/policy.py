@@ -59,9 +59,11 @@ def apply_precision(config, precision: str) -> str:
 
     ``"auto"``: bfloat16 autocast where this device runs it fast (a CUDA device with bf16, or a
     CPU where ``erank_fast.cpu.fast_bf16()`` measures bf16 matmuls at least 2x float32), float32
-    otherwise. ``"bf16"`` and ``"float32"`` force it. It replaces the config's ``bf16`` (TRL
-    defaults that to true, which a CPU-only setup refuses, so the configs parse with false); a
-    config asking for ``fp16`` keeps it. Weights stay float32 (the optimizer's master copy)."""
+    otherwise. ``"bf16"`` and ``"float32"`` force it; ``"bf16"`` on a CPU that multiplies it
+    slower than float32 is logged as a warning with both rates. It replaces the config's
+    ``bf16`` (TRL defaults that to true, which a CPU-only setup refuses, so the configs parse
+    with false); a config asking for ``fp16`` keeps it. Weights stay float32 (the optimizer's
+    master copy)."""
     import torch
 
     if precision not in PRECISIONS:
@@ -85,6 +87,9 @@ def apply_precision(config, precision: str) -> str:
             config.deepspeed_plugin.set_mixed_precision("bf16")
     if config.bf16 and not cuda:
         config.use_cpu = True  # transformers refuses bf16 on a CPU-only setup without it
+        from erank_fast.cpu import warn_if_slower_than_float32
+
+        warn_if_slower_than_float32(torch.bfloat16)
     return precision
 
 
