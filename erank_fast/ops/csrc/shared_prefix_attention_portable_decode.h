@@ -53,9 +53,10 @@ constexpr int VB = 8 * SV;  // keys per block
 class NextBlock {
  public:
   // Keys j0 .. j0 + count - 1 of document b, bytes [lo, lo + span) of each row: as ranges of
-  // memory, the consecutive rows of a dense arena (lo 0, span a whole row) as one.
+  // memory, the consecutive rows of a dense arena (lo 0, span a whole row) as one; `heads`
+  // query heads will compute this block.
   void start(const float* k, const float* v, int64_t row_bytes, int64_t lo, int64_t span,
-             const Rows& m, int64_t b, int64_t j0, int64_t count) {
+             const Rows& m, int64_t b, int64_t j0, int64_t count, int64_t heads) {
     k_ = reinterpret_cast<const char*>(k);
     v_ = reinterpret_cast<const char*>(v);
     const bool dense = lo == 0 && span == row_bytes;
@@ -72,7 +73,17 @@ class NextBlock {
     }
     range_ = 0;
     at_ = ranges_ > 0 ? begin_[0] : 0;
+    // Lines per value row of one head, and four times that per 8 keys' scores of one head
+    // (SV + VB such steps a head): enough for all the K and V lines (SmolLM2: 2 and 8).
+    int64_t lines = 0;
+    for (int r = 0; r < ranges_; ++r) lines += 2 * ((end_[r] - begin_[r] + 63) / 64);
+    const int64_t steps = std::max<int64_t>(1, heads * (4 * SV + VB));
+    per_value_ = static_cast<int>((lines + steps - 1) / steps);
   }
+  void after_scores() { fetch(4 * per_value_); }
+  void after_value() { fetch(per_value_); }
+
+ private:
   // The next n cache lines: the key ranges', then the value ranges'.
   void fetch(int n) {
     for (; n > 0 && range_ < 2 * ranges_; --n) {
@@ -84,17 +95,12 @@ class NextBlock {
     }
   }
 
- private:
   const char* k_ = nullptr;
   const char* v_ = nullptr;
   int64_t begin_[VB], end_[VB];  // byte offsets of each range in the key (value) arena
-  int ranges_ = 0, range_ = 0;
+  int ranges_ = 0, range_ = 0, per_value_ = 0;
   int64_t at_ = 0;  // the next line's byte offset
 };
-// Lines fetched per unit of this block's work: each head's 8 keys' scores, each head's value
-// row (8 + 2 per key and head cover a block of 32 rows of 3 KV heads of 64 floats).
-constexpr int FETCH_PER_SCORES = 8;
-constexpr int FETCH_PER_VALUE = 2;
 
 // A document with one new token (a decode step), all its query heads in one task (head -1;
 // one KV head's when the model has more query heads than MAX_Q_HEADS): each key row (every KV
@@ -124,6 +130,10 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
   const float* key_rows[VB];
   const float* value_rows[VB];
   NextBlock next;
+  // bytes of an arena row, and where this task's KV heads lie in it
+  constexpr int64_t F = sizeof(float);
+  const int64_t row_bytes = kv_s0 * F, kv_lo = h0 / groups * kv_s1 * F;
+  const int64_t kv_span = ((heads / groups - 1) * kv_s1 + D) * F;
   const float* q_row = q + m.q_cu[b] * q_s0 + h0 * q_s1;
   const float inf = std::numeric_limits<float>::infinity();
   const v8i lane = v8i{0, 1, 2, 3, 4, 5, 6, 7};
@@ -141,9 +151,8 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
       value_rows[j] = v + row * kv_s0;
     }
     const int vectors = (nk + 7) / 8;  // score vectors holding a visible key
-    constexpr int64_t F = sizeof(float);
-    next.start(k, v, kv_s0 * F, h0 / groups * kv_s1 * F, ((heads / groups - 1) * kv_s1 + D) * F,
-               m, b, j0 + VB, std::max<int64_t>(0, std::min<int64_t>(VB, n_keys - j0 - VB)));
+    next.start(k, v, row_bytes, kv_lo, kv_span, m, b, j0 + VB,
+               std::max<int64_t>(0, std::min<int64_t>(VB, n_keys - j0 - VB)), heads);
     for (int64_t h = 0; h < heads; ++h) {  // query head h0 + h reads KV head (h0 + h) / groups
       const float* qh = q_row + h * q_s1;
       const int64_t kv = ((h0 + h) / groups) * kv_s1;
@@ -157,7 +166,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
           for (int j = 0; j < 8; ++j) partial[j] += qd * load(key_rows[8 * c + j] + kv + d);
         }
         s[c] = lane + 8 * c < nk ? sum8(partial) * softmax_scale : splat(-inf);
-        next.fetch(FETCH_PER_SCORES);
+        next.after_scores();
         block_max = vmax(block_max, s[c]);
       }
       const float new_max = std::max(run_max[h], all_max(block_max)[0]);
@@ -179,7 +188,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
         const v8f pj = splat(p[h][j]);
         const float* value = value_rows[j] + kv;
         for (int c = 0; c < D / 8; ++c) acc[c] += pj * load(value + 8 * c);
-        next.fetch(FETCH_PER_VALUE);
+        next.after_value();
       }
       const v8f a = splat(alpha[h]);
       for (int c = 0; c < D / 8; ++c) store(o[h] + 8 * c, load(o[h] + 8 * c) * a + acc[c]);
