@@ -52,22 +52,25 @@ constexpr int VB = 8 * SV;  // keys per block
 // (100 documents x 220 own keys: 2.4 -> 2.0 ms a layer on a 2-core Zen 2).
 class NextBlock {
  public:
-  // Keys j0 .. j0 + count - 1 of document b, bytes [lo, lo + span) of each row: as ranges of
-  // memory, the consecutive rows of a dense arena (lo 0, span a whole row) as one; `heads`
-  // query heads will compute this block.
-  void start(const float* k, const float* v, int64_t row_bytes, int64_t lo, int64_t span,
-             const Rows& m, int64_t b, int64_t j0, int64_t count, int64_t heads) {
-    k_ = reinterpret_cast<const char*>(k);
-    v_ = reinterpret_cast<const char*>(v);
-    const bool dense = lo == 0 && span == row_bytes;
+  // Document b's rows, bytes [lo, lo + span) of each (its task's KV heads), computed by `heads`
+  // query heads.
+  NextBlock(const float* k, const float* v, int64_t row_bytes, int64_t lo, int64_t span,
+            int64_t heads, const Rows& m, int64_t b)
+      : k_(reinterpret_cast<const char*>(k)), v_(reinterpret_cast<const char*>(v)),
+        row_bytes_(row_bytes), lo_(lo), span_(span), heads_(heads), m_(m), b_(b) {}
+
+  // Keys j0 .. j0 + count - 1, as ranges of memory: the consecutive rows of a dense arena
+  // (lo 0, span a whole row) as one.
+  void start(int64_t j0, int64_t count) {
+    const bool dense = lo_ == 0 && span_ == row_bytes_;
     ranges_ = 0;
-    for (int64_t j = std::max<int64_t>(0, m.prefix_len[b] - j0), last = -2; j < count; ++j) {
-      const int64_t row = m.arena_row(b, j0 + j);
+    for (int64_t j = std::max<int64_t>(0, m_.prefix_len[b_] - j0), last = -2; j < count; ++j) {
+      const int64_t row = m_.arena_row(b_, j0 + j);
       if (dense && row == last + 1) {
-        end_[ranges_ - 1] += span;
+        end_[ranges_ - 1] += span_;
       } else {
-        begin_[ranges_] = row * row_bytes + lo;
-        end_[ranges_++] = row * row_bytes + lo + span;
+        begin_[ranges_] = row * row_bytes_ + lo_;
+        end_[ranges_++] = row * row_bytes_ + lo_ + span_;
       }
       last = row;
     }
@@ -77,7 +80,7 @@ class NextBlock {
     // (SV + VB such steps a head): enough for all the K and V lines (SmolLM2: 2 and 8).
     int64_t lines = 0;
     for (int r = 0; r < ranges_; ++r) lines += 2 * ((end_[r] - begin_[r] + 63) / 64);
-    const int64_t steps = std::max<int64_t>(1, heads * (4 * SV + VB));
+    const int64_t steps = std::max<int64_t>(1, heads_ * (4 * SV + VB));
     per_value_ = static_cast<int>((lines + steps - 1) / steps);
   }
   void after_scores() { fetch(4 * per_value_); }
@@ -95,8 +98,11 @@ class NextBlock {
     }
   }
 
-  const char* k_ = nullptr;
-  const char* v_ = nullptr;
+  const char* const k_;
+  const char* const v_;
+  const int64_t row_bytes_, lo_, span_, heads_;
+  const Rows& m_;
+  const int64_t b_;
   int64_t begin_[VB], end_[VB];  // byte offsets of each range in the key (value) arena
   int ranges_ = 0, range_ = 0, per_value_ = 0;
   int64_t at_ = 0;  // the next line's byte offset
@@ -129,11 +135,10 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
   float run_max[MAX_Q_HEADS], run_sum[MAX_Q_HEADS], alpha[MAX_Q_HEADS];
   const float* key_rows[VB];
   const float* value_rows[VB];
-  NextBlock next;
-  // bytes of an arena row, and where this task's KV heads lie in it
+  // the next blocks' rows: an arena row's bytes, then where this task's KV heads lie in it
   constexpr int64_t F = sizeof(float);
-  const int64_t row_bytes = kv_s0 * F, kv_lo = h0 / groups * kv_s1 * F;
-  const int64_t kv_span = ((heads / groups - 1) * kv_s1 + D) * F;
+  NextBlock next(k, v, kv_s0 * F, h0 / groups * kv_s1 * F,
+                 ((heads / groups - 1) * kv_s1 + D) * F, heads, m, b);
   const float* q_row = q + m.q_cu[b] * q_s0 + h0 * q_s1;
   const float inf = std::numeric_limits<float>::infinity();
   const v8i lane = v8i{0, 1, 2, 3, 4, 5, 6, 7};
@@ -151,8 +156,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
       value_rows[j] = v + row * kv_s0;
     }
     const int vectors = (nk + 7) / 8;  // score vectors holding a visible key
-    next.start(k, v, row_bytes, kv_lo, kv_span, m, b, j0 + VB,
-               std::max<int64_t>(0, std::min<int64_t>(VB, n_keys - j0 - VB)), heads);
+    next.start(j0 + VB, std::max<int64_t>(0, std::min<int64_t>(VB, n_keys - j0 - VB)));
     for (int64_t h = 0; h < heads; ++h) {  // query head h0 + h reads KV head (h0 + h) / groups
       const float* qh = q_row + h * q_s1;
       const int64_t kv = ((h0 + h) / groups) * kv_s1;
