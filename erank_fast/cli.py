@@ -1,6 +1,6 @@
 """``erank-fast`` command line: rerank a file of documents, run the built-in demo, evaluate on
-first-stage candidates, serve HTTP rerank requests (one process or Ray Serve replicas), or
-score query files in batch on a Ray actor pool."""
+first-stage candidates and compare evaluations, serve HTTP rerank requests (one process or Ray
+Serve replicas), or score query files in batch on a Ray actor pool."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import json
 import os
 import sys
 
+from erank_fast import cli_eval
 from erank_fast.config import BACKENDS, QUANTIZE_MODES, parse_think
 from erank_fast.prompt import TEMPLATES
 from erank_fast.scoring import SCORE_MODES
@@ -108,40 +109,6 @@ def _stats_line(results) -> str:
             f"{s.prefill_tokens} prefill + {s.decode_tokens} decode tokens")
 
 
-def _eval(args) -> int:
-    from erank_fast.evaluation.runner import format_report, run_evaluation
-    from erank_fast.evaluation.trec import (
-        read_beir,
-        read_jsonl,
-        read_qrels,
-        write_trec_run,
-    )
-
-    try:
-        if args.data:
-            queries = read_jsonl(args.data, depth=args.depth)
-        elif args.corpus and args.beir_queries and args.run:
-            queries = read_beir(args.corpus, args.beir_queries, args.run, depth=args.depth)
-        else:
-            print("erank-fast eval: pass --data, or --corpus with --beir-queries and --run",
-                  file=sys.stderr)
-            return 2
-        qrels = read_qrels(args.qrels)
-        reranker = _load(args)
-    except (OSError, ValueError) as e:
-        print(f"erank-fast: {e}", file=sys.stderr)
-        return 2
-    result = run_evaluation(reranker, queries[: args.queries], qrels, hybrid_alpha=args.hybrid)
-    print(format_report(result))
-    run = result.pop("run")
-    if args.save_run:
-        write_trec_run(run, args.save_run)
-    if args.out:
-        with open(args.out, "w", encoding="utf-8") as f:
-            json.dump(result, f, indent=1)
-    return 0
-
-
 def model_options(p: argparse.ArgumentParser) -> None:
     """The options that choose and configure the reranker, shared by every command."""
     p.add_argument("--model", default=DEFAULT_MODEL,
@@ -225,18 +192,7 @@ def main(argv=None) -> int:
             p.add_argument("--query", required=True)
             p.add_argument("--docs", required=True,
                            help="one document per line, or JSONL with 'text'")
-    e = sub.add_parser("eval", help="rerank first-stage candidates and report nDCG / MRR")
-    model_options(e)
-    e.add_argument("--data", help="reranking JSONL (qid, query, candidates)")
-    e.add_argument("--corpus", help="BEIR corpus.jsonl (with --beir-queries and --run)")
-    e.add_argument("--beir-queries", help="BEIR queries.jsonl")
-    e.add_argument("--run", help="TREC run file giving the first stage (BEIR style)")
-    e.add_argument("--qrels", required=True, help="TREC qrels")
-    e.add_argument("--queries", type=int, default=None, help="evaluate the first N queries")
-    e.add_argument("--depth", type=int, default=None, help="rerank the top K candidates")
-    e.add_argument("--save-run", default=None, help="write the reranked scores as a TREC run file")
-    e.add_argument("--hybrid", type=float, default=0.2, help="first-stage weight in the fusion")
-    e.add_argument("--out", help="write the full results (per query too) as JSON")
+    cli_eval.add_parsers(sub, model_options)
     s = sub.add_parser("serve", help="serve /v1/rerank over HTTP (needs the 'serve' extra)")
     model_options(s)
     s.add_argument("--host", default="127.0.0.1")
@@ -268,7 +224,9 @@ def main(argv=None) -> int:
     if args.command == "kernels":
         return _kernels(args)
     if args.command == "eval":
-        return _eval(args)
+        return cli_eval.run_eval(args, _load)
+    if args.command == "compare":
+        return cli_eval.run_compare(args)
     if args.command == "serve":
         return _serve(args)
     if args.command == "rerank-batch":

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import gc
 import json
-import math
 import re
 from pathlib import Path
 
+from erank_fast.evaluation.significance import standard_error
 from erank_fast.prompt import DEFAULT_TEMPLATE, TEMPLATES
 from erank_fast.training.arguments import ScriptParser
 
@@ -49,10 +49,8 @@ def summary(result: dict) -> dict:
     out = {"docs_per_second": round(result["docs_per_second"], 2)}
     for kind in ("first_stage", "reranked", "hybrid"):
         values = [q[kind]["ndcg@10"] for q in result["per_query"].values()]
-        mean = sum(values) / len(values)
-        var = sum((v - mean) ** 2 for v in values) / max(len(values) - 1, 1)
-        out[kind] = round(mean, 4)
-        out[kind + "_se"] = round(math.sqrt(var / len(values)), 4)
+        out[kind] = round(sum(values) / len(values), 4)
+        out[kind + "_se"] = round(standard_error(values), 4)
     return out
 
 

@@ -1,0 +1,207 @@
+"""Paired comparisons of per-query metrics (``evaluation.significance``) and the commands that
+report them: ``erank-fast eval``'s gains over the first stage and ``erank-fast compare``."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+import statistics
+
+import pytest
+
+stats = pytest.importorskip("scipy.stats")
+
+from erank_fast import cli  # noqa: E402
+from erank_fast.evaluation.significance import compare, per_query, standard_error  # noqa: E402
+
+
+def values(seed: int, n: int, scale: float = 1.0) -> dict[str, float]:
+    rng = random.Random(seed)
+    return {f"q{i}": rng.uniform(0, scale) for i in range(n)}
+
+
+def test_standard_error_is_the_sample_deviation_over_root_n():
+    xs = list(values(1, 23).values())
+    assert standard_error(xs) == pytest.approx(statistics.stdev(xs) / len(xs) ** 0.5, rel=1e-12)
+    assert standard_error([0.3]) == 0.0
+    with pytest.raises(ValueError, match="at least one"):
+        standard_error([])
+
+
+def test_p_values_exact_randomisation_and_paired_t():
+    """n = 9 ≤ 13: scipy enumerates every sign pattern, so the randomisation p is the exact
+    share of patterns whose mean difference is at least as far from 0 as the observed one; the
+    t-test's p and interval are Student's t with n − 1 degrees of freedom."""
+    a, b = values(2, 9), values(3, 9)
+    d = [b[q] - a[q] for q in sorted(a)]
+    observed = abs(sum(d) / len(d))
+    extreme = sum(abs(sum(s * x for s, x in zip(signs, d)) / len(d)) >= observed * (1 - 1e-9)
+                  for signs in itertools.product((1, -1), repeat=len(d)))
+    result = compare(a, b)
+    assert result.p_randomisation == pytest.approx(extreme / 2 ** len(d), abs=1e-12)
+    mean, se = sum(d) / len(d), statistics.stdev(d) / len(d) ** 0.5
+    assert result.difference == pytest.approx(mean, abs=1e-12)
+    assert result.p_value == pytest.approx(2 * stats.t.sf(abs(mean / se), len(d) - 1), rel=1e-9)
+    half = stats.t.ppf(0.975, len(d) - 1) * se
+    assert (result.ci_low, result.ci_high) == pytest.approx((mean - half, mean + half), rel=1e-9)
+    # one test: the interval leaves out 0 exactly when p < 0.05
+    assert (result.ci_low > 0 or result.ci_high < 0) == (result.p_value < 0.05)
+
+
+def test_a_clear_gain_and_pure_noise():
+    a = values(4, 30)
+    rng = random.Random(5)
+    gain = {q: v + 0.1 + rng.gauss(0, 0.02) for q, v in a.items()}
+    result = compare(a, gain)
+    assert result.queries == 30 and 0.0 < result.ci_low < 0.1 < result.ci_high
+    assert result.p_value < 0.001 and result.p_randomisation < 0.001
+    # differences that cancel exactly: mean 0, every sign pattern as extreme as the data
+    noise = {q: v + (0.05 if i % 2 else -0.05) for i, (q, v) in enumerate(a.items())}
+    result = compare(a, noise)
+    assert result.difference == pytest.approx(0.0, abs=1e-12)
+    assert result.p_value == pytest.approx(1.0, abs=1e-9) and result.p_randomisation > 0.9
+    assert result.ci_low < 0.0 < result.ci_high
+
+
+def test_a_constant_difference_has_no_spread():
+    a = {f"q{i}": i / 16 for i in range(12)}  # sums exact in binary: the differences all 0.25
+    result = compare(a, {q: v + 0.25 for q, v in a.items()})
+    assert result.ci_low == result.ci_high == pytest.approx(0.25, abs=1e-12)
+    assert result.p_value == 0.0 and result.p_randomisation == pytest.approx(2 / 2 ** 12)
+    same = compare(a, dict(a))
+    assert (same.difference, same.ci_low, same.ci_high, same.p_value,
+            same.p_randomisation) == (0.0, 0.0, 0.0, 1.0, 1.0)
+
+
+def test_pairs_by_query_id_is_seeded_and_refuses_what_it_cannot_pair():
+    a = values(7, 20)
+    b = dict(reversed(list(values(8, 25).items())))  # other order, five extra queries
+    result = compare(a, b)
+    assert result.queries == 20
+    assert result.mean_a == pytest.approx(statistics.fmean(a.values()))
+    assert result.mean_b == pytest.approx(statistics.fmean(b[q] for q in a))
+    assert compare(a, b) == result
+    with pytest.raises(ValueError, match="at least 2 queries in common, got 1"):
+        compare({"x": 0.1, "y": 0.2}, {"y": 0.3, "z": 0.4})
+    with pytest.raises(ValueError, match="confidence"):
+        compare(a, b, confidence=95)
+
+
+def eval_result(seed: int, qids, shift: float = 0.0) -> dict:
+    rng = random.Random(seed)
+    rows = {}
+    for q in qids:
+        base = rng.uniform(0.2, 0.6)
+        rows[q] = {name: {"ndcg@10": min(1.0, base + gain + shift + rng.gauss(0, 0.03)),
+                          "mrr@10": base}
+                   for name, gain in (("first_stage", 0.0), ("reranked", 0.1), ("hybrid", 0.12),
+                                      ("hybrid_order", 0.08))}
+    return {"per_query": rows, "queries_evaluated": len(rows)}
+
+
+def test_compare_command_pairs_two_evaluations(tmp_path, capsys):
+    old, new = tmp_path / "old.json", tmp_path / "new.json"
+    old.write_text(json.dumps(eval_result(1, [f"q{i}" for i in range(20)])))
+    new.write_text(json.dumps(eval_result(2, [f"q{i}" for i in range(5, 30)], shift=0.05)))
+    assert cli.main(["compare", str(old), str(new)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith(f"ndcg@10, {new} against {old}, paired over 15 queries (of 20 and 25)")
+    assert [line.split()[0] for line in out[1:]] == ["first_stage", "reranked", "hybrid",
+                                                     "hybrid_order"]
+    assert cli.main(["compare", str(old), str(new), "--json", "--metric", "mrr@10"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    expected = compare(per_query(json.loads(old.read_text()), "hybrid", "mrr@10"),
+                       per_query(json.loads(new.read_text()), "hybrid", "mrr@10"))
+    assert rows["hybrid"] == expected.as_dict() and rows["hybrid"]["queries"] == 15
+
+
+def test_compare_command_one_evaluation_against_its_first_stage(tmp_path, capsys):
+    path = tmp_path / "result.json"
+    path.write_text(json.dumps(eval_result(3, [f"q{i}" for i in range(25)])))
+    assert cli.main(["compare", str(path), "--confidence", "0.9"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "against the first stage, paired over 25 queries" in out[0] and "90% CI" in out[0]
+    assert [line.split()[0] for line in out[1:]] == ["reranked", "hybrid", "hybrid_order"]
+    # a gain of ~0.1 on every query: as small a p as 9,999 random sign patterns can show
+    assert all(float(line.rsplit("randomisation ", 1)[1].rstrip(")")) < 0.001
+               for line in out[1:])
+    assert cli.main(["compare", str(path), "--baseline", "hybrid"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert "against hybrid, paired over 25 queries" in out[0]
+    assert [line.split()[0] for line in out[1:]] == ["first_stage", "reranked", "hybrid_order"]
+
+
+@pytest.mark.parametrize("content, message", [
+    (None, "No such file"),
+    ("{not json", "not JSON"),
+    ('{"reranked": {"ndcg@10": 0.5}}', "not an evaluation result with per-query values"),
+])
+def test_compare_command_bad_input_is_one_line_and_status_2(tmp_path, capsys, content, message):
+    path = tmp_path / "result.json"
+    if content is not None:
+        path.write_text(content)
+    assert cli.main(["compare", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("erank-fast compare") and message in err and "Traceback" not in err
+    assert cli.main(["compare", str(path), str(path), str(path)]) == 2
+    assert "one or two results, got 3" in capsys.readouterr().err
+
+
+def test_eval_command_reports_the_gain_with_its_interval(tiny_qwen3, tmp_path, capsys):
+    model, tok = tiny_qwen3
+    model.save_pretrained(tmp_path / "m")
+    tok.save_pretrained(tmp_path / "m")
+    data, qrels = tmp_path / "data.jsonl", tmp_path / "data.qrels"
+    with data.open("w") as f:
+        for q in range(6):
+            cands = [{"docid": f"d{q}-{i}", "text": f"passage {i} about topic {q}",
+                      "score": 10.0 - i} for i in range(3)]
+            f.write(json.dumps({"qid": f"q{q}", "query": f"topic {q}", "candidates": cands})
+                    + "\n")
+    qrels.write_text("".join(f"q{q} 0 d{q}-{q % 3} 1\n" for q in range(6)))
+    out = tmp_path / "result.json"
+    assert cli.main(["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--qrels",
+                     str(qrels), "--skip-queries", "1", "--queries", "4", "--out", str(out)]) == 0
+    report = capsys.readouterr().out
+    assert "ndcg@10 against the first stage over 4 queries" in report
+    result = json.loads(out.read_text())
+    assert sorted(result["per_query"]) == ["q1", "q2", "q3", "q4"]
+    for name in ("reranked", "hybrid", "hybrid_order"):
+        expected = compare(per_query(result, "first_stage", "ndcg@10"),
+                           per_query(result, name, "ndcg@10"))
+        assert result["against_first_stage"][name] == expected.as_dict()
+    assert cli.main(["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--qrels",
+                     str(qrels), "--skip-queries", "-1"]) == 2
+    assert "--skip-queries must be at least 0" in capsys.readouterr().err
+
+
+def test_significance_table_script(tmp_path, capsys):
+    """train/significance_table.py: per set, each model against the first stage, the last
+    against the earlier ones, the last one's hybrid against its reranking."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "train" / "significance_table.py"
+    spec = importlib.util.spec_from_file_location("significance_table", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    qids = [f"q{i}" for i in range(15)]
+    paths = {}
+    for name, seed, shift in (("old", 1, 0.0), ("new", 2, 0.05)):
+        paths[name] = tmp_path / f"{name}.json"
+        paths[name].write_text(json.dumps(eval_result(seed, qids, shift)))
+    out = tmp_path / "table.json"
+    assert module.main(["--set", "DL", f"old={paths['old']}", f"new={paths['new']}",
+                        "--out", str(out)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    labels = [line.split(" | ")[1] for line in lines[2:]]
+    assert labels == ["old reranked − first stage", "old hybrid − first stage",
+                      "new reranked − first stage", "new hybrid − first stage",
+                      "new − old, reranked", "new − old, hybrid", "new hybrid − new reranked"]
+    rows = json.loads(out.read_text())["DL"]
+    old, new = (json.loads(paths[n].read_text()) for n in ("old", "new"))
+    expected = compare(per_query(old, "hybrid", "ndcg@10"), per_query(new, "hybrid", "ndcg@10"))
+    assert {k: v for k, v in rows[5].items() if k != "comparison"} == expected.as_dict()
+    with pytest.raises(SystemExit):
+        module.main(["--set", "DL", "no-equals-sign"])
