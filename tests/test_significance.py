@@ -205,3 +205,33 @@ def test_significance_table_script(tmp_path, capsys):
     assert {k: v for k, v in rows[5].items() if k != "comparison"} == expected.as_dict()
     with pytest.raises(SystemExit):
         module.main(["--set", "DL", "no-equals-sign"])
+
+
+def test_learning_curves_keep_per_query_values_and_compare_with_the_start():
+    """train/curve.py: a checkpoint's held-out results keep each query's nDCG@10, and each
+    checkpoint is compared with the start adapter query by query."""
+    import importlib.util
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "train" / "curve.py"
+    spec = importlib.util.spec_from_file_location("curve", script)
+    curve = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(curve)
+    qids = [f"q{i}" for i in range(12)]
+    start, later = eval_result(1, qids), eval_result(2, qids, shift=0.05)
+    for result in (start, later):
+        result["docs_per_second"] = 3.0
+    start_point = {"dl21_heldout": curve.summary(start), "dtype": "float32"}
+    later_point = {"dl21_heldout": curve.summary(later), "dtype": "float32"}
+    kept = start_point["dl21_heldout"]["per_query"]
+    assert kept["q3"]["hybrid"] == start["per_query"]["q3"]["hybrid"]["ndcg@10"]
+    assert "per_query" not in curve.means(start_point)["dl21_heldout"]
+    paired = curve.against_start(start_point, later_point)
+    expected = compare(per_query(start, "reranked", "ndcg@10"),
+                       per_query(later, "reranked", "ndcg@10"))
+    assert paired["dl21_heldout"]["reranked"] == expected
+    assert set(paired["dl21_heldout"]) == {"reranked", "hybrid"}
+    # results written before per-query values were kept: nothing to pair
+    old = {"dl21_heldout": {k: v for k, v in start_point["dl21_heldout"].items()
+                            if k != "per_query"}}
+    assert curve.against_start(old, later_point) == {}

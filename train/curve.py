@@ -8,9 +8,11 @@ Each run's ``checkpoint-N`` directories (LoRA adapters of ``--model``, or whole 
 full fine-tune) and the start adapter (step 0, shared by every run) are scored as the packaged
 reranker is served: think off, expected score, 256-token documents, the CPU's default dtype.
 Held-out sets: the DL21 queries after the first ``--train_queries`` (never trained on) and
-NovelEval. Results are kept in ``--out`` and a rerun scores only what is missing; the plot shows
-nDCG@10 (reranked and hybrid) against prompts seen, with each point's standard error over
-queries.
+NovelEval. Results are kept in ``--out`` (each query's nDCG@10 too) and a rerun scores only what
+is missing; each checkpoint is then printed against the start, paired query by query
+(``erank_fast.evaluation.significance``: a step below ~0.05 is within noise on 10 + 21 held-out
+queries, train/RESULTS.md); the plot shows nDCG@10 (reranked and hybrid) against prompts seen,
+with each point's standard error over queries.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import json
 import re
 from pathlib import Path
 
-from erank_fast.evaluation.significance import standard_error
+from erank_fast.evaluation.significance import compare, standard_error
 from erank_fast.prompt import DEFAULT_TEMPLATE, TEMPLATES
 from erank_fast.training.arguments import ScriptParser
 
@@ -44,13 +46,40 @@ def checkpoints(run_dir: str) -> list[tuple[int, Path]]:
     return sorted(found)
 
 
+KINDS = ("first_stage", "reranked", "hybrid")
+
+
 def summary(result: dict) -> dict:
-    """nDCG@10 means and their standard error over queries, reranked and hybrid."""
+    """nDCG@10 means and their standard error over queries, reranked and hybrid, and each
+    query's value (``per_query``: what a paired comparison with the start needs)."""
     out = {"docs_per_second": round(result["docs_per_second"], 2)}
-    for kind in ("first_stage", "reranked", "hybrid"):
+    for kind in KINDS:
         values = [q[kind]["ndcg@10"] for q in result["per_query"].values()]
         out[kind] = round(sum(values) / len(values), 4)
         out[kind + "_se"] = round(standard_error(values), 4)
+    out["per_query"] = {qid: {kind: q[kind]["ndcg@10"] for kind in KINDS}
+                        for qid, q in result["per_query"].items()}
+    return out
+
+
+def means(point: dict) -> dict:
+    """A checkpoint's results without the per-query values (for printing)."""
+    return {k: ({m: v for m, v in s.items() if m != "per_query"} if isinstance(s, dict) else s)
+            for k, s in point.items()}
+
+
+def against_start(start: dict, point: dict) -> dict:
+    """{set: {kind: PairedComparison}}: a checkpoint's nDCG@10 against the start adapter's,
+    paired query by query (sets where both kept per-query values; results written before
+    they were kept have none)."""
+    out = {}
+    for name, start_set in start.items():
+        if not isinstance(start_set, dict) or "per_query" not in start_set or \
+                "per_query" not in point.get(name, {}):
+            continue
+        out[name] = {kind: compare({q: v[kind] for q, v in start_set["per_query"].items()},
+                                   {q: v[kind] for q, v in point[name]["per_query"].items()})
+                     for kind in KINDS[1:]}
     return out
 
 
@@ -153,7 +182,7 @@ def main(argv=None) -> None:
         results["start"] = evaluate_checkpoint(args.model, args.start, sets,
                                                adapter_template(args.start))
         save()
-        print("start", json.dumps(results["start"]))
+        print("start", json.dumps(means(results["start"])))
     for name, path in runs.items():
         done = results["runs"].setdefault(name, {})
         for step, ckpt in checkpoints(path):
@@ -161,7 +190,12 @@ def main(argv=None) -> None:
                 continue
             done[str(step)] = evaluate_checkpoint(args.model, str(ckpt), sets, args.template)
             save()
-            print(name, step, json.dumps(done[str(step)]))
+            print(name, step, json.dumps(means(done[str(step)])))
+    for name, points in results["runs"].items():  # each checkpoint against the start, paired
+        for step in sorted(points, key=int):
+            for set_name, kinds in against_start(results["start"], points[step]).items():
+                for kind, comparison in kinds.items():
+                    print(f"{name} {step} {set_name} {kind}: {comparison.describe()}")
     if args.plot:
         plot(results, args.prompts_per_step, args.plot)
         print(f"plot: {args.plot}")
