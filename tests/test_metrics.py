@@ -201,3 +201,15 @@ def test_hybrid_order_row_fuses_the_first_stage_ranking_alone():
     assert result["hybrid_order"] == evaluate(by_order, qrels)[0]
     assert result["hybrid_order"] != result["hybrid"]  # the scores' gaps are not the ranking's
     assert set(result["per_query"]["q"]) == {"first_stage", "reranked", "hybrid", "hybrid_order"}
+
+
+def test_trec_run_round_trip_and_bad_lines(tmp_path):
+    from erank_fast.evaluation.trec import read_trec_run, write_trec_run
+
+    run = {"q1": {"d1": 0.25, "d2": 3.5, "d3": -1.0}, "q2": {"d9": 7.125}}
+    path = tmp_path / "run.trec"
+    write_trec_run(run, path)
+    assert read_trec_run(path) == run
+    path.write_text("q1 Q0 d1 1\n")
+    with pytest.raises(ValueError, match=r"run\.trec:1: expected 'qid Q0 docid rank score tag'"):
+        read_trec_run(path)

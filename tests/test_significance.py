@@ -235,3 +235,34 @@ def test_learning_curves_keep_per_query_values_and_compare_with_the_start():
     old = {"dl21_heldout": {k: v for k, v in start_point["dl21_heldout"].items()
                             if k != "per_query"}}
     assert curve.against_start(old, later_point) == {}
+
+
+def test_hybrid_weight_sweep_ends_in_each_ranking_alone():
+    """train/hybrid_weight.py: alpha 0 is the reranker's ranking, 1 the first stage's, and the
+    baseline alpha against itself is no difference."""
+    import importlib.util
+    from pathlib import Path
+
+    from erank_fast.evaluation.metrics import evaluate
+    from erank_fast.evaluation.trec import Candidate, Query
+
+    script = Path(__file__).parents[1] / "train" / "hybrid_weight.py"
+    spec = importlib.util.spec_from_file_location("hybrid_weight", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    rng = random.Random(9)
+    queries, qrels, run = [], {}, {}
+    for q in range(8):
+        qid = f"q{q}"
+        cands = tuple(Candidate(f"{qid}d{i}", "", rng.uniform(0, 10)) for i in range(12))
+        queries.append(Query(qid, "", cands))
+        qrels[qid] = {c.docid: rng.choice((0, 0, 1, 2)) for c in cands}
+        qrels[qid][cands[0].docid] = 2  # every query has a relevant document
+        run[qid] = {c.docid: rng.uniform(0, 10) for c in cands}
+    rows = module.sweep(queries, qrels, run, [0.0, 0.2, 1.0], baseline=0.2)
+    first = {q.qid: {c.docid: c.score for c in q.candidates} for q in queries}
+    assert rows[0][1] == pytest.approx(evaluate(run, qrels)[0]["ndcg@10"])
+    assert rows[2][1] == pytest.approx(evaluate(first, qrels)[0]["ndcg@10"])
+    assert rows[1][2].difference == 0.0 and rows[1][2].p_value == 1.0
+    with pytest.raises(ValueError, match="no scores for 1 of the queries"):
+        module.sweep(queries, qrels, {k: v for k, v in run.items() if k != "q3"}, [0.1], 0.2)

@@ -84,8 +84,24 @@ def read_beir(corpus: str | Path, queries: str | Path, run: str | Path,
             texts[str(q["_id"])] = q["text"]
         except (KeyError, TypeError) as e:
             raise ValueError(f"{queries}:{n}: not a BEIR query record ({e!r})") from e
-    ranked: dict[str, list[tuple[float, str]]] = {}
-    with open(run, encoding="utf-8") as f:
+    ranked = read_trec_run(run)
+    unknown = sorted(set(ranked) - set(texts))
+    if unknown:
+        raise ValueError(f"{run}: queries not in {queries}: {', '.join(unknown[:5])}"
+                         + (" ..." if len(unknown) > 5 else ""))
+    out = []
+    for qid, scores in ranked.items():
+        hits = sorted(((s, d) for d, s in scores.items()), reverse=True)
+        cands = tuple(Candidate(d, docs[d], s) for s, d in hits[:depth] if d in docs)
+        out.append(Query(qid, texts[qid], cands))
+    return out
+
+
+def read_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
+    """A TREC run file (``qid Q0 docid rank score tag`` per line) as {qid: {docid: score}}; a
+    malformed line is a ValueError naming the file and line."""
+    run: dict[str, dict[str, float]] = {}
+    with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
@@ -93,19 +109,11 @@ def read_beir(corpus: str | Path, queries: str | Path, run: str | Path,
             try:
                 if len(parts) < 5:
                     raise ValueError(f"{len(parts)} fields")
-                ranked.setdefault(parts[0], []).append((float(parts[4]), parts[2]))
+                run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
             except ValueError as e:
-                raise ValueError(f"{run}:{n}: expected 'qid Q0 docid rank score tag' ({e})") from e
-    unknown = sorted(set(ranked) - set(texts))
-    if unknown:
-        raise ValueError(f"{run}: queries not in {queries}: {', '.join(unknown[:5])}"
-                         + (" ..." if len(unknown) > 5 else ""))
-    out = []
-    for qid, hits in ranked.items():
-        hits.sort(key=lambda x: (x[0], x[1]), reverse=True)
-        cands = tuple(Candidate(d, docs[d], s) for s, d in hits[:depth] if d in docs)
-        out.append(Query(qid, texts[qid], cands))
-    return out
+                raise ValueError(f"{path}:{n}: expected 'qid Q0 docid rank score tag' ({e})") \
+                    from e
+    return run
 
 
 def write_trec_run(run: dict[str, dict[str, float]], path: str | Path,
