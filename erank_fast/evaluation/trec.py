@@ -37,20 +37,29 @@ def read_jsonl(path: str | Path, depth: int | None = None) -> list[Query]:
 
 def read_qrels(path: str | Path) -> dict[str, dict[str, int]]:
     """TREC qrels: ``qid iteration docid grade`` per line."""
-    qrels: dict[str, dict[str, int]] = {}
+    def grade(parts: list[str]) -> int:
+        if len(parts) != 4:
+            raise ValueError(f"{len(parts)} fields")
+        return int(parts[3])
+
+    return _trec_table(path, grade, "'qid iteration docid grade' with an integer grade")
+
+
+def _trec_table(path: str | Path, value, expected: str) -> dict:
+    """{qid: {docid: value(fields)}} from a whitespace-separated TREC file (qrels, runs: the
+    query first, the document third); a line ``value`` rejects is a ValueError naming the file,
+    the line and what was ``expected``."""
+    table: dict[str, dict] = {}
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             parts = line.split()
             if not parts:
                 continue
             try:
-                if len(parts) != 4:
-                    raise ValueError(f"{len(parts)} fields")
-                qrels.setdefault(parts[0], {})[parts[2]] = int(parts[3])
+                table.setdefault(parts[0], {})[parts[2]] = value(parts)  # value() runs first
             except ValueError as e:
-                raise ValueError(f"{path}:{n}: expected 'qid iteration docid grade' with an "
-                                 f"integer grade ({e})") from e
-    return qrels
+                raise ValueError(f"{path}:{n}: expected {expected} ({e})") from e
+    return table
 
 
 def _records(path: str | Path, what: str):
@@ -100,20 +109,12 @@ def read_beir(corpus: str | Path, queries: str | Path, run: str | Path,
 def read_trec_run(path: str | Path) -> dict[str, dict[str, float]]:
     """A TREC run file (``qid Q0 docid rank score tag`` per line) as {qid: {docid: score}}; a
     malformed line is a ValueError naming the file and line."""
-    run: dict[str, dict[str, float]] = {}
-    with open(path, encoding="utf-8") as f:
-        for n, line in enumerate(f, 1):
-            parts = line.split()
-            if not parts:
-                continue
-            try:
-                if len(parts) < 5:
-                    raise ValueError(f"{len(parts)} fields")
-                run.setdefault(parts[0], {})[parts[2]] = float(parts[4])
-            except ValueError as e:
-                raise ValueError(f"{path}:{n}: expected 'qid Q0 docid rank score tag' ({e})") \
-                    from e
-    return run
+    def score(parts: list[str]) -> float:
+        if len(parts) < 5:
+            raise ValueError(f"{len(parts)} fields")
+        return float(parts[4])
+
+    return _trec_table(path, score, "'qid Q0 docid rank score tag'")
 
 
 def write_trec_run(run: dict[str, dict[str, float]], path: str | Path,
