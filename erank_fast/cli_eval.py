@@ -47,10 +47,12 @@ def add_parsers(sub, model_options) -> None:
 def run_eval(args, load) -> int:
     from erank_fast.evaluation.runner import format_report, run_evaluation
     from erank_fast.evaluation.trec import read_beir, read_jsonl, read_qrels, write_trec_run
+    from erank_fast.fusion import check_alpha
 
     try:
         if args.skip_queries < 0:
             raise ValueError(f"--skip-queries must be at least 0, got {args.skip_queries}")
+        check_alpha(args.hybrid)
         if args.data:
             queries = read_jsonl(args.data, depth=args.depth)
         elif args.corpus and args.beir_queries and args.run:

@@ -174,6 +174,9 @@ def test_eval_command_reports_the_gain_with_its_interval(tiny_qwen3, tmp_path, c
     assert cli.main(["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--qrels",
                      str(qrels), "--skip-queries", "-1"]) == 2
     assert "--skip-queries must be at least 0" in capsys.readouterr().err
+    assert cli.main(["eval", "--model", str(tmp_path / "m"), "--data", str(data), "--qrels",
+                     str(qrels), "--hybrid", "1.5"]) == 2
+    assert "hybrid_alpha must be a number in [0, 1], got 1.5" in capsys.readouterr().err
 
 
 def test_significance_table_script(tmp_path, capsys):
