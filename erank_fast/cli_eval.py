@@ -87,9 +87,9 @@ def _against_first_stage(result: dict) -> dict:
     """Each ranking's gain over the first stage, or {} where it cannot be had (fewer than two
     queries with relevant documents; scipy missing, with a hint)."""
     try:
-        from erank_fast.evaluation.significance import against_first_stage
+        from erank_fast.evaluation.significance import against_baseline
 
-        return against_first_stage(result) if result["queries_evaluated"] >= 2 else {}
+        return against_baseline(result) if result["queries_evaluated"] >= 2 else {}
     except ImportError:
         print("erank-fast eval: confidence intervals need scipy (pip install 'erank_fast[eval]')",
               file=sys.stderr)
@@ -98,26 +98,24 @@ def _against_first_stage(result: dict) -> dict:
 
 def run_compare(args) -> int:
     try:
-        from erank_fast.evaluation.significance import compare, per_query
+        from erank_fast.evaluation.significance import against_baseline, compare, per_query
 
         if len(args.results) > 2:
             raise ValueError(f"compare takes one or two results, got {len(args.results)}")
         results = [_read_result(path) for path in args.results]
         names = [n for n in RANKINGS if n in next(iter(results[-1]["per_query"].values()), {})]
         if len(results) == 1:
-            base = per_query(results[0], args.baseline, args.metric)
-            pairs = {n: (base, per_query(results[0], n, args.metric)) for n in names
-                     if n != args.baseline}
+            comparisons = against_baseline(results[0], args.baseline, args.metric,
+                                           confidence=args.confidence)
             title = f"{args.metric} against " + ("the first stage" if args.baseline ==
                                                  "first_stage" else args.baseline)
         else:
-            pairs = {n: (per_query(results[0], n, args.metric),
-                         per_query(results[1], n, args.metric)) for n in names}
+            comparisons = {n: compare(per_query(results[0], n, args.metric),
+                                      per_query(results[1], n, args.metric),
+                                      confidence=args.confidence) for n in names}
             title = f"{args.metric}, {args.results[1]} against {args.results[0]}"
-        if not pairs:
+        if not comparisons:
             raise ValueError(f"{args.results[0]} has no ranking besides {args.baseline}")
-        comparisons = {n: compare(a, b, confidence=args.confidence) for n, (a, b) in
-                       pairs.items()}
     except ImportError as e:
         print(f"erank-fast compare needs scipy (pip install 'erank_fast[eval]'): {e}",
               file=sys.stderr)

@@ -3,10 +3,12 @@ report them: ``erank-fast eval``'s gains over the first stage and ``erank-fast c
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import json
 import random
 import statistics
+from pathlib import Path
 
 import pytest
 
@@ -14,6 +16,15 @@ stats = pytest.importorskip("scipy.stats")
 
 from erank_fast import cli  # noqa: E402
 from erank_fast.evaluation.significance import compare, per_query, standard_error  # noqa: E402
+
+
+def load_script(name: str):
+    """A script of train/ as a module (train/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).parents[1] / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def values(seed: int, n: int, scale: float = 1.0) -> dict[str, float]:
@@ -182,13 +193,7 @@ def test_eval_command_reports_the_gain_with_its_interval(tiny_qwen3, tmp_path, c
 def test_significance_table_script(tmp_path, capsys):
     """train/significance_table.py: per set, each model against the first stage, the last
     against the earlier ones, the last one's hybrid against its reranking."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).parents[1] / "train" / "significance_table.py"
-    spec = importlib.util.spec_from_file_location("significance_table", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("significance_table")
     qids = [f"q{i}" for i in range(15)]
     paths = {}
     for name, seed, shift in (("old", 1, 0.0), ("new", 2, 0.05)):
@@ -213,13 +218,7 @@ def test_significance_table_script(tmp_path, capsys):
 def test_learning_curves_keep_per_query_values_and_compare_with_the_start():
     """train/curve.py: a checkpoint's held-out results keep each query's nDCG@10, and each
     checkpoint is compared with the start adapter query by query."""
-    import importlib.util
-    from pathlib import Path
-
-    script = Path(__file__).parents[1] / "train" / "curve.py"
-    spec = importlib.util.spec_from_file_location("curve", script)
-    curve = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(curve)
+    curve = load_script("curve")
     qids = [f"q{i}" for i in range(12)]
     start, later = eval_result(1, qids), eval_result(2, qids, shift=0.05)
     for result in (start, later):
@@ -243,16 +242,10 @@ def test_learning_curves_keep_per_query_values_and_compare_with_the_start():
 def test_hybrid_weight_sweep_ends_in_each_ranking_alone():
     """train/hybrid_weight.py: alpha 0 is the reranker's ranking, 1 the first stage's, and the
     baseline alpha against itself is no difference."""
-    import importlib.util
-    from pathlib import Path
-
     from erank_fast.evaluation.metrics import evaluate
     from erank_fast.evaluation.trec import Candidate, Query
 
-    script = Path(__file__).parents[1] / "train" / "hybrid_weight.py"
-    spec = importlib.util.spec_from_file_location("hybrid_weight", script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("hybrid_weight")
     rng = random.Random(9)
     queries, qrels, run = [], {}, {}
     for q in range(8):

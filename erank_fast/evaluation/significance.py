@@ -117,9 +117,10 @@ def per_query(result: Mapping, ranking: str, metric: str) -> dict[str, float]:
     return values
 
 
-def against_first_stage(result: Mapping, metric: str = "ndcg@10", **options
-                        ) -> dict[str, PairedComparison]:
-    """Every ranking of one evaluation against its first stage, on ``metric``."""
-    base = per_query(result, "first_stage", metric)
+def against_baseline(result: Mapping, baseline: str = "first_stage", metric: str = "ndcg@10",
+                     **options) -> dict[str, PairedComparison]:
+    """Every other ranking of one evaluation against its ``baseline`` ranking, on ``metric``."""
+    base = per_query(result, baseline, metric)
+    present = next(iter(result["per_query"].values()), {})
     return {name: compare(base, per_query(result, name, metric), **options)
-            for name in RANKINGS[1:] if name in next(iter(result["per_query"].values()), {})}
+            for name in RANKINGS if name != baseline and name in present}
