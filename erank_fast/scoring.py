@@ -97,8 +97,12 @@ class DocScore:
 
 
 def distribution(readout: Readout) -> tuple[float, ...]:
-    p = torch.tensor(readout.digit_logprobs, dtype=torch.float64).exp().tolist()
-    q = float(torch.tensor(readout.zero_after_one_logprob, dtype=torch.float64).exp())
+    """p(0) .. p(10): the digits' probabilities at the answer position (over the whole
+    vocabulary), "1"'s split into "1" and "10" by P("0" | "1"). A log-probability computed in
+    float32 can round a hair above 0 where the model is certain (P("0" | "1") = 1 + ~1e-5, which
+    made p(1) negative); each probability is clipped to 1, so every p(s) lies in [0, 1]."""
+    p = torch.tensor(readout.digit_logprobs, dtype=torch.float64).exp().clamp(max=1.0).tolist()
+    q = min(float(torch.tensor(readout.zero_after_one_logprob, dtype=torch.float64).exp()), 1.0)
     return (p[0], p[1] * (1.0 - q), *p[2:], p[1] * q)
 
 

@@ -34,6 +34,18 @@ def test_distribution_splits_one_into_one_and_ten():
     assert sum(dist) == pytest.approx(sum(PROBS))
 
 
+def test_distribution_of_a_certain_ten_rounded_above_one_stays_in_range():
+    """float32 log-probs of a certain "10" can round above 0 (seen: P("0" | "1") ≈ 1 + 2e-5,
+    which gave p(1) = −1.1e-5): every probability is clipped to 1."""
+    readout = Readout(digit_logprobs=(math.log(0.01), 3e-6, *(math.log(0.001),) * 8),
+                      zero_after_one_logprob=2e-5, argmax_answer=101, argmax_after_one=100)
+    dist = distribution(readout)
+    assert all(0.0 <= p <= 1.0 for p in dist)
+    assert dist[1] == 0.0 and dist[10] == 1.0
+    s = score_document(readout, TOKENS, "expected")
+    assert s.answer == 10 and s.score == pytest.approx(10 + 0.001 * sum(range(2, 10)))
+
+
 def test_erank_score_is_answer_times_probability():
     s = score_document(_readout(PROBS, 0.25, 108), TOKENS, "erank")
     assert (s.answer, s.probability, s.score) == (8, pytest.approx(0.1), pytest.approx(0.8))
