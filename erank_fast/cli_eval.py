@@ -30,6 +30,10 @@ def add_parsers(sub, model_options) -> None:
                                                              "(after --skip-queries)")
     e.add_argument("--depth", type=int, default=None, help="rerank the top K candidates")
     e.add_argument("--save-run", default=None, help="write the reranked scores as a TREC run file")
+    e.add_argument("--save-distributions", default=None,
+                   help="write each document's score probabilities p(0..10) (over the whole "
+                        "vocabulary, as the scores read them) as JSON ({qid: {docid: [...]}}); "
+                        "train/readouts.py compares other readouts of them")
     e.add_argument("--hybrid", type=float, default=0.2, help="first-stage weight in the fusion")
     e.add_argument("--out", help="write the full results (per query too) as JSON")
     c = sub.add_parser("compare", help="paired comparison of evaluations written by eval --out")
@@ -74,9 +78,12 @@ def run_eval(args, load) -> int:
               f"queries ({SIGNIFICANCE_HINT.format(confidence=0.95)}):")
         for name, comparison in comparisons.items():
             print(f"  {name:<12} {comparison.describe()}")
-    run = result.pop("run")
+    run, distributions = result.pop("run"), result.pop("distributions")
     if args.save_run:
         write_trec_run(run, args.save_run)
+    if args.save_distributions:
+        with open(args.save_distributions, "w", encoding="utf-8") as f:
+            json.dump(distributions, f)
     if args.out:
         with open(args.out, "w", encoding="utf-8") as f:
             json.dump(result, f, indent=1)

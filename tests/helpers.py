@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import torch
 
 from erank_fast.ops.causal_attention import causal_attention
@@ -62,3 +65,12 @@ def boost_digits(model, tokenizer, factor: float = 6.0):
     with torch.no_grad():
         model.get_output_embeddings().weight[digits] *= factor
     return model
+
+
+def load_script(name: str):
+    """A script of train/ as a module (train/ is not a package)."""
+    spec = importlib.util.spec_from_file_location(
+        name, Path(__file__).parents[1] / "train" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

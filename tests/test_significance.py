@@ -3,12 +3,10 @@ report them: ``erank-fast eval``'s gains over the first stage and ``erank-fast c
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import random
 import statistics
-from pathlib import Path
 
 import pytest
 
@@ -16,15 +14,7 @@ stats = pytest.importorskip("scipy.stats")
 
 from erank_fast import cli  # noqa: E402
 from erank_fast.evaluation.significance import compare, per_query, standard_error  # noqa: E402
-
-
-def load_script(name: str):
-    """A script of train/ as a module (train/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(
-        name, Path(__file__).parents[1] / "train" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.helpers import load_script  # noqa: E402
 
 
 def values(seed: int, n: int, scale: float = 1.0) -> dict[str, float]:

@@ -22,13 +22,15 @@ def run_evaluation(reranker, queries: list[Query], qrels: dict[str, dict[str, in
     Returns {"first_stage": {metric: mean}, "reranked": {...}, "hybrid": {...},
     "hybrid_order": {...}, "docs_per_second", "seconds", "documents", "prefill_tokens",
     "decode_tokens", "queries_evaluated", "per_query": {qid: {"first_stage": {...}, ...}},
-    "run": {qid: {docid: reranker score}}}. "hybrid" fuses the first stage's scores,
+    "run": {qid: {docid: reranker score}},
+    "distributions": {qid: {docid: [p(0), ..., p(10)]}}}. "hybrid" fuses the first stage's scores,
     "hybrid_order" its ranking alone (what a service gets from ``first_stage_scores="order"``
     when the documents come in that ranking)."""
     check_alpha(hybrid_alpha)
     first_stage = {q.qid: {c.docid: c.score for c in q.candidates} for q in queries}
     first_stage_order = {q.qid: ranking_scores(q.candidates) for q in queries}
     reranked: dict[str, dict[str, float]] = {}
+    distributions: dict[str, dict[str, list[float]]] = {}
     seconds, prefill, decode, documents = 0.0, 0, 0, 0
     bar = tqdm(total=sum(len(q.candidates) for q in queries), unit="doc", desc="reranking",
                disable=not progress)
@@ -40,6 +42,8 @@ def run_evaluation(reranker, queries: list[Query], qrels: dict[str, dict[str, in
         seconds += time.perf_counter() - start
         for q, res in zip(chunk, results):
             reranked[q.qid] = {q.candidates[r.index].docid: r.score for r in res}
+            distributions[q.qid] = {q.candidates[r.index].docid: list(r.distribution)
+                                    for r in res}
         if results:
             prefill += results[0].stats.prefill_tokens
             decode += results[0].stats.decode_tokens
@@ -59,7 +63,7 @@ def run_evaluation(reranker, queries: list[Query], qrels: dict[str, dict[str, in
     out.update(docs_per_second=documents / seconds if seconds else 0.0, seconds=seconds,
                documents=documents, prefill_tokens=prefill, decode_tokens=decode,
                queries_evaluated=len(per_query), hybrid_alpha=hybrid_alpha, per_query=per_query,
-               run=reranked)
+               run=reranked, distributions=distributions)
     return out
 
 
