@@ -83,7 +83,8 @@ def test_eval_command_writes_results(data_dir, tiny_qwen3, tmp_path, capsys):
     assert cli.main(["eval", "--model", str(tmp_path / "m"), "--data",
                      str(data_dir / "noveleval-bm25-top20.jsonl"), "--qrels",
                      str(data_dir / "noveleval-bm25-top20.qrels"), "--queries", "3", "--depth", "5",
-                     "--out", str(out), "--save-run", str(tmp_path / "run.trec")]) == 0
+                     "--out", str(out), "--save-run", str(tmp_path / "run.trec"),
+                     "--save-distributions", str(tmp_path / "dist.json")]) == 0
     report = capsys.readouterr().out
     assert "first_stage" in report and "docs/s" in report
     result = json.loads(out.read_text())
@@ -98,6 +99,12 @@ def test_eval_command_writes_results(data_dir, tiny_qwen3, tmp_path, capsys):
         mine = [r for r in rows if r[0] == qid]
         assert [int(r[3]) for r in mine] == list(range(1, len(mine) + 1))
         assert [float(r[4]) for r in mine] == sorted((float(r[4]) for r in mine), reverse=True)
+    distributions = json.loads((tmp_path / "dist.json").read_text())
+    assert {(q, d) for q, docs in distributions.items() for d in docs} == {
+        (r[0], r[2]) for r in rows}
+    for docs in distributions.values():  # over the whole vocabulary: little on a random model's
+        for p in docs.values():          # digits, never below 0 or above 1 in all
+            assert len(p) == 11 and all(x >= 0 for x in p) and 0 < sum(p) <= 1 + 1e-6
 
 
 def test_eval_command_bad_input(tmp_path, capsys):

@@ -1,5 +1,5 @@
-"""Score readouts and fusions compared on saved distributions (train/readouts.py), and the
-distributions ``erank-fast eval --save-distributions`` writes for it."""
+"""Score readouts and fusions compared on saved distributions (train/readouts.py; what
+``erank-fast eval --save-distributions`` writes is tested with the eval command, test_metrics)."""
 
 from __future__ import annotations
 
@@ -79,22 +79,3 @@ def test_table_compares_with_the_served_readout(tmp_path, capsys):
 def _write(path, obj) -> str:
     path.write_text(json.dumps(obj))
     return str(path)
-
-
-def test_eval_saves_each_documents_distribution(data_dir, tiny_qwen3, tmp_path):
-    from erank_fast import cli
-
-    model, tok = tiny_qwen3
-    model.save_pretrained(tmp_path / "m")
-    tok.save_pretrained(tmp_path / "m")
-    out = tmp_path / "dist.json"
-    assert cli.main(["eval", "--model", str(tmp_path / "m"), "--data",
-                     str(data_dir / "noveleval-bm25-top20.jsonl"), "--qrels",
-                     str(data_dir / "noveleval-bm25-top20.qrels"), "--queries", "2", "--depth", "3",
-                     "--save-distributions", str(out)]) == 0
-    saved = json.loads(out.read_text())
-    assert len(saved) == 2 and all(len(docs) == 3 for docs in saved.values())
-    for docs in saved.values():
-        for p in docs.values():
-            # probabilities over the whole vocabulary: a random model puts little on the digits
-            assert len(p) == 11 and all(x >= 0 for x in p) and 0 < sum(p) <= 1 + 1e-6

@@ -19,6 +19,7 @@ last table pools their queries.
 from __future__ import annotations
 
 import argparse
+import json
 import math
 
 from erank_fast.evaluation.metrics import evaluate, hybrid
@@ -81,8 +82,7 @@ def per_query_ndcg(first, distributions, qrels, alpha: float) -> dict[str, dict[
 
 
 def load_set(data: str, qrels_path: str, distributions_path: str):
-    import json
-
+    """The first stage's scores, the distributions and the qrels of one set."""
     with open(distributions_path, encoding="utf-8") as f:
         distributions = json.load(f)
     queries = {q.qid: q for q in read_jsonl(data)}
