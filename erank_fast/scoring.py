@@ -106,6 +106,11 @@ def distribution(readout: Readout) -> tuple[float, ...]:
     return (p[0], p[1] * (1.0 - q), *p[2:], p[1] * q)
 
 
+def expected_score(dist) -> float:
+    """Σ s·p(s) over a distribution p(0) .. p(10): the "expected" score mode."""
+    return sum(s * p for s, p in enumerate(dist))
+
+
 def greedy_answer(readout: Readout, tokens: ScoreTokens) -> int | None:
     if readout.argmax_answer not in tokens.digits:
         return None
@@ -123,7 +128,7 @@ def score_document(readout: Readout, tokens: ScoreTokens, mode: str) -> DocScore
     if mode == "erank":
         score = answer * probability if answer is not None else 0.0
     elif mode == "expected":
-        score = sum(s * p for s, p in enumerate(dist))
+        score = expected_score(dist)
     else:
         raise ValueError(f"score_mode must be one of {SCORE_MODES}, got {mode!r}")
     return DocScore(score=float(score), answer=answer, probability=float(probability),

@@ -26,13 +26,10 @@ from erank_fast.evaluation.metrics import evaluate, hybrid
 from erank_fast.evaluation.significance import compare
 from erank_fast.evaluation.trec import read_jsonl, read_qrels
 from erank_fast.fusion import DEFAULT_HYBRID_ALPHA, check_alpha
+from erank_fast.scoring import expected_score as expected
 
 RRF_K = 60
 TINY = 1e-300  # keeps log() finite where a probability underflowed to 0
-
-
-def expected(p) -> float:
-    return sum(s * x for s, x in enumerate(p))
 
 
 def tempered(t: float):
@@ -61,7 +58,9 @@ READOUTS = {
 
 
 def rrf(first: dict[str, float], model: dict[str, float], alpha: float) -> dict[str, float]:
-    """alpha / (k + rank in first) + (1 − alpha) / (k + rank in model), ranks from 0."""
+    """alpha / (k + rank in first) + (1 − alpha) / (k + rank in model), ranks from 0; tied
+    scores keep the documents' input order (the first stage's), which matters for readouts with
+    many ties such as s × p(s)."""
     def ranks(scores):
         return {d: i for i, d in enumerate(sorted(scores, key=lambda d: -scores[d]))}
     rf, rm = ranks(first), ranks(model)
