@@ -73,7 +73,7 @@ def plot(table: dict[str, list], metric: str, path: str) -> None:
         ax.errorbar(d, y, xerr=[[lo], [hi]], fmt="o", color=col, capsize=3)
     ax.axvline(0.0, color="grey", lw=0.8)
     ax.set_yticks(ys, labels, fontsize=8)
-    ax.set_xlabel(f"{metric} difference, b − a, with its 95 % confidence interval "
+    ax.set_xlabel(f"{metric} difference, b − a,\nwith its 95 % confidence interval "
                   "(paired t over queries)")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
