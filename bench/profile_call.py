@@ -4,7 +4,7 @@ scheduling, the tokenizer), the achieved FLOP/s of the matrix multiplies and of 
 and this machine's GEMM peak measured in the same run at the model's shapes.
 
     python bench/profile_call.py --data ../shared/data/dl19-bm25-top100.jsonl --dtype bfloat16 \
-        [--model erank-smol] [--think off|N] [--docs 100] [--json out.json]
+        [--model erank-smol] [--think off|N] [--docs 100] [--quantize int8] [--json out.json]
 """
 
 from __future__ import annotations
@@ -17,8 +17,10 @@ from pathlib import Path
 import torch
 
 KINDS = {
-    # the linear layers and the score head (packed or not); attention's matmuls are batched
-    "matmul (linear layers)": ("mm", "addmm", "linear", "_linear_pointwise"),  # + epilogues
+    # the linear layers and the score head (packed, int8 or not); attention's matmuls are
+    # batched
+    "matmul (linear layers)": ("mm", "addmm", "linear", "_linear_pointwise",
+                               "qlinear_pointwise"),  # + epilogues
     # decoder_layer_ / decoder_layer_packed_ (a layer in one C++ call): their own time is the
     # attention and the RMSNorm, RoPE and K/V-write kernels called inside them (the linear
     # layers and ATen's element-wise ops they call are counted as such)
@@ -31,7 +33,10 @@ KINDS = {
     "element-wise": ("mul", "add", "sub", "div", "silu", "pow", "rsqrt", "rms_norm",
                      "_fused_rms_norm", "neg", "exp", "where", "maximum", "le", "lt", "ge",
                      "bitwise", "sum", "mean", "max", "argmax", "amax", "embedding", "cos",
-                     "sin", "log", "logaddexp", "nan_to_num", "rotary_"),
+                     "sin", "log", "logaddexp", "nan_to_num", "rotary_",
+                     # quantize="int8": the row kernels around the int8 GEMMs
+                     "rms_norm_quantize", "silu_mul_quantize", "quantize_rows", "scale_rows_",
+                     "scaled_add_"),
 }
 
 
@@ -85,11 +90,12 @@ def main() -> None:
     parser.add_argument("--think", default="off")
     parser.add_argument("--docs", type=int, default=100)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--quantize", default=None, choices=["none", "int8"])
     parser.add_argument("--top", type=int, default=0, help="also list the N costliest operators")
     args = parser.parse_args()
     row = json.loads(args.data.open(encoding="utf-8").readline())
     docs = [c["text"] for c in row["candidates"][: args.docs]]
-    rr = Reranker.from_pretrained(args.model, think=args.think,
+    rr = Reranker.from_pretrained(args.model, think=args.think, quantize=args.quantize,
                                   dtype=getattr(torch, args.dtype) if args.dtype else None)
     rr.rerank(row["query"], docs[:8])  # warm-up
     with profile(activities=[ProfilerActivity.CPU]) as prof:
@@ -113,6 +119,7 @@ def main() -> None:
     peak = gemm_peak(config.hidden_size, config.intermediate_size, dtype)
     report = {
         "cpu": cpu_info(), "model": args.model, "dtype": rr.dtype, "think": args.think,
+        "quantize": args.quantize or "none",
         "documents": len(docs), "seconds": seconds, "docs_per_s": len(docs) / seconds,
         "tokens_computed": tokens, "steps": stats.steps,
         "seconds_by_kind": {k: round(v, 3) for k, v in sorted(by_kind.items(),

@@ -57,10 +57,10 @@ class RerankerConfig:
     matmuls; "auto": when erank_fast loaded the weights itself, from a path, so no one else
     changes them; "on" also for an in-memory model, whose later changes are then not seen;
     "off"). quantize: "none" (the default) or "int8": on a CPU with AMX-INT8 or AVX512-VNNI,
-    a bfloat16 model's decoder linear layers multiply int8 weights (one scale per output
-    channel) by int8 activations (one scale per token) (``erank_fast.ops.int8_linear``): faster
-    GEMMs, a small score error (erank-smol on DL19: nDCG@10 0.5735 against 0.5755); only for
-    weights erank_fast loaded itself (a path or a packaged name). hybrid_alpha: the first
+    a float32 or bfloat16 model's decoder linear layers multiply int8 weights (one scale per
+    output channel) by int8 activations (one scale per token) (``erank_fast.ops.int8_linear``):
+    faster GEMMs, a small score error (erank-smol on DL19: nDCG@10 0.5735 against 0.5755); only
+    for weights erank_fast loaded itself (a path or a packaged name). hybrid_alpha: the first
     stage's weight when a call passes first-stage scores
     (``erank_fast.fusion``; ERank's 0.2). hybrid_order: calls that pass no first-stage scores
     take the documents' order as the retriever's ranking (best first) and are ranked by the
@@ -100,7 +100,8 @@ class RerankerConfig:
         if not isinstance(self.hybrid_order, bool):
             raise ValueError(f"hybrid_order must be True or False, got {self.hybrid_order!r}")
         if self.instruction is not None and not isinstance(self.instruction, str):
-            raise TypeError(f"instruction must be a str or None, got {type(self.instruction).__name__}")
+            raise TypeError("instruction must be a str or None, got "
+                            f"{type(self.instruction).__name__}")
         for name in ("max_query_tokens", "max_doc_tokens", "max_think_tokens"):
             positive_int(name, getattr(self, name))
         for name in ("max_batch_tokens", "kv_memory"):

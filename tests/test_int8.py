@@ -1,7 +1,8 @@
 """int8 linear layers (``quantize="int8"``): the row kernels against their definitions, an
-int8 linear layer against float32, the option's errors, and erank-smol's int8 path against its
-float32 path with a stated tolerance (its ranking agrees with float32's with Spearman >= 0.9,
-and no score moves by more than 2 points of 10; on DL19, nDCG@10 0.5735 against 0.5755)."""
+int8 linear layer against float32, the option's errors, and erank-smol's int8 path (on float32
+and on bfloat16 models) against its float32 path with a stated tolerance (its ranking agrees
+with float32's with Spearman >= 0.9, and no score moves by more than 2 points of 10; on DL19,
+nDCG@10 0.5735 against 0.5755 with bfloat16)."""
 
 from __future__ import annotations
 
@@ -24,10 +25,13 @@ def _kernels():
     return kernels
 
 
-def _int8_or_skip():
+DTYPES = [torch.float32, torch.bfloat16]
+
+
+def _int8_or_skip(dtype):
     from erank_fast.ops.int8_linear import int8_unavailable_reason
 
-    reason = int8_unavailable_reason(torch.bfloat16)
+    reason = int8_unavailable_reason(dtype)
     if reason is not None:
         pytest.skip(reason)
 
@@ -47,39 +51,55 @@ def _check_quantized(q, scale, want):
     assert (err <= scale[:, None] * 0.5 + 1e-6 * want.abs().amax()).all()
 
 
-def test_int8_row_kernels_match_their_definitions():
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_row_kernels_match_their_definitions(dtype):
     kernels = _kernels()
     torch.manual_seed(3)
     x = torch.randn(37, 70)  # 70: a vector tail
     x[5] = 0.0  # an all-zero row: scale 1, every value at the zero point
     x[7, 3] = 80.0  # an outlier owns its row's scale alone
-    xb = x.bfloat16()
+    xb = x.to(dtype)
     q, scale = kernels.quantize_rows(xb)
     _check_quantized(q, scale, xb.float())
     assert scale[5] == 1.0 and (q[5] == 128).all()
 
-    w = torch.randn(70).bfloat16()
+    w = torch.randn(70).to(dtype)
     q, scale = kernels.rms_norm_quantize(xb, w, 1e-6)
     xf = xb.float()
     normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + 1e-6) * w.float()
     _check_quantized(q, scale, normed)
 
-    g, u = torch.randn(37, 70).bfloat16(), torch.randn(37, 70).bfloat16()
+    g, u = torch.randn(37, 70).to(dtype), torch.randn(37, 70).to(dtype)
     s = torch.rand(37) + 0.5
     q, scale = kernels.silu_mul_quantize(g, u, s)
     _check_quantized(q, scale, F.silu(g.float() * s[:, None]) * (u.float() * s[:, None]))
 
-    y, residual = torch.randn(37, 70).bfloat16(), torch.randn(37, 70).bfloat16()
-    want = (residual.float() + y.float() * s[:, None]).bfloat16()
+    # float32 rows: to float32's rounding (the vector path fuses the multiply and the add);
+    # bfloat16 rows: to one bfloat16 rounding.
+    rtol = 1e-6 if dtype == torch.float32 else 0.01
+    y, residual = torch.randn(37, 70).to(dtype), torch.randn(37, 70).to(dtype)
+    want = (residual.float() + y.float() * s[:, None]).to(dtype)
     kernels.scaled_add_(residual, y, s)
-    torch.testing.assert_close(residual, want, atol=0, rtol=0.01)
-    want = (y.float() * s[:, None]).bfloat16()
+    torch.testing.assert_close(residual, want, atol=1e-6, rtol=rtol)
+    want = (y.float() * s[:, None]).to(dtype)
     kernels.scale_rows_(y, s)
-    torch.testing.assert_close(y, want, atol=0, rtol=0.01)
+    torch.testing.assert_close(y, want, atol=0, rtol=rtol)
 
 
-def test_int8_linear_against_float32():
-    _int8_or_skip()
+def test_int8_row_kernels_refuse_mixed_dtypes():
+    kernels = _kernels()
+    x, w = torch.randn(4, 32), torch.randn(32).bfloat16()
+    with pytest.raises(RuntimeError, match="of one dtype"):
+        kernels.rms_norm_quantize(x, w, 1e-6)
+    with pytest.raises(RuntimeError, match="float32 or bfloat16"):
+        kernels.quantize_rows(x.half())
+    with pytest.raises(RuntimeError, match="of one dtype"):
+        kernels.scaled_add_(x, x.bfloat16(), torch.ones(4))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_linear_against_float32(dtype):
+    _int8_or_skip(dtype)
     from erank_fast.ops.int8_linear import Int8Linear
 
     torch.manual_seed(4)
@@ -87,12 +107,14 @@ def test_int8_linear_against_float32():
     x = torch.randn(33, 96)
     x[2] *= 40.0  # one token far louder than the others keeps its own scale
     want = F.linear(x, linear.weight, linear.bias)
-    layer = Int8Linear(linear)
-    got = layer(x.bfloat16()).float()
+    layer = Int8Linear(linear.to(dtype))
+    out = layer(x.to(dtype))
+    assert out.dtype == dtype
+    got = out.float()
     rel = (got - want).norm(dim=1) / want.norm(dim=1)
     assert rel.max() < 0.02, rel.max()
     residual = torch.randn(33, 80)
-    added = layer.add_into(residual.bfloat16(), x.bfloat16()).float()
+    added = layer.add_into(residual.to(dtype, copy=True), x.to(dtype)).float()
     assert ((added - residual - want).norm(dim=1) / want.norm(dim=1)).max() < 0.03
 
 
@@ -106,12 +128,13 @@ def test_quantize_option_is_checked(tiny_qwen3):
         Reranker.from_pretrained(model, tokenizer=tok, backend="reference", quantize="int8")
 
 
-def test_int8_model_with_projection_biases(qwen_tokenizer, tmp_path):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_model_with_projection_biases(qwen_tokenizer, tmp_path, dtype):
     """A Qwen2 model (q, k and v with biases, quantised as one int8 GEMM) end to end: every
     linear layer int8, its scores within the stated tolerance of the float32 path's on the
     same weights, and different from the int8 scores of the same model with its biases zeroed
     (the biases are applied)."""
-    _int8_or_skip()
+    _int8_or_skip(dtype)
     from tests.helpers import boost_digits, make_tiny_model
 
     model = boost_digits(make_tiny_model("qwen2", len(qwen_tokenizer), hidden_size=128,
@@ -126,10 +149,11 @@ def test_int8_model_with_projection_biases(qwen_tokenizer, tmp_path):
     model.save_pretrained(tmp_path / "biased")
     qwen_tokenizer.save_pretrained(tmp_path / "biased")
     want = scores(tmp_path / "biased", dtype=torch.float32)
-    rr = Reranker.from_pretrained(tmp_path / "biased", dtype=torch.bfloat16, quantize="int8")
+    rr = Reranker.from_pretrained(tmp_path / "biased", dtype=dtype, quantize="int8")
     assert rr.backend.quantized_layers == 7 * model.config.num_hidden_layers
-    # The bfloat16 lm_head is packed as in a bfloat16 model: its small-batch blocks where they
-    # apply, without a float32 copy; else oneDNN's packed chunks.
+    assert rr.backend.reader.weight.dtype == dtype
+    # The lm_head is packed as in a model of its dtype without int8: its small-batch blocks
+    # where they apply, without a float32 copy; else oneDNN's packed chunks.
     from erank_fast.ops.packed_linear import packing_available, small_rows_apply
 
     reader = rr.backend.reader
@@ -145,16 +169,18 @@ def test_int8_model_with_projection_biases(qwen_tokenizer, tmp_path):
                 proj.bias.zero_()
     model.save_pretrained(tmp_path / "unbiased")
     qwen_tokenizer.save_pretrained(tmp_path / "unbiased")
-    unbiased = scores(tmp_path / "unbiased", dtype=torch.bfloat16, quantize="int8")
+    unbiased = scores(tmp_path / "unbiased", dtype=dtype, quantize="int8")
     assert max(abs(a - b) for a, b in zip(got, unbiased)) > 1.0
 
 
 @pytest.mark.slow
-def test_int8_path_against_the_float32_path(smollm2_dir):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_int8_path_against_the_float32_path(smollm2_dir, dtype):
     """erank-smol (its scores spread over 0..10, unlike the base model's) on 24 DL19 passages,
-    int8 against float32 (itself the reference's arithmetic, test_reranker_exactness). Stated
-    tolerance: Spearman >= 0.9 and every score within 2.0 of float32's."""
-    _int8_or_skip()
+    int8 (on a float32 or a bfloat16 model) against float32 (itself the reference's
+    arithmetic, test_reranker_exactness). Stated tolerance: Spearman >= 0.9 and every score
+    within 2.0 of float32's."""
+    _int8_or_skip(dtype)
     from tests.conftest import DATA_DIR
 
     path = DATA_DIR / "dl19-bm25-top100.jsonl"
@@ -163,7 +189,7 @@ def test_int8_path_against_the_float32_path(smollm2_dir):
     row = json.loads(path.open(encoding="utf-8").readline())
     query, docs = row["query"], [c["text"] for c in row["candidates"][:24]]
     want = Reranker.from_pretrained("erank-smol", dtype=torch.float32).score(query, docs)
-    ours = Reranker.from_pretrained("erank-smol", dtype=torch.bfloat16, quantize="int8")
+    ours = Reranker.from_pretrained("erank-smol", dtype=dtype, quantize="int8")
     layers = ours.backend.decoder.config.num_layers
     assert ours.backend.quantized_layers == 7 * layers  # q, k, v, o, gate, up, down
     got = ours.score(query, docs)
@@ -171,5 +197,6 @@ def test_int8_path_against_the_float32_path(smollm2_dir):
     rb = torch.tensor(want).argsort().argsort().double()
     spearman = float(torch.corrcoef(torch.stack([ra, rb]))[0, 1])
     err = max(abs(a - b) for a, b in zip(got, want))
-    print(f"int8 against float32: max |score error| {err:.3f}, Spearman {spearman:.3f}")
+    print(f"int8 ({dtype}) against float32: max |score error| {err:.3f}, "
+          f"Spearman {spearman:.3f}")
     assert spearman >= 0.9 and err <= 2.0

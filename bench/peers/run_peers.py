@@ -33,8 +33,9 @@ HERE = Path(__file__).resolve().parent
 SYSTEMS = {
     "erank_fast": ("run_erank_fast.py", ["--dtype", "auto"], None),
     "erank_fast_fp32": ("run_erank_fast.py", ["--dtype", "float32"], None),
-    # int8 decoder linears (opt-in; CPUs with AMX-INT8 or AVX512-VNNI)
-    "erank_fast_int8": ("run_erank_fast.py", ["--dtype", "bfloat16", "--quantize", "int8"], None),
+    # int8 decoder linears (opt-in; CPUs with AMX-INT8 or AVX512-VNNI) in the dtype the CPU
+    # check picks (bfloat16 on AMX, float32 on a VNNI CPU without bfloat16 units)
+    "erank_fast_int8": ("run_erank_fast.py", ["--dtype", "auto", "--quantize", "int8"], None),
     # vLLM with every core for its model (measured on 2 cores: 1.9x its default, which keeps
     # one core for its scheduler); "_reserved_core" keeps vLLM's default, for the record
     "vllm": ("run_vllm.py", ["--reserved-cpus", "0"], "vllm"),
@@ -120,11 +121,10 @@ def run_system(name: str, workload: Path, out: Path, tree: Path | None = None) -
         print(f"skip {name}: no venv (bash bench/peers/setup.sh {venv})")
         return None
     if "--quantize" in extra and tree is None:
-        import torch
-
+        from erank_fast.cpu import default_cpu_dtype
         from erank_fast.ops.int8_linear import int8_unavailable_reason
 
-        reason = int8_unavailable_reason(torch.bfloat16)
+        reason = int8_unavailable_reason(default_cpu_dtype())
         if reason is not None:
             print(f"skip {name}: {reason}")
             return None

@@ -63,8 +63,8 @@ class Engine:
         copies (``ops.packed_linear``): faster, but later changes to the weights are not seen,
         so only for weights the engine owns (never a model being trained).
         quantize: "int8" replaces the decoder layers' linear layers by int8 copies
-        (``ops.int8_linear``; bfloat16 on a CPU with AMX-INT8 or AVX512-VNNI, else ValueError);
-        likewise only for weights the engine owns."""
+        (``ops.int8_linear``; float32 or bfloat16 on a CPU with AMX-INT8 or AVX512-VNNI, else
+        ValueError); likewise only for weights the engine owns."""
         weight = decoder.lm_head_weight
         if weight.device.type == "cpu":
             cpu_kernels()  # built (once per machine) or loaded here, not in the first call
@@ -85,8 +85,8 @@ class Engine:
                                    kv_memory=kv_memory,
                                    max_batch_tokens=max_batch_tokens
                                    or DEFAULT_MAX_BATCH_TOKENS.get(weight.device.type, 4096))
-        # The lm_head stays bfloat16 under quantize="int8" (the decoder's linear layers are
-        # int8 then, so none was left to pack), and is packed as in bfloat16.
+        # The lm_head stays in the model's dtype under quantize="int8" (the decoder's linear
+        # layers are int8 then, so none was left to pack), and is packed as without int8.
         self.reader = ScoreReader(weight, tokens, detector, impl,
                                   pack_weights=self.packed_layers > 0 or self.quantized_layers > 0,
                                   one_token_steps=self.runner.cuda_graphs != "off")

@@ -2,7 +2,8 @@
 activations uint8 per token (row), multiplied by oneDNN's int8 GEMM (AMX-INT8 or AVX512-VNNI).
 
 A token's activations are quantised with their own scale (max |x| / 127, zero point 128); the
-GEMM returns sum((x_q - 128) w_q) * w_scale in bfloat16 and the row's scale is applied after it.
+GEMM returns sum((x_q - 128) w_q) * w_scale in the model's dtype (float32 or bfloat16) and the
+row's scale is applied after it.
 One scale per tensor, the only kind oneDNN's int8 linear accepts, breaks erank-smol's ranking
 (Spearman 0.74-0.94 against float32 on DL19 queries); one per token keeps it (erank-smol on
 DL19: nDCG@10 0.5735 against 0.5755 in float32 and bfloat16; a base model whose scores bunch
@@ -10,9 +11,13 @@ together reorders far more: ``bench/NOTES.md``, "quantize=int8"). The row-wise w
 the GEMMs is fused with its neighbours in C++ (``ops/csrc/int8_rows.cpp``): RMSNorm then
 quantise, SiLU x up then quantise, scale-and-add into the residual.
 
-Only a bfloat16 model's decoder layers are quantised, on a CPU with AMX-INT8 or AVX512-VNNI
-(elsewhere oneDNN's int8 kernels are slower than bfloat16 or float32); embeddings, norms,
-attention, the K/V arena and the score head stay in the model's dtype.
+A float32 or bfloat16 model's decoder layers are quantised, on a CPU with AMX-INT8 or
+AVX512-VNNI (elsewhere oneDNN's int8 kernels are slower than bfloat16 or float32); embeddings,
+norms, attention, the K/V arena and the score head stay in the model's dtype. Which dtype goes
+with int8 follows the machine as ``dtype="auto"`` does: bfloat16 on AMX (2.6-3.5x float32 for
+bfloat16 GEMMs there), float32 on an AVX512-VNNI CPU without bfloat16 units, where the int8
+GEMMs run at 1.9-3.5x float32's and bfloat16's at a quarter of it (``bench/NOTES.md``,
+"quantize=int8 in float32").
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ def int8_unavailable_reason(dtype: torch.dtype) -> str | None:
     """Why int8 linear layers cannot run here (None when they can)."""
     from erank_fast.cpu import cpu_info
 
-    if dtype != torch.bfloat16:
-        return f"int8 quantisation serves bfloat16 models (this one is {dtype})"
+    if dtype not in (torch.float32, torch.bfloat16):
+        return f"int8 quantisation serves float32 and bfloat16 models (this one is {dtype})"
     flags = set(cpu_info()["flags"])
     if not flags & {"amx_int8", "avx512_vnni"}:
         return "this CPU has neither AMX-INT8 nor AVX512-VNNI (oneDNN's int8 GEMMs are slow here)"
@@ -68,6 +73,7 @@ class Int8Linear(nn.Module):
     def __init__(self, linear: nn.Linear):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.dtype = linear.weight.dtype  # of the GEMM's output, as the layer's was
         w = linear.weight.detach().float()
         scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
         w_q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
@@ -80,10 +86,10 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", bias, persistent=False)
 
     def unscaled(self, x: QuantizedRows) -> torch.Tensor:
-        """(x.q - 128) @ W_q.T * w_scale in bfloat16, before each row's own scale."""
+        """(x.q - 128) @ W_q.T * w_scale in the layer's dtype, before each row's own scale."""
         return torch.ops.onednn.qlinear_pointwise(
             x.q, 1.0, 128, self.packed, self.w_scale, self.w_zero, None, 1.0, 0,
-            torch.bfloat16, "none", [], "")
+            self.dtype, "none", [], "")
 
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
         rows = x if isinstance(x, QuantizedRows) else quantize_rows(x)

@@ -1,13 +1,15 @@
-// The row-wise work around int8 linear layers (CPU, bfloat16 models): activations quantised
-// per row (token) to uint8 with zero point 128 and a float32 scale, and the int8 GEMMs' bfloat16
-// outputs scaled back per row, each fused with what comes before or after it:
+// The row-wise work around int8 linear layers (CPU; float32 and bfloat16 models): activations
+// quantised per row (token) to uint8 with zero point 128 and a float32 scale, and the int8
+// GEMMs' outputs (in the model's dtype) scaled back per row, each fused with what comes before
+// or after it:
 //   rms_norm_quantize  RMSNorm then quantise (the input of the q/k/v and gate/up GEMMs)
 //   quantize_rows      quantise (the attention output, before o_proj)
 //   silu_mul_quantize  h = silu(s * g) * (s * u), then quantise (the down GEMM's input)
 //   scale_rows_        y *= s per row, in place (q, k and v)
 //   scaled_add_        residual += y * s per row, in place, one rounding (o_proj, down)
 // A row's scale is max|x| / 127 (1 where the row is all zeros); q = round(x / scale) + 128.
-// float32 arithmetic throughout, AVX-512 where built with it.
+// float32 arithmetic throughout; 16 lanes at a time where built with AVX-512 (bfloat16 rows
+// with AVX512-BF16, whose instruction rounds them back), else one value at a time.
 #include "erank_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -16,38 +18,49 @@
 #include <cmath>
 #include <tuple>
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 #include <immintrin.h>
 
-#include "avx512_bf16.h"
 #include "avx512_exp2.h"
+#endif
+#if defined(__AVX512BF16__)
+#include "avx512_bf16.h"
 #endif
 
 namespace {
 
 using bf16 = c10::BFloat16;
 
+// Rows of T read and written 16 values at a time as float32 (on = false: no vector path).
+template <typename T>
+struct Lanes {
+  static constexpr bool on = false;
+};
+#if defined(__AVX512F__)
+template <>
+struct Lanes<float> {
+  static constexpr bool on = true;
+  static __m512 load(const float* p) { return _mm512_loadu_ps(p); }
+  static void store(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
+};
+#endif
 #if defined(__AVX512BF16__)
-using erank_cpu::load16;
-using erank_cpu::store16;
+template <>
+struct Lanes<bf16> {
+  static constexpr bool on = true;
+  static __m512 load(const bf16* p) { return erank_cpu::load16(p); }
+  static void store(bf16* p, __m512 x) { erank_cpu::store16(p, x); }
+};
 #endif
 
-// buf[i] = f(i, x[i] as float) over a bfloat16 row; f takes and returns a vector of 16 floats
-// where built with AVX-512 (and a float in the tail loop).
-template <typename V, typename S>
-void map_row(const bf16* x, float* buf, int64_t h, V vf, S sf) {
-  int64_t i = 0;
-#if defined(__AVX512BF16__)
-  for (; i + 16 <= h; i += 16) _mm512_storeu_ps(buf + i, vf(i, load16(x + i)));
-#endif
-  for (; i < h; ++i) buf[i] = sf(i, static_cast<float>(x[i]));
-}
+inline float to_float(float x) { return x; }
+inline float to_float(bf16 x) { return static_cast<float>(x); }
 
 // Quantise one float32 row of h values (scale from its max |value|) into q; returns the scale.
 float quantize_row(const float* x, uint8_t* q, int64_t h) {
   float top = 0.0f;
   int64_t i = 0;
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
   __m512 m = _mm512_setzero_ps();
   for (; i + 16 <= h; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
   top = _mm512_reduce_max_ps(m);
@@ -55,7 +68,7 @@ float quantize_row(const float* x, uint8_t* q, int64_t h) {
   for (; i < h; ++i) top = std::max(top, std::fabs(x[i]));
   const float scale = top > 0.0f ? top / 127.0f : 1.0f, inv = 1.0f / scale;
   i = 0;
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
   const __m512 vinv = _mm512_set1_ps(inv), offset = _mm512_set1_ps(128.0f);
   for (; i + 16 <= h; i += 16) {
     const __m512 r = _mm512_add_ps(
@@ -70,11 +83,14 @@ float quantize_row(const float* x, uint8_t* q, int64_t h) {
   return scale;
 }
 
-inline float to_float(bf16 x) { return static_cast<float>(x); }
-
 void check_rows(const at::Tensor& x, const char* name) {
-  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 && x.scalar_type() == at::kBFloat16, name,
-              ": bfloat16 [N, H], last dim contiguous");
+  TORCH_CHECK(x.dim() == 2 && x.stride(1) == 1 &&
+                  (x.scalar_type() == at::kFloat || x.scalar_type() == at::kBFloat16),
+              name, ": float32 or bfloat16 [N, H], last dim contiguous");
+}
+
+void check_same_dtype(const at::Tensor& a, const at::Tensor& b, const char* what) {
+  TORCH_CHECK(a.scalar_type() == b.scalar_type(), what, ": of one dtype");
 }
 
 void check_scales(const at::Tensor& s, int64_t n) {
@@ -97,55 +113,132 @@ void each_row(int64_t n, int64_t h, F f) {
   });
 }
 
+// f<T>() for the rows' dtype (float32 or bfloat16; check_rows has checked it).
+template <typename F>
+auto by_dtype(const at::Tensor& x, F f) {
+  return x.scalar_type() == at::kFloat ? f(float{}) : f(bf16{});
+}
+
+template <typename T>
+void quantize_rows_as(const at::Tensor& x, uint8_t* qp, float* sp) {
+  const int64_t h = x.size(1);
+  const T* xp = x.data_ptr<T>();
+  each_row(x.size(0), h, [&](int64_t r, float* buf) {
+    const T* row = xp + r * x.stride(0);
+    for (int64_t i = 0; i < h; ++i) buf[i] = to_float(row[i]);
+    sp[r] = quantize_row(buf, qp + r * h, h);
+  });
+}
+
+template <typename T>
+void rms_norm_quantize_as(const at::Tensor& x, const at::Tensor& weight, float eps, uint8_t* qp,
+                          float* sp) {
+  const int64_t h = x.size(1);
+  const T *xp = x.data_ptr<T>(), *wp = weight.data_ptr<T>();
+  each_row(x.size(0), h, [&](int64_t r, float* buf) {
+    const T* row = xp + r * x.stride(0);
+    float sum = 0.0f;
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    if constexpr (Lanes<T>::on) {
+      __m512 acc = _mm512_setzero_ps();
+      for (; i + 16 <= h; i += 16) {
+        const __m512 v = Lanes<T>::load(row + i);
+        acc = _mm512_fmadd_ps(v, v, acc);
+      }
+      sum = _mm512_reduce_add_ps(acc);
+    }
+#endif
+    for (; i < h; ++i) sum += to_float(row[i]) * to_float(row[i]);
+    const float inv = 1.0f / std::sqrt(sum / static_cast<float>(h) + eps);
+    i = 0;
+#if defined(__AVX512F__)
+    if constexpr (Lanes<T>::on) {
+      const __m512 vinv = _mm512_set1_ps(inv);
+      for (; i + 16 <= h; i += 16)
+        _mm512_storeu_ps(buf + i, _mm512_mul_ps(_mm512_mul_ps(Lanes<T>::load(row + i), vinv),
+                                                Lanes<T>::load(wp + i)));
+    }
+#endif
+    for (; i < h; ++i) buf[i] = to_float(row[i]) * inv * to_float(wp[i]);
+    sp[r] = quantize_row(buf, qp + r * h, h);
+  });
+}
+
+template <typename T>
+void silu_mul_quantize_as(const at::Tensor& g, const at::Tensor& u, const float* sp, uint8_t* qp,
+                          float* op) {
+  const int64_t h = g.size(1);
+  const T *gp = g.data_ptr<T>(), *up = u.data_ptr<T>();
+  each_row(g.size(0), h, [&](int64_t r, float* buf) {
+    const T *gr = gp + r * g.stride(0), *ur = up + r * u.stride(0);
+    const float sr = sp[r];
+    int64_t i = 0;
+#if defined(__AVX512F__)
+    if constexpr (Lanes<T>::on) {
+      const __m512 vs = _mm512_set1_ps(sr);
+      for (; i + 16 <= h; i += 16) {
+        const __m512 silu = erank_cpu::silu_ps(_mm512_mul_ps(Lanes<T>::load(gr + i), vs));
+        _mm512_storeu_ps(buf + i, _mm512_mul_ps(silu, _mm512_mul_ps(Lanes<T>::load(ur + i), vs)));
+      }
+    }
+#endif
+    for (; i < h; ++i) {
+      const float a = to_float(gr[i]) * sr;
+      buf[i] = a / (1.0f + std::exp(-a)) * (to_float(ur[i]) * sr);
+    }
+    op[r] = quantize_row(buf, qp + r * h, h);
+  });
+}
+
+// out[r] = y[r] * s[r] (+ out[r] when add), in place, over rows of T.
+template <typename T, bool add>
+void scale_rows_as(const at::Tensor& out, const at::Tensor& y, const float* sp) {
+  const int64_t h = y.size(1);
+  T* op = out.data_ptr<T>();
+  const T* yp = y.data_ptr<T>();
+  at::parallel_for(0, y.size(0), 16, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      T* o = op + r * out.stride(0);
+      const T* row = yp + r * y.stride(0);
+      int64_t i = 0;
+#if defined(__AVX512F__)
+      if constexpr (Lanes<T>::on) {
+        const __m512 vs = _mm512_set1_ps(sp[r]);
+        for (; i + 16 <= h; i += 16) {
+          const __m512 v = Lanes<T>::load(row + i);
+          Lanes<T>::store(o + i, add ? _mm512_fmadd_ps(v, vs, Lanes<T>::load(o + i))
+                                     : _mm512_mul_ps(v, vs));
+        }
+      }
+#endif
+      for (; i < h; ++i)
+        o[i] = static_cast<T>(add ? to_float(o[i]) + to_float(row[i]) * sp[r]
+                                  : to_float(row[i]) * sp[r]);
+    }
+  });
+}
+
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> quantize_rows(at::Tensor x) {
   check_rows(x, "x");
-  const int64_t n = x.size(0), h = x.size(1);
   auto [q, scale] = quantized_like(x);
-  const bf16* xp = x.data_ptr<bf16>();
-  uint8_t* qp = q.data_ptr<uint8_t>();
-  float* sp = scale.data_ptr<float>();
-  each_row(n, h, [&](int64_t r, float* buf) {
-    map_row(xp + r * x.stride(0), buf, h, [](int64_t, auto v) { return v; },
-            [](int64_t, float v) { return v; });
-    sp[r] = quantize_row(buf, qp + r * h, h);
+  by_dtype(x, [&](auto t) {
+    quantize_rows_as<decltype(t)>(x, q.data_ptr<uint8_t>(), scale.data_ptr<float>());
   });
   return {q, scale};
 }
 
 std::tuple<at::Tensor, at::Tensor> rms_norm_quantize(at::Tensor x, at::Tensor weight, double eps) {
   check_rows(x, "x");
-  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous() &&
-                  weight.scalar_type() == at::kBFloat16, "weight: bfloat16 [H], contiguous");
-  const int64_t n = x.size(0), h = x.size(1);
+  check_same_dtype(x, weight, "x and weight");
+  TORCH_CHECK(weight.dim() == 1 && weight.size(0) == x.size(1) && weight.is_contiguous(),
+              "weight: [H], contiguous");
   auto [q, scale] = quantized_like(x);
-  const bf16 *xp = x.data_ptr<bf16>(), *wp = weight.data_ptr<bf16>();
-  uint8_t* qp = q.data_ptr<uint8_t>();
-  float* sp = scale.data_ptr<float>();
-  each_row(n, h, [&](int64_t r, float* buf) {
-    const bf16* row = xp + r * x.stride(0);
-    float sum = 0.0f;
-    int64_t i = 0;
-#if defined(__AVX512BF16__)
-    __m512 acc = _mm512_setzero_ps();
-    for (; i + 16 <= h; i += 16) {
-      const __m512 v = load16(row + i);
-      acc = _mm512_fmadd_ps(v, v, acc);
-    }
-    sum = _mm512_reduce_add_ps(acc);
-#endif
-    for (; i < h; ++i) sum += to_float(row[i]) * to_float(row[i]);
-    const float inv = 1.0f / std::sqrt(sum / static_cast<float>(h) + static_cast<float>(eps));
-#if defined(__AVX512BF16__)
-    const __m512 vinv = _mm512_set1_ps(inv);
-    map_row(row, buf, h, [&](int64_t j, __m512 v) {
-      return _mm512_mul_ps(_mm512_mul_ps(v, vinv), load16(wp + j));
-    }, [&](int64_t j, float v) { return v * inv * to_float(wp[j]); });
-#else
-    for (int64_t j = 0; j < h; ++j) buf[j] = to_float(row[j]) * inv * to_float(wp[j]);
-#endif
-    sp[r] = quantize_row(buf, qp + r * h, h);
+  by_dtype(x, [&](auto t) {
+    rms_norm_quantize_as<decltype(t)>(x, weight, static_cast<float>(eps),
+                                      q.data_ptr<uint8_t>(), scale.data_ptr<float>());
   });
   return {q, scale};
 }
@@ -153,33 +246,13 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_quantize(at::Tensor x, at::Tensor we
 std::tuple<at::Tensor, at::Tensor> silu_mul_quantize(at::Tensor g, at::Tensor u, at::Tensor s) {
   check_rows(g, "g");
   check_rows(u, "u");
+  check_same_dtype(g, u, "g and u");
   TORCH_CHECK(g.sizes() == u.sizes(), "g and u of one shape");
   check_scales(s, g.size(0));
-  const int64_t n = g.size(0), h = g.size(1);
   auto [q, scale] = quantized_like(g);
-  const bf16 *gp = g.data_ptr<bf16>(), *up = u.data_ptr<bf16>();
-  const float* sp = s.data_ptr<float>();
-  uint8_t* qp = q.data_ptr<uint8_t>();
-  float* op = scale.data_ptr<float>();
-  each_row(n, h, [&](int64_t r, float* buf) {
-    const bf16 *gr = gp + r * g.stride(0), *ur = up + r * u.stride(0);
-    const float sr = sp[r];
-#if defined(__AVX512BF16__)
-    const __m512 vs = _mm512_set1_ps(sr);
-    map_row(gr, buf, h, [&](int64_t i, __m512 v) {
-      const __m512 silu = erank_cpu::silu_ps(_mm512_mul_ps(v, vs));
-      return _mm512_mul_ps(silu, _mm512_mul_ps(load16(ur + i), vs));
-    }, [&](int64_t i, float v) {
-      const float a = v * sr;
-      return a / (1.0f + std::exp(-a)) * (to_float(ur[i]) * sr);
-    });
-#else
-    for (int64_t i = 0; i < h; ++i) {
-      const float a = to_float(gr[i]) * sr;
-      buf[i] = a / (1.0f + std::exp(-a)) * (to_float(ur[i]) * sr);
-    }
-#endif
-    op[r] = quantize_row(buf, qp + r * h, h);
+  by_dtype(g, [&](auto t) {
+    silu_mul_quantize_as<decltype(t)>(g, u, s.data_ptr<float>(), q.data_ptr<uint8_t>(),
+                                      scale.data_ptr<float>());
   });
   return {q, scale};
 }
@@ -187,43 +260,16 @@ std::tuple<at::Tensor, at::Tensor> silu_mul_quantize(at::Tensor g, at::Tensor u,
 void scale_rows_(at::Tensor y, at::Tensor s) {
   check_rows(y, "y");
   check_scales(s, y.size(0));
-  const int64_t h = y.size(1);
-  bf16* yp = y.data_ptr<bf16>();
-  const float* sp = s.data_ptr<float>();
-  at::parallel_for(0, y.size(0), 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      bf16* row = yp + r * y.stride(0);
-      int64_t i = 0;
-#if defined(__AVX512BF16__)
-      const __m512 vs = _mm512_set1_ps(sp[r]);
-      for (; i + 16 <= h; i += 16) store16(row + i, _mm512_mul_ps(load16(row + i), vs));
-#endif
-      for (; i < h; ++i) row[i] = static_cast<bf16>(to_float(row[i]) * sp[r]);
-    }
-  });
+  by_dtype(y, [&](auto t) { scale_rows_as<decltype(t), false>(y, y, s.data_ptr<float>()); });
 }
 
 void scaled_add_(at::Tensor residual, at::Tensor y, at::Tensor s) {
   check_rows(residual, "residual");
   check_rows(y, "y");
+  check_same_dtype(residual, y, "residual and y");
   TORCH_CHECK(residual.sizes() == y.sizes(), "residual and y of one shape");
   check_scales(s, y.size(0));
-  const int64_t h = y.size(1);
-  bf16* rp = residual.data_ptr<bf16>();
-  const bf16* yp = y.data_ptr<bf16>();
-  const float* sp = s.data_ptr<float>();
-  at::parallel_for(0, y.size(0), 16, [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      bf16* out = rp + r * residual.stride(0);
-      const bf16* row = yp + r * y.stride(0);
-      int64_t i = 0;
-#if defined(__AVX512BF16__)
-      const __m512 vs = _mm512_set1_ps(sp[r]);
-      for (; i + 16 <= h; i += 16)
-        store16(out + i, _mm512_fmadd_ps(load16(row + i), vs, load16(out + i)));
-#endif
-      for (; i < h; ++i)
-        out[i] = static_cast<bf16>(to_float(out[i]) + to_float(row[i]) * sp[r]);
-    }
+  by_dtype(y, [&](auto t) {
+    scale_rows_as<decltype(t), true>(residual, y, s.data_ptr<float>());
   });
 }

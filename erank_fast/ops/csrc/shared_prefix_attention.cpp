@@ -48,6 +48,7 @@ struct Task {
 #include <immintrin.h>
 
 #include "avx512_exp2.h"
+#include "next_block_prefetch.h"
 
 namespace {
 
@@ -106,10 +107,12 @@ template <> struct QK<float> {
       }
     }
   }
-  // run_single's block: o[g] = o[g] * alpha[g] + sum_j p[g][j] v_j over its nk keys.
-  template <int D>
+  // run_single's block: o[g] = o[g] * alpha[g] + sum_j p[g][j] v_j over its nk keys;
+  // after_head() after each head's.
+  template <int D, typename After>
   static inline void single_pv(float (*o)[D], const float (*p)[32], const float* alpha,
-                               int64_t groups, int nk, const float* const* v_rows) {
+                               int64_t groups, int nk, const float* const* v_rows,
+                               After&& after_head) {
     for (int64_t g = 0; g < groups; ++g) {
       __m512 acc[D / 16];
       const __m512 a = _mm512_set1_ps(alpha[g]);
@@ -120,6 +123,7 @@ template <> struct QK<float> {
           acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v_rows[j] + 16 * c), acc[c]);
       }
       for (int c = 0; c < D / 16; ++c) _mm512_store_ps(o[g] + 16 * c, acc[c]);
+      after_head();
     }
   }
   // one query row against one key row: 16 partial sums of q . k
@@ -218,10 +222,11 @@ template <> struct QK<c10::BFloat16> {
   // run_single's block with vdpbf16ps over key pairs, as accumulate's: each pair's V rows
   // interleaved once, (v[2t][d], v[2t+1][d]) in lane d, for all G heads, each head's P pair
   // (p[g][2t], p[g][2t+1]) rounded to bfloat16 and broadcast. Keys past nk weigh 0 (their rows
-  // repeat the last key's, so they are finite).
-  template <int D>
+  // repeat the last key's, so they are finite). after_head() after each head's.
+  template <int D, typename After>
   static inline void single_pv(float (*o)[D], const float (*p)[32], const float* alpha,
-                               int64_t groups, int nk, const c10::BFloat16* const* v_rows) {
+                               int64_t groups, int nk, const c10::BFloat16* const* v_rows,
+                               After&& after_head) {
     constexpr int MAX_G = 16;
     const int pairs = (nk + 1) / 2;
     alignas(64) uint32_t vp[16][D];
@@ -240,6 +245,7 @@ template <> struct QK<c10::BFloat16> {
           acc[c] = _mm512_dpbf16_ps(acc[c], pt, (__m512bh)_mm512_load_si512(vp[t] + 16 * c));
       }
       for (int c = 0; c < D / 16; ++c) _mm512_store_ps(o[g] + 16 * c, acc[c]);
+      after_head();
     }
   }
   template <int D>
@@ -387,7 +393,6 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
   using Q = QK<T>;
   constexpr int VB = 32;     // keys per block: two vectors of 16 lanes
   constexpr int MAX_Q = 16;  // query heads per task
-  constexpr int PREFETCH_BLOCKS = 1;
   const int64_t b = t.doc, groups = m.group, plen = m.prefix_len[b];
   const int64_t n_keys = plen + m.own_start[b] + 1;
   // One KV head, or (head -1) all of them, a block of keys at a time.
@@ -406,23 +411,15 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
     run_sum[i] = 0.0f;
     std::memset(o[i], 0, sizeof(o[i]));
   }
-  const int64_t row_bytes = static_cast<int64_t>(sizeof(T)) * D;
+  // The next block's own rows (the document's, from memory) are fetched while this block is
+  // computed, spread over its work (next_block_prefetch.h): shares of a block's work are 8
+  // keys' scores of one query head (4 a head) and one head's P V (4 more).
+  constexpr int64_t E = sizeof(T);
+  NextBlock next(k, v, kv_s0 * E, h0 * kv_s1 * E, ((h1 - h0 - 1) * kv_s1 + D) * E, heads * 8,
+                 m, b);
   for (int64_t j0 = 0; j0 < n_keys; j0 += VB) {
     const int nk = static_cast<int>(std::min<int64_t>(VB, n_keys - j0));
-    // Ask for the rows of the block PREFETCH_BLOCKS ahead now, so that their loads overlap
-    // this block's arithmetic rather than stall it: the document's own rows come from memory.
-    // (The prefix's sit in L2, shared by the query's documents; skipping them measured no
-    // faster.)
-    for (int64_t j = j0 + PREFETCH_BLOCKS * VB, end = std::min(j + VB, n_keys); j < end; ++j) {
-      const int64_t row = m.arena_row(b, j);
-      for (int64_t h = h0; h < h1; ++h)
-        for (int64_t byte = 0; byte < row_bytes; byte += 64) {
-          _mm_prefetch(reinterpret_cast<const char*>(k + row * kv_s0 + h * kv_s1) + byte,
-                       _MM_HINT_T0);
-          _mm_prefetch(reinterpret_cast<const char*>(v + row * kv_s0 + h * kv_s1) + byte,
-                       _MM_HINT_T0);
-        }
-    }
+    next.start(j0 + VB, std::max<int64_t>(0, std::min<int64_t>(VB, n_keys - j0 - VB)));
     for (int j = 0; j < VB; ++j)  // past the end: repeat the last key
       rows[j] = m.arena_row(b, j0 + std::min(j, nk - 1));
     const __mmask16 valid0 = static_cast<__mmask16>((1u << std::min(nk, 16)) - 1);
@@ -437,12 +434,16 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
       const int64_t first = (h - h0) * groups;  // this KV head's query heads in the task's
       for (int64_t g = first; g < first + groups; ++g) {
         __m512 partial[16];
-        for (int j = 0; j < 16; ++j)
+        for (int j = 0; j < 16; ++j) {
           partial[j] = Q::template dot_partials<D>(q_rows + g * q_s1, key_rows[j]);
+          if (j % 8 == 7) next.step();
+        }
         const __m512 s0 =
             _mm512_mask_mov_ps(minus_inf, valid0, _mm512_mul_ps(sum16(partial), scale));
-        for (int j = 0; j < 16; ++j)
+        for (int j = 0; j < 16; ++j) {
           partial[j] = Q::template dot_partials<D>(q_rows + g * q_s1, key_rows[16 + j]);
+          if (j % 8 == 7) next.step();
+        }
         const __m512 s1 =
             _mm512_mask_mov_ps(minus_inf, valid1, _mm512_mul_ps(sum16(partial), scale));
         const float new_max = std::max(run_max[g], _mm512_reduce_max_ps(_mm512_max_ps(s0, s1)));
@@ -455,7 +456,8 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
         _mm512_store_ps(p[g], e0);
         _mm512_store_ps(p[g] + 16, e1);
       }
-      Q::template single_pv<D>(o + first, p + first, alpha + first, groups, nk, value_rows);
+      Q::template single_pv<D>(o + first, p + first, alpha + first, groups, nk, value_rows,
+                               [&] { next.step(4); });
     }
   }
   T* out_row = out + m.q_cu[b] * o_s0 + h0 * groups * o_s1;

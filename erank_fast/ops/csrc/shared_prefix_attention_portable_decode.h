@@ -4,6 +4,7 @@
 // its 16 rows and compute the rest for nothing).
 #pragma once
 
+#include "next_block_prefetch.h"
 #include "shared_prefix_attention_portable.h"
 
 namespace {
@@ -44,70 +45,6 @@ inline v8f all_sum(v8f x) {
 constexpr int SV = 4;       // the decode path's vectors of 8 keys' scores per block
 constexpr int VB = 8 * SV;  // keys per block
 
-// The next block's own key and value rows (the prefix's, read by every document of the query,
-// are in cache), prefetched a few cache lines at a time while this block is computed, the keys'
-// lines first. From memory the hardware prefetcher alone left the reads and the arithmetic
-// serial (a layer's time = its time in cache + its read time), and the block's ~770 prefetches
-// at once stall on the core's miss buffers; spread over the block's work, the reads overlap it
-// (100 documents x 220 own keys: 2.4 -> 2.0 ms a layer on a 2-core Zen 2).
-class NextBlock {
- public:
-  // Document b's rows, bytes [lo, lo + span) of each (its task's KV heads), computed by `heads`
-  // query heads.
-  NextBlock(const float* k, const float* v, int64_t row_bytes, int64_t lo, int64_t span,
-            int64_t heads, const Rows& m, int64_t b)
-      : k_(reinterpret_cast<const char*>(k)), v_(reinterpret_cast<const char*>(v)),
-        row_bytes_(row_bytes), lo_(lo), span_(span), heads_(heads), m_(m), b_(b) {}
-
-  // Keys j0 .. j0 + count - 1, as ranges of memory: the consecutive rows of a dense arena
-  // (lo 0, span a whole row) as one.
-  void start(int64_t j0, int64_t count) {
-    const bool dense = lo_ == 0 && span_ == row_bytes_;
-    ranges_ = 0;
-    for (int64_t j = std::max<int64_t>(0, m_.prefix_len[b_] - j0), last = -2; j < count; ++j) {
-      const int64_t row = m_.arena_row(b_, j0 + j);
-      if (dense && row == last + 1) {
-        end_[ranges_ - 1] += span_;
-      } else {
-        begin_[ranges_] = row * row_bytes_ + lo_;
-        end_[ranges_++] = row * row_bytes_ + lo_ + span_;
-      }
-      last = row;
-    }
-    range_ = 0;
-    at_ = ranges_ > 0 ? begin_[0] : 0;
-    // Lines per value row of one head, and four times that per 8 keys' scores of one head
-    // (SV + VB such steps a head): enough for all the K and V lines (SmolLM2: 2 and 8).
-    int64_t lines = 0;
-    for (int r = 0; r < ranges_; ++r) lines += 2 * ((end_[r] - begin_[r] + 63) / 64);
-    const int64_t steps = std::max<int64_t>(1, heads_ * (4 * SV + VB));
-    per_value_ = static_cast<int>((lines + steps - 1) / steps);
-  }
-  void after_scores() { fetch(4 * per_value_); }
-  void after_value() { fetch(per_value_); }
-
- private:
-  // The next n cache lines: the key ranges', then the value ranges'.
-  void fetch(int n) {
-    for (; n > 0 && range_ < 2 * ranges_; --n) {
-      const bool keys = range_ < ranges_;
-      __builtin_prefetch((keys ? k_ : v_) + at_);
-      at_ += 64;
-      if (at_ >= end_[keys ? range_ : range_ - ranges_] && ++range_ < 2 * ranges_)
-        at_ = begin_[range_ < ranges_ ? range_ : range_ - ranges_];
-    }
-  }
-
-  const char* const k_;
-  const char* const v_;
-  const int64_t row_bytes_, lo_, span_, heads_;
-  const Rows& m_;
-  const int64_t b_;
-  int64_t begin_[VB], end_[VB];  // byte offsets of each range in the key (value) arena
-  int ranges_ = 0, range_ = 0, per_value_ = 0;
-  int64_t at_ = 0;  // the next line's byte offset
-};
-
 // A document with one new token (a decode step), all its query heads in one task (head -1;
 // one KV head's when the model has more query heads than MAX_Q_HEADS): each key row (every KV
 // head's part, contiguous in the arena) is read once, in order, and used by every head. The
@@ -137,8 +74,10 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
   const float* value_rows[VB];
   // the next blocks' rows: an arena row's bytes, then where this task's KV heads lie in it
   constexpr int64_t F = sizeof(float);
+  // Shares of a block's work: per head, a vector of 8 keys' scores counts 4 (SV of them), a
+  // key's value row 1 (VB of them); enough for all the K and V lines (SmolLM2: 2 and 8).
   NextBlock next(k, v, kv_s0 * F, h0 / groups * kv_s1 * F,
-                 ((heads / groups - 1) * kv_s1 + D) * F, heads, m, b);
+                 ((heads / groups - 1) * kv_s1 + D) * F, heads * (4 * SV + VB), m, b);
   const float* q_row = q + m.q_cu[b] * q_s0 + h0 * q_s1;
   const float inf = std::numeric_limits<float>::infinity();
   const v8i lane = v8i{0, 1, 2, 3, 4, 5, 6, 7};
@@ -170,7 +109,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
           for (int j = 0; j < 8; ++j) partial[j] += qd * load(key_rows[8 * c + j] + kv + d);
         }
         s[c] = lane + 8 * c < nk ? sum8(partial) * softmax_scale : splat(-inf);
-        next.after_scores();
+        next.step(4);
         block_max = vmax(block_max, s[c]);
       }
       const float new_max = std::max(run_max[h], all_max(block_max)[0]);
@@ -192,7 +131,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
         const v8f pj = splat(p[h][j]);
         const float* value = value_rows[j] + kv;
         for (int c = 0; c < D / 8; ++c) acc[c] += pj * load(value + 8 * c);
-        next.after_value();
+        next.step();
       }
       const v8f a = splat(alpha[h]);
       for (int c = 0; c < D / 8; ++c) store(o[h] + 8 * c, load(o[h] + 8 * c) * a + acc[c]);
