@@ -48,8 +48,11 @@ def kind_of(name: str) -> str:
     return "other ops"
 
 
-def gemm_peak(hidden: int, intermediate: int, dtype: torch.dtype, tokens: int = 2048) -> float:
-    """FLOP/s of the model's largest projection at this many tokens, best of 5 (same process)."""
+def gemm_peak(hidden: int, intermediate: int, dtype: torch.dtype, tokens: int = 2048,
+              quantize: str = "none") -> float:
+    """FLOP/s of the model's largest projection at this many tokens, best of 5 (same process);
+    quantize="int8": the int8 GEMM alone (activations quantised once, outside the timing), as
+    the profile's matmul kind counts it."""
     x = torch.randn(tokens, hidden).to(dtype)
     w = torch.randn(intermediate, hidden).to(dtype)
     from erank_fast.ops.packed_linear import (
@@ -58,7 +61,15 @@ def gemm_peak(hidden: int, intermediate: int, dtype: torch.dtype, tokens: int = 
         packing_available,
     )
 
-    if packing_available(w):  # as the engine multiplies
+    if quantize == "int8":
+        from erank_fast.ops.int8_linear import Int8Linear, quantize_rows
+
+        linear = torch.nn.Linear(hidden, intermediate, bias=False, dtype=dtype)
+        layer, rows = Int8Linear(linear), quantize_rows(x)
+
+        def f():
+            return layer.unscaled(rows)
+    elif packing_available(w):  # as the engine multiplies
         packed = pack_weight(w)
 
         def f():
@@ -116,7 +127,8 @@ def main() -> None:
     tokens = stats.prefill_tokens + stats.decode_tokens
     flops = 2 * params * tokens
     dtype = getattr(torch, rr.dtype)
-    peak = gemm_peak(config.hidden_size, config.intermediate_size, dtype)
+    peak = gemm_peak(config.hidden_size, config.intermediate_size, dtype,
+                     quantize=args.quantize or "none")
     report = {
         "cpu": cpu_info(), "model": args.model, "dtype": rr.dtype, "think": args.think,
         "quantize": args.quantize or "none",

@@ -3,21 +3,21 @@ activations uint8 per token (row), multiplied by oneDNN's int8 GEMM (AMX-INT8 or
 
 A token's activations are quantised with their own scale (max |x| / 127, zero point 128); the
 GEMM returns sum((x_q - 128) w_q) * w_scale in the model's dtype (float32 or bfloat16) and the
-row's scale is applied after it.
-One scale per tensor, the only kind oneDNN's int8 linear accepts, breaks erank-smol's ranking
-(Spearman 0.74-0.94 against float32 on DL19 queries); one per token keeps it (erank-smol on
-DL19: nDCG@10 0.5735 against 0.5755 in float32 and bfloat16; a base model whose scores bunch
-together reorders far more: ``bench/NOTES.md``, "quantize=int8"). The row-wise work around
+row's scale is applied after it. One scale per tensor, the only kind oneDNN's int8 linear
+accepts, breaks erank-smol's ranking (Spearman 0.74-0.94 against float32 on DL19 queries); one
+per token keeps it (erank-smol on DL19: nDCG@10 0.5735 with bfloat16 and 0.5782 with float32
+against 0.5755 without int8; a base model whose scores bunch together reorders far more:
+``bench/NOTES.md``, "quantize=int8"). The row-wise work around
 the GEMMs is fused with its neighbours in C++ (``ops/csrc/int8_rows.cpp``): RMSNorm then
 quantise, SiLU x up then quantise, scale-and-add into the residual.
 
 A float32 or bfloat16 model's decoder layers are quantised, on a CPU with AMX-INT8 or
 AVX512-VNNI (elsewhere oneDNN's int8 kernels are slower than bfloat16 or float32); embeddings,
 norms, attention, the K/V arena and the score head stay in the model's dtype. Which dtype goes
-with int8 follows the machine as ``dtype="auto"`` does: bfloat16 on AMX (2.6-3.5x float32 for
-bfloat16 GEMMs there), float32 on an AVX512-VNNI CPU without bfloat16 units, where the int8
-GEMMs run at 1.9-3.5x float32's and bfloat16's at a quarter of it (``bench/NOTES.md``,
-"quantize=int8 in float32").
+with int8 follows ``dtype`` as without it: ``"auto"`` gives bfloat16 on AMX (where bfloat16
+GEMMs run ~8x float32's) and float32 on an AVX512-VNNI CPU without bfloat16 units (an Ice Lake
+Xeon: int8 GEMMs 1.9-3.5x float32's, bfloat16's a quarter of float32's; ``bench/NOTES.md``,
+"int8 on a float32 model").
 """
 
 from __future__ import annotations
