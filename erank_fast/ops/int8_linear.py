@@ -7,9 +7,9 @@ row's scale is applied after it. One scale per tensor, the only kind oneDNN's in
 accepts, breaks erank-smol's ranking (Spearman 0.74-0.94 against float32 on DL19 queries); one
 per token keeps it (erank-smol on DL19: nDCG@10 0.5735 with bfloat16 and 0.5782 with float32
 against 0.5755 without int8; a base model whose scores bunch together reorders far more:
-``bench/NOTES.md``, "quantize=int8"). The row-wise work around
-the GEMMs is fused with its neighbours in C++ (``ops/csrc/int8_rows.cpp``): RMSNorm then
-quantise, SiLU x up then quantise, scale-and-add into the residual.
+``bench/NOTES.md``, "quantize=int8"). The row-wise work around the GEMMs is fused with its
+neighbours in C++ (``ops/csrc/int8_rows.cpp``): RMSNorm then quantise, SiLU x up then quantise,
+scale-and-add into the residual.
 
 A float32 or bfloat16 model's decoder layers are quantised, on a CPU with AMX-INT8 or
 AVX512-VNNI (elsewhere oneDNN's int8 kernels are slower than bfloat16 or float32); embeddings,
