@@ -65,6 +65,7 @@ def gemm_peak(hidden: int, intermediate: int, dtype: torch.dtype, tokens: int = 
         from erank_fast.ops.int8_linear import Int8Linear, quantize_rows
 
         linear = torch.nn.Linear(hidden, intermediate, bias=False, dtype=dtype)
+        linear.weight = torch.nn.Parameter(w)
         layer, rows = Int8Linear(linear), quantize_rows(x)
 
         def f():
@@ -101,7 +102,7 @@ def main() -> None:
     parser.add_argument("--think", default="off")
     parser.add_argument("--docs", type=int, default=100)
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--quantize", default=None, choices=["none", "int8"])
+    parser.add_argument("--quantize", default="none", choices=["none", "int8"])
     parser.add_argument("--top", type=int, default=0, help="also list the N costliest operators")
     args = parser.parse_args()
     row = json.loads(args.data.open(encoding="utf-8").readline())
@@ -127,11 +128,10 @@ def main() -> None:
     tokens = stats.prefill_tokens + stats.decode_tokens
     flops = 2 * params * tokens
     dtype = getattr(torch, rr.dtype)
-    peak = gemm_peak(config.hidden_size, config.intermediate_size, dtype,
-                     quantize=args.quantize or "none")
+    peak = gemm_peak(config.hidden_size, config.intermediate_size, dtype, quantize=args.quantize)
     report = {
         "cpu": cpu_info(), "model": args.model, "dtype": rr.dtype, "think": args.think,
-        "quantize": args.quantize or "none",
+        "quantize": args.quantize,
         "documents": len(docs), "seconds": seconds, "docs_per_s": len(docs) / seconds,
         "tokens_computed": tokens, "steps": stats.steps,
         "seconds_by_kind": {k: round(v, 3) for k, v in sorted(by_kind.items(),
