@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <map>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -47,7 +49,9 @@ struct Task {
 #if defined(__AVX512F__)
 #include <immintrin.h>
 
+#include "avx512_bf16.h"
 #include "avx512_exp2.h"
+#include "avx512_transpose.h"
 #include "next_block_prefetch.h"
 
 namespace {
@@ -126,6 +130,7 @@ template <> struct QK<float> {
       after_head();
     }
   }
+  static inline void store_row(float* dst, __m512 x) { _mm512_storeu_ps(dst, x); }
   // one query row against one key row: 16 partial sums of q . k
   template <int D>
   static inline __m512 dot_partials(const float* q, const float* k) {
@@ -248,6 +253,7 @@ template <> struct QK<c10::BFloat16> {
       after_head();
     }
   }
+  static inline void store_row(c10::BFloat16* dst, __m512 x) { erank_cpu::store16(dst, x); }
   template <int D>
   static inline __m512 dot_partials(const c10::BFloat16* q, const c10::BFloat16* k) {
     __m512 acc = _mm512_setzero_ps();
@@ -286,14 +292,25 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
   const int64_t tile_rows = std::min<int64_t>(MR, rows - t.row0);
   const int64_t i0 = t.row0 / g_size, i1 = (t.row0 + tile_rows - 1) / g_size;
   const int64_t start = m.own_start[b], plen = m.prefix_len[b];
-  // Q tile, packed; rows past the tile are zero (their outputs are never written).
-  std::memset(qp, 0, sizeof(qp));
-  for (int r = 0; r < tile_rows; ++r) {
+  // Q tile, packed (16 rows x 16 words at a time, transposed in registers); rows past the tile
+  // are zero (their outputs are never written).
+  static_assert(sizeof(packed_t) == 4 && W % 16 == 0, "32-bit words, 16 at a time");
+  alignas(64) static const packed_t zeros[W] = {};
+  const T* q_row[MR];
+  for (int r = 0; r < MR; ++r) {
     const int64_t i = (t.row0 + r) / g_size, g = (t.row0 + r) % g_size;
-    const T* row = q + (m.q_cu[b] + i) * q_s0 + (t.head * g_size + g) * q_s1;
-    for (int w = 0; w < W; ++w) qp[w * MR + r] = Q::word(row, w);
-    limit[r] = static_cast<int32_t>(start + i);  // own keys 0..start+i are visible
+    q_row[r] = r < tile_rows ? q + (m.q_cu[b] + i) * q_s0 + (t.head * g_size + g) * q_s1
+                             : reinterpret_cast<const T*>(zeros);
+    if (r < tile_rows) limit[r] = static_cast<int32_t>(start + i);  // own keys 0..start+i
   }
+  for (int r0 = 0; r0 < MR; r0 += 16)
+    for (int w0 = 0; w0 < W; w0 += 16) {
+      __m512 x[16];
+      for (int r = 0; r < 16; ++r)
+        x[r] = _mm512_loadu_ps(reinterpret_cast<const float*>(q_row[r0 + r]) + w0);
+      erank_cpu::transpose16(x);
+      for (int w = 0; w < 16; ++w) _mm512_store_ps(reinterpret_cast<float*>(qp + (w0 + w) * MR + r0), x[w]);
+    }
   for (int r = tile_rows; r < MR; ++r) limit[r] = std::numeric_limits<int32_t>::max();
   const __m512i limit0 = _mm512_load_si512(limit), limit1 = _mm512_load_si512(limit + 16);
 
@@ -355,11 +372,18 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
   alignas(64) float inv_l[MR];
   _mm512_store_ps(inv_l, _mm512_div_ps(_mm512_set1_ps(1.0f), l0));
   _mm512_store_ps(inv_l + 16, _mm512_div_ps(_mm512_set1_ps(1.0f), l1));
-  for (int r = 0; r < tile_rows; ++r) {
-    const int64_t i = (t.row0 + r) / g_size, g = (t.row0 + r) % g_size;
-    T* dst = out + (m.q_cu[b] + i) * o_s0 + (t.head * g_size + g) * o_s1;
-    for (int d = 0; d < D; ++d) dst[d] = static_cast<T>(o[d * MR + r] * inv_l[r]);
-  }
+  // O / l, 16 rows x 16 dimensions at a time transposed back into rows, rounded once
+  for (int r0 = 0; r0 < tile_rows; r0 += 16)
+    for (int d0 = 0; d0 < D; d0 += 16) {
+      __m512 x[16];
+      for (int d = 0; d < 16; ++d) x[d] = _mm512_load_ps(o + (d0 + d) * MR + r0);
+      erank_cpu::transpose16(x);
+      for (int r = 0; r < 16 && r0 + r < tile_rows; ++r) {
+        const int64_t i = (t.row0 + r0 + r) / g_size, g = (t.row0 + r0 + r) % g_size;
+        T* dst = out + (m.q_cu[b] + i) * o_s0 + (t.head * g_size + g) * o_s1 + d0;
+        Q::store_row(dst, _mm512_mul_ps(x[r], _mm512_set1_ps(inv_l[r0 + r])));
+      }
+    }
 }
 
 
@@ -533,8 +557,18 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
         tasks.push_back({b, h, r0, m.prefix_len[b] + m.own_start[b] + last / m.group + 1});
       }
   }
-  // Longest first, handed out one at a time: the two halves of a 2-core machine finish together.
-  std::sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  // Handed out one at a time, (document, KV head) by (document, KV head), the one with the most
+  // work first, and within one its tiles longest first: a document's keys are read from the
+  // core's cache by its tiles after the first, and the two halves of a 2-core machine finish
+  // together (the last tiles are the shortest of the smallest).
+  std::map<std::pair<int64_t, int64_t>, int64_t> work;
+  for (const Task& t : tasks) work[{t.doc, t.head}] += t.cost;
+  std::sort(tasks.begin(), tasks.end(), [&](const Task& a, const Task& b) {
+    const int64_t wa = work[{a.doc, a.head}], wb = work[{b.doc, b.head}];
+    if (wa != wb) return wa > wb;
+    if (a.doc != b.doc || a.head != b.head) return std::pair(a.doc, a.head) < std::pair(b.doc, b.head);
+    return a.cost > b.cost;
+  });
 #if defined(__AVX512F__)
   const float scale_log2 = static_cast<float>(scale) * LOG2E;  // these kernels: log2 units
 #else
