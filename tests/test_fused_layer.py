@@ -1,7 +1,8 @@
 """A decoder layer of a CPU step in one C++ call (``models/fused_layer.py``,
 ``ops/csrc/decoder_layer.cpp``): bit for bit the Python layer's results, on the three families'
 layer variants (q/k norms, q/k/v biases, neither), reasoning (decode steps) and think="off", in
-bfloat16 (small-batch blocks) and float32 (oneDNN's packed weights); and which steps take it."""
+bfloat16 (small-batch blocks), float32 (oneDNN's packed weights) and int8 (``quantize="int8"``,
+on float32 and bfloat16 models); and which steps take it."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import torch
 from erank_fast import Reranker
 from erank_fast.models import decoder, fused_layer
 from erank_fast.ops import packed_linear as pl
+from erank_fast.ops.cpu_extension import cpu_kernels
+from erank_fast.ops.int8_linear import int8_unavailable_reason
 from tests.helpers import boost_digits, make_tiny_model
 
 QUERY = "what causes ocean tides"
@@ -36,12 +39,33 @@ def _fused_or_skip(dtype: torch.dtype):
 def test_fused_layer_equals_the_python_layer(qwen_tokenizer, tmp_path, monkeypatch, family,
                                              overrides, think, dtype):
     _fused_or_skip(dtype)
-    tok = qwen_tokenizer
+    _compare_fused_and_python(qwen_tokenizer, tmp_path, monkeypatch, family, overrides, think,
+                              dtype=dtype)
+
+
+@pytest.mark.parametrize("family,overrides", [
+    ("qwen3", dict(head_dim=64)),                                        # q/k norms
+    ("qwen2", dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2)),  # biases
+    ("llama", dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)),
+])
+@pytest.mark.parametrize("think", ["off", 6])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+def test_fused_int8_layer_equals_the_python_layer(qwen_tokenizer, tmp_path, monkeypatch, family,
+                                                  overrides, think, dtype):
+    reason = int8_unavailable_reason(dtype)
+    if reason:
+        pytest.skip(reason)
+    if not cpu_kernels().shared_prefix_attention_supports(str(dtype).removeprefix("torch.")):
+        pytest.skip(f"the attention kernel is not built for {dtype} on this CPU")
+    _compare_fused_and_python(qwen_tokenizer, tmp_path, monkeypatch, family, overrides, think,
+                              dtype=dtype, quantize="int8")
+
+
+def _compare_fused_and_python(tok, tmp_path, monkeypatch, family, overrides, think, **options):
     model = boost_digits(make_tiny_model(family, len(tok), **overrides), tok)
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    rr = Reranker.from_pretrained(tmp_path, dtype=dtype, think=think,
-                                  max_think_tokens=12)
+    rr = Reranker.from_pretrained(tmp_path, think=think, max_think_tokens=12, **options)
     ran = []
     real = fused_layer.run_fused_layer
 
@@ -63,8 +87,9 @@ def test_fused_layer_equals_the_python_layer(qwen_tokenizer, tmp_path, monkeypat
 
 def test_fused_layer_only_where_every_op_takes_the_cpu_kernels(tiny_qwen3, tmp_path,
                                                                monkeypatch):
-    """bfloat16 steps above ``SMALL_ROWS`` and other dtypes take the Python layer; so does a
-    model whose head dim the attention kernel does not take (tiny_qwen3: 32)."""
+    """Other dtypes take the Python layer; so does a model whose head dim the attention kernel
+    does not take (tiny_qwen3: 32), and bfloat16 steps above ``SMALL_ROWS`` on small-batch
+    blocks (``test_small_rows_limit``)."""
     model, tok = tiny_qwen3
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
@@ -75,6 +100,4 @@ def test_fused_layer_only_where_every_op_takes_the_cpu_kernels(tiny_qwen3, tmp_p
         Reranker.from_pretrained(tmp_path, think=3, dtype=dtype).rerank(QUERY, DOCS)
     assert ran and not any(ran)
     with torch.inference_mode():  # rejected before the layer is looked at
-        too_many = torch.zeros(pl.SMALL_ROWS + 1, 64, dtype=torch.bfloat16)
-        assert real(object(), too_many, None, None) is False
         assert real(object(), torch.zeros(4, 64, dtype=torch.float16), None, None) is False

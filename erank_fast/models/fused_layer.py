@@ -4,16 +4,19 @@ Decode steps (tens to hundreds of rows) spend a share of their time between ops:
 Xeon with AMX, ~6 ms of a ~24 ms bfloat16 SmolLM2 step went to the Python and dispatch around
 its 30 layers' ~400 op calls; on a 2-core Zen 2, ~20 ms of a ~300 ms float32 one. Where every op
 of a layer would take the C++ CPU kernels anyway, the layer runs as one call of the same kernels
-in the same order: bit for bit the Python layer's result (``tests/test_fused_layer.py``). Two
+in the same order: bit for bit the Python layer's result (``tests/test_fused_layer.py``). Three
 kinds of layers qualify:
 
 - bfloat16 steps of at most ``SMALL_ROWS`` rows whose projections all have small-batch blocks
   (``decoder_layer_``: AMX);
 - float32 layers on oneDNN's packed weights (``decoder_layer_packed_``: oneDNN's linear, ATen's
-  SiLU, product and sums, as the Python layer calls them), steps of any size.
+  SiLU, product and sums, as the Python layer calls them), steps of any size;
+- int8 layers (``quantize="int8"``, ``decoder_layer_int8_``: oneDNN's int8 GEMMs and the row
+  kernels around them, ``ops.int8_linear``), float32 or bfloat16, steps of any size, biases on
+  q, k and v only.
 
-Both also need the RMSNorm and RoPE kernels and the arena attention kernel. Anything else (int8,
-CUDA, bfloat16 without blocks, a subset of rows read) takes the Python layer.
+All also need the RMSNorm and RoPE kernels and the arena attention kernel. Anything else (CUDA,
+bfloat16 without blocks, a subset of rows read) takes the Python layer.
 """
 
 from __future__ import annotations
@@ -23,40 +26,48 @@ from dataclasses import dataclass
 import torch
 
 from erank_fast.ops.cpu_extension import cpu_kernels
+from erank_fast.ops.int8_linear import Int8Linear
 from erank_fast.ops.packed_linear import SMALL_ROWS, PackedLinear
 
 
 @dataclass(frozen=True)
 class LayerWeights:
-    """What ``decoder_layer_`` (``blocks``) or ``decoder_layer_packed_`` reads of a layer."""
+    """What ``decoder_layer_`` (``kind`` "blocks"), ``decoder_layer_packed_`` ("packed") or
+    ``decoder_layer_int8_`` ("int8") reads of a layer."""
 
-    blocks: bool  # small_linear's blocks (bfloat16), else oneDNN's packed weights (float32)
+    kind: str
     dtype: torch.dtype
     norms: list
-    weights: list
-    biases: list
+    weights: list  # blocks, packed weights, or the int8 ones: qkv, o, gate, up, down
+    biases: list  # int8: [the qkv bias or None]
     dims: list
     eps: float
+    w_scales: list | None = None  # int8: per output channel, and oneDNN's zero points
+    w_zeros: list | None = None
 
 
 def run_fused_layer(layer, x: torch.Tensor, rotation, attention) -> bool:
     """Run ``layer`` (a ``DecoderLayer``) on x in place as one C++ call where that applies;
     returns whether it ran (False: nothing was done, the caller runs the Python layer)."""
     if not (x.dtype in (torch.bfloat16, torch.float32) and x.dim() == 2 and x.shape[0] > 0
-            and (x.dtype == torch.float32 or x.shape[0] <= SMALL_ROWS)
             and x.is_contiguous() and torch.is_inference_mode_enabled()
             and rotation.kernel is not None):
         return False
     w = _layer_weights(layer)
     kernel_args = getattr(attention, "kernel_args", None)
-    if w is None or w.dtype != x.dtype or kernel_args is None:
+    if (w is None or w.dtype != x.dtype or kernel_args is None
+            or (w.kind == "blocks" and x.shape[0] > SMALL_ROWS)):
         return False
     attn = layer.self_attn
     args = kernel_args(attn.layer, _queries_like(rotation, x, attn))
     if args is None:
         return False
     kernels = cpu_kernels()
-    layer_op = kernels.decoder_layer_ if w.blocks else kernels.decoder_layer_packed_
+    if w.kind == "int8":
+        kernels.decoder_layer_int8_(x, w.norms, w.weights, w.w_scales, w.w_zeros, w.biases[0],
+                                    w.dims, w.eps, rotation.cos, rotation.sin, *args)
+        return True
+    layer_op = kernels.decoder_layer_ if w.kind == "blocks" else kernels.decoder_layer_packed_
     layer_op(x, w.norms, w.weights, w.biases, w.dims, w.eps, rotation.cos, rotation.sin, *args)
     return True
 
@@ -72,35 +83,59 @@ def _queries_like(rotation, x: torch.Tensor, attn) -> torch.Tensor:
 
 
 def _layer_weights(layer) -> LayerWeights | None:
-    """The layer's weights for one of the two C++ layers, or None where some op of it would not
-    take the C++ kernels; cached on the layer while its modules stay the same (packing and
+    """The layer's weights for one of the three C++ layers, or None where some op of it would
+    not take the C++ kernels; cached on the layer while its modules stay the same (packing and
     quantising replace them)."""
     attn, mlp = layer.self_attn, layer.mlp
-    linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
-               mlp.down_proj]
+    modules = [attn.q_proj, attn.k_proj, attn.v_proj, attn.qkv_proj, attn.o_proj, mlp.gate_proj,
+               mlp.up_proj, mlp.down_proj]
     key, cached = layer.__dict__.get("_fused_weights", (None, None))
-    if key is not None and all(a is b for a, b in zip(key, linears)):
+    if key is not None and all(a is b for a, b in zip(key, modules)):
         return cached
-    layer.__dict__["_fused_weights"] = (linears, _weights_of(layer, linears))
+    layer.__dict__["_fused_weights"] = (modules, _weights_of(layer))
     return layer.__dict__["_fused_weights"][1]
 
 
-def _weights_of(layer, linears) -> LayerWeights | None:
+def _weights_of(layer) -> LayerWeights | None:
     attn, mlp = layer.self_attn, layer.mlp
     norms = [layer.input_layernorm, layer.post_attention_layernorm]
     if attn.q_norm is not None:
         norms += [attn.q_norm, attn.k_norm]
     dtype = norms[0].weight.dtype
-    if not (attn.qkv_proj is None and cpu_kernels() is not None
+    if attn.qkv_proj is not None:
+        return _int8_weights_of(layer, norms, dtype)
+    linears = [attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj,
+               mlp.down_proj]
+    if not (cpu_kernels() is not None
             and all(isinstance(p, PackedLinear) for p in linears)
             and all(n.weight.dtype == dtype and not n.quantize_output and n.eps == norms[0].eps
                     for n in norms)):
         return None
     dims = [attn.num_heads, attn.num_kv_heads, attn.head_dim, mlp.gate_proj.out_features]
     if dtype == torch.bfloat16 and all(p.blocks is not None for p in linears):
-        return LayerWeights(True, dtype, [n.weight for n in norms], [p.blocks for p in linears],
-                            [p.bias32 for p in linears], dims, norms[0].eps)
+        return LayerWeights("blocks", dtype, [n.weight for n in norms],
+                            [p.blocks for p in linears], [p.bias32 for p in linears], dims,
+                            norms[0].eps)
     if dtype == torch.float32 and all(p.blocks is None and not p.epilogues for p in linears):
-        return LayerWeights(False, dtype, [n.weight for n in norms], [p.packed for p in linears],
-                            [p.bias for p in linears], dims, norms[0].eps)
+        return LayerWeights("packed", dtype, [n.weight for n in norms],
+                            [p.packed for p in linears], [p.bias for p in linears], dims,
+                            norms[0].eps)
     return None
+
+
+def _int8_weights_of(layer, norms, dtype) -> LayerWeights | None:
+    """An int8 layer's (``quantize_decoder_layers``): its input norms quantise their output,
+    the q/k norms (Qwen3) do not; biases on q, k and v only, as the Python layer's."""
+    attn, mlp = layer.self_attn, layer.mlp
+    linears = [attn.qkv_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
+    if not (cpu_kernels() is not None and dtype in (torch.float32, torch.bfloat16)
+            and all(isinstance(p, Int8Linear) and p.dtype == dtype for p in linears)
+            and all(p.bias is None for p in linears[1:])
+            and all(n.weight.dtype == dtype and n.eps == norms[0].eps for n in norms)
+            and all(n.quantize_output for n in norms[:2])
+            and not any(n.quantize_output for n in norms[2:])):
+        return None
+    dims = [attn.num_heads, attn.num_kv_heads, attn.head_dim, mlp.gate_proj.out_features]
+    return LayerWeights("int8", dtype, [n.weight for n in norms], [p.packed for p in linears],
+                        [attn.qkv_proj.bias], dims, norms[0].eps,
+                        w_scales=[p.w_scale for p in linears], w_zeros=[p.w_zero for p in linears])

@@ -43,6 +43,11 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
         "int[] dims, float eps, Tensor cos, Tensor sin, Tensor(b!) k_arena, Tensor(c!) v_arena, "
         "Tensor write_rows, Tensor q_cu, Tensor own_base, Tensor own_start, Tensor prefix_start, "
         "Tensor prefix_len, float scale, bool brgemm) -> ()");
+  m.def("decoder_layer_int8_(Tensor(a!) x, Tensor[] norms, Tensor[] packed, Tensor[] w_scales, "
+        "Tensor[] w_zeros, Tensor? qkv_bias, int[] dims, float eps, Tensor cos, Tensor sin, "
+        "Tensor(b!) k_arena, Tensor(c!) v_arena, Tensor write_rows, Tensor q_cu, "
+        "Tensor own_base, Tensor own_start, Tensor prefix_start, Tensor prefix_len, float scale, "
+        "bool brgemm) -> ()");
   // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
   m.def("shared_prefix_attention_supports(str dtype) -> bool",
         &shared_prefix_attention_supports);
@@ -67,9 +72,11 @@ TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("vocab_head", &vocab_head);
   m.impl("decoder_layer_", &decoder_layer_);
   m.impl("decoder_layer_packed_", &decoder_layer_packed_);
+  m.impl("decoder_layer_int8_", &decoder_layer_int8_);
 }
 
 // oneDNN's packed weights are MkldnnCPU tensors, so a call given them dispatches there.
 TORCH_LIBRARY_IMPL(erank_fast_cpu, MkldnnCPU, m) {
   m.impl("decoder_layer_packed_", &decoder_layer_packed_);
+  m.impl("decoder_layer_int8_", &decoder_layer_int8_);
 }

@@ -8,10 +8,14 @@
 //   b = rms_norm(x); x += (silu(b @ Wg) * (b @ Wu)) @ Wd.
 // decoder_layer_ multiplies on small_linear's blocks (bfloat16, a few rows, the epilogues in
 // the products); decoder_layer_packed_ on oneDNN's packed weights (ops/packed_linear.py's
-// float32 layers: oneDNN's linear, then ATen's SiLU, product and sums, as the Python layer).
+// float32 layers: oneDNN's linear, then ATen's SiLU, product and sums, as the Python layer);
+// decoder_layer_int8_ on int8 weights (ops/int8_linear.py: oneDNN's int8 GEMMs, q, k and v as
+// one, and int8_rows.cpp's kernels around them: RMSNorm then quantise, scale rows, quantise,
+// scale-and-add, SiLU x up then quantise).
 #include "erank_cpu.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/core/stack.h>
 #include <ATen/ops/add.h>
 #include <ATen/ops/mul.h>
 #include <ATen/ops/silu.h>
@@ -75,6 +79,19 @@ at::Tensor packed_linear(const at::Tensor& x, const at::Tensor& packed,
                  c10::string_view(""));
 }
 
+// (x_q - 128) @ W_q^T * w_scale in `dtype`, before each row's own scale: oneDNN's int8 GEMM
+// as ops/int8_linear.py's Int8Linear.unscaled calls it (u8 activations, zero point 128)
+at::Tensor int8_linear_unscaled(const at::Tensor& x_q, const at::Tensor& packed,
+                                const at::Tensor& w_scale, const at::Tensor& w_zero,
+                                at::ScalarType dtype) {
+  static auto op = c10::Dispatcher::singleton().findSchemaOrThrow("onednn::qlinear_pointwise", "");
+  torch::jit::Stack stack{x_q, 1.0, int64_t{128}, packed, w_scale, w_zero, c10::IValue(), 1.0,
+                          int64_t{0}, dtype, std::string("none"),
+                          c10::List<c10::optional<at::Scalar>>(), std::string("")};
+  op.callBoxed(&stack);
+  return stack[0].toTensor();
+}
+
 }  // namespace
 
 void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at::Tensor> blocks,
@@ -117,4 +134,42 @@ void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
   at::silu_(g);
   g.mul_(packed_linear(b, packed[5], biases[5]));
   x.add_(packed_linear(g, packed[6], biases[6]));
+}
+
+void decoder_layer_int8_(at::Tensor x, std::vector<at::Tensor> norms,
+                         std::vector<at::Tensor> packed, std::vector<at::Tensor> w_scales,
+                         std::vector<at::Tensor> w_zeros, c10::optional<at::Tensor> qkv_bias,
+                         std::vector<int64_t> dims, double eps, at::Tensor cos, at::Tensor sin,
+                         at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
+                         at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
+                         at::Tensor prefix_start, at::Tensor prefix_len, double scale,
+                         bool brgemm) {
+  TORCH_CHECK(packed.size() == 5 && w_scales.size() == 5 && w_zeros.size() == 5,
+              "int8 decoder layer: qkv, o, gate, up and down weights, scales and zero points");
+  TORCH_CHECK(dims.size() == 4, "decoder layer: dims [heads, kv heads, head dim, intermediate]");
+  TORCH_CHECK(norms.size() == 2 || norms.size() == 4, "decoder layer: 2 norms (4 with q/k norms)");
+  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "decoder layer: x [M, H] contiguous");
+  TORCH_CHECK(write_rows.numel() <= x.size(0), "decoder layer: more rows to write than rows");
+  const LayerDims l{x.size(0), x.size(1), dims[0], dims[1], dims[2], dims[3]};
+  const auto dtype = x.scalar_type();
+  auto linear = [&](const at::Tensor& x_q, int i) {
+    return int8_linear_unscaled(x_q, packed[i], w_scales[i], w_zeros[i], dtype);
+  };
+  auto [a_q, a_s] = rms_norm_quantize(x, norms[0], eps);
+  auto qkv = linear(a_q, 0);
+  scale_rows_(qkv, a_s);
+  if (qkv_bias) qkv.add_(qkv_bias->to(dtype));
+  const int64_t nq = l.hq * l.d, nkv = l.hkv * l.d;
+  auto q = qkv.narrow(1, 0, nq).view({l.m, l.hq, l.d});
+  auto k = qkv.narrow(1, nq, nkv).view({l.m, l.hkv, l.d});
+  auto v = qkv.narrow(1, nq + nkv, nkv).view({l.m, l.hkv, l.d});
+  auto out = attend(q, k, v, l, norms, eps, cos, sin, k_arena, v_arena, write_rows, q_cu,
+                    own_base, own_start, prefix_start, prefix_len, scale, brgemm);
+  auto [o_q, o_s] = quantize_rows(out);
+  scaled_add_(x, linear(o_q, 1), o_s);
+  auto [b_q, b_s] = rms_norm_quantize(x, norms[1], eps);
+  auto gate = linear(b_q, 2);
+  auto up = linear(b_q, 3);
+  auto [g_q, g_s] = silu_mul_quantize(gate, up, b_s);
+  scaled_add_(x, linear(g_q, 4), g_s);
 }

@@ -112,3 +112,13 @@ void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
                            at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
                            at::Tensor prefix_start, at::Tensor prefix_len, double scale,
                            bool brgemm);
+// the same on int8 weights (ops/int8_linear.py: q, k and v as one; oneDNN's int8 GEMMs and the
+// row kernels around them in the Python layer's order); biases on q, k and v only
+void decoder_layer_int8_(at::Tensor x, std::vector<at::Tensor> norms,
+                         std::vector<at::Tensor> packed, std::vector<at::Tensor> w_scales,
+                         std::vector<at::Tensor> w_zeros, c10::optional<at::Tensor> qkv_bias,
+                         std::vector<int64_t> dims, double eps, at::Tensor cos, at::Tensor sin,
+                         at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
+                         at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
+                         at::Tensor prefix_start, at::Tensor prefix_len, double scale,
+                         bool brgemm);
