@@ -10,8 +10,8 @@ and agreement against erank_fast's float32 path (results JSON + a PNG plot).
         --queries 3 --docs 100 --think off 64 [--before GIT_REF]
 
 ``--before REF`` adds erank_fast as of that commit (a git worktree in the work folder, its own
-C++ kernel build) as the systems ``erank_fast@REF`` and ``erank_fast_fp32@REF``: a change's
-speed-up measured in the same run as the peers.
+C++ kernel build): each erank_fast system of ``--systems`` again as ``<system>@REF`` (e.g.
+``erank_fast_int8@REF``), a change's speed-up measured in the same run as the peers.
 """
 
 from __future__ import annotations
@@ -209,7 +209,7 @@ def main() -> None:
     parser.add_argument("--work", type=Path, default=HERE / "work")
     parser.add_argument("--out", type=Path, default=HERE.parent / "results")
     parser.add_argument("--before", metavar="GIT_REF",
-                        help="also run erank_fast as of this commit (bf16 default and float32)")
+                        help="also run the chosen erank_fast systems as of this commit")
     args = parser.parse_args()
     # every system runs in its own process and folder: paths must not depend on the cwd
     args.data, args.work, args.out = args.data.resolve(), args.work.resolve(), args.out.resolve()
@@ -236,7 +236,7 @@ def main() -> None:
                 results[name] = r
         if args.before:
             tree = checkout(args.before, args.work)
-            for name in ("erank_fast", "erank_fast_fp32"):
+            for name in [n for n in systems if n.startswith("erank_fast")]:
                 label = f"{name}@{args.before}"
                 r = run_system(name, wpath, args.work / f"{label}-think-{think}.json", tree)
                 r["system"] = label
