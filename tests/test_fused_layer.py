@@ -29,43 +29,31 @@ def _fused_or_skip(dtype: torch.dtype):
         pytest.skip("no bfloat16 brgemm (AMX) on this CPU")
 
 
-@pytest.mark.parametrize("family,overrides", [
-    ("qwen3", dict(head_dim=64)),                                        # q/k norms
-    ("qwen2", dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2)),  # biases
-    ("llama", dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)),
-])
-@pytest.mark.parametrize("think", ["off", 6])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_fused_layer_equals_the_python_layer(qwen_tokenizer, tmp_path, monkeypatch, family,
-                                             overrides, think, dtype):
-    _fused_or_skip(dtype)
-    _compare_fused_and_python(qwen_tokenizer, tmp_path, monkeypatch, family, overrides, think,
-                              dtype=dtype)
-
-
-@pytest.mark.parametrize("family,overrides", [
-    ("qwen3", dict(head_dim=64)),                                        # q/k norms
-    ("qwen2", dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2)),  # biases
-    ("llama", dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)),
-])
-@pytest.mark.parametrize("think", ["off", 6])
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_fused_int8_layer_equals_the_python_layer(qwen_tokenizer, tmp_path, monkeypatch, family,
-                                                  overrides, think, dtype):
+def _int8_fused_or_skip(dtype: torch.dtype):
     reason = int8_unavailable_reason(dtype)
     if reason:
         pytest.skip(reason)
     if not cpu_kernels().shared_prefix_attention_supports(str(dtype).removeprefix("torch.")):
         pytest.skip(f"the attention kernel is not built for {dtype} on this CPU")
-    _compare_fused_and_python(qwen_tokenizer, tmp_path, monkeypatch, family, overrides, think,
-                              dtype=dtype, quantize="int8")
 
 
-def _compare_fused_and_python(tok, tmp_path, monkeypatch, family, overrides, think, **options):
+@pytest.mark.parametrize("family,overrides", [
+    ("qwen3", dict(head_dim=64)),                                        # q/k norms
+    ("qwen2", dict(hidden_size=256, num_attention_heads=4, num_key_value_heads=2)),  # biases
+    ("llama", dict(hidden_size=128, num_attention_heads=2, num_key_value_heads=1)),
+])
+@pytest.mark.parametrize("think", ["off", 6])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("quantize", ["none", "int8"])
+def test_fused_layer_equals_the_python_layer(qwen_tokenizer, tmp_path, monkeypatch, family,
+                                             overrides, think, dtype, quantize):
+    (_int8_fused_or_skip if quantize == "int8" else _fused_or_skip)(dtype)
+    tok = qwen_tokenizer
     model = boost_digits(make_tiny_model(family, len(tok), **overrides), tok)
     model.save_pretrained(tmp_path)
     tok.save_pretrained(tmp_path)
-    rr = Reranker.from_pretrained(tmp_path, think=think, max_think_tokens=12, **options)
+    rr = Reranker.from_pretrained(tmp_path, dtype=dtype, think=think, max_think_tokens=12,
+                                  quantize=quantize)
     ran = []
     real = fused_layer.run_fused_layer
 
