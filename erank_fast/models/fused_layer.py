@@ -125,7 +125,8 @@ def _weights_of(layer) -> LayerWeights | None:
 
 def _int8_weights_of(layer, norms, dtype) -> LayerWeights | None:
     """An int8 layer's (``quantize_decoder_layers``): its input norms quantise their output,
-    the q/k norms (Qwen3) do not; biases on q, k and v only, as the Python layer's."""
+    the q/k norms (Qwen3) do not. Biases on q, k and v only: a layer with others (none of
+    the architectures erank_fast loads has them) takes the Python layer."""
     attn, mlp = layer.self_attn, layer.mlp
     linears = [attn.qkv_proj, attn.o_proj, mlp.gate_proj, mlp.up_proj, mlp.down_proj]
     if not (cpu_kernels() is not None and dtype in (torch.float32, torch.bfloat16)
