@@ -29,17 +29,21 @@ struct LayerDims {
   int64_t m, h, hq, hkv, d, f;
 };
 
+// The checks every layer kind shares (its weights are checked by the caller).
 LayerDims check_layer(const at::Tensor& x, const std::vector<at::Tensor>& norms,
-                      const std::vector<at::Tensor>& weights,
-                      const std::vector<c10::optional<at::Tensor>>& biases,
                       const std::vector<int64_t>& dims, const at::Tensor& write_rows) {
   TORCH_CHECK(norms.size() == 2 || norms.size() == 4, "decoder layer: 2 norms (4 with q/k norms)");
-  TORCH_CHECK(weights.size() == 7 && biases.size() == 7, "decoder layer: q, k, v, o, gate, up, "
-              "down weights and biases");
   TORCH_CHECK(dims.size() == 4, "decoder layer: dims [heads, kv heads, head dim, intermediate]");
   TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "decoder layer: x [M, H] contiguous");
   TORCH_CHECK(write_rows.numel() <= x.size(0), "decoder layer: more rows to write than rows");
   return {x.size(0), x.size(1), dims[0], dims[1], dims[2], dims[3]};
+}
+
+// The float layers' weights: q, k, v, o, gate, up and down, each with its bias or none.
+void check_float_weights(const std::vector<at::Tensor>& weights,
+                 const std::vector<c10::optional<at::Tensor>>& biases) {
+  TORCH_CHECK(weights.size() == 7 && biases.size() == 7, "decoder layer: q, k, v, o, gate, up, "
+              "down weights and biases");
 }
 
 // q/k norms, RoPE, the K/V write and the attention: out [M, Hq * D]
@@ -100,7 +104,8 @@ void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at:
                     at::Tensor v_arena, at::Tensor write_rows, at::Tensor q_cu,
                     at::Tensor own_base, at::Tensor own_start, at::Tensor prefix_start,
                     at::Tensor prefix_len, double scale, bool brgemm) {
-  const LayerDims l = check_layer(x, norms, blocks, biases, dims, write_rows);
+  check_float_weights(blocks, biases);
+  const LayerDims l = check_layer(x, norms, dims, write_rows);
   auto a = rms_norm(x, norms[0], eps);
   auto q = small_linear(a, blocks[0], l.hq * l.d, biases[0], NONE).view({l.m, l.hq, l.d});
   auto k = small_linear(a, blocks[1], l.hkv * l.d, biases[1], NONE).view({l.m, l.hkv, l.d});
@@ -121,7 +126,8 @@ void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
                            at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
                            at::Tensor prefix_start, at::Tensor prefix_len, double scale,
                            bool brgemm) {
-  const LayerDims l = check_layer(x, norms, packed, biases, dims, write_rows);
+  check_float_weights(packed, biases);
+  const LayerDims l = check_layer(x, norms, dims, write_rows);
   auto a = rms_norm(x, norms[0], eps);
   auto q = packed_linear(a, packed[0], biases[0]).view({l.m, l.hq, l.d});
   auto k = packed_linear(a, packed[1], biases[1]).view({l.m, l.hkv, l.d});
@@ -146,11 +152,7 @@ void decoder_layer_int8_(at::Tensor x, std::vector<at::Tensor> norms,
                          bool brgemm) {
   TORCH_CHECK(packed.size() == 5 && w_scales.size() == 5 && w_zeros.size() == 5,
               "int8 decoder layer: qkv, o, gate, up and down weights, scales and zero points");
-  TORCH_CHECK(dims.size() == 4, "decoder layer: dims [heads, kv heads, head dim, intermediate]");
-  TORCH_CHECK(norms.size() == 2 || norms.size() == 4, "decoder layer: 2 norms (4 with q/k norms)");
-  TORCH_CHECK(x.dim() == 2 && x.is_contiguous(), "decoder layer: x [M, H] contiguous");
-  TORCH_CHECK(write_rows.numel() <= x.size(0), "decoder layer: more rows to write than rows");
-  const LayerDims l{x.size(0), x.size(1), dims[0], dims[1], dims[2], dims[3]};
+  const LayerDims l = check_layer(x, norms, dims, write_rows);
   const auto dtype = x.scalar_type();
   auto linear = [&](const at::Tensor& x_q, int i) {
     return int8_linear_unscaled(x_q, packed[i], w_scales[i], w_zeros[i], dtype);

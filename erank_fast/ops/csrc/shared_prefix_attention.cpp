@@ -23,8 +23,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
-#include <map>
-#include <utility>
+#include <tuple>
 #include <vector>
 
 namespace {
@@ -40,8 +39,9 @@ struct Rows {  // the metadata of one call, per document
 
 // One unit of work: (document, KV head, first row of its tile); head -1 is every head of a
 // one-token document (the builds whose run_single takes them, decode_task_per_document).
+// group_cost: the cost of all tiles of its (document, KV head).
 struct Task {
-  int64_t doc, head, row0, cost;
+  int64_t doc, head, row0, cost, group_cost = 0;
 };
 
 }  // namespace
@@ -548,26 +548,28 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
   for (const int64_t b : docs) {
     const int64_t rows = (m.q_cu[b + 1] - m.q_cu[b]) * m.group;
     if (rows == m.group && per_document) {  // one new token, every head
-      tasks.push_back({b, -1, 0, (m.prefix_len[b] + m.own_start[b] + 1) * k.size(1)});
+      const int64_t cost = (m.prefix_len[b] + m.own_start[b] + 1) * k.size(1);
+      tasks.push_back({b, -1, 0, cost, cost});
       continue;
     }
-    for (int64_t h = 0; h < k.size(1); ++h)
+    for (int64_t h = 0; h < k.size(1); ++h) {
+      const size_t first = tasks.size();
+      int64_t group_cost = 0;
       for (int64_t r0 = 0; r0 < rows; r0 += MR) {
         const int64_t last = std::min(rows, r0 + MR) - 1;
         tasks.push_back({b, h, r0, m.prefix_len[b] + m.own_start[b] + last / m.group + 1});
+        group_cost += tasks.back().cost;
       }
+      for (size_t i = first; i < tasks.size(); ++i) tasks[i].group_cost = group_cost;
+    }
   }
   // Handed out one at a time, (document, KV head) by (document, KV head), the one with the most
   // work first, and within one its tiles longest first: a document's keys are read from the
   // core's cache by its tiles after the first, and the two halves of a 2-core machine finish
   // together (the last tiles are the shortest of the smallest).
-  std::map<std::pair<int64_t, int64_t>, int64_t> work;
-  for (const Task& t : tasks) work[{t.doc, t.head}] += t.cost;
-  std::sort(tasks.begin(), tasks.end(), [&](const Task& a, const Task& b) {
-    const int64_t wa = work[{a.doc, a.head}], wb = work[{b.doc, b.head}];
-    if (wa != wb) return wa > wb;
-    if (a.doc != b.doc || a.head != b.head) return std::pair(a.doc, a.head) < std::pair(b.doc, b.head);
-    return a.cost > b.cost;
+  std::sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) {
+    return std::tie(b.group_cost, a.doc, a.head, b.cost) <
+           std::tie(a.group_cost, b.doc, b.head, a.cost);
   });
 #if defined(__AVX512F__)
   const float scale_log2 = static_cast<float>(scale) * LOG2E;  // these kernels: log2 units
