@@ -23,10 +23,11 @@ from erank_fast.models.decoder import Decoder
 
 
 class ModelRunner:
-    def __init__(self, decoder: Decoder, impl: str, cuda_graphs: str):
+    def __init__(self, decoder: Decoder, impl: str, cuda_graphs: str, int8_scores: bool = False):
         """impl: "auto" (Triton kernels on CUDA, PyTorch elsewhere), "torch" or "triton".
-        cuda_graphs: "auto", "on", "off" or "padded" (``decode_graphs.graph_mode``)."""
-        self.decoder, self.impl = decoder, impl
+        cuda_graphs: "auto", "on", "off" or "padded" (``decode_graphs.graph_mode``).
+        int8_scores: the steps' prefill attention scores in int8 (``SharedPrefixAttention``)."""
+        self.decoder, self.impl, self.int8_scores = decoder, impl, int8_scores
         self.cuda_graphs = graph_mode(cuda_graphs, decoder, impl)
         self.graphs: DecodeGraphs | None = None
         self.scale = decoder.config.head_dim**-0.5
@@ -73,13 +74,15 @@ class ModelRunner:
         if graphs is not None and graphs.fits(len(docs)):
             return graphs.run(ids, positions, own_base, own_start, groups, prefixes)
         meta = StepMeta.build(lens, own_base, own_start, groups, prefixes, self.device)
-        attention = SharedPrefixAttention(pool, meta, self.scale, self.impl)
+        attention = SharedPrefixAttention(pool, meta, self.scale, self.impl,
+                                          int8_scores=self.int8_scores)
         if keep == lens:
             return self.decoder(self._tensor(ids), self._tensor(positions), attention)
         ends = meta.q_cu_seqlens[1:].tolist()
         rows = self._tensor([e - k + j for e, k in zip(ends, keep) for j in range(k)])
         queries = SharedPrefixAttention(pool, meta, self.scale, self.impl,
-                                        queries=last_tokens(meta, keep))
+                                        queries=last_tokens(meta, keep),
+                                        int8_scores=self.int8_scores)
         return self.decoder(self._tensor(ids), self._tensor(positions), attention, rows=rows,
                             rows_attention=queries)
 

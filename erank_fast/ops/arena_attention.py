@@ -9,7 +9,12 @@ instead: the same attention with its two products on AMX tiles (raw tile instruc
 oneDNN's brgemm micro-kernels where the process may not use them directly; a step's one-token
 documents, decoding beside the prefill, still on the vector kernel's decode path). Equal to
 prefix_attention + suffix_attention merged by LSE (tests/test_torch_ops.py);
-None where the kernel does not apply, and the caller runs the PyTorch paths instead."""
+None where the kernel does not apply, and the caller runs the PyTorch paths instead.
+
+``int8_scores`` (the engine's ``quantize="int8"`` on a float32 model, where the CPU has
+AVX512-VNNI): the prefill tiles' Q K^T in int8, each key less its document's mean key with a
+scale per key, each query row with its own (``ops/csrc/int8_scores.h``); softmax and P V in
+float32; decode rows keep float32 scores."""
 
 from __future__ import annotations
 
@@ -67,6 +72,15 @@ def brgemm_available() -> bool:
     return kernels is not None and kernels.shared_prefix_attention_brgemm_available()
 
 
+@functools.cache
+def int8_scores_available(dtype: torch.dtype) -> bool:
+    """Whether the kernel takes its prefill scores in int8 for this dtype here (float32 on a CPU
+    with AVX512-VNNI: ``vpdpbusd`` does 4x an FMA's multiply-adds)."""
+    kernels = cpu_kernels()
+    return (dtype == torch.float32 and kernels is not None
+            and kernels.shared_prefix_attention_int8_scores_available())
+
+
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, rows: torch.Tensor, k: torch.Tensor,
              v: torch.Tensor) -> None:
     """k_cache[rows] = k and v_cache[rows] = v: on CPU one C++ pass of row copies
@@ -101,9 +115,11 @@ def takes_brgemm(dtype: torch.dtype, rows: ArenaRows) -> bool:
             and brgemm_available())
 
 
-def arena_attention_cpu(q, k_cache, v_cache, rows: ArenaRows, scale: float):
+def arena_attention_cpu(q, k_cache, v_cache, rows: ArenaRows, scale: float,
+                        int8_scores: bool = False):
     """q [N, Hq, D] packed by document; k_cache, v_cache [T, Hkv, D] (this step's K/V already
-    written) -> out [N, Hq, D] in q's dtype, or None where the kernel does not apply."""
+    written) -> out [N, Hq, D] in q's dtype, or None where the kernel does not apply.
+    int8_scores: the prefill scores in int8 (only where ``int8_scores_available``)."""
     if not kernel_applies(q, k_cache) or v_cache.stride() != k_cache.stride():
         return None
     q = q if q.stride(-1) == 1 else q.contiguous()
@@ -113,4 +129,4 @@ def arena_attention_cpu(q, k_cache, v_cache, rows: ArenaRows, scale: float):
             rows.prefix_len, scale)
     return cpu_kernels().shared_prefix_attention(q, k_cache, v_cache, rows.q_cu, rows.own_base,
                                                  rows.own_start, rows.prefix_start,
-                                                 rows.prefix_len, scale)
+                                                 rows.prefix_len, scale, int8_scores)

@@ -24,6 +24,7 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace {
@@ -53,6 +54,9 @@ struct Task {
 #include "avx512_exp2.h"
 #include "avx512_transpose.h"
 #include "next_block_prefetch.h"
+#if defined(__AVX512VNNI__)
+#include "int8_scores.h"
+#endif
 
 namespace {
 
@@ -273,10 +277,32 @@ inline bool decode_task_per_document(int64_t q_heads, int64_t documents) {
   return q_heads <= 16 && documents >= 2 * at::get_num_threads();
 }
 
-template <typename T, int D>
+#if defined(__AVX512VNNI__)
+// This thread's int8 keys of task t's (document, KV head) in call `call` (int8_scores.h), made
+// by its first tile on the thread.
+template <int D>
+const erank_cpu::Int8Keys& int8_keys(uint64_t call, const Task& t, const float* k, int64_t kv_s0,
+                                     int64_t kv_s1, const Rows& m) {
+  thread_local erank_cpu::Int8Keys keys;
+  if (keys.call != call || keys.doc != t.doc || keys.head != t.head) {
+    const int64_t b = t.doc, n = m.prefix_len[b] + m.own_start[b] + m.q_cu[b + 1] - m.q_cu[b];
+    erank_cpu::quantize_keys<D>(keys, n, [&](int64_t j) {
+      return k + m.arena_row(b, j) * kv_s0 + t.head * kv_s1;
+    });
+    keys.call = call;
+    keys.doc = b;
+    keys.head = t.head;
+  }
+  return keys;
+}
+#endif
+
+// One tile; INT8 (float32, AVX512-VNNI): Q K^T in int8 (int8_scores.h), call numbering this
+// call's keys.
+template <typename T, int D, bool INT8 = false>
 void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
               int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1,
-              const Rows& m, float scale_log2) {
+              const Rows& m, float scale_log2, uint64_t call = 0) {
   using Q = QK<T>;
   using packed_t = typename Q::packed_t;
   constexpr int W = D / Q::per_word;
@@ -286,6 +312,16 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
   alignas(64) int32_t limit[MR];
   const T* key_rows[KB];
   const T* value_rows[KB];
+#if defined(__AVX512VNNI__)
+  alignas(64) int32_t bias8[MR];
+  alignas(64) float qscale8[MR];
+  const uint8_t* key8[KB];
+  float kscale8[KB];
+  const erank_cpu::Int8Keys* keys8 = nullptr;
+  if constexpr (INT8) keys8 = &int8_keys<D>(call, t, k, kv_s0, kv_s1, m);
+#else
+  static_assert(!INT8, "int8 scores need AVX512-VNNI");
+#endif
 
   const int64_t b = t.doc, g_size = m.group;
   const int64_t n_new = m.q_cu[b + 1] - m.q_cu[b], rows = n_new * g_size;
@@ -303,6 +339,13 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
                              : reinterpret_cast<const T*>(zeros);
     if (r < tile_rows) limit[r] = static_cast<int32_t>(start + i);  // own keys 0..start+i
   }
+#if defined(__AVX512VNNI__)
+  if constexpr (INT8)
+    erank_cpu::pack_queries_int8<D, MR>(reinterpret_cast<const float* const*>(q_row), tile_rows,
+                                        scale_log2, reinterpret_cast<uint32_t*>(qp), bias8,
+                                        qscale8);
+  else
+#endif
   for (int r0 = 0; r0 < MR; r0 += 16)
     for (int w0 = 0; w0 < W; w0 += 16) {
       __m512 x[16];
@@ -327,16 +370,43 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
       const int64_t arena_row = m.arena_row(b, key);
       key_rows[j] = k + arena_row * kv_s0 + t.head * kv_s1;
       value_rows[j] = v + arena_row * kv_s0 + t.head * kv_s1;
+#if defined(__AVX512VNNI__)
+      if constexpr (INT8) {
+        key8[j] = keys8->k.data() + key * D;
+        kscale8[j] = keys8->scale[key];
+      }
+#endif
     }
     for (int j = 0; j < KB; j += NR) {
-      if (j < nk) Q::template scores<D>(qp, key_rows + j, s + j * MR);
+      if (j >= nk) break;
+#if defined(__AVX512VNNI__)
+      if constexpr (INT8) {
+        erank_cpu::scores_int8<D, MR, NR>(
+            reinterpret_cast<const uint32_t*>(qp), key8 + j, _mm512_load_si512(bias8),
+            _mm512_load_si512(bias8 + 16), reinterpret_cast<int32_t*>(s + j * MR));
+        continue;
+      }
+#endif
+      Q::template scores<D>(qp, key_rows + j, s + j * MR);
     }
     // scale into log2 units, mask the causal band, block maximum
     __m512 bm0 = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), bm1 = bm0;
     __mmask16 keep0[KB], keep1[KB];
     for (int j = 0; j < nk; ++j) {
-      __m512 s0 = _mm512_mul_ps(_mm512_load_ps(s + j * MR), scale);
-      __m512 s1 = _mm512_mul_ps(_mm512_load_ps(s + j * MR + 16), scale);
+      __m512 s0, s1;
+#if defined(__AVX512VNNI__)
+      if constexpr (INT8) {  // int32 sums times each row's and this key's scales
+        const __m512 ks = _mm512_set1_ps(kscale8[j]);
+        s0 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(s + j * MR)),
+                           _mm512_mul_ps(_mm512_load_ps(qscale8), ks));
+        s1 = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_load_si512(s + j * MR + 16)),
+                           _mm512_mul_ps(_mm512_load_ps(qscale8 + 16), ks));
+      } else
+#endif
+      {
+        s0 = _mm512_mul_ps(_mm512_load_ps(s + j * MR), scale);
+        s1 = _mm512_mul_ps(_mm512_load_ps(s + j * MR + 16), scale);
+      }
       keep0[j] = keep1[j] = 0xFFFF;
       if (j0 + j >= unmasked) {
         const __m512i own = _mm512_set1_epi32(static_cast<int32_t>(j0 + j - plen));
@@ -503,13 +573,24 @@ bool shared_prefix_attention_supports(std::string dtype) {
   return dtype == "float32";
 }
 
+bool shared_prefix_attention_int8_scores_available() {
+#if defined(__AVX512VNNI__)
+  return true;
+#else
+  return false;
+#endif
+}
+
 // q [N, Hq, D] packed by document (rows q_cu[b]..q_cu[b+1]); k, v [T, Hkv, D], the arena;
 // per document (int64 [B]): its own rows start at own_base, own_start of them precede this
 // step's tokens, and its query's prefix is rows prefix_start .. + prefix_len. -> out [N, Hq, D].
 // Rows of q past q_cu[B] (padding: the linear layers run on whole blocks of rows) get zeros.
+// int8_scores: the prefill tiles' Q K^T in int8 (float32, AVX512-VNNI: int8_scores.h); the
+// documents with one new token (decode) keep float32 scores.
 at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor q_cu,
                                    at::Tensor own_base, at::Tensor own_start,
-                                   at::Tensor prefix_start, at::Tensor prefix_len, double scale) {
+                                   at::Tensor prefix_start, at::Tensor prefix_len, double scale,
+                                   bool int8_scores) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes(), "q [N,Hq,D], k/v [T,Hkv,D]");
   TORCH_CHECK(q.size(1) % k.size(1) == 0 && q.size(2) == k.size(2), "incompatible heads");
   TORCH_CHECK(q.size(2) == 64 || q.size(2) == 128, "head_dim 64 or 128");
@@ -517,6 +598,9 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   TORCH_CHECK(k.strides() == v.strides(), "k and v laid out alike");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
               "q, k, v of one dtype");
+  TORCH_CHECK(!int8_scores || (q.scalar_type() == at::kFloat &&
+                               shared_prefix_attention_int8_scores_available()),
+              "int8 scores: float32 on a CPU with AVX512-VNNI only");
   const int64_t docs = own_base.numel();
   TORCH_CHECK(q_cu.numel() == docs + 1, "q_cu [B+1]");
   for (const auto& t : {q_cu, own_base, own_start, prefix_start, prefix_len})
@@ -528,7 +612,7 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   std::vector<int64_t> every(docs);
   for (int64_t b = 0; b < docs; ++b) every[b] = b;
   shared_prefix_attention_of(q, k, v, q_cu, own_base, own_start, prefix_start, prefix_len, scale,
-                             every, out);
+                             every, out, int8_scores);
   return out;
 }
 
@@ -537,7 +621,8 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& q_cu, const at::Tensor& own_base,
                                 const at::Tensor& own_start, const at::Tensor& prefix_start,
                                 const at::Tensor& prefix_len, double scale,
-                                const std::vector<int64_t>& docs, at::Tensor& out) {
+                                const std::vector<int64_t>& docs, at::Tensor& out,
+                                bool int8_scores) {
   const Rows m{q_cu.data_ptr<int64_t>(), own_base.data_ptr<int64_t>(),
                own_start.data_ptr<int64_t>(), prefix_start.data_ptr<int64_t>(),
                prefix_len.data_ptr<int64_t>(), q.size(1) / k.size(1), k.size(1)};
@@ -584,11 +669,31 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
     const T* vp = v.data_ptr<T>();
     T* op = out.data_ptr<T>();
     std::atomic<int64_t> next{0};
+#if defined(__AVX512VNNI__)
+    static std::atomic<uint64_t> calls{0};  // numbers each call's int8 keys (int8_keys)
+    const uint64_t call = int8_scores ? ++calls : 0;
+#endif
     at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
-      for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());)
-        (m.q_cu[tasks[i].doc + 1] - m.q_cu[tasks[i].doc] == 1 ? run_single<T, D> : run_tile<T, D>)(
-            tasks[i], qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
-            out.stride(0), out.stride(1), m, scale_log2);
+      for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());) {
+        const Task& t = tasks[i];
+        if (m.q_cu[t.doc + 1] - m.q_cu[t.doc] == 1) {
+          run_single<T, D>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
+                           out.stride(0), out.stride(1), m, scale_log2);
+          continue;
+        }
+#if defined(__AVX512VNNI__)
+        if constexpr (std::is_same_v<T, float>) {
+          if (int8_scores) {
+            run_tile<float, D, true>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0),
+                                     k.stride(1), op, out.stride(0), out.stride(1), m,
+                                     scale_log2, call);
+            continue;
+          }
+        }
+#endif
+        run_tile<T, D>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
+                       out.stride(0), out.stride(1), m, scale_log2);
+      }
     });
   };
   const bool d64 = q.size(2) == 64;

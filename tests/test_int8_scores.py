@@ -1,0 +1,140 @@
+"""int8 prefill attention scores (``shared_prefix_attention(..., int8_scores=True)``, the
+engine's ``quantize="int8"`` on float32 models where the CPU has AVX512-VNNI): the kernel
+computes the scheme of ``ops/csrc/int8_scores.h`` (checked against it written in float64
+here), its error against the float32 kernel is bounded (max |Δ| <= 3 % of max |V|, mean <= 0.3
+%), decode rows keep float32 scores bit for bit, and results do not depend on the threads or
+on which documents share the call; the engine turns it on for int8 float32 models only."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from erank_fast.ops.arena_attention import ArenaRows, int8_scores_available
+from erank_fast.ops.cpu_extension import cpu_kernels
+
+PREFIXES = [(0, 45), (50, 3)]
+# (group, own base, own tokens before, new tokens): prefill tiles of 1-3 tiles, decode rows
+DOCS = [(0, 60, 0, 17), (0, 90, 9, 1), (1, 100, 31, 40), (1, 180, 0, 5), (0, 220, 12, 1)]
+
+
+def _kernels_or_skip():
+    if not int8_scores_available(torch.float32):
+        pytest.skip("int8 scores need erank_fast's CPU kernels on a CPU with AVX512-VNNI")
+    return cpu_kernels()
+
+
+def _inputs(hq, hkv, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    k = torch.randn(300, hkv, d, generator=g) + 3 * torch.randn(1, hkv, d, generator=g)
+    v = torch.randn(300, hkv, d, generator=g)
+    q = 2 * torch.randn(sum(n for *_, n in DOCS), hq, d, generator=g)
+    return q, k, v
+
+
+def _args(docs, d):
+    rows = ArenaRows.of_step(docs, PREFIXES)
+    return rows.q_cu, rows.own_base, rows.own_start, rows.prefix_start, rows.prefix_len, d**-0.5
+
+
+def _round(x):
+    return torch.round(x)  # half to even, as the kernel's conversion
+
+
+def _scheme(q, k, v, d):
+    """The documented scheme in float64, per document and KV head: keys less their mean,
+    int8 per key; query rows int8 per row; float softmax and P V."""
+    hq, hkv = q.shape[1], k.shape[1]
+    out = torch.zeros(q.shape, dtype=torch.float64)
+    row = 0
+    for g, base, start, n in DOCS:
+        p0, plen = PREFIXES[g]
+        rows = torch.cat([torch.arange(p0, p0 + plen), torch.arange(base, base + start + n)])
+        keys, values = k[rows].double(), v[rows].double()  # [T, Hkv, D]
+        keys = keys - keys.mean(dim=0, keepdim=True)
+        k_scale = keys.abs().amax(dim=2, keepdim=True) / 127
+        k_scale = torch.where(k_scale > 0, k_scale, torch.ones_like(k_scale))
+        k8 = _round(keys / k_scale)
+        qs = q[row : row + n].double()
+        q_scale = qs.abs().amax(dim=2, keepdim=True) / 127
+        q_scale = torch.where(q_scale > 0, q_scale, torch.ones_like(q_scale))
+        q8 = _round(qs / q_scale)
+        for h in range(hq):
+            kv = h // (hq // hkv)
+            s = (q8[:, h] @ k8[:, kv].T) * q_scale[:, h] * k_scale[:, kv, 0] * d**-0.5
+            visible = torch.arange(len(rows))[None] <= plen + start + torch.arange(n)[:, None]
+            p = F.softmax(s.masked_fill(~visible, float("-inf")), dim=1)
+            out[row : row + n, h] = p @ values[:, kv]
+        row += n
+    return out
+
+
+@pytest.mark.parametrize("hq,hkv,d", [(9, 3, 64), (8, 2, 128)])
+def test_int8_scores_compute_the_scheme_within_a_bound_of_float32(hq, hkv, d):
+    kernels = _kernels_or_skip()
+    q, k, v = _inputs(hq, hkv, d)
+    args = _args(DOCS, d)
+    exact = kernels.shared_prefix_attention(q, k, v, *args)
+    got = kernels.shared_prefix_attention(q, k, v, *args, True)
+    prefill = torch.cat([torch.full((n,), n > 1) for *_, n in DOCS])
+    # decode rows (one new token) keep float32 scores: the same bits
+    assert torch.equal(got[~prefill], exact[~prefill])
+    # the scheme, up to float32 sums (a rare value rounded to the other side of a step)
+    scheme = _scheme(q, k, v, d).float()
+    assert (got[prefill] - scheme[prefill]).abs().max().item() < 1e-4
+    # against float32 scores
+    err = (got[prefill] - exact[prefill]).abs()
+    top = v.abs().max().item()
+    assert err.max().item() <= 0.03 * top and err.mean().item() <= 0.003 * top
+    assert err.max().item() > 0  # the int8 path did run
+
+
+def test_int8_scores_do_not_depend_on_threads_or_company():
+    """Each (document, KV head)'s int8 keys are made from its own keys alone: the same rows
+    with 1 or 2 threads, and for a document alone or among others."""
+    kernels = _kernels_or_skip()
+    q, k, v = _inputs(9, 3, 64, seed=1)
+    together = kernels.shared_prefix_attention(q, k, v, *_args(DOCS, 64), True)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert torch.equal(kernels.shared_prefix_attention(q, k, v, *_args(DOCS, 64), True),
+                           together)
+    finally:
+        torch.set_num_threads(threads)
+    row = 0
+    for doc in DOCS:
+        n = doc[3]
+        alone = kernels.shared_prefix_attention(q[row : row + n], k, v, *_args([doc], 64), True)
+        assert torch.equal(alone, together[row : row + n])
+        row += n
+
+
+def test_int8_scores_only_where_they_run():
+    kernels = cpu_kernels()
+    if kernels is None:
+        pytest.skip("erank_fast's CPU kernels could not be built here")
+    assert int8_scores_available(torch.float32) == bool(
+        kernels.shared_prefix_attention_int8_scores_available())
+    assert not int8_scores_available(torch.bfloat16)
+    q, k, v = _inputs(9, 3, 64)
+    with pytest.raises(RuntimeError, match="int8 scores: float32 on a CPU with AVX512-VNNI"):
+        kernels.shared_prefix_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(),
+                                        *_args(DOCS, 64), True)
+
+
+def test_the_engine_takes_int8_scores_with_int8_layers_on_float32(qwen_tokenizer, tmp_path):
+    from erank_fast import Reranker
+    from erank_fast.ops.int8_linear import int8_unavailable_reason
+    from tests.helpers import make_tiny_model
+
+    if int8_unavailable_reason(torch.float32):
+        pytest.skip(int8_unavailable_reason(torch.float32))
+    make_tiny_model("qwen3", len(qwen_tokenizer), head_dim=64).save_pretrained(tmp_path)
+    qwen_tokenizer.save_pretrained(tmp_path)
+    int8 = Reranker.from_pretrained(tmp_path, dtype=torch.float32, quantize="int8")
+    plain = Reranker.from_pretrained(tmp_path, dtype=torch.float32)
+    assert int8._backend.runner.int8_scores == int8_scores_available(torch.float32)
+    assert not plain._backend.runner.int8_scores
+    assert len(int8.rerank("what causes tides", ["The moon.", "Bread " * 30])) == 2
