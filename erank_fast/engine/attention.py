@@ -79,12 +79,14 @@ class SharedPrefixAttention:
 
     ``queries``: where the queries come from when they are not every new token's (each
     document's last few tokens, ``last_tokens``); K and V are still every new
-    token's, written where ``meta`` says. ``int8_scores``: the CPU kernel's prefill scores in
-    int8 (``ops.arena_attention``; the engine sets it for ``quantize="int8"`` where it runs)."""
+    token's, written where ``meta`` says. ``int8_attention``: the CPU kernel's prefill attention
+    in int8 (``ops.arena_attention``; the engine sets it for ``quantize="int8"`` where it
+    runs)."""
 
     def __init__(self, pool: KVPool, meta: StepMeta, scale: float, impl: str,
-                 queries: StepMeta | None = None, int8_scores: bool = False):
-        self.pool, self.scale, self.impl, self.int8_scores = pool, scale, impl, int8_scores
+                 queries: StepMeta | None = None, int8_attention: bool = False):
+        self.pool, self.scale, self.impl = pool, scale, impl
+        self.int8_attention = int8_attention
         self.write_rows, self.meta = meta.write_rows, queries or meta
         self.rows: ArenaRows | None = None  # built by the first layer that needs them
 
@@ -96,7 +98,7 @@ class SharedPrefixAttention:
             # CPU: the C++ kernel reads the arena in place, any number of tokens per document
             # (rows of q past the documents' get zeros: no copy for padding).
             out = arena_attention_cpu(q, k_arena, v_arena, self._arena_rows(q.device),
-                                      self.scale, self.int8_scores)
+                                      self.scale, self.int8_attention)
             if out is not None:
                 return out
             if m.max_q_tokens == 1:  # bf16 without AVX512-BF16: the decode kernel
@@ -109,7 +111,7 @@ class SharedPrefixAttention:
     def kernel_args(self, layer: int, q: torch.Tensor) -> tuple | None:
         """What this layer's C++ kernel path reads, for ``decoder_layer_`` (one call per layer):
         (K arena, V arena, the new tokens' arena rows, q_cu, own_base, own_start, prefix_start,
-        prefix_len, scale, whether the brgemm kernel runs, whether scores are int8); None where
+        prefix_len, scale, whether the brgemm kernel runs, whether attention is int8); None where
         the step takes another path. q: a tensor like the layer's queries (device, dtype, head
         dim)."""
         m = self.meta
@@ -121,7 +123,8 @@ class SharedPrefixAttention:
         r = self._arena_rows(q.device)
         brgemm = takes_brgemm(q.dtype, r)
         return (k_arena, v_arena, self.write_rows, r.q_cu, r.own_base, r.own_start,
-                r.prefix_start, r.prefix_len, self.scale, brgemm, self.int8_scores and not brgemm)
+                r.prefix_start, r.prefix_len, self.scale, brgemm,
+                self.int8_attention and not brgemm)
 
     def _arena_rows(self, device) -> ArenaRows:
         """The C++ kernels' per-document rows, built by the first layer that needs them."""

@@ -23,11 +23,12 @@ from erank_fast.models.decoder import Decoder
 
 
 class ModelRunner:
-    def __init__(self, decoder: Decoder, impl: str, cuda_graphs: str, int8_scores: bool = False):
+    def __init__(self, decoder: Decoder, impl: str, cuda_graphs: str,
+                 int8_attention: bool = False):
         """impl: "auto" (Triton kernels on CUDA, PyTorch elsewhere), "torch" or "triton".
         cuda_graphs: "auto", "on", "off" or "padded" (``decode_graphs.graph_mode``).
-        int8_scores: the steps' prefill attention scores in int8 (``SharedPrefixAttention``)."""
-        self.decoder, self.impl, self.int8_scores = decoder, impl, int8_scores
+        int8_attention: the steps' prefill attention in int8 (``SharedPrefixAttention``)."""
+        self.decoder, self.impl, self.int8_attention = decoder, impl, int8_attention
         self.cuda_graphs = graph_mode(cuda_graphs, decoder, impl)
         self.graphs: DecodeGraphs | None = None
         self.scale = decoder.config.head_dim**-0.5
@@ -75,14 +76,14 @@ class ModelRunner:
             return graphs.run(ids, positions, own_base, own_start, groups, prefixes)
         meta = StepMeta.build(lens, own_base, own_start, groups, prefixes, self.device)
         attention = SharedPrefixAttention(pool, meta, self.scale, self.impl,
-                                          int8_scores=self.int8_scores)
+                                          int8_attention=self.int8_attention)
         if keep == lens:
             return self.decoder(self._tensor(ids), self._tensor(positions), attention)
         ends = meta.q_cu_seqlens[1:].tolist()
         rows = self._tensor([e - k + j for e, k in zip(ends, keep) for j in range(k)])
         queries = SharedPrefixAttention(pool, meta, self.scale, self.impl,
                                         queries=last_tokens(meta, keep),
-                                        int8_scores=self.int8_scores)
+                                        int8_attention=self.int8_attention)
         return self.decoder(self._tensor(ids), self._tensor(positions), attention, rows=rows,
                             rows_attention=queries)
 

@@ -30,7 +30,7 @@ HEADERS = [CSRC / "erank_cpu.h", CSRC / "shared_prefix_attention_portable.h",
            CSRC / "shared_prefix_attention_portable_decode.h",
            CSRC / "avx512_exp2.h", CSRC / "avx512_bf16.h", CSRC / "linear_epilogue.h",
            CSRC / "next_block_prefetch.h", CSRC / "avx512_transpose.h",
-           CSRC / "int8_scores.h"]
+           CSRC / "int8_attention.h"]
 
 
 @functools.cache

@@ -9,10 +9,10 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
         "Tensor own_base, Tensor own_len, float scale) -> Tensor[]");
   m.def("shared_prefix_attention(Tensor q, Tensor k, Tensor v, Tensor q_cu, Tensor own_base, "
         "Tensor own_start, Tensor prefix_start, Tensor prefix_len, float scale, "
-        "bool int8_scores=False) -> Tensor");
-  // whether shared_prefix_attention's int8_scores runs here (AVX512-VNNI; float32 only)
-  m.def("shared_prefix_attention_int8_scores_available() -> bool",
-        &shared_prefix_attention_int8_scores_available);
+        "bool int8_attention=False) -> Tensor");
+  // whether shared_prefix_attention's int8_attention runs here (AVX512-VNNI; float32 only)
+  m.def("shared_prefix_attention_int8_available() -> bool",
+        &shared_prefix_attention_int8_available);
   m.def("shared_prefix_attention_brgemm(Tensor q, Tensor k, Tensor v, Tensor q_cu, "
         "Tensor own_base, Tensor own_start, Tensor prefix_start, Tensor prefix_len, "
         "float scale, bool tiles=True) -> Tensor");
@@ -42,16 +42,16 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   m.def("decoder_layer_(Tensor(a!) x, Tensor[] norms, Tensor[] blocks, Tensor?[] biases, "
         "int[] dims, float eps, Tensor cos, Tensor sin, Tensor(b!) k_arena, Tensor(c!) v_arena, "
         "Tensor write_rows, Tensor q_cu, Tensor own_base, Tensor own_start, Tensor prefix_start, "
-        "Tensor prefix_len, float scale, bool brgemm, bool int8_scores=False) -> ()");
+        "Tensor prefix_len, float scale, bool brgemm, bool int8_attention=False) -> ()");
   m.def("decoder_layer_packed_(Tensor(a!) x, Tensor[] norms, Tensor[] packed, Tensor?[] biases, "
         "int[] dims, float eps, Tensor cos, Tensor sin, Tensor(b!) k_arena, Tensor(c!) v_arena, "
         "Tensor write_rows, Tensor q_cu, Tensor own_base, Tensor own_start, Tensor prefix_start, "
-        "Tensor prefix_len, float scale, bool brgemm, bool int8_scores=False) -> ()");
+        "Tensor prefix_len, float scale, bool brgemm, bool int8_attention=False) -> ()");
   m.def("decoder_layer_int8_(Tensor(a!) x, Tensor[] norms, Tensor[] packed, Tensor[] w_scales, "
         "Tensor[] w_zeros, Tensor? qkv_bias, int[] dims, float eps, Tensor cos, Tensor sin, "
         "Tensor(b!) k_arena, Tensor(c!) v_arena, Tensor write_rows, Tensor q_cu, "
         "Tensor own_base, Tensor own_start, Tensor prefix_start, Tensor prefix_len, float scale, "
-        "bool brgemm, bool int8_scores=False) -> ()");
+        "bool brgemm, bool int8_attention=False) -> ()");
   // whether shared_prefix_attention was built for a dtype ("float32", "bfloat16") on this CPU
   m.def("shared_prefix_attention_supports(str dtype) -> bool",
         &shared_prefix_attention_supports);

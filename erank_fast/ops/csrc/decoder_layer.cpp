@@ -53,7 +53,7 @@ at::Tensor attend(at::Tensor q, at::Tensor k, const at::Tensor& v, const LayerDi
                   const at::Tensor& write_rows, const at::Tensor& q_cu,
                   const at::Tensor& own_base, const at::Tensor& own_start,
                   const at::Tensor& prefix_start, const at::Tensor& prefix_len, double scale,
-                  bool brgemm, bool int8_scores) {
+                  bool brgemm, bool int8_attention) {
   if (norms.size() == 4) {
     q = rms_norm(q.reshape({l.m * l.hq, l.d}), norms[2], eps).view({l.m, l.hq, l.d});
     k = rms_norm(k.reshape({l.m * l.hkv, l.d}), norms[3], eps).view({l.m, l.hkv, l.d});
@@ -65,7 +65,7 @@ at::Tensor attend(at::Tensor q, at::Tensor k, const at::Tensor& v, const LayerDi
                                                      own_start, prefix_start, prefix_len, scale,
                                                      true)
                     : shared_prefix_attention(q, k_arena, v_arena, q_cu, own_base, own_start,
-                                              prefix_start, prefix_len, scale, int8_scores);
+                                              prefix_start, prefix_len, scale, int8_attention);
   return out.view({l.m, l.hq * l.d});
 }
 
@@ -103,7 +103,7 @@ void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at:
                     double eps, at::Tensor cos, at::Tensor sin, at::Tensor k_arena,
                     at::Tensor v_arena, at::Tensor write_rows, at::Tensor q_cu,
                     at::Tensor own_base, at::Tensor own_start, at::Tensor prefix_start,
-                    at::Tensor prefix_len, double scale, bool brgemm, bool int8_scores) {
+                    at::Tensor prefix_len, double scale, bool brgemm, bool int8_attention) {
   check_float_weights(blocks, biases);
   const LayerDims l = check_layer(x, norms, dims, write_rows);
   auto a = rms_norm(x, norms[0], eps);
@@ -111,7 +111,7 @@ void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at:
   auto k = small_linear(a, blocks[1], l.hkv * l.d, biases[1], NONE).view({l.m, l.hkv, l.d});
   auto v = small_linear(a, blocks[2], l.hkv * l.d, biases[2], NONE).view({l.m, l.hkv, l.d});
   auto out = attend(q, k, v, l, norms, eps, cos, sin, k_arena, v_arena, write_rows, q_cu,
-                    own_base, own_start, prefix_start, prefix_len, scale, brgemm, int8_scores);
+                    own_base, own_start, prefix_start, prefix_len, scale, brgemm, int8_attention);
   small_linear_into_(x, out, blocks[3], l.h, biases[3], ADD);
   auto b = rms_norm(x, norms[1], eps);
   auto g = small_linear_gate_up(b, blocks[4], blocks[5], l.f, biases[4], biases[5]);
@@ -125,7 +125,7 @@ void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
                            at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
                            at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
                            at::Tensor prefix_start, at::Tensor prefix_len, double scale,
-                           bool brgemm, bool int8_scores) {
+                           bool brgemm, bool int8_attention) {
   check_float_weights(packed, biases);
   const LayerDims l = check_layer(x, norms, dims, write_rows);
   auto a = rms_norm(x, norms[0], eps);
@@ -133,7 +133,7 @@ void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
   auto k = packed_linear(a, packed[1], biases[1]).view({l.m, l.hkv, l.d});
   auto v = packed_linear(a, packed[2], biases[2]).view({l.m, l.hkv, l.d});
   auto out = attend(q, k, v, l, norms, eps, cos, sin, k_arena, v_arena, write_rows, q_cu,
-                    own_base, own_start, prefix_start, prefix_len, scale, brgemm, int8_scores);
+                    own_base, own_start, prefix_start, prefix_len, scale, brgemm, int8_attention);
   x.add_(packed_linear(out, packed[3], biases[3]));
   auto b = rms_norm(x, norms[1], eps);
   auto g = packed_linear(b, packed[4], biases[4]);
@@ -149,7 +149,7 @@ void decoder_layer_int8_(at::Tensor x, std::vector<at::Tensor> norms,
                          at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
                          at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
                          at::Tensor prefix_start, at::Tensor prefix_len, double scale,
-                         bool brgemm, bool int8_scores) {
+                         bool brgemm, bool int8_attention) {
   TORCH_CHECK(packed.size() == 5 && w_scales.size() == 5 && w_zeros.size() == 5,
               "int8 decoder layer: qkv, o, gate, up and down weights, scales and zero points");
   const LayerDims l = check_layer(x, norms, dims, write_rows);
@@ -166,7 +166,7 @@ void decoder_layer_int8_(at::Tensor x, std::vector<at::Tensor> norms,
   auto k = qkv.narrow(1, nq, nkv).view({l.m, l.hkv, l.d});
   auto v = qkv.narrow(1, nq + nkv, nkv).view({l.m, l.hkv, l.d});
   auto out = attend(q, k, v, l, norms, eps, cos, sin, k_arena, v_arena, write_rows, q_cu,
-                    own_base, own_start, prefix_start, prefix_len, scale, brgemm, int8_scores);
+                    own_base, own_start, prefix_start, prefix_len, scale, brgemm, int8_attention);
   auto [o_q, o_s] = quantize_rows(out);
   scaled_add_(x, linear(o_q, 1), o_s);
   auto [b_q, b_s] = rms_norm_quantize(x, norms[1], eps);

@@ -15,11 +15,11 @@ std::vector<at::Tensor> decode_attention(at::Tensor q, at::Tensor k, at::Tensor 
                                          at::Tensor own_base, at::Tensor own_len, double scale);
 
 bool shared_prefix_attention_supports(std::string dtype);
-bool shared_prefix_attention_int8_scores_available();
+bool shared_prefix_attention_int8_available();
 at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor q_cu,
                                    at::Tensor own_base, at::Tensor own_start,
                                    at::Tensor prefix_start, at::Tensor prefix_len, double scale,
-                                   bool int8_scores);
+                                   bool int8_attention);
 
 // the same for some documents of the step only, into their rows of out (not an operator: the
 // brgemm kernel hands it the documents with one new token)
@@ -28,7 +28,7 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& own_start, const at::Tensor& prefix_start,
                                 const at::Tensor& prefix_len, double scale,
                                 const std::vector<int64_t>& docs, at::Tensor& out,
-                                bool int8_scores = false);
+                                bool int8_attention = false);
 
 // the same in bfloat16 with its two products on AMX tiles: raw tile instructions where the
 // process may use them and `tiles` (shared_prefix_attention_brgemm.cpp), else oneDNN's brgemm
@@ -98,14 +98,14 @@ void tile_linear_gate_up(const at::Tensor& x, const at::Tensor& gate, const at::
 std::vector<at::Tensor> vocab_head(at::Tensor x, at::Tensor blocks, int64_t n, bool lse);
 
 // one decoder layer of a bfloat16 step of a few rows, the ops above called in the Python
-// layer's order (decoder_layer.cpp); x is updated in place; int8_scores: the attention's
+// layer's order (decoder_layer.cpp); x is updated in place; int8_attention: the attention's
 // (shared_prefix_attention)
 void decoder_layer_(at::Tensor x, std::vector<at::Tensor> norms, std::vector<at::Tensor> blocks,
                     std::vector<c10::optional<at::Tensor>> biases, std::vector<int64_t> dims,
                     double eps, at::Tensor cos, at::Tensor sin, at::Tensor k_arena,
                     at::Tensor v_arena, at::Tensor write_rows, at::Tensor q_cu,
                     at::Tensor own_base, at::Tensor own_start, at::Tensor prefix_start,
-                    at::Tensor prefix_len, double scale, bool brgemm, bool int8_scores);
+                    at::Tensor prefix_len, double scale, bool brgemm, bool int8_attention);
 // the same on oneDNN's packed weights (float32 layers of ops/packed_linear.py), the Python
 // layer's oneDNN linear, SiLU, product and sums in its order
 void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
@@ -115,7 +115,7 @@ void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
                            at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
                            at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
                            at::Tensor prefix_start, at::Tensor prefix_len, double scale,
-                           bool brgemm, bool int8_scores);
+                           bool brgemm, bool int8_attention);
 // the same on int8 weights (ops/int8_linear.py: q, k and v as one; oneDNN's int8 GEMMs and the
 // row kernels around them in the Python layer's order); biases on q, k and v only
 void decoder_layer_int8_(at::Tensor x, std::vector<at::Tensor> norms,
@@ -125,4 +125,4 @@ void decoder_layer_int8_(at::Tensor x, std::vector<at::Tensor> norms,
                          at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
                          at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
                          at::Tensor prefix_start, at::Tensor prefix_len, double scale,
-                         bool brgemm, bool int8_scores);
+                         bool brgemm, bool int8_attention);

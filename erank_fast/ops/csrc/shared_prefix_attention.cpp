@@ -55,7 +55,7 @@ struct Task {
 #include "avx512_transpose.h"
 #include "next_block_prefetch.h"
 #if defined(__AVX512VNNI__)
-#include "int8_scores.h"
+#include "int8_attention.h"
 #endif
 
 namespace {
@@ -278,27 +278,29 @@ inline bool decode_task_per_document(int64_t q_heads, int64_t documents) {
 }
 
 #if defined(__AVX512VNNI__)
-// This thread's int8 keys of task t's (document, KV head) in call `call` (int8_scores.h), made
-// by its first tile on the thread.
+// This thread's int8 keys and values of task t's (document, KV head) in call `call`
+// (int8_attention.h), made by the first of their tiles the thread runs.
 template <int D>
-const erank_cpu::Int8Keys& int8_keys(uint64_t call, const Task& t, const float* k, int64_t kv_s0,
-                                     int64_t kv_s1, const Rows& m) {
-  thread_local erank_cpu::Int8Keys keys;
-  if (keys.call != call || keys.doc != t.doc || keys.head != t.head) {
+const erank_cpu::Int8KV& int8_kv(uint64_t call, const Task& t, const float* k, const float* v,
+                                 int64_t kv_s0, int64_t kv_s1, const Rows& m) {
+  thread_local erank_cpu::Int8KV kv;
+  if (kv.call != call || kv.doc != t.doc || kv.head != t.head) {
     const int64_t b = t.doc, n = m.prefix_len[b] + m.own_start[b] + m.q_cu[b + 1] - m.q_cu[b];
-    erank_cpu::quantize_keys<D>(keys, n, [&](int64_t j) {
-      return k + m.arena_row(b, j) * kv_s0 + t.head * kv_s1;
-    });
-    keys.call = call;
-    keys.doc = b;
-    keys.head = t.head;
+    auto row = [&](const float* arena) {
+      return [&, arena](int64_t j) { return arena + m.arena_row(b, j) * kv_s0 + t.head * kv_s1; };
+    };
+    erank_cpu::quantize_keys<D>(kv, n, row(k));
+    erank_cpu::quantize_values<D>(kv, n, row(v));
+    kv.call = call;
+    kv.doc = b;
+    kv.head = t.head;
   }
-  return keys;
+  return kv;
 }
 #endif
 
-// One tile; INT8 (float32, AVX512-VNNI): Q K^T in int8 (int8_scores.h), call numbering this
-// call's keys.
+// One tile; INT8 (float32, AVX512-VNNI): Q K^T and P V in int8 (int8_attention.h), `call`
+// numbering this call's int8 keys and values.
 template <typename T, int D, bool INT8 = false>
 void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
               int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1,
@@ -317,10 +319,10 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
   alignas(64) float qscale8[MR];
   const uint8_t* key8[KB];
   float kscale8[KB];
-  const erank_cpu::Int8Keys* keys8 = nullptr;
-  if constexpr (INT8) keys8 = &int8_keys<D>(call, t, k, kv_s0, kv_s1, m);
+  const erank_cpu::Int8KV* kv8 = nullptr;
+  if constexpr (INT8) kv8 = &int8_kv<D>(call, t, k, v, kv_s0, kv_s1, m);
 #else
-  static_assert(!INT8, "int8 scores need AVX512-VNNI");
+  static_assert(!INT8, "int8 attention needs AVX512-VNNI");
 #endif
 
   const int64_t b = t.doc, g_size = m.group;
@@ -367,15 +369,16 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
     const int nk = static_cast<int>(std::min<int64_t>(KB, n_keys - j0));
     for (int j = 0; j < KB; ++j) {
       const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
+#if defined(__AVX512VNNI__)
+      if constexpr (INT8) {
+        key8[j] = kv8->k.data() + key * D;
+        kscale8[j] = kv8->scale[key];
+        continue;
+      }
+#endif
       const int64_t arena_row = m.arena_row(b, key);
       key_rows[j] = k + arena_row * kv_s0 + t.head * kv_s1;
       value_rows[j] = v + arena_row * kv_s0 + t.head * kv_s1;
-#if defined(__AVX512VNNI__)
-      if constexpr (INT8) {
-        key8[j] = keys8->k.data() + key * D;
-        kscale8[j] = keys8->scale[key];
-      }
-#endif
     }
     for (int j = 0; j < KB; j += NR) {
       if (j >= nk) break;
@@ -437,6 +440,13 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
       _mm512_store_ps(s + nk * MR, _mm512_setzero_ps());
       _mm512_store_ps(s + nk * MR + 16, _mm512_setzero_ps());
     }
+#if defined(__AVX512VNNI__)
+    if constexpr (INT8) {
+      erank_cpu::accumulate_int8<D, MR, KB>(o, s, nk, kv8->v.data() + (j0 / 4) * D,
+                                            kv8->v_scale.data() + j0, alpha0, alpha1);
+      continue;
+    }
+#endif
     Q::template accumulate<D>(o, s, nk, value_rows, alpha0, alpha1);
   }
   alignas(64) float inv_l[MR];
@@ -451,7 +461,12 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
       for (int r = 0; r < 16 && r0 + r < tile_rows; ++r) {
         const int64_t i = (t.row0 + r0 + r) / g_size, g = (t.row0 + r0 + r) % g_size;
         T* dst = out + (m.q_cu[b] + i) * o_s0 + (t.head * g_size + g) * o_s1 + d0;
-        Q::store_row(dst, _mm512_mul_ps(x[r], _mm512_set1_ps(inv_l[r0 + r])));
+        __m512 y = _mm512_mul_ps(x[r], _mm512_set1_ps(inv_l[r0 + r]));
+#if defined(__AVX512VNNI__)
+        if constexpr (INT8)  // the values' mean, taken out before rounding them
+          y = _mm512_add_ps(y, _mm512_loadu_ps(kv8->v_mean.data() + d0));
+#endif
+        Q::store_row(dst, y);
       }
     }
 }
@@ -573,7 +588,7 @@ bool shared_prefix_attention_supports(std::string dtype) {
   return dtype == "float32";
 }
 
-bool shared_prefix_attention_int8_scores_available() {
+bool shared_prefix_attention_int8_available() {
 #if defined(__AVX512VNNI__)
   return true;
 #else
@@ -585,12 +600,12 @@ bool shared_prefix_attention_int8_scores_available() {
 // per document (int64 [B]): its own rows start at own_base, own_start of them precede this
 // step's tokens, and its query's prefix is rows prefix_start .. + prefix_len. -> out [N, Hq, D].
 // Rows of q past q_cu[B] (padding: the linear layers run on whole blocks of rows) get zeros.
-// int8_scores: the prefill tiles' Q K^T in int8 (float32, AVX512-VNNI: int8_scores.h); the
-// documents with one new token (decode) keep float32 scores.
+// int8_attention: the prefill tiles' Q K^T and P V in int8 (float32, AVX512-VNNI:
+// int8_attention.h); the documents with one new token (decode) stay float32.
 at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor q_cu,
                                    at::Tensor own_base, at::Tensor own_start,
                                    at::Tensor prefix_start, at::Tensor prefix_len, double scale,
-                                   bool int8_scores) {
+                                   bool int8_attention) {
   TORCH_CHECK(q.dim() == 3 && k.dim() == 3 && v.sizes() == k.sizes(), "q [N,Hq,D], k/v [T,Hkv,D]");
   TORCH_CHECK(q.size(1) % k.size(1) == 0 && q.size(2) == k.size(2), "incompatible heads");
   TORCH_CHECK(q.size(2) == 64 || q.size(2) == 128, "head_dim 64 or 128");
@@ -598,9 +613,9 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   TORCH_CHECK(k.strides() == v.strides(), "k and v laid out alike");
   TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
               "q, k, v of one dtype");
-  TORCH_CHECK(!int8_scores || (q.scalar_type() == at::kFloat &&
-                               shared_prefix_attention_int8_scores_available()),
-              "int8 scores: float32 on a CPU with AVX512-VNNI only");
+  TORCH_CHECK(!int8_attention || (q.scalar_type() == at::kFloat &&
+                               shared_prefix_attention_int8_available()),
+              "int8 attention: float32 on a CPU with AVX512-VNNI only");
   const int64_t docs = own_base.numel();
   TORCH_CHECK(q_cu.numel() == docs + 1, "q_cu [B+1]");
   for (const auto& t : {q_cu, own_base, own_start, prefix_start, prefix_len})
@@ -612,7 +627,7 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   std::vector<int64_t> every(docs);
   for (int64_t b = 0; b < docs; ++b) every[b] = b;
   shared_prefix_attention_of(q, k, v, q_cu, own_base, own_start, prefix_start, prefix_len, scale,
-                             every, out, int8_scores);
+                             every, out, int8_attention);
   return out;
 }
 
@@ -622,7 +637,7 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
                                 const at::Tensor& own_start, const at::Tensor& prefix_start,
                                 const at::Tensor& prefix_len, double scale,
                                 const std::vector<int64_t>& docs, at::Tensor& out,
-                                bool int8_scores) {
+                                bool int8_attention) {
   const Rows m{q_cu.data_ptr<int64_t>(), own_base.data_ptr<int64_t>(),
                own_start.data_ptr<int64_t>(), prefix_start.data_ptr<int64_t>(),
                prefix_len.data_ptr<int64_t>(), q.size(1) / k.size(1), k.size(1)};
@@ -670,8 +685,8 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
     T* op = out.data_ptr<T>();
     std::atomic<int64_t> next{0};
 #if defined(__AVX512VNNI__)
-    static std::atomic<uint64_t> calls{0};  // numbers each call's int8 keys (int8_keys)
-    const uint64_t call = int8_scores ? ++calls : 0;
+    static std::atomic<uint64_t> calls{0};  // numbers each call's int8 keys and values
+    const uint64_t call = int8_attention ? ++calls : 0;
 #endif
     at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
       for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());) {
@@ -683,7 +698,7 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
         }
 #if defined(__AVX512VNNI__)
         if constexpr (std::is_same_v<T, float>) {
-          if (int8_scores) {
+          if (int8_attention) {
             run_tile<float, D, true>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0),
                                      k.stride(1), op, out.stride(0), out.stride(1), m,
                                      scale_log2, call);
