@@ -121,6 +121,20 @@ def test_int8_attention_does_not_depend_on_threads_or_company():
         row += n
 
 
+def test_int8_attention_over_a_bfloat16_arena_reads_its_values_exactly():
+    """The engine's arena under int8 attention is bfloat16: float32 queries over it give the
+    bits they give over the same values in a float32 arena, prefill and decode rows alike."""
+    kernels = _kernels_or_skip()
+    q, k, v = _inputs(9, 3, 64, seed=2)
+    k16, v16 = k.bfloat16(), v.bfloat16()
+    got = kernels.shared_prefix_attention(q, k16, v16, *_args(DOCS, 64), True)
+    assert got.dtype == torch.float32
+    assert torch.equal(got, kernels.shared_prefix_attention(q, k16.float(), v16.float(),
+                                                            *_args(DOCS, 64), True))
+    with pytest.raises(RuntimeError, match="with int8 attention, a bfloat16 arena"):
+        kernels.shared_prefix_attention(q, k16, v16, *_args(DOCS, 64))
+
+
 def test_int8_attention_only_where_it_runs():
     kernels = cpu_kernels()
     if kernels is None:
@@ -145,6 +159,9 @@ def test_the_engine_takes_int8_attention_with_int8_layers_on_float32(qwen_tokeni
     qwen_tokenizer.save_pretrained(tmp_path)
     int8 = Reranker.from_pretrained(tmp_path, dtype=torch.float32, quantize="int8")
     plain = Reranker.from_pretrained(tmp_path, dtype=torch.float32)
-    assert int8._backend.runner.int8_attention == int8_attention_available(torch.float32)
+    on = int8_attention_available(torch.float32)
+    assert int8._backend.runner.int8_attention == on
+    assert int8._backend.kv_dtype == (torch.bfloat16 if on else torch.float32)
     assert not plain._backend.runner.int8_attention
+    assert plain._backend.kv_dtype == torch.float32
     assert len(int8.rerank("what causes tides", ["The moon.", "Bread " * 30])) == 2

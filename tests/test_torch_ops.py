@@ -382,25 +382,31 @@ def test_cpu_kernels_are_built_when_a_cpu_engine_is_made(tiny_qwen3, monkeypatch
     assert asked == [1]
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_cpu_arena_write_equals_advanced_indexing(dtype):
+@pytest.mark.parametrize("dtype,arena_dtype", [(torch.float32, torch.float32),
+                                               (torch.bfloat16, torch.bfloat16),
+                                               (torch.float32, torch.bfloat16)])
+def test_cpu_arena_write_equals_advanced_indexing(dtype, arena_dtype):
     """A step's K/V rows written by the C++ copy land where ``arena[rows] = k`` puts them, from
-    contiguous rows and from a view of a wider projection (rows farther apart); a row outside
-    the arena is an error, and the arena is left as it was."""
+    contiguous rows and from a view of a wider projection (rows farther apart); float32 rows
+    into a bfloat16 arena (int8 attention's) rounded as PyTorch's cast (ties to even); a row
+    outside the arena is an error, and the arena is left as it was."""
     from erank_fast.ops.arena_attention import write_kv
     from erank_fast.ops.cpu_extension import cpu_kernels
 
     if cpu_kernels() is None:
         pytest.skip("erank_fast's CPU kernels could not be built here (no compiler)")
     torch.manual_seed(3)
-    k_arena, v_arena = torch.randn(300, 3, 16).to(dtype), torch.randn(300, 3, 16).to(dtype)
+    k_arena = torch.randn(300, 3, 16).to(arena_dtype)
+    v_arena = torch.randn(300, 3, 16).to(arena_dtype)
     want_k, want_v = k_arena.clone(), v_arena.clone()
     rows = torch.tensor([7, 8, 9, 120, 299, 0])
     qkv = torch.randn(6, 5 * 48).to(dtype)  # k and v as column slices of one projection
+    # halfway between two bfloat16 values: rounded to the even one
+    qkv[0, 48:52] = torch.tensor([1 + 2**-8, 1 + 3 * 2**-8, -(1 + 2**-8), 3 * 2**-9])
     for k, v in ((torch.randn(6, 3, 16).to(dtype), torch.randn(6, 3, 16).to(dtype)),
                  (qkv[:, 48:96].view(6, 3, 16), qkv[:, 96:144].view(6, 3, 16))):
         write_kv(k_arena, v_arena, rows, k, v)
-        want_k[rows], want_v[rows] = k, v
+        want_k[rows], want_v[rows] = k.to(arena_dtype), v.to(arena_dtype)
         assert torch.equal(k_arena, want_k) and torch.equal(v_arena, want_v)
     write_kv(k_arena, v_arena, rows[:0], k[:0], v[:0])
     with pytest.raises(RuntimeError, match="outside the arena"):

@@ -117,7 +117,8 @@ class SharedPrefixAttention:
         m = self.meta
         k_arena, v_arena = self.pool.k[layer], self.pool.v[layer]
         if (self.write_rows is not m.write_rows or not m.docs or use_triton(self.impl, q)
-                or not kernel_applies(q, k_arena) or v_arena.stride() != k_arena.stride()
+                or not kernel_applies(q, k_arena, self.int8_attention)
+                or v_arena.stride() != k_arena.stride()
                 or not k_arena.is_contiguous() or not v_arena.is_contiguous()):
             return None
         r = self._arena_rows(q.device)

@@ -32,7 +32,7 @@ from erank_fast.engine.sampling import (
 from erank_fast.engine.scheduler import Scheduler
 from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request
 from erank_fast.models.decoder import Decoder
-from erank_fast.ops.arena_attention import int8_attention_available
+from erank_fast.ops.arena_attention import HEAD_DIMS, int8_attention_available
 from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.int8_linear import int8_unavailable_reason, quantize_decoder_layers
 from erank_fast.ops.packed_linear import pack_linears, padding_pays, rows_unpadded_above
@@ -66,7 +66,8 @@ class Engine:
         quantize: "int8" replaces the decoder layers' linear layers by int8 copies
         (``ops.int8_linear``; float32 or bfloat16 on a CPU with AMX-INT8 or AVX512-VNNI, else
         ValueError); likewise only for weights the engine owns. On a float32 model with
-        AVX512-VNNI the prefill attention is int8 too (``ops.arena_attention``)."""
+        AVX512-VNNI the prefill attention is int8 too, over a bfloat16 K/V arena
+        (``ops.arena_attention``)."""
         weight = decoder.lm_head_weight
         if weight.device.type == "cpu":
             cpu_kernels()  # built (once per machine) or loaded here, not in the first call
@@ -83,12 +84,13 @@ class Engine:
                             or self.quantized_layers > 0)
         decoder.unpadded_above = rows_unpadded_above(decoder.model) if self.packed_layers else None
         # int8 layers on a float32 model also run their prefill attention in int8 where the
-        # CPU has AVX512-VNNI (ops.arena_attention)
-        self.runner = ModelRunner(decoder, impl, cuda_graphs,
-                                  int8_attention=self.quantized_layers > 0
-                                  and weight.device.type == "cpu"
-                                  and int8_attention_available(weight.dtype))
-        self.scheduler = Scheduler(decoder.config, weight.dtype, weight.device,
+        # CPU has AVX512-VNNI, over a bfloat16 K/V arena (ops.arena_attention)
+        int8_attention = (self.quantized_layers > 0 and weight.device.type == "cpu"
+                          and decoder.config.head_dim in HEAD_DIMS
+                          and int8_attention_available(weight.dtype))
+        self.runner = ModelRunner(decoder, impl, cuda_graphs, int8_attention=int8_attention)
+        self.kv_dtype = torch.bfloat16 if int8_attention else weight.dtype
+        self.scheduler = Scheduler(decoder.config, self.kv_dtype, weight.device,
                                    kv_memory=kv_memory,
                                    max_batch_tokens=max_batch_tokens
                                    or DEFAULT_MAX_BATCH_TOKENS.get(weight.device.type, 4096))

@@ -15,8 +15,10 @@ None where the kernel does not apply, and the caller runs the PyTorch paths inst
 AVX512-VNNI): the prefill tiles' two products in int8 (``ops/csrc/int8_attention.h``): keys and
 values less their document's mean, int8 with a scale per key, query rows int8 with a scale per
 row, P per block of 32 keys uint8 with a scale per row; the softmax in float32. Decode rows
-stay float32. On erank-smol, DL19 nDCG@10 0.5732 against the int8 layers' 0.5782 with float32
-attention (float32: 0.5755)."""
+stay float32. The engine then keeps its K/V arena in bfloat16 (half the bytes a decode step
+reads; ``arena_write_`` rounds to nearest even), which the kernel reads under float32 queries.
+On erank-smol, DL19 nDCG@10 0.5732 against the int8 layers' 0.5782 with float32 attention
+(float32: 0.5755)."""
 
 from __future__ import annotations
 
@@ -85,24 +87,30 @@ def int8_attention_available(dtype: torch.dtype) -> bool:
 
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, rows: torch.Tensor, k: torch.Tensor,
              v: torch.Tensor) -> None:
-    """k_cache[rows] = k and v_cache[rows] = v: on CPU one C++ pass of row copies
+    """k_cache[rows] = k and v_cache[rows] = v (cast to the arena's dtype: float32 rows into
+    int8 attention's bfloat16 arena): on CPU one C++ pass of row copies
     (``ops/csrc/arena_write.cpp``; advanced indexing's index_put copies ~4x slower there),
     elsewhere, or without the kernels, advanced indexing."""
     kernels = cpu_kernels() if k_cache.device.type == "cpu" else None
-    if (kernels is not None and k.dim() == 3 and k.dtype == k_cache.dtype == v.dtype
+    if (kernels is not None and k.dim() == 3 and k.dtype == v.dtype
+            and (k.dtype == k_cache.dtype
+                 or (k.dtype == torch.float32 and k_cache.dtype == torch.bfloat16))
             and k.shape == v.shape and k_cache.shape == v_cache.shape
             and k_cache.is_contiguous() and v_cache.is_contiguous()
             and k.stride()[1:] == v.stride()[1:] == (k.shape[2], 1)):
         kernels.arena_write_(k_cache, v_cache, rows, k, v)
         return
-    k_cache[rows] = k
-    v_cache[rows] = v
+    k_cache[rows] = k.to(k_cache.dtype)
+    v_cache[rows] = v.to(v_cache.dtype)
 
 
-def kernel_applies(q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """Whether the C++ kernel runs for these tensors on this machine."""
-    if (q.device.type != "cpu" or q.shape[-1] not in HEAD_DIMS or k_cache.dtype != q.dtype
-            or k_cache.stride(-1) != 1):
+def kernel_applies(q: torch.Tensor, k_cache: torch.Tensor, int8_attention: bool = False) -> bool:
+    """Whether the C++ kernel runs for these tensors on this machine (with int8 attention, also
+    float32 queries over a bfloat16 arena)."""
+    mixed = (int8_attention and q.dtype == torch.float32 and k_cache.dtype == torch.bfloat16
+             and int8_attention_available(q.dtype))
+    if (q.device.type != "cpu" or q.shape[-1] not in HEAD_DIMS
+            or (k_cache.dtype != q.dtype and not mixed) or k_cache.stride(-1) != 1):
         return False
     kernels = cpu_kernels()
     dtype = str(q.dtype).removeprefix("torch.")
@@ -122,7 +130,7 @@ def arena_attention_cpu(q, k_cache, v_cache, rows: ArenaRows, scale: float,
     """q [N, Hq, D] packed by document; k_cache, v_cache [T, Hkv, D] (this step's K/V already
     written) -> out [N, Hq, D] in q's dtype, or None where the kernel does not apply.
     int8_attention: the prefill attention in int8 (only where ``int8_attention_available``)."""
-    if not kernel_applies(q, k_cache) or v_cache.stride() != k_cache.stride():
+    if not kernel_applies(q, k_cache, int8_attention) or v_cache.stride() != k_cache.stride():
         return None
     q = q if q.stride(-1) == 1 else q.contiguous()
     if takes_brgemm(q.dtype, rows):

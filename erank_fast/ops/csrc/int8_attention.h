@@ -19,6 +19,7 @@
 #include <cstring>
 #include <vector>
 
+#include "avx512_bf16.h"
 #include "avx512_transpose.h"
 
 namespace erank_cpu {
@@ -46,8 +47,8 @@ void quantize_values(Int8KV& c, int64_t n, ValueRow&& value_row) {
   __m512 mean[C];
   for (int i = 0; i < C; ++i) mean[i] = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
-    const float* row = value_row(j);
-    for (int i = 0; i < C; ++i) mean[i] = _mm512_add_ps(mean[i], _mm512_loadu_ps(row + 16 * i));
+    const auto* row = value_row(j);
+    for (int i = 0; i < C; ++i) mean[i] = _mm512_add_ps(mean[i], load16(row + 16 * i));
   }
   const __m512 inv_n = _mm512_set1_ps(1.0f / static_cast<float>(n));
   for (int i = 0; i < C; ++i) {
@@ -56,10 +57,10 @@ void quantize_values(Int8KV& c, int64_t n, ValueRow&& value_row) {
   }
   const __m512i low_byte = _mm512_set1_epi32(0xFF);
   for (int64_t j = 0; j < n; ++j) {
-    const float* row = value_row(j);
+    const auto* row = value_row(j);
     __m512 x[C], top = _mm512_setzero_ps();
     for (int i = 0; i < C; ++i) {
-      x[i] = _mm512_sub_ps(_mm512_loadu_ps(row + 16 * i), mean[i]);
+      x[i] = _mm512_sub_ps(load16(row + 16 * i), mean[i]);
       top = _mm512_max_ps(top, _mm512_abs_ps(x[i]));
     }
     const float m = _mm512_reduce_max_ps(top);
@@ -76,7 +77,7 @@ void quantize_values(Int8KV& c, int64_t n, ValueRow&& value_row) {
   }
 }
 
-// The n keys key_row(0..n-1) (float rows of D) into c.
+// The n keys key_row(0..n-1) (rows of D float32 or bfloat16 values) into c.
 template <int D, typename KeyRow>
 void quantize_keys(Int8KV& c, int64_t n, KeyRow&& key_row) {
   constexpr int C = D / 16;
@@ -85,17 +86,17 @@ void quantize_keys(Int8KV& c, int64_t n, KeyRow&& key_row) {
   __m512 mean[C];
   for (int i = 0; i < C; ++i) mean[i] = _mm512_setzero_ps();
   for (int64_t j = 0; j < n; ++j) {
-    const float* row = key_row(j);
-    for (int i = 0; i < C; ++i) mean[i] = _mm512_add_ps(mean[i], _mm512_loadu_ps(row + 16 * i));
+    const auto* row = key_row(j);
+    for (int i = 0; i < C; ++i) mean[i] = _mm512_add_ps(mean[i], load16(row + 16 * i));
   }
   const __m512 inv_n = _mm512_set1_ps(1.0f / static_cast<float>(n));
   for (int i = 0; i < C; ++i) mean[i] = _mm512_mul_ps(mean[i], inv_n);
   const __m512i zero_point = _mm512_set1_epi32(128);
   for (int64_t j = 0; j < n; ++j) {
-    const float* row = key_row(j);
+    const auto* row = key_row(j);
     __m512 x[C], top = _mm512_setzero_ps();
     for (int i = 0; i < C; ++i) {
-      x[i] = _mm512_sub_ps(_mm512_loadu_ps(row + 16 * i), mean[i]);
+      x[i] = _mm512_sub_ps(load16(row + 16 * i), mean[i]);
       top = _mm512_max_ps(top, _mm512_abs_ps(x[i]));
     }
     const float m = _mm512_reduce_max_ps(top);

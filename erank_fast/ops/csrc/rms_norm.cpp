@@ -15,12 +15,9 @@
 
 namespace {
 
-#if defined(__AVX512BF16__)
+#if defined(__AVX512F__)
 using erank_cpu::load16;
 using erank_cpu::store16;
-#endif
-#if defined(__AVX512F__)
-inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline void store16(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
 #endif
 

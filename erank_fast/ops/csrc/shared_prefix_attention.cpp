@@ -117,9 +117,10 @@ template <> struct QK<float> {
   }
   // run_single's block: o[g] = o[g] * alpha[g] + sum_j p[g][j] v_j over its nk keys;
   // after_head() after each head's.
-  template <int D, typename After>
+  // V rows of float32, or of bfloat16 (a bfloat16 arena under int8 attention)
+  template <int D, typename KV, typename After>
   static inline void single_pv(float (*o)[D], const float (*p)[32], const float* alpha,
-                               int64_t groups, int nk, const float* const* v_rows,
+                               int64_t groups, int nk, const KV* const* v_rows,
                                After&& after_head) {
     for (int64_t g = 0; g < groups; ++g) {
       __m512 acc[D / 16];
@@ -128,19 +129,19 @@ template <> struct QK<float> {
       for (int j = 0; j < nk; ++j) {
         const __m512 pj = _mm512_set1_ps(p[g][j]);
         for (int c = 0; c < D / 16; ++c)
-          acc[c] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(v_rows[j] + 16 * c), acc[c]);
+          acc[c] = _mm512_fmadd_ps(pj, erank_cpu::load16(v_rows[j] + 16 * c), acc[c]);
       }
       for (int c = 0; c < D / 16; ++c) _mm512_store_ps(o[g] + 16 * c, acc[c]);
       after_head();
     }
   }
   static inline void store_row(float* dst, __m512 x) { _mm512_storeu_ps(dst, x); }
-  // one query row against one key row: 16 partial sums of q . k
-  template <int D>
-  static inline __m512 dot_partials(const float* q, const float* k) {
-    __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), _mm512_loadu_ps(k));
+  // one query row against one key row (float32 or bfloat16): 16 partial sums of q . k
+  template <int D, typename KV>
+  static inline __m512 dot_partials(const float* q, const KV* k) {
+    __m512 acc = _mm512_mul_ps(_mm512_loadu_ps(q), erank_cpu::load16(k));
     for (int d = 16; d < D; d += 16)
-      acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), _mm512_loadu_ps(k + d), acc);
+      acc = _mm512_fmadd_ps(_mm512_loadu_ps(q + d), erank_cpu::load16(k + d), acc);
     return acc;
   }
 };
@@ -280,13 +281,13 @@ inline bool decode_task_per_document(int64_t q_heads, int64_t documents) {
 #if defined(__AVX512VNNI__)
 // This thread's int8 keys and values of task t's (document, KV head) in call `call`
 // (int8_attention.h), made by the first of their tiles the thread runs.
-template <int D>
-const erank_cpu::Int8KV& int8_kv(uint64_t call, const Task& t, const float* k, const float* v,
+template <int D, typename KV>
+const erank_cpu::Int8KV& int8_kv(uint64_t call, const Task& t, const KV* k, const KV* v,
                                  int64_t kv_s0, int64_t kv_s1, const Rows& m) {
   thread_local erank_cpu::Int8KV kv;
   if (kv.call != call || kv.doc != t.doc || kv.head != t.head) {
     const int64_t b = t.doc, n = m.prefix_len[b] + m.own_start[b] + m.q_cu[b + 1] - m.q_cu[b];
-    auto row = [&](const float* arena) {
+    auto row = [&](const KV* arena) {
       return [&, arena](int64_t j) { return arena + m.arena_row(b, j) * kv_s0 + t.head * kv_s1; };
     };
     erank_cpu::quantize_keys<D>(kv, n, row(k));
@@ -301,10 +302,11 @@ const erank_cpu::Int8KV& int8_kv(uint64_t call, const Task& t, const float* k, c
 
 // One tile; INT8 (float32, AVX512-VNNI): Q K^T and P V in int8 (int8_attention.h), `call`
 // numbering this call's int8 keys and values.
-template <typename T, int D, bool INT8 = false>
-void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
+template <typename T, int D, bool INT8 = false, typename KV = T>
+void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const KV* k, const KV* v,
               int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1,
               const Rows& m, float scale_log2, uint64_t call = 0) {
+  static_assert(INT8 || std::is_same_v<T, KV>, "a bfloat16 arena under float32 queries: int8");
   using Q = QK<T>;
   using packed_t = typename Q::packed_t;
   constexpr int W = D / Q::per_word;
@@ -312,15 +314,15 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
   alignas(64) float s[KB * MR];
   alignas(64) float o[D * MR];
   alignas(64) int32_t limit[MR];
-  const T* key_rows[KB];
-  const T* value_rows[KB];
+  const KV* key_rows[KB];
+  const KV* value_rows[KB];
 #if defined(__AVX512VNNI__)
   alignas(64) int32_t bias8[MR];
   alignas(64) float qscale8[MR];
   const uint8_t* key8[KB];
   float kscale8[KB];
   const erank_cpu::Int8KV* kv8 = nullptr;
-  if constexpr (INT8) kv8 = &int8_kv<D>(call, t, k, v, kv_s0, kv_s1, m);
+  if constexpr (INT8) kv8 = &int8_kv<D, KV>(call, t, k, v, kv_s0, kv_s1, m);
 #else
   static_assert(!INT8, "int8 attention needs AVX512-VNNI");
 #endif
@@ -390,7 +392,7 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
         continue;
       }
 #endif
-      Q::template scores<D>(qp, key_rows + j, s + j * MR);
+      if constexpr (!INT8) Q::template scores<D>(qp, key_rows + j, s + j * MR);
     }
     // scale into log2 units, mask the causal band, block maximum
     __m512 bm0 = _mm512_set1_ps(-std::numeric_limits<float>::infinity()), bm1 = bm0;
@@ -447,7 +449,7 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
       continue;
     }
 #endif
-    Q::template accumulate<D>(o, s, nk, value_rows, alpha0, alpha1);
+    if constexpr (!INT8) Q::template accumulate<D>(o, s, nk, value_rows, alpha0, alpha1);
   }
   alignas(64) float inv_l[MR];
   _mm512_store_ps(inv_l, _mm512_div_ps(_mm512_set1_ps(1.0f), l0));
@@ -495,8 +497,9 @@ inline __m512 sum16(__m512 x[16]) {
 // A document with one new token (a decode step): its G query heads of KV head t.head, keys in
 // the lanes (32 per block: two vectors), since there are too few rows to fill them. P V:
 // QK<T>::single_pv (bfloat16: each block's V rows interleaved in pairs once for all G heads).
-template <typename T, int D>
-void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
+// KV: the arena's type (a bfloat16 arena under float32 queries with int8 attention).
+template <typename T, int D, typename KV = T>
+void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const KV* k, const KV* v,
                 int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1,
                 const Rows& m, float scale_log2) {
   using Q = QK<T>;
@@ -512,8 +515,8 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
   alignas(64) float o[MAX_Q][D];
   float run_max[MAX_Q], run_sum[MAX_Q], alpha[MAX_Q];
   int64_t rows[VB];
-  const T* value_rows[VB];
-  const T* key_rows[VB];
+  const KV* value_rows[VB];
+  const KV* key_rows[VB];
   const T* q_rows = q + m.q_cu[b] * q_s0 + h0 * groups * q_s1;
   for (int64_t i = 0; i < heads; ++i) {
     run_max[i] = -std::numeric_limits<float>::infinity();
@@ -523,7 +526,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
   // The next block's own rows (the document's, from memory) are fetched while this block is
   // computed, spread over its work (next_block_prefetch.h): shares of a block's work are 8
   // keys' scores of one query head (4 a head) and one head's P V (4 more).
-  constexpr int64_t E = sizeof(T);
+  constexpr int64_t E = sizeof(KV);
   NextBlock next(k, v, kv_s0 * E, h0 * kv_s1 * E, ((h1 - h0 - 1) * kv_s1 + D) * E, heads * 8,
                  m, b);
   for (int64_t j0 = 0; j0 < n_keys; j0 += VB) {
@@ -611,11 +614,13 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
   TORCH_CHECK(q.size(2) == 64 || q.size(2) == 128, "head_dim 64 or 128");
   TORCH_CHECK(q.stride(2) == 1 && k.stride(2) == 1 && v.stride(2) == 1, "last dim contiguous");
   TORCH_CHECK(k.strides() == v.strides(), "k and v laid out alike");
-  TORCH_CHECK(q.scalar_type() == k.scalar_type() && k.scalar_type() == v.scalar_type(),
-              "q, k, v of one dtype");
   TORCH_CHECK(!int8_attention || (q.scalar_type() == at::kFloat &&
                                shared_prefix_attention_int8_available()),
               "int8 attention: float32 on a CPU with AVX512-VNNI only");
+  TORCH_CHECK(k.scalar_type() == v.scalar_type() &&
+                  (q.scalar_type() == k.scalar_type() ||
+                   (int8_attention && k.scalar_type() == at::kBFloat16)),
+              "q, k, v of one dtype (or, with int8 attention, a bfloat16 arena)");
   const int64_t docs = own_base.numel();
   TORCH_CHECK(q_cu.numel() == docs + 1, "q_cu [B+1]");
   for (const auto& t : {q_cu, own_base, own_start, prefix_start, prefix_len})
@@ -676,12 +681,14 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
 #else
   const float scale_log2 = static_cast<float>(scale);  // the portable tile: natural units
 #endif
-  auto run = [&](auto tag, auto head_dim) {
+  // T: q's and out's type; KV: the arena's (bfloat16 under float32 queries: int8 attention)
+  auto run = [&](auto tag, auto kv_tag, auto head_dim) {
     using T = decltype(tag);
+    using KV = decltype(kv_tag);
     constexpr int D = decltype(head_dim)::value;
     const T* qp = q.data_ptr<T>();
-    const T* kp = k.data_ptr<T>();
-    const T* vp = v.data_ptr<T>();
+    const KV* kp = k.data_ptr<KV>();
+    const KV* vp = v.data_ptr<KV>();
     T* op = out.data_ptr<T>();
     std::atomic<int64_t> next{0};
 #if defined(__AVX512VNNI__)
@@ -692,35 +699,48 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
       for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());) {
         const Task& t = tasks[i];
         if (m.q_cu[t.doc + 1] - m.q_cu[t.doc] == 1) {
+#if defined(__AVX512F__)
+          run_single<T, D, KV>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1),
+                               op, out.stride(0), out.stride(1), m, scale_log2);
+#else
           run_single<T, D>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
                            out.stride(0), out.stride(1), m, scale_log2);
+#endif
           continue;
         }
 #if defined(__AVX512VNNI__)
         if constexpr (std::is_same_v<T, float>) {
           if (int8_attention) {
-            run_tile<float, D, true>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0),
-                                     k.stride(1), op, out.stride(0), out.stride(1), m,
-                                     scale_log2, call);
+            run_tile<float, D, true, KV>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0),
+                                         k.stride(1), op, out.stride(0), out.stride(1), m,
+                                         scale_log2, call);
             continue;
           }
         }
 #endif
-        run_tile<T, D>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
-                       out.stride(0), out.stride(1), m, scale_log2);
+        if constexpr (std::is_same_v<T, KV>)
+          run_tile<T, D>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
+                         out.stride(0), out.stride(1), m, scale_log2);
       }
     });
   };
   const bool d64 = q.size(2) == 64;
   if (q.scalar_type() == at::kFloat) {
-    if (d64) run(float{}, std::integral_constant<int, 64>{});
-    else run(float{}, std::integral_constant<int, 128>{});
+#if defined(__AVX512VNNI__)
+    if (k.scalar_type() == at::kBFloat16) {  // checked: int8 attention
+      if (d64) run(float{}, c10::BFloat16{}, std::integral_constant<int, 64>{});
+      else run(float{}, c10::BFloat16{}, std::integral_constant<int, 128>{});
+      return;
+    }
+#endif
+    if (d64) run(float{}, float{}, std::integral_constant<int, 64>{});
+    else run(float{}, float{}, std::integral_constant<int, 128>{});
     return;
   }
 #if defined(__AVX512BF16__)
   if (q.scalar_type() == at::kBFloat16) {
-    if (d64) run(c10::BFloat16{}, std::integral_constant<int, 64>{});
-    else run(c10::BFloat16{}, std::integral_constant<int, 128>{});
+    if (d64) run(c10::BFloat16{}, c10::BFloat16{}, std::integral_constant<int, 64>{});
+    else run(c10::BFloat16{}, c10::BFloat16{}, std::integral_constant<int, 128>{});
     return;
   }
 #endif
