@@ -71,3 +71,34 @@ def test_cpu_prefill_attention(benchmark, provider):
     benchmark.extra_info.update(provider=provider, documents=len(LENGTHS), prefix=PREFIX,
                                 tokens=sum(LENGTHS), dtype="bfloat16",
                                 heads=f"{HQ}/{HKV}x{D}")
+
+
+@pytest.mark.parametrize("provider", ["float32", "int8"])
+def test_cpu_prefill_attention_int8(benchmark, provider):
+    """The same step in float32, as ``quantize="int8"`` on a float32 model runs it where the CPU
+    has AVX512-VNNI (both products in int8, over its bfloat16 arena: ``ops/csrc/
+    int8_attention.h``) against the float32 kernel over a float32 arena, the baseline."""
+    from erank_fast.ops.arena_attention import arena_attention_cpu, int8_attention_available
+    from erank_fast.ops.cpu_extension import cpu_kernels
+
+    if DEVICE.type != "cpu" or cpu_kernels() is None:
+        pytest.skip("erank_fast's C++ kernels run on CPU tensors, where they are built")
+    if not int8_attention_available(torch.float32):
+        pytest.skip("int8 attention needs AVX512-VNNI")
+    q, k, v, rows = step_inputs()
+    q = q.float()
+    if provider == "int8":
+        def fn():
+            return arena_attention_cpu(q, k, v, rows, D**-0.5, int8_attention=True)
+    else:
+        k, v = k.float(), v.float()
+
+        def fn():
+            return arena_attention_cpu(q, k, v, rows, D**-0.5)
+    benchmark.group = (f"cpu prefill attention in float32, {len(LENGTHS)} documents after "
+                       f"{PREFIX} tokens")
+    seconds = bench(benchmark, fn)
+    benchmark.extra_info.update(roofline_info(seconds, *cost()))
+    benchmark.extra_info.update(provider=provider, documents=len(LENGTHS), prefix=PREFIX,
+                                tokens=sum(LENGTHS), dtype="float32",
+                                heads=f"{HQ}/{HKV}x{D}")
