@@ -36,43 +36,52 @@ struct Int8KV {
   std::vector<float> v_mean;   // [D]
 };
 
+// The mean of the n rows row(0..n-1) of D values, 16 at a time.
+template <int D, typename Row>
+void mean_of(int64_t n, Row&& row, __m512* mean) {
+  for (int i = 0; i < D / 16; ++i) mean[i] = _mm512_setzero_ps();
+  for (int64_t j = 0; j < n; ++j) {
+    const auto* x = row(j);
+    for (int i = 0; i < D / 16; ++i) mean[i] = _mm512_add_ps(mean[i], load16(x + 16 * i));
+  }
+  const __m512 inv_n = _mm512_set1_ps(1.0f / static_cast<float>(n));
+  for (int i = 0; i < D / 16; ++i) mean[i] = _mm512_mul_ps(mean[i], inv_n);
+}
+
+// x - mean rounded to int8 with its own scale (its max |x - mean| / 127, 1 where that is 0):
+// the values into v (16 a vector, as int32), the scale returned.
+template <int D, typename T>
+float centred_int8(const T* x, const __m512* mean, __m512i* v) {
+  __m512 y[D / 16], top = _mm512_setzero_ps();
+  for (int i = 0; i < D / 16; ++i) {
+    y[i] = _mm512_sub_ps(load16(x + 16 * i), mean[i]);
+    top = _mm512_max_ps(top, _mm512_abs_ps(y[i]));
+  }
+  const float m = _mm512_reduce_max_ps(top);
+  const __m512 inv = _mm512_set1_ps(m > 0.0f ? 127.0f / m : 1.0f);
+  for (int i = 0; i < D / 16; ++i) v[i] = _mm512_cvtps_epi32(_mm512_mul_ps(y[i], inv));
+  return m > 0.0f ? m / 127.0f : 1.0f;
+}
+
 // The n values value_row(0..n-1) into c.v, c.v_scale and c.v_mean.
 template <int D, typename ValueRow>
 void quantize_values(Int8KV& c, int64_t n, ValueRow&& value_row) {
-  constexpr int C = D / 16;
-  const int64_t quads = (n + 3) / 4;
-  c.v.assign(quads * D, 0u);
+  c.v.assign((n + 3) / 4 * D, 0u);
   c.v_scale.resize(n);
   c.v_mean.resize(D);
-  __m512 mean[C];
-  for (int i = 0; i < C; ++i) mean[i] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; ++j) {
-    const auto* row = value_row(j);
-    for (int i = 0; i < C; ++i) mean[i] = _mm512_add_ps(mean[i], load16(row + 16 * i));
-  }
-  const __m512 inv_n = _mm512_set1_ps(1.0f / static_cast<float>(n));
-  for (int i = 0; i < C; ++i) {
-    mean[i] = _mm512_mul_ps(mean[i], inv_n);
-    _mm512_storeu_ps(c.v_mean.data() + 16 * i, mean[i]);
-  }
+  __m512 mean[D / 16];
+  mean_of<D>(n, value_row, mean);
+  for (int i = 0; i < D / 16; ++i) _mm512_storeu_ps(c.v_mean.data() + 16 * i, mean[i]);
   const __m512i low_byte = _mm512_set1_epi32(0xFF);
   for (int64_t j = 0; j < n; ++j) {
-    const auto* row = value_row(j);
-    __m512 x[C], top = _mm512_setzero_ps();
-    for (int i = 0; i < C; ++i) {
-      x[i] = _mm512_sub_ps(load16(row + 16 * i), mean[i]);
-      top = _mm512_max_ps(top, _mm512_abs_ps(x[i]));
-    }
-    const float m = _mm512_reduce_max_ps(top);
-    c.v_scale[j] = m > 0.0f ? m / 127.0f : 1.0f;
-    const __m512 inv = _mm512_set1_ps(m > 0.0f ? 127.0f / m : 1.0f);
-    uint32_t* quad = c.v.data() + (j / 4) * D;
+    __m512i v[D / 16];
+    c.v_scale[j] = centred_int8<D>(value_row(j), mean, v);
+    uint32_t* quad = c.v.data() + (j / 4) * D;  // key j's byte of each word
     const int shift = 8 * static_cast<int>(j % 4);
-    for (int i = 0; i < C; ++i) {
-      const __m512i b = _mm512_cvtps_epi32(_mm512_mul_ps(x[i], inv));
+    for (int i = 0; i < D / 16; ++i) {
       const __m512i word = _mm512_loadu_si512(quad + 16 * i);
       _mm512_storeu_si512(quad + 16 * i, _mm512_or_si512(
-          word, _mm512_slli_epi32(_mm512_and_si512(b, low_byte), shift)));
+          word, _mm512_slli_epi32(_mm512_and_si512(v[i], low_byte), shift)));
     }
   }
 }
@@ -80,33 +89,17 @@ void quantize_values(Int8KV& c, int64_t n, ValueRow&& value_row) {
 // The n keys key_row(0..n-1) (rows of D float32 or bfloat16 values) into c.
 template <int D, typename KeyRow>
 void quantize_keys(Int8KV& c, int64_t n, KeyRow&& key_row) {
-  constexpr int C = D / 16;
   c.k.resize(n * D);
   c.scale.resize(n);
-  __m512 mean[C];
-  for (int i = 0; i < C; ++i) mean[i] = _mm512_setzero_ps();
-  for (int64_t j = 0; j < n; ++j) {
-    const auto* row = key_row(j);
-    for (int i = 0; i < C; ++i) mean[i] = _mm512_add_ps(mean[i], load16(row + 16 * i));
-  }
-  const __m512 inv_n = _mm512_set1_ps(1.0f / static_cast<float>(n));
-  for (int i = 0; i < C; ++i) mean[i] = _mm512_mul_ps(mean[i], inv_n);
+  __m512 mean[D / 16];
+  mean_of<D>(n, key_row, mean);
   const __m512i zero_point = _mm512_set1_epi32(128);
   for (int64_t j = 0; j < n; ++j) {
-    const auto* row = key_row(j);
-    __m512 x[C], top = _mm512_setzero_ps();
-    for (int i = 0; i < C; ++i) {
-      x[i] = _mm512_sub_ps(load16(row + 16 * i), mean[i]);
-      top = _mm512_max_ps(top, _mm512_abs_ps(x[i]));
-    }
-    const float m = _mm512_reduce_max_ps(top);
-    c.scale[j] = m > 0.0f ? m / 127.0f : 1.0f;
-    const __m512 inv = _mm512_set1_ps(m > 0.0f ? 127.0f / m : 1.0f);
-    for (int i = 0; i < C; ++i) {
-      const __m512i v = _mm512_add_epi32(_mm512_cvtps_epi32(_mm512_mul_ps(x[i], inv)), zero_point);
+    __m512i v[D / 16];
+    c.scale[j] = centred_int8<D>(key_row(j), mean, v);
+    for (int i = 0; i < D / 16; ++i)
       _mm_storeu_si128(reinterpret_cast<__m128i*>(c.k.data() + j * D + 16 * i),
-                       _mm512_cvtusepi32_epi8(v));
-    }
+                       _mm512_cvtusepi32_epi8(_mm512_add_epi32(v[i], zero_point)));
   }
 }
 

@@ -13,6 +13,9 @@
 //   in float32 (bfloat16: P rounded to bfloat16, P V by vdpbf16ps over pairs of keys).
 //   out = O / l, rounded once to the output dtype.
 // FLOPs: 4 * rows * keys * head_dim per task; bytes: the K/V rows once per tile.
+// int8_attention (float32 queries, AVX512-VNNI): the tile's two products in int8 instead
+// (int8_attention.h), over a float32 or a bfloat16 arena; decode rows stay float32 (reading a
+// bfloat16 arena exactly).
 #include "erank_cpu.h"
 
 #include <ATen/Parallel.h>
