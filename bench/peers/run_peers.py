@@ -41,6 +41,12 @@ SYSTEMS = {
     "vllm": ("run_vllm.py", ["--reserved-cpus", "0"], "vllm"),
     "vllm_fp32": ("run_vllm.py", ["--dtype", "float32", "--reserved-cpus", "0"], "vllm"),
     "vllm_fp32_reserved_core": ("run_vllm.py", ["--dtype", "float32"], "vllm"),
+    # vLLM's int8 path: a W8A8 copy of the same weights (int8 per output channel and per token,
+    # the arithmetic of erank_fast_int8; w8a8_copy.py in the llm-compressor venv), the rest in
+    # bf16 or float32
+    "vllm_int8": ("run_vllm.py", ["--reserved-cpus", "0", "--weights", "w8a8"], "vllm"),
+    "vllm_int8_fp32": ("run_vllm.py", ["--dtype", "float32", "--reserved-cpus", "0",
+                                       "--weights", "w8a8"], "vllm"),
     "llamacpp_q4_1": ("run_llamacpp.py", ["--weights", "q4_1"], "llamacpp"),
     "llamacpp_bf16": ("run_llamacpp.py", ["--weights", "bf16"], "llamacpp"),
     # the shipped weights de-quantised (what erank_fast and vLLM load), and llama.cpp's own 8-bit
@@ -92,6 +98,23 @@ def gguf_copies_read_by(systems: list[str]) -> tuple[str, ...]:
     shipped Q4_1 file needs none."""
     kinds = (SYSTEMS[name][1][-1] for name in systems if SYSTEMS[name][0] == "run_llamacpp.py")
     return tuple(kind for kind in kinds if kind != "q4_1")
+
+
+def w8a8_copy(systems: list[str], work: Path) -> Path | None:
+    """The W8A8 copy of the model that the systems reading ``--weights w8a8`` load (made once in
+    ``work`` by ``w8a8_copy.py`` in the llm-compressor venv); None when no system reads it or
+    that venv is missing (``main`` then skips those systems)."""
+    if not any("w8a8" in SYSTEMS[name][1] for name in systems):
+        return None
+    python = python_of("llmcompressor")
+    if python is None:
+        return None
+    from erank_fast.models.loading import resolve_model_path
+
+    target = work / "SmolLM2-135M-Instruct-w8a8"
+    subprocess.run([str(python), str(HERE / "w8a8_copy.py"), str(resolve_model_path(BASE_MODEL)),
+                    str(target)], check=True)
+    return target
 
 
 def python_of(venv: str | None) -> Path | None:
@@ -222,11 +245,18 @@ def main() -> None:
     if unknown:
         sys.exit(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
     copies = gguf_copies_read_by(systems)
+    w8a8 = w8a8_copy(systems, args.work)
+    if w8a8 is None and any("w8a8" in SYSTEMS[name][1] for name in systems):
+        print("skip the W8A8 systems: no llm-compressor venv "
+              "(bash bench/peers/setup.sh llmcompressor)")
+        systems = [name for name in systems if "w8a8" not in SYSTEMS[name][1]]
     rows = []
     for think in args.think:
         think = think if think in ("off", "full") else int(think)
         workload = export_workload(args.data, args.queries, args.docs, think, args.max_doc_tokens,
                                    args.work, copies)
+        if w8a8 is not None:
+            workload["w8a8_dir"] = str(w8a8)
         wpath = args.work / f"workload-think-{think}.json"
         peer_io.write(str(wpath), workload)
         results = {}

@@ -4,6 +4,9 @@ the CPU default of 128 wastes most of it), the score read with ``max_tokens=1`` 
 ``logprob_token_ids`` (exact log-probs of the digits; no ``prompt_logprobs``, which disables
 prefix-cache reads), the prefix cache reset before each query so every query starts cold.
 ``--dtype float32`` runs it unrounded (its better choice on CPUs without bf16 units).
+``--weights w8a8`` loads the workload's W8A8 copy (``w8a8_copy.py``: int8 weights per output
+channel, int8 activations per token, the rest in ``--dtype``): vLLM's int8 path, the arithmetic
+of erank_fast's ``quantize="int8"``.
 ``--reserved-cpus N`` sets ``VLLM_CPU_NUM_OF_RESERVED_CPU``: on x86 vLLM keeps one core per
 worker for its scheduler process by default and runs the model on the others, which on a 2-core
 machine is one thread; 0 gives the model every core (the scheduler then shares them).
@@ -23,7 +26,8 @@ import time
 import peer_io
 
 
-def main(workload_path: str, out_path: str, dtype: str, reserved_cpus: int | None) -> None:
+def main(workload_path: str, out_path: str, dtype: str, reserved_cpus: int | None,
+         weights: str) -> None:
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")  # GiB of K/V cache in RAM
     if reserved_cpus is not None:
         os.environ["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved_cpus)
@@ -35,7 +39,7 @@ def main(workload_path: str, out_path: str, dtype: str, reserved_cpus: int | Non
     settings = dict(dtype=dtype, enable_prefix_caching=True, block_size=32,
                     max_model_len=4096, max_num_batched_tokens=4096, seed=0)
     start = time.perf_counter()
-    llm = LLM(model=w["model_dir"], **settings)
+    llm = LLM(model=w["w8a8_dir"] if weights == "w8a8" else w["model_dir"], **settings)
     load_s = time.perf_counter() - start
     digits = SamplingParams(temperature=0, max_tokens=1, logprob_token_ids=tok["digits"])
     zero = SamplingParams(temperature=0, max_tokens=1, logprob_token_ids=[tok["digits"][0]])
@@ -78,8 +82,8 @@ def main(workload_path: str, out_path: str, dtype: str, reserved_cpus: int | Non
     warmup_s, results = peer_io.timed_queries(w, timed, system="vllm",
                                               before=lambda q: llm.reset_prefix_cache(),
                                               after=read_zero)
-    settings = {**settings, "reserved_cpus": reserved_cpus if reserved_cpus is not None
-                else "vllm default"}
+    settings = {**settings, "weights": weights,
+                "reserved_cpus": reserved_cpus if reserved_cpus is not None else "vllm default"}
     peer_io.write(out_path, {"system": "vllm", "version": vllm.__version__, "settings": settings,
                              "load_s": load_s, "warmup_s": warmup_s, "queries": results})
 
@@ -91,5 +95,7 @@ if __name__ == "__main__":
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     parser.add_argument("--reserved-cpus", type=int, default=None,
                         help="VLLM_CPU_NUM_OF_RESERVED_CPU (default: vLLM's own choice)")
+    parser.add_argument("--weights", default="as-shipped", choices=["as-shipped", "w8a8"],
+                        help="w8a8: the workload's int8 copy of the model (w8a8_copy.py)")
     args = parser.parse_args()
-    main(args.workload, args.out, args.dtype, args.reserved_cpus)
+    main(args.workload, args.out, args.dtype, args.reserved_cpus, args.weights)

@@ -1,7 +1,8 @@
 """The peers harness without any peer installed: agreement on known distributions, a fake peer
 that replays them through the same subprocess protocol, a missing peer skipped with one line,
-the exported workload equal to erank_fast's own prompt ids, and the GGUF copies llama.cpp reads
-computing the same weights (CI runs this with the bench smoke run)."""
+the exported workload equal to erank_fast's own prompt ids, the GGUF copies llama.cpp reads
+computing the same weights, the W8A8 copy made only for vLLM's int8 systems (CI runs this with
+the bench smoke run)."""
 
 from __future__ import annotations
 
@@ -115,6 +116,23 @@ def test_the_exported_workload_is_erank_fasts_prompt_ids(tmp_path, data_file):
     assert set(workload["gguf"]) == {"q4_1"}  # copies only for the llama.cpp systems asked for
     assert run_peers.gguf_copies_read_by(["erank_fast", "llamacpp_q4_1", "llamacpp_q8_0",
                                           "llamacpp_f32"]) == ("q8_0", "f32")
+
+
+def test_the_w8a8_copy_is_made_only_for_the_systems_that_read_it(tmp_path, monkeypatch):
+    made = []
+    monkeypatch.setattr(run_peers.subprocess, "run", lambda args, check: made.append(args))
+    assert run_peers.w8a8_copy(["erank_fast", "vllm_fp32"], tmp_path) is None
+    monkeypatch.setattr(run_peers, "python_of", lambda venv: None)  # no llm-compressor venv
+    assert run_peers.w8a8_copy(["vllm_int8_fp32"], tmp_path) is None
+    assert made == []
+    monkeypatch.setattr(run_peers, "python_of", lambda venv: tmp_path / f"{venv}-python")
+    import erank_fast.models.loading as loading
+
+    monkeypatch.setattr(loading, "resolve_model_path", lambda name: tmp_path / name)
+    target = run_peers.w8a8_copy(["erank_fast", "vllm_int8_fp32"], tmp_path)
+    assert target == tmp_path / "SmolLM2-135M-Instruct-w8a8"
+    assert [a[0] for a in made] == [str(tmp_path / "llmcompressor-python")]
+    assert made[0][1].endswith("w8a8_copy.py") and made[0][-1] == str(target)
 
 
 def test_gguf_copies_hold_the_same_weights(tmp_path):
