@@ -100,11 +100,16 @@ def gguf_copies_read_by(systems: list[str]) -> tuple[str, ...]:
     return tuple(kind for kind in kinds if kind != "q4_1")
 
 
+def reads_w8a8(name: str) -> bool:
+    """Whether system ``name`` loads the W8A8 copy (vLLM's int8 systems)."""
+    return "w8a8" in SYSTEMS[name][1]
+
+
 def w8a8_copy(systems: list[str], work: Path) -> Path | None:
     """The W8A8 copy of the model that the systems reading ``--weights w8a8`` load (made once in
     ``work`` by ``w8a8_copy.py`` in the llm-compressor venv); None when no system reads it or
     that venv is missing (``main`` then skips those systems)."""
-    if not any("w8a8" in SYSTEMS[name][1] for name in systems):
+    if not any(map(reads_w8a8, systems)):
         return None
     python = python_of("llmcompressor")
     if python is None:
@@ -246,10 +251,10 @@ def main() -> None:
         sys.exit(f"unknown systems {unknown}; known: {', '.join(SYSTEMS)}")
     copies = gguf_copies_read_by(systems)
     w8a8 = w8a8_copy(systems, args.work)
-    if w8a8 is None and any("w8a8" in SYSTEMS[name][1] for name in systems):
+    if w8a8 is None and any(map(reads_w8a8, systems)):
         print("skip the W8A8 systems: no llm-compressor venv "
               "(bash bench/peers/setup.sh llmcompressor)")
-        systems = [name for name in systems if "w8a8" not in SYSTEMS[name][1]]
+        systems = [name for name in systems if not reads_w8a8(name)]
     rows = []
     for think in args.think:
         think = think if think in ("off", "full") else int(think)
