@@ -117,8 +117,9 @@ def w8a8_copy(systems: list[str], work: Path) -> Path | None:
     from erank_fast.models.loading import resolve_model_path
 
     target = work / "SmolLM2-135M-Instruct-w8a8"
-    subprocess.run([str(python), str(HERE / "w8a8_copy.py"), str(resolve_model_path(BASE_MODEL)),
-                    str(target)], check=True)
+    if not target.exists():  # w8a8_copy.py writes it whole or not at all
+        subprocess.run([str(python), str(HERE / "w8a8_copy.py"),
+                        str(resolve_model_path(BASE_MODEL)), str(target)], check=True)
     return target
 
 

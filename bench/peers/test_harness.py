@@ -133,6 +133,8 @@ def test_the_w8a8_copy_is_made_only_for_the_systems_that_read_it(tmp_path, monke
     assert target == tmp_path / "SmolLM2-135M-Instruct-w8a8"
     assert [a[0] for a in made] == [str(tmp_path / "llmcompressor-python")]
     assert made[0][1].endswith("w8a8_copy.py") and made[0][-1] == str(target)
+    target.mkdir()  # made once per work folder
+    assert run_peers.w8a8_copy(["vllm_int8_fp32"], tmp_path) == target and len(made) == 1
 
 
 def test_gguf_copies_hold_the_same_weights(tmp_path):

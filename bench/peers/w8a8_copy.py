@@ -17,14 +17,14 @@ from pathlib import Path
 
 
 def main(source: Path, target: Path) -> None:
+    if target.exists():  # only ever renamed from a finished copy
+        print(f"{target} exists")
+        return
     import torch
     from llmcompressor import oneshot
     from llmcompressor.modifiers.quantization import QuantizationModifier
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if (target / "config.json").exists():
-        print(f"{target} exists")
-        return
     model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32)
     oneshot(model=model,
             recipe=QuantizationModifier(targets="Linear", scheme="W8A8", ignore=["lm_head"]))
