@@ -10,8 +10,9 @@ head per vocabulary row), bound each logit's error rigorously,
 
 keep the tokens whose upper bound reaches the best lower bound, and recompute only those in
 float32. This script reranks one query's documents with thinking on, keeps every row the greedy
-head sees, and prints how many candidates that bound leaves, how often a plain int8 argmax
-agrees with the float32 one, and both heads' times at one step's rows.
+head sees, and prints how many candidates that bound leaves (and that it keeps the float32
+argmax on every row), how often a plain int8 argmax agrees with the float32 one, and both
+heads' times at one step's rows.
 
     python bench/int8_head_screen.py --data ../shared/data/dl19-bm25-top100.jsonl \
         --model PATH [--think 64] [--docs 100]
@@ -82,7 +83,7 @@ def main() -> None:
     w_error = (weight - w_q * head.w_scale[:, None]).norm(dim=1)
     w_norm = weight.norm(dim=1)
 
-    candidates, unions, agree = [], [], 0
+    candidates, unions, agree, kept = [], [], 0, 0
     for hidden, best in zip(rows, argmax):
         x = quantize_rows(hidden)
         x_tilde = (x.q.float() - 128) * x.scale[:, None]
@@ -93,6 +94,7 @@ def main() -> None:
         candidates += keep.sum(dim=1).tolist()
         unions.append(int(keep.any(dim=0).sum()))
         agree += int((logits.argmax(dim=1) == best).sum())
+        kept += int(keep[torch.arange(len(best)), best].sum())  # the bound's own check
     count = torch.tensor(candidates, dtype=torch.float32)
     step = max(rows, key=lambda r: r.shape[0] if r.shape[0] <= 44 else 0)
     chunks = pack_vocab_chunks(weight)
@@ -101,7 +103,9 @@ def main() -> None:
     print(f"candidates a row keeps: median {count.median():.0f}, p90 {count.quantile(0.9):.0f}, "
           f"max {count.max():.0f}; a step's union: median "
           f"{torch.tensor(unions, dtype=torch.float32).median():.0f}, max {max(unions)}")
-    print(f"plain int8 argmax = float32 argmax on {agree / len(candidates):.1%} of rows")
+    print(f"the float32 argmax among the candidates on {kept} of {len(candidates)} rows "
+          f"(a rigorous bound keeps it on all); plain int8 argmax = float32 argmax on "
+          f"{agree / len(candidates):.1%} of rows")
     print(f"at {step.shape[0]} rows: float32 greedy head "
           f"{milliseconds(lambda: greedy_tokens(step, weight, packed_chunks=chunks)):.1f} ms, "
           f"int8 logits {milliseconds(lambda: head(step)):.1f} ms")
