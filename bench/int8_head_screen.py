@@ -65,7 +65,7 @@ def milliseconds(fn, repeats: int = 20) -> float:
 
 def main() -> None:
     from erank_fast.cpu import cpu_info
-    from erank_fast.ops.int8_linear import Int8Linear, quantize_rows
+    from erank_fast.ops.int8_linear import Int8Linear, quantize_rows, quantize_weight_rows
     from erank_fast.ops.score_head import greedy_tokens, pack_vocab_chunks
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -79,14 +79,14 @@ def main() -> None:
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     linear.weight.data = weight
     head = Int8Linear(linear)
-    w_q = torch.round(weight / head.w_scale[:, None]).clamp(-127, 127)
-    w_error = (weight - w_q * head.w_scale[:, None]).norm(dim=1)
+    w_q, w_scale = quantize_weight_rows(weight)
+    w_error = (weight - w_q.float() * w_scale[:, None]).norm(dim=1)
     w_norm = weight.norm(dim=1)
 
     candidates, unions, agree, kept = [], [], 0, 0
     for hidden, best in zip(rows, argmax):
         x = quantize_rows(hidden)
-        x_tilde = (x.q.float() - 128) * x.scale[:, None]
+        x_tilde = x.dequantized()
         logits = head(x)
         bound = ((hidden - x_tilde).norm(dim=1)[:, None] * w_norm
                  + x_tilde.norm(dim=1)[:, None] * w_error) * 1.01 + 1e-4  # + float32 rounding

@@ -86,6 +86,25 @@ def test_int8_row_kernels_match_their_definitions(dtype):
     torch.testing.assert_close(y, want, atol=0, rtol=rtol)
 
 
+def test_weight_rows_quantised_within_half_a_step():
+    from erank_fast.ops.int8_linear import QuantizedRows, quantize_weight_rows
+
+    torch.manual_seed(5)
+    w = torch.randn(40, 70)
+    w[3] = 0.0  # an all-zero output row quantises to zeros
+    w[5, 2] = 50.0  # an outlier sets its own row's scale only
+    q, scale = quantize_weight_rows(w.bfloat16())
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32
+    assert int(q.abs().max()) == 127 and (q[3] == 0).all()
+    wf = w.bfloat16().float()
+    top = wf.abs().amax(dim=1)
+    torch.testing.assert_close(scale[top > 0], top[top > 0] / 127, rtol=1e-6, atol=0)
+    assert ((q.float() * scale[:, None] - wf).abs() <= scale[:, None] * 0.5 + 1e-6).all()
+
+    rows = QuantizedRows(torch.tensor([[0, 128, 255]], dtype=torch.uint8), torch.tensor([0.5]))
+    assert rows.dequantized().tolist() == [[-64.0, 0.0, 63.5]]
+
+
 def test_int8_row_kernels_refuse_mixed_dtypes():
     kernels = _kernels()
     x, w = torch.randn(4, 32), torch.randn(32).bfloat16()

@@ -32,6 +32,8 @@ from erank_fast.ops.cpu_extension import cpu_kernels
 # oneDNN's packing takes a row-count hint; the prefill steps' 2048 rows (the packed layout
 # serves decode steps' rows equally, measured on the AMX Xeon).
 ROWS_HINT = 2048
+# Activations' uint8 zero point (``ops/csrc/int8_rows.cpp`` writes round(x / scale) + 128).
+ZERO_POINT = 128
 
 
 def int8_unavailable_reason(dtype: torch.dtype) -> str | None:
@@ -61,9 +63,21 @@ class QuantizedRows:
     def shape(self) -> torch.Size:
         return self.q.shape
 
+    def dequantized(self) -> torch.Tensor:
+        """The float32 rows these stand for: (q - 128) * scale."""
+        return (self.q.float() - ZERO_POINT) * self.scale[:, None]
+
 
 def quantize_rows(x: torch.Tensor) -> QuantizedRows:
     return QuantizedRows(*cpu_kernels().quantize_rows(x.reshape(-1, x.shape[-1])))
+
+
+def quantize_weight_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight [out, in] as int8 (symmetric, no zero point) and one float32 scale per output
+    row, max |w| / 127: ``w_q * scale[:, None]`` is within half a step of each weight."""
+    w = weight.detach().float()
+    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
+    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):
@@ -74,9 +88,7 @@ class Int8Linear(nn.Module):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.dtype = linear.weight.dtype  # of the GEMM's output, as the layer's was
-        w = linear.weight.detach().float()
-        scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-        w_q = torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8)
+        w_q, scale = quantize_weight_rows(linear.weight)
         packed = torch.ops.onednn.qlinear_prepack(w_q, [ROWS_HINT, self.in_features])
         self.register_buffer("packed", packed, persistent=False)
         self.register_buffer("w_scale", scale, persistent=False)
@@ -88,7 +100,7 @@ class Int8Linear(nn.Module):
     def unscaled(self, x: QuantizedRows) -> torch.Tensor:
         """(x.q - 128) @ W_q.T * w_scale in the layer's dtype, before each row's own scale."""
         return torch.ops.onednn.qlinear_pointwise(
-            x.q, 1.0, 128, self.packed, self.w_scale, self.w_zero, None, 1.0, 0,
+            x.q, 1.0, ZERO_POINT, self.packed, self.w_scale, self.w_zero, None, 1.0, 0,
             self.dtype, "none", [], "")
 
     def forward(self, x: torch.Tensor | QuantizedRows) -> torch.Tensor:
