@@ -229,6 +229,17 @@ def test_learning_curves_keep_per_query_values_and_compare_with_the_start():
     assert curve.against_start(old, later_point) == {}
 
 
+def test_learning_curves_put_runs_of_different_group_sizes_on_one_axis():
+    """train/curve.py: a run's x values are its steps times the prompts a step recorded for it
+    (8-document and 24-document groups plot against prompts seen); results written before the
+    figure was recorded use the call's --prompts_per_step."""
+    curve = load_script("curve")
+    results = {"prompts_per_step": {"v19": 24, "v13": 8}}
+    assert curve.prompts_seen(results, "v19", [0, 17, 67], 8) == [0, 408, 1608]
+    assert curve.prompts_seen(results, "v13", [0, 200], 24) == [0, 1600]
+    assert curve.prompts_seen({}, "old", [0, 10], 8) == [0, 80]
+
+
 def test_hybrid_weight_sweep_ends_in_each_ranking_alone():
     """train/hybrid_weight.py: alpha 0 is the reranker's ranking, 1 the first stage's, and the
     baseline alpha against itself is no difference."""

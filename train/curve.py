@@ -114,6 +114,14 @@ def evaluate_checkpoint(model: str, adapter: str, sets: dict, template: str) -> 
     return out
 
 
+def prompts_seen(results: dict, run: str, steps: list[int], prompts_per_step: int) -> list[int]:
+    """The prompts a run had seen at ``steps``: its prompts a step as recorded when it was
+    evaluated (so runs with groups of different sizes share one axis), else
+    ``prompts_per_step`` (results written before it was recorded)."""
+    per_step = results.get("prompts_per_step", {}).get(run, prompts_per_step)
+    return [s * per_step for s in steps]
+
+
 def plot(results: dict, prompts_per_step: int, path: str) -> None:
     import matplotlib
 
@@ -128,7 +136,7 @@ def plot(results: dict, prompts_per_step: int, path: str) -> None:
         for i, (run, points) in enumerate(sorted(results["runs"].items())):
             steps = [0] + sorted(int(s) for s in points)
             rows = [results["start"]] + [points[str(s)] for s in steps[1:]]
-            x = [s * prompts_per_step for s in steps]
+            x = prompts_seen(results, run, steps, prompts_per_step)
             for kind, style in (("reranked", "-o"), ("hybrid", "--s")):
                 y = [r[name][kind] for r in rows]
                 err = [r[name][kind + "_se"] for r in rows]
@@ -155,7 +163,9 @@ def main(argv=None) -> None:
                         help="a training run's output directory (repeatable)")
     parser.add_argument("--train_queries", type=int, default=43,
                         help="DL21 queries the runs trained on (the rest are held out)")
-    parser.add_argument("--prompts_per_step", type=int, default=8)
+    parser.add_argument("--prompts_per_step", type=int, default=8,
+                        help="prompts in one optimizer step of this call's runs (recorded "
+                             "per run, so runs of different group sizes plot together)")
     parser.add_argument("--template", default=DEFAULT_TEMPLATE, choices=list(TEMPLATES),
                         help="the runs' prompt layout (the start adapter's comes from its "
                              "erank_fast.json, else erank)")
@@ -168,12 +178,15 @@ def main(argv=None) -> None:
         if not sep or not name:
             raise SystemExit(f"--run takes NAME=DIR, got {spec!r}")
         runs[name] = path
+    if args.prompts_per_step < 1:
+        raise SystemExit(f"--prompts_per_step must be >= 1, got {args.prompts_per_step}")
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     if results.get("start_adapter") not in (None, args.start):
         raise SystemExit(f"{out} holds results from another start adapter; pass another --out")
     results["start_adapter"] = args.start
     sets = held_out_sets(args.train_queries)
+    results.setdefault("prompts_per_step", {}).update(dict.fromkeys(runs, args.prompts_per_step))
 
     def save():
         out.write_text(json.dumps(results, indent=1))
