@@ -79,7 +79,7 @@ def main() -> None:
     linear = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
     linear.weight.data = weight
     head = Int8Linear(linear)
-    w_q, w_scale = quantize_weight_rows(weight)
+    w_q, w_scale = quantize_weight_rows(weight, head.levels)  # the head's rounding, unpacked
     w_error = (weight - w_q.float() * w_scale[:, None]).norm(dim=1)
     w_norm = weight.norm(dim=1)
 

@@ -101,8 +101,59 @@ def test_weight_rows_quantised_within_half_a_step():
     torch.testing.assert_close(scale[top > 0], top[top > 0] / 127, rtol=1e-6, atol=0)
     assert ((q.float() * scale[:, None] - wf).abs() <= scale[:, None] * 0.5 + 1e-6).all()
 
+    q7, scale7 = quantize_weight_rows(w, levels=63)  # the AVX2 path's 7-bit weights
+    assert int(q7.abs().max()) == 63 and (q7[3] == 0).all()
+    torch.testing.assert_close(scale7, scale * 127 / 63, rtol=1e-2, atol=0)
+    assert ((q7.float() * scale7[:, None] - w).abs() <= scale7[:, None] * 0.5 + 1e-6).all()
+    with pytest.raises(ValueError, match="levels must be in 1..127"):
+        quantize_weight_rows(w, levels=128)
+
     rows = QuantizedRows(torch.tensor([[0, 128, 255]], dtype=torch.uint8), torch.tensor([0.5]))
     assert rows.dequantized().tolist() == [[-64.0, 0.0, 63.5]]
+
+
+def test_weight_levels_follow_the_cpus_int8_products(monkeypatch):
+    """8-bit weights where the GEMM sums four products in 32 bits (VNNI, AMX), 7-bit where it
+    sums two in 16 (AVX2 alone); int8 refused only without any of them."""
+    import erank_fast.cpu
+    from erank_fast.ops import int8_linear
+
+    def cpu_with(*flags):
+        monkeypatch.setattr(erank_fast.cpu, "cpu_info", lambda: {"flags": list(flags)})
+
+    cpu_with("avx2", "avx512f", "avx512_vnni")
+    assert int8_linear.weight_levels() == 127
+    cpu_with("avx2", "amx_int8")
+    assert int8_linear.weight_levels() == 127
+    cpu_with("avx2")
+    assert int8_linear.weight_levels() == 63
+    cpu_with()
+    assert "neither AMX-INT8, AVX512-VNNI nor AVX2" in int8_linear.int8_unavailable_reason(
+        torch.float32)
+
+
+@pytest.mark.parametrize("rows", [1, 7, 300])
+def test_int8_gemm_is_exact_at_this_cpus_weight_levels(rows):
+    """The packed GEMM over full-range activations (0..255, the zero point 128 taken off) and
+    weights at ``weight_levels()`` returns the exact integer sums: no 16-bit pair sum saturates
+    on this CPU (with 8-bit weights on an AVX2 CPU it does, by up to ~20 % of a result)."""
+    _int8_or_skip(torch.float32)
+    from erank_fast.ops.int8_linear import Int8Linear, QuantizedRows, weight_levels
+
+    levels = weight_levels()
+    torch.manual_seed(6)
+    linear = nn.Linear(576, 96, bias=False)
+    with torch.no_grad():  # integer weights of full range: one scale of 1 per row
+        linear.weight.copy_(torch.randint(-levels, levels + 1, (96, 576)).float())
+        linear.weight[:, 0] = levels
+    layer = Int8Linear(linear)
+    assert layer.levels == levels
+    torch.testing.assert_close(layer.w_scale, torch.ones(96), rtol=0, atol=0)
+    q = torch.randint(0, 256, (rows, 576), dtype=torch.uint8)
+    q[0, :] = 255  # the largest activations against the largest weights
+    got = layer.unscaled(QuantizedRows(q, torch.ones(rows)))
+    want = (q.long() - 128) @ linear.weight.long().T  # |sums| < 2**24: exact in float32
+    assert torch.equal(got.double(), want.double())
 
 
 def test_int8_row_kernels_refuse_mixed_dtypes():

@@ -33,7 +33,7 @@ HERE = Path(__file__).resolve().parent
 SYSTEMS = {
     "erank_fast": ("run_erank_fast.py", ["--dtype", "auto"], None),
     "erank_fast_fp32": ("run_erank_fast.py", ["--dtype", "float32"], None),
-    # int8 decoder linears (opt-in; CPUs with AMX-INT8 or AVX512-VNNI) in the dtype the CPU
+    # int8 decoder linears (opt-in; CPUs with AMX-INT8, AVX512-VNNI or AVX2) in the dtype the CPU
     # check picks (bfloat16 on AMX, float32 on a VNNI CPU without bfloat16 units)
     "erank_fast_int8": ("run_erank_fast.py", ["--dtype", "auto", "--quantize", "int8"], None),
     # vLLM with every core for its model (measured on 2 cores: 1.9x its default, which keeps

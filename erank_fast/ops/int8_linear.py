@@ -1,5 +1,6 @@
 """int8 linear layers for CPU inference (``quantize="int8"``): weights int8 per output channel,
-activations uint8 per token (row), multiplied by oneDNN's int8 GEMM (AMX-INT8 or AVX512-VNNI).
+activations uint8 per token (row), multiplied by oneDNN's int8 GEMM (AMX-INT8, AVX512-VNNI, or
+AVX2 with 7-bit weights).
 
 A token's activations are quantised with their own scale (max |x| / 127, zero point 128); the
 GEMM returns sum((x_q - 128) w_q) * w_scale in the model's dtype (float32 or bfloat16) and the
@@ -11,9 +12,13 @@ against 0.5755 without int8; a base model whose scores bunch together reorders f
 neighbours in C++ (``ops/csrc/int8_rows.cpp``): RMSNorm then quantise, SiLU x up then quantise,
 scale-and-add into the residual.
 
-A float32 or bfloat16 model's decoder layers are quantised, on a CPU with AMX-INT8 or
-AVX512-VNNI (elsewhere oneDNN's int8 kernels are slower than bfloat16 or float32); embeddings,
-norms, attention, the K/V arena and the score head stay in the model's dtype. Which dtype goes
+A float32 or bfloat16 model's decoder layers are quantised, on a CPU with AMX-INT8,
+AVX512-VNNI or AVX2; embeddings, norms, attention, the K/V arena and the score head stay in the
+model's dtype. Without VNNI (AVX2 alone: AMD Zen 2/3, Intel before Ice Lake) oneDNN multiplies
+uint8 by int8 through 16-bit sums of pairs (``vpmaddubsw``), which saturate when both operands
+use 8 bits (255 * 127 * 2 > 32767: errors of ~20 % of a result seen); with weights of 7 bits
+(|w| <= 63, ``weight_levels``) no pair sum can saturate and the GEMM is exact, at a weight
+rounding step twice as coarse. Which dtype goes
 with int8 follows ``dtype`` as without it: ``"auto"`` gives bfloat16 on AMX (where bfloat16
 GEMMs run ~8x float32's) and float32 on an AVX512-VNNI CPU without bfloat16 units (an Ice Lake
 Xeon: int8 GEMMs 1.9-3.5x float32's, bfloat16's a quarter of float32's; ``bench/NOTES.md``,
@@ -34,6 +39,18 @@ from erank_fast.ops.cpu_extension import cpu_kernels
 ROWS_HINT = 2048
 # Activations' uint8 zero point (``ops/csrc/int8_rows.cpp`` writes round(x / scale) + 128).
 ZERO_POINT = 128
+# The largest |int8 weight|: 127, or 63 where the GEMM sums pairs in 16 bits (no VNNI).
+FULL_LEVELS, PAIR_SAFE_LEVELS = 127, 63
+VNNI_FLAGS = {"amx_int8", "avx512_vnni"}
+
+
+def weight_levels() -> int:
+    """The largest |int8 weight| this CPU's int8 GEMM multiplies exactly: 127 with AMX-INT8 or
+    AVX512-VNNI (32-bit sums of four products), 63 without (16-bit sums of two, which 8-bit
+    weights would saturate against uint8 activations)."""
+    from erank_fast.cpu import cpu_info
+
+    return FULL_LEVELS if set(cpu_info()["flags"]) & VNNI_FLAGS else PAIR_SAFE_LEVELS
 
 
 def int8_unavailable_reason(dtype: torch.dtype) -> str | None:
@@ -43,8 +60,8 @@ def int8_unavailable_reason(dtype: torch.dtype) -> str | None:
     if dtype not in (torch.float32, torch.bfloat16):
         return f"int8 quantisation serves float32 and bfloat16 models (this one is {dtype})"
     flags = set(cpu_info()["flags"])
-    if not flags & {"amx_int8", "avx512_vnni"}:
-        return "this CPU has neither AMX-INT8 nor AVX512-VNNI (oneDNN's int8 GEMMs are slow here)"
+    if not flags & (VNNI_FLAGS | {"avx2"}):
+        return "this CPU has neither AMX-INT8, AVX512-VNNI nor AVX2 (no fast int8 GEMM in oneDNN)"
     if not hasattr(torch.ops.onednn, "qlinear_pointwise"):
         return "this torch build has no oneDNN int8 linear"
     if cpu_kernels() is None:
@@ -72,23 +89,29 @@ def quantize_rows(x: torch.Tensor) -> QuantizedRows:
     return QuantizedRows(*cpu_kernels().quantize_rows(x.reshape(-1, x.shape[-1])))
 
 
-def quantize_weight_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """A weight [out, in] as int8 (symmetric, no zero point) and one float32 scale per output
-    row, max |w| / 127: ``w_q * scale[:, None]`` is within half a step of each weight."""
+def quantize_weight_rows(weight: torch.Tensor, levels: int = FULL_LEVELS
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """A weight [out, in] as int8 in [-levels, levels] (symmetric, no zero point) and one
+    float32 scale per output row, max |w| / levels: ``w_q * scale[:, None]`` is within half a
+    step of each weight."""
+    if not 1 <= levels <= FULL_LEVELS:
+        raise ValueError(f"levels must be in 1..{FULL_LEVELS}, got {levels}")
     w = weight.detach().float()
-    scale = w.abs().amax(dim=1).clamp_min(1e-12) / 127.0
-    return torch.round(w / scale[:, None]).clamp_(-127, 127).to(torch.int8), scale
+    scale = w.abs().amax(dim=1).clamp_min(1e-12) / levels
+    return torch.round(w / scale[:, None]).clamp_(-levels, levels).to(torch.int8), scale
 
 
 class Int8Linear(nn.Module):
     """An inference-only ``nn.Linear`` with int8 weights (symmetric, one scale per output
-    channel) packed for oneDNN; bias kept in float32."""
+    channel, at most ``levels`` in magnitude: ``weight_levels()`` by default) packed for
+    oneDNN; bias kept in float32."""
 
-    def __init__(self, linear: nn.Linear):
+    def __init__(self, linear: nn.Linear, levels: int | None = None):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.dtype = linear.weight.dtype  # of the GEMM's output, as the layer's was
-        w_q, scale = quantize_weight_rows(linear.weight)
+        self.levels = weight_levels() if levels is None else levels
+        w_q, scale = quantize_weight_rows(linear.weight, self.levels)
         packed = torch.ops.onednn.qlinear_prepack(w_q, [ROWS_HINT, self.in_features])
         self.register_buffer("packed", packed, persistent=False)
         self.register_buffer("w_scale", scale, persistent=False)
