@@ -127,7 +127,8 @@ def model_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", default="auto", choices=list(BACKENDS))
     p.add_argument("--quantize", default=None, choices=list(QUANTIZE_MODES),
                    help="int8: int8 decoder linear layers (float32 or bfloat16 models, CPUs with "
-                        "AMX-INT8 or AVX512-VNNI; float32 models with AVX512-VNNI also int8 "
+                        "AMX-INT8, AVX512-VNNI or AVX2 (7-bit weights there); float32 models "
+                        "with AVX512-VNNI also int8 "
                         "prefill attention; a small score error: see README)")
     for name, help_text in LIMIT_OPTIONS.items():
         p.add_argument("--" + name.replace("_", "-"), type=int, default=None, help=help_text)

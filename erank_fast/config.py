@@ -56,9 +56,10 @@ class RerankerConfig:
     lm_head multiply by copies of their weights packed once for oneDNN (1.2-3× faster
     matmuls; "auto": when erank_fast loaded the weights itself, from a path, so no one else
     changes them; "on" also for an in-memory model, whose later changes are then not seen;
-    "off"). quantize: "none" (the default) or "int8": on a CPU with AMX-INT8 or AVX512-VNNI,
-    a float32 or bfloat16 model's decoder linear layers multiply int8 weights (one scale per
-    output channel) by int8 activations (one scale per token) (``erank_fast.ops.int8_linear``),
+    "off"). quantize: "none" (the default) or "int8": on a CPU with AMX-INT8, AVX512-VNNI or
+    AVX2, a float32 or bfloat16 model's decoder linear layers multiply int8 weights (one scale
+    per output channel; 7 bits on AVX2 alone, whose products would otherwise saturate) by int8
+    activations (one scale per token) (``erank_fast.ops.int8_linear``),
     and a float32 model's prefill attention is int8 too where the CPU has AVX512-VNNI, over a
     bfloat16 K/V arena (``erank_fast.ops.arena_attention``): faster, a small score error
     (erank-smol on DL19: nDCG@10 0.5735 in bf16 and 0.5730 in float32, against 0.5755); only

@@ -64,8 +64,8 @@ class Engine:
         copies (``ops.packed_linear``): faster, but later changes to the weights are not seen,
         so only for weights the engine owns (never a model being trained).
         quantize: "int8" replaces the decoder layers' linear layers by int8 copies
-        (``ops.int8_linear``; float32 or bfloat16 on a CPU with AMX-INT8 or AVX512-VNNI, else
-        ValueError); likewise only for weights the engine owns. On a float32 model with
+        (``ops.int8_linear``; float32 or bfloat16 on a CPU with AMX-INT8, AVX512-VNNI or
+        AVX2, else ValueError); likewise only for weights the engine owns. On a float32 model with
         AVX512-VNNI the prefill attention is int8 too, over a bfloat16 K/V arena
         (``ops.arena_attention``)."""
         weight = decoder.lm_head_weight
