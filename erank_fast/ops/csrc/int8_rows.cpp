@@ -9,7 +9,9 @@
 //   scaled_add_        residual += y * s per row, in place, one rounding (o_proj, down)
 // A row's scale is max|x| / 127 (1 where the row is all zeros); q = round(x / scale) + 128.
 // float32 arithmetic throughout; 16 lanes at a time where built with AVX-512 (bfloat16 rows
-// with AVX512-BF16, whose instruction rounds them back), else one value at a time.
+// with AVX512-BF16, whose instruction rounds them back), 8 float32 lanes with AVX2 and FMA alone
+// (quantising, RMSNorm and SiLU x up: on a 2-core Zen 3 the scalar SiLU took 8.8 ms of a
+// 2048-row MLP, 11 % of an int8 call), else one value at a time.
 #include "erank_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -17,6 +19,7 @@
 #include <algorithm>
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -26,8 +29,47 @@
 #if defined(__AVX512BF16__)
 #include "avx512_bf16.h"
 #endif
+#if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#define ERANK_INT8_ROWS_AVX2 1
+#endif
 
 namespace {
+
+#if defined(ERANK_INT8_ROWS_AVX2)
+float reduce_max8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_max_ss(m, _mm_movehdup_ps(m)));
+}
+
+float reduce_add8(__m256 v) {
+  __m128 m = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_add_ps(m, _mm_movehl_ps(m, m));
+  return _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+}
+
+__m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
+
+// silu(y) = y / (1 + 2^(-y log2 e)) on 8 floats: 2^t = 2^f 2^n, n = round(t), 2^f by the
+// degree-6 Taylor series (relative error ~1e-7, as the AVX-512 path), 2^n built in the exponent
+// bits; t clamped to [-126, 127] (silu is then y, or ~0 against 2^127).
+__m256 silu8(__m256 y) {
+  static constexpr float c[] = {1.5403530393381606e-4f, 1.3333558146428441e-3f,
+                                9.6181291076284772e-3f, 5.5504108664821580e-2f,
+                                2.4022650695910071e-1f, 6.9314718055994531e-1f, 1.0f};
+  __m256 t = _mm256_mul_ps(y, _mm256_set1_ps(-1.4426950408889634f));
+  t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
+  const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 f = _mm256_sub_ps(t, n);
+  __m256 p = _mm256_set1_ps(c[0]);
+  for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c[i]));
+  const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
+                                                          _mm256_set1_epi32(127)), 23);
+  const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
+  return _mm256_div_ps(y, _mm256_add_ps(_mm256_set1_ps(1.0f), e));
+}
+#endif
 
 using bf16 = c10::BFloat16;
 
@@ -65,6 +107,11 @@ float quantize_row(const float* x, uint8_t* q, int64_t h) {
   for (; i + 16 <= h; i += 16) m = _mm512_max_ps(m, _mm512_abs_ps(_mm512_loadu_ps(x + i)));
   top = _mm512_reduce_max_ps(m);
 #endif
+#if defined(ERANK_INT8_ROWS_AVX2)
+  __m256 m = _mm256_setzero_ps();
+  for (; i + 8 <= h; i += 8) m = _mm256_max_ps(m, abs8(_mm256_loadu_ps(x + i)));
+  top = reduce_max8(m);
+#endif
   for (; i < h; ++i) top = std::max(top, std::fabs(x[i]));
   const float scale = top > 0.0f ? top / 127.0f : 1.0f, inv = 1.0f / scale;
   i = 0;
@@ -77,6 +124,18 @@ float quantize_row(const float* x, uint8_t* q, int64_t h) {
         offset);
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + i),
                      _mm512_cvtusepi32_epi8(_mm512_cvtps_epu32(r)));
+  }
+#endif
+#if defined(ERANK_INT8_ROWS_AVX2)
+  const __m256 vinv = _mm256_set1_ps(inv), offset = _mm256_set1_ps(128.0f);
+  for (; i + 8 <= h; i += 8) {
+    const __m256i r = _mm256_cvtps_epi32(_mm256_add_ps(
+        _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(x + i), vinv),
+                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC),
+        offset));  // 1..255: the packs below saturate nothing
+    const __m128i words = _mm_packus_epi32(_mm256_castsi256_si128(r),
+                                           _mm256_extracti128_si256(r, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + i), _mm_packus_epi16(words, words));
   }
 #endif
   for (; i < h; ++i) q[i] = static_cast<uint8_t>(std::nearbyint(x[i] * inv) + 128.0f);
@@ -148,6 +207,15 @@ void rms_norm_quantize_as(const at::Tensor& x, const at::Tensor& weight, float e
       }
       sum = _mm512_reduce_add_ps(acc);
     }
+#elif defined(ERANK_INT8_ROWS_AVX2)
+    if constexpr (std::is_same_v<T, float>) {
+      __m256 acc = _mm256_setzero_ps();
+      for (; i + 8 <= h; i += 8) {
+        const __m256 v = _mm256_loadu_ps(row + i);
+        acc = _mm256_fmadd_ps(v, v, acc);
+      }
+      sum = reduce_add8(acc);
+    }
 #endif
     for (; i < h; ++i) sum += to_float(row[i]) * to_float(row[i]);
     const float inv = 1.0f / std::sqrt(sum / static_cast<float>(h) + eps);
@@ -158,6 +226,13 @@ void rms_norm_quantize_as(const at::Tensor& x, const at::Tensor& weight, float e
       for (; i + 16 <= h; i += 16)
         _mm512_storeu_ps(buf + i, _mm512_mul_ps(_mm512_mul_ps(Lanes<T>::load(row + i), vinv),
                                                 Lanes<T>::load(wp + i)));
+    }
+#elif defined(ERANK_INT8_ROWS_AVX2)
+    if constexpr (std::is_same_v<T, float>) {
+      const __m256 vinv = _mm256_set1_ps(inv);
+      for (; i + 8 <= h; i += 8)
+        _mm256_storeu_ps(buf + i, _mm256_mul_ps(_mm256_mul_ps(_mm256_loadu_ps(row + i), vinv),
+                                                _mm256_loadu_ps(wp + i)));
     }
 #endif
     for (; i < h; ++i) buf[i] = to_float(row[i]) * inv * to_float(wp[i]);
@@ -180,6 +255,14 @@ void silu_mul_quantize_as(const at::Tensor& g, const at::Tensor& u, const float*
       for (; i + 16 <= h; i += 16) {
         const __m512 silu = erank_cpu::silu_ps(_mm512_mul_ps(Lanes<T>::load(gr + i), vs));
         _mm512_storeu_ps(buf + i, _mm512_mul_ps(silu, _mm512_mul_ps(Lanes<T>::load(ur + i), vs)));
+      }
+    }
+#elif defined(ERANK_INT8_ROWS_AVX2)
+    if constexpr (std::is_same_v<T, float>) {
+      const __m256 vs = _mm256_set1_ps(sr);
+      for (; i + 8 <= h; i += 8) {
+        const __m256 silu = silu8(_mm256_mul_ps(_mm256_loadu_ps(gr + i), vs));
+        _mm256_storeu_ps(buf + i, _mm256_mul_ps(silu, _mm256_mul_ps(_mm256_loadu_ps(ur + i), vs)));
       }
     }
 #endif
