@@ -28,7 +28,8 @@ SOURCES = [CSRC / name for name in ("bindings.cpp", "decode_attention.cpp",
                                     "decoder_layer.cpp")]
 HEADERS = [CSRC / "erank_cpu.h", CSRC / "shared_prefix_attention_portable.h",
            CSRC / "shared_prefix_attention_portable_decode.h",
-           CSRC / "avx512_exp2.h", CSRC / "avx512_bf16.h", CSRC / "linear_epilogue.h",
+           CSRC / "avx512_exp2.h", CSRC / "exp2_series.h", CSRC / "avx512_bf16.h",
+           CSRC / "linear_epilogue.h",
            CSRC / "next_block_prefetch.h", CSRC / "avx512_transpose.h",
            CSRC / "int8_attention.h"]
 

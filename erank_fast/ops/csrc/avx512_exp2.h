@@ -5,9 +5,9 @@
 
 #include <cstddef>
 
-namespace erank_cpu {
+#include "exp2_series.h"
 
-constexpr float LOG2E = 1.4426950408889634f;
+namespace erank_cpu {
 
 // 2^t = 2^f · 2^n with n = round(t) and f in [-0.5, 0.5]: 2^f by the polynomial c (highest
 // degree first, Horner), 2^n by vscalefps.
@@ -19,14 +19,6 @@ inline __m512 exp2_poly(__m512 t, const float (&c)[N]) {
   for (std::size_t i = 1; i < N; ++i) p = _mm512_fmadd_ps(p, f, _mm512_set1_ps(c[i]));
   return _mm512_scalef_ps(p, n);
 }
-
-// The degree-6 Taylor series of 2^f (relative error ~1e-7).
-constexpr float EXP2_TAYLOR6[] = {1.5403530393381606e-4f, 1.3333558146428441e-3f,
-                                  9.6181291076284772e-3f, 5.5504108664821580e-2f,
-                                  2.4022650695910071e-1f, 6.9314718055994531e-1f, 1.0f};
-// A degree-4 least-squares fit of 2^f on [-0.5, 0.5] (relative error 3.1e-6).
-constexpr float EXP2_FIT4[] = {9.600395517050124e-3f, 5.5916893825048185e-2f,
-                               2.4023718463104982e-1f, 6.931219948398218e-1f, 1.0f};
 
 // 2^t elementwise to ~1e-7 relative. t is clamped at -126 (the result is then ~1e-38).
 inline __m512 exp2_ps(__m512 t) {

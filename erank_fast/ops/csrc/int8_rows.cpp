@@ -18,6 +18,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
+#include <iterator>
 #include <tuple>
 #include <type_traits>
 
@@ -31,6 +33,8 @@
 #endif
 #if !defined(__AVX512F__) && defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+
+#include "exp2_series.h"
 #define ERANK_INT8_ROWS_AVX2 1
 #endif
 
@@ -55,15 +59,13 @@ __m256 abs8(__m256 v) { return _mm256_andnot_ps(_mm256_set1_ps(-0.0f), v); }
 // degree-6 Taylor series (relative error ~1e-7, as the AVX-512 path), 2^n built in the exponent
 // bits; t clamped to [-126, 127] (silu is then y, or ~0 against 2^127).
 __m256 silu8(__m256 y) {
-  static constexpr float c[] = {1.5403530393381606e-4f, 1.3333558146428441e-3f,
-                                9.6181291076284772e-3f, 5.5504108664821580e-2f,
-                                2.4022650695910071e-1f, 6.9314718055994531e-1f, 1.0f};
-  __m256 t = _mm256_mul_ps(y, _mm256_set1_ps(-1.4426950408889634f));
+  const auto& c = erank_cpu::EXP2_TAYLOR6;
+  __m256 t = _mm256_mul_ps(y, _mm256_set1_ps(-erank_cpu::LOG2E));
   t = _mm256_min_ps(_mm256_max_ps(t, _mm256_set1_ps(-126.0f)), _mm256_set1_ps(127.0f));
   const __m256 n = _mm256_round_ps(t, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   const __m256 f = _mm256_sub_ps(t, n);
   __m256 p = _mm256_set1_ps(c[0]);
-  for (int i = 1; i < 7; ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c[i]));
+  for (std::size_t i = 1; i < std::size(c); ++i) p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(c[i]));
   const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n),
                                                           _mm256_set1_epi32(127)), 23);
   const __m256 e = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
