@@ -160,6 +160,51 @@ def test_int8_gemm_is_exact_at_this_cpus_weight_levels(rows):
     assert torch.equal(got.double(), want.double())
 
 
+@pytest.mark.parametrize("k,n", [(576, 96), (576, 98), (40, 7)])
+def test_few_rows_kernel_is_onednns_gemm(k, n):
+    """``int8_few_rows_linear`` (decode steps, 7-bit weights) returns what oneDNN's int8 GEMM
+    returns, bit for bit, at 1 to ``FEW_ROWS`` rows: K a multiple of 32 (the AVX2 blocks) or
+    not (one product at a time), N a multiple of the 4-row blocks or not."""
+    _int8_or_skip(torch.float32)
+    from erank_fast.ops.int8_linear import (
+        FEW_ROWS,
+        PAIR_SAFE_LEVELS,
+        ZERO_POINT,
+        Int8Linear,
+        QuantizedRows,
+        few_rows_kernels,
+        quantize_weight_rows,
+    )
+
+    kernels = few_rows_kernels(PAIR_SAFE_LEVELS, torch.float32)
+    if kernels is None:
+        pytest.skip("the few-rows kernel is built with AVX2")
+    torch.manual_seed(7)
+    linear = nn.Linear(k, n, bias=False)
+    layer = Int8Linear(linear, levels=PAIR_SAFE_LEVELS)
+    assert layer.few_rows_weight is not None
+    w_q, scale = quantize_weight_rows(linear.weight, PAIR_SAFE_LEVELS)
+    assert torch.equal(layer.few_rows_weight, w_q)
+    assert torch.equal(layer.few_rows_sums, w_q.sum(1).int())
+    for rows in (1, 2, 3, 8, FEW_ROWS):
+        q = torch.randint(0, 256, (rows, k), dtype=torch.uint8)
+        q[0, :] = 255
+        got = kernels.int8_few_rows_linear(q, w_q, layer.few_rows_sums, scale)
+        onednn = torch.ops.onednn.qlinear_pointwise(
+            q, 1.0, ZERO_POINT, layer.packed, layer.w_scale, layer.w_zero, None, 1.0, 0,
+            torch.float32, "none", [], "")
+        assert torch.equal(got, onednn), rows
+        assert torch.equal(layer.unscaled(QuantizedRows(q, torch.ones(rows))), onednn)
+    # 8-bit weights would saturate its 16-bit pair sums: those layers keep oneDNN alone
+    assert few_rows_kernels(127, torch.float32) is None
+    assert Int8Linear(linear, levels=127).few_rows_weight is None
+    assert few_rows_kernels(PAIR_SAFE_LEVELS, torch.bfloat16) is None
+    with pytest.raises(RuntimeError, match="x_q"):
+        kernels.int8_few_rows_linear(q.float(), w_q, layer.few_rows_sums, scale)
+    with pytest.raises(RuntimeError, match="against w_q"):
+        kernels.int8_few_rows_linear(q[:, 1:], w_q, layer.few_rows_sums, scale)
+
+
 def test_int8_row_kernels_refuse_mixed_dtypes():
     kernels = _kernels()
     x, w = torch.randn(4, 32), torch.randn(32).bfloat16()

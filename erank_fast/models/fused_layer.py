@@ -11,9 +11,9 @@ kinds of layers qualify:
   (``decoder_layer_``: AMX);
 - float32 layers on oneDNN's packed weights (``decoder_layer_packed_``: oneDNN's linear, ATen's
   SiLU, product and sums, as the Python layer calls them), steps of any size;
-- int8 layers (``quantize="int8"``, ``decoder_layer_int8_``: oneDNN's int8 GEMMs and the row
-  kernels around them, ``ops.int8_linear``), float32 or bfloat16, steps of any size, biases on
-  q, k and v only.
+- int8 layers (``quantize="int8"``, ``decoder_layer_int8_``: oneDNN's int8 GEMMs, or for steps
+  of at most ``FEW_ROWS`` rows of 7-bit weights the few-rows kernel, and the row kernels around
+  them, ``ops.int8_linear``), float32 or bfloat16, steps of any size, biases on q, k and v only.
 
 All also need the RMSNorm and RoPE kernels and the arena attention kernel. Anything else (CUDA,
 bfloat16 without blocks, a subset of rows read) takes the Python layer.
@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import torch
 
 from erank_fast.ops.cpu_extension import cpu_kernels
-from erank_fast.ops.int8_linear import Int8Linear
+from erank_fast.ops.int8_linear import FEW_ROWS, Int8Linear
 from erank_fast.ops.packed_linear import SMALL_ROWS, PackedLinear
 
 
@@ -44,6 +44,8 @@ class LayerWeights:
     eps: float
     w_scales: list | None = None  # int8: per output channel, and oneDNN's zero points
     w_zeros: list | None = None
+    few_weights: list | None = None  # int8: the plain 7-bit weights for few rows, and their
+    few_sums: list | None = None  # sums (``Int8Linear.few_rows_weight``), or [] (oneDNN only)
 
 
 def run_fused_layer(layer, x: torch.Tensor, rotation, attention) -> bool:
@@ -64,7 +66,8 @@ def run_fused_layer(layer, x: torch.Tensor, rotation, attention) -> bool:
         return False
     kernels = cpu_kernels()
     if w.kind == "int8":
-        kernels.decoder_layer_int8_(x, w.norms, w.weights, w.w_scales, w.w_zeros, w.biases[0],
+        kernels.decoder_layer_int8_(x, w.norms, w.weights, w.w_scales, w.w_zeros,
+                                    w.few_weights, w.few_sums, FEW_ROWS, w.biases[0],
                                     w.dims, w.eps, rotation.cos, rotation.sin, *args)
         return True
     layer_op = kernels.decoder_layer_ if w.kind == "blocks" else kernels.decoder_layer_packed_
@@ -137,6 +140,9 @@ def _int8_weights_of(layer, norms, dtype) -> LayerWeights | None:
             and not any(n.quantize_output for n in norms[2:])):
         return None
     dims = [attn.num_heads, attn.num_kv_heads, attn.head_dim, mlp.gate_proj.out_features]
+    few = all(p.few_rows_weight is not None for p in linears)
     return LayerWeights("int8", dtype, [n.weight for n in norms], [p.packed for p in linears],
                         [attn.qkv_proj.bias], dims, norms[0].eps,
-                        w_scales=[p.w_scale for p in linears], w_zeros=[p.w_zero for p in linears])
+                        w_scales=[p.w_scale for p in linears], w_zeros=[p.w_zero for p in linears],
+                        few_weights=[p.few_rows_weight for p in linears] if few else [],
+                        few_sums=[p.few_rows_sums for p in linears] if few else [])

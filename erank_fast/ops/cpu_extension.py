@@ -23,7 +23,8 @@ CSRC = Path(__file__).resolve().parent / "csrc"
 SOURCES = [CSRC / name for name in ("bindings.cpp", "decode_attention.cpp",
                                     "shared_prefix_attention.cpp",
                                     "shared_prefix_attention_brgemm.cpp", "rotary.cpp",
-                                    "rms_norm.cpp", "int8_rows.cpp", "small_linear.cpp",
+                                    "rms_norm.cpp", "int8_rows.cpp", "int8_few_rows.cpp",
+                                    "small_linear.cpp",
                                     "tile_linear.cpp", "vocab_head.cpp", "arena_write.cpp",
                                     "decoder_layer.cpp")]
 HEADERS = [CSRC / "erank_cpu.h", CSRC / "shared_prefix_attention_portable.h",

@@ -41,6 +41,10 @@ ROWS_HINT = 2048
 ZERO_POINT = 128
 # The largest |int8 weight|: 127, or 63 where the GEMM sums pairs in 16 bits (no VNNI).
 FULL_LEVELS, PAIR_SAFE_LEVELS = 127, 63
+# Steps of at most this many rows take ``int8_few_rows_linear`` where it applies (7-bit
+# weights, float32 output): on a 2-core Zen 3 it ran SmolLM2's layers 5-10x faster than
+# oneDNN's AVX2 int8 GEMM at 1-3 rows, 1.1-1.8x at 32-64, level at 100 (``bench/NOTES.md``).
+FEW_ROWS = 64
 VNNI_FLAGS = {"amx_int8", "avx512_vnni"}
 
 
@@ -67,6 +71,17 @@ def int8_unavailable_reason(dtype: torch.dtype) -> str | None:
     if cpu_kernels() is None:
         return "erank_fast's CPU kernels could not be built here"
     return None
+
+
+def few_rows_kernels(levels: int, dtype: torch.dtype):
+    """The CPU kernels when ``int8_few_rows_linear`` computes oneDNN's int8 GEMM exactly for
+    these weights (at most 7 bits: its 16-bit pair sums cannot saturate) and output dtype
+    (float32), else None."""
+    kernels = cpu_kernels()
+    if (levels > PAIR_SAFE_LEVELS or dtype != torch.float32 or kernels is None
+            or not kernels.int8_few_rows_available()):
+        return None
+    return kernels
 
 
 @dataclass
@@ -117,11 +132,21 @@ class Int8Linear(nn.Module):
         self.register_buffer("w_scale", scale, persistent=False)
         self.register_buffer("w_zero", torch.zeros(self.out_features, dtype=torch.int64),
                              persistent=False)
+        # Steps of up to FEW_ROWS rows (decode) multiply a plain copy of the weights (one more
+        # byte a weight) where the few-rows kernel gives oneDNN's exact result: 7-bit weights,
+        # float32 output, an AVX2 build.
+        few = few_rows_kernels(self.levels, self.dtype)
+        self.register_buffer("few_rows_weight", w_q if few else None, persistent=False)
+        self.register_buffer("few_rows_sums", few.int8_few_rows_sums(w_q) if few else None,
+                             persistent=False)
         bias = linear.bias.detach().float() if linear.bias is not None else None
         self.register_buffer("bias", bias, persistent=False)
 
     def unscaled(self, x: QuantizedRows) -> torch.Tensor:
         """(x.q - 128) @ W_q.T * w_scale in the layer's dtype, before each row's own scale."""
+        if self.few_rows_weight is not None and x.q.shape[0] <= FEW_ROWS:
+            return cpu_kernels().int8_few_rows_linear(x.q, self.few_rows_weight,
+                                                      self.few_rows_sums, self.w_scale)
         return torch.ops.onednn.qlinear_pointwise(
             x.q, 1.0, ZERO_POINT, self.packed, self.w_scale, self.w_zero, None, 1.0, 0,
             self.dtype, "none", [], "")

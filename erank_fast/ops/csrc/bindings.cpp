@@ -28,6 +28,10 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   m.def("silu_mul_quantize(Tensor g, Tensor u, Tensor s) -> (Tensor, Tensor)");
   m.def("scale_rows_(Tensor(a!) y, Tensor s) -> ()");
   m.def("scaled_add_(Tensor(a!) residual, Tensor y, Tensor s) -> ()");
+  // int8 linear layers at a few rows without VNNI (int8_few_rows.cpp): AVX2 built in
+  m.def("int8_few_rows_available() -> bool", &int8_few_rows_available);
+  m.def("int8_few_rows_sums(Tensor w_q) -> Tensor");
+  m.def("int8_few_rows_linear(Tensor x_q, Tensor w_q, Tensor sums, Tensor scale) -> Tensor");
   // whether this CPU has oneDNN's bfloat16 brgemm for small_linear (decode-sized linear layers)
   m.def("small_linear_available() -> bool", &small_linear_available);
   m.def("small_linear_pack(Tensor w) -> Tensor");
@@ -48,7 +52,8 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
         "Tensor write_rows, Tensor q_cu, Tensor own_base, Tensor own_start, Tensor prefix_start, "
         "Tensor prefix_len, float scale, bool brgemm, bool int8_attention=False) -> ()");
   m.def("decoder_layer_int8_(Tensor(a!) x, Tensor[] norms, Tensor[] packed, Tensor[] w_scales, "
-        "Tensor[] w_zeros, Tensor? qkv_bias, int[] dims, float eps, Tensor cos, Tensor sin, "
+        "Tensor[] w_zeros, Tensor[] few_weights, Tensor[] few_sums, int few_rows, "
+        "Tensor? qkv_bias, int[] dims, float eps, Tensor cos, Tensor sin, "
         "Tensor(b!) k_arena, Tensor(c!) v_arena, Tensor write_rows, Tensor q_cu, "
         "Tensor own_base, Tensor own_start, Tensor prefix_start, Tensor prefix_len, float scale, "
         "bool brgemm, bool int8_attention=False) -> ()");
@@ -69,6 +74,8 @@ TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("silu_mul_quantize", &silu_mul_quantize);
   m.impl("scale_rows_", &scale_rows_);
   m.impl("scaled_add_", &scaled_add_);
+  m.impl("int8_few_rows_sums", &int8_few_rows_sums);
+  m.impl("int8_few_rows_linear", &int8_few_rows_linear);
   m.impl("small_linear_pack", &small_linear_pack);
   m.impl("small_linear", &small_linear);
   m.impl("small_linear_into_", &small_linear_into_);

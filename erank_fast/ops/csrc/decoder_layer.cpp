@@ -10,8 +10,9 @@
 // the products); decoder_layer_packed_ on oneDNN's packed weights (ops/packed_linear.py's
 // float32 layers: oneDNN's linear, then ATen's SiLU, product and sums, as the Python layer);
 // decoder_layer_int8_ on int8 weights (ops/int8_linear.py: oneDNN's int8 GEMMs, q, k and v as
-// one, and int8_rows.cpp's kernels around them: RMSNorm then quantise, scale rows, quantise,
-// scale-and-add, SiLU x up then quantise).
+// one, or int8_few_rows.cpp's for a few rows of 7-bit weights, and int8_rows.cpp's kernels
+// around them: RMSNorm then quantise, scale rows, quantise, scale-and-add, SiLU x up then
+// quantise).
 #include "erank_cpu.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -144,7 +145,9 @@ void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
 
 void decoder_layer_int8_(at::Tensor x, std::vector<at::Tensor> norms,
                          std::vector<at::Tensor> packed, std::vector<at::Tensor> w_scales,
-                         std::vector<at::Tensor> w_zeros, c10::optional<at::Tensor> qkv_bias,
+                         std::vector<at::Tensor> w_zeros, std::vector<at::Tensor> few_weights,
+                         std::vector<at::Tensor> few_sums, int64_t few_rows,
+                         c10::optional<at::Tensor> qkv_bias,
                          std::vector<int64_t> dims, double eps, at::Tensor cos, at::Tensor sin,
                          at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
                          at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
@@ -152,10 +155,16 @@ void decoder_layer_int8_(at::Tensor x, std::vector<at::Tensor> norms,
                          bool brgemm, bool int8_attention) {
   TORCH_CHECK(packed.size() == 5 && w_scales.size() == 5 && w_zeros.size() == 5,
               "int8 decoder layer: qkv, o, gate, up and down weights, scales and zero points");
+  TORCH_CHECK(few_weights.size() == few_sums.size() &&
+                  (few_weights.empty() || few_weights.size() == 5),
+              "int8 decoder layer: the five plain weights and their sums for few rows, or none");
   const LayerDims l = check_layer(x, norms, dims, write_rows);
   const auto dtype = x.scalar_type();
+  // as Int8Linear.unscaled: up to few_rows rows on the plain 7-bit weights (float32)
+  const bool few = !few_weights.empty() && l.m <= few_rows && dtype == at::kFloat;
   auto linear = [&](const at::Tensor& x_q, int i) {
-    return int8_linear_unscaled(x_q, packed[i], w_scales[i], w_zeros[i], dtype);
+    return few ? int8_few_rows_linear(x_q, few_weights[i], few_sums[i], w_scales[i])
+               : int8_linear_unscaled(x_q, packed[i], w_scales[i], w_zeros[i], dtype);
   };
   auto [a_q, a_s] = rms_norm_quantize(x, norms[0], eps);
   auto qkv = linear(a_q, 0);

@@ -54,6 +54,12 @@ std::tuple<at::Tensor, at::Tensor> rms_norm_quantize(at::Tensor x, at::Tensor we
 std::tuple<at::Tensor, at::Tensor> silu_mul_quantize(at::Tensor g, at::Tensor u, at::Tensor s);
 void scale_rows_(at::Tensor y, at::Tensor s);
 void scaled_add_(at::Tensor residual, at::Tensor y, at::Tensor s);
+// the same GEMM as oneDNN's int8 one at a few rows, for weights of at most 7 bits
+// (int8_few_rows.cpp): float32 (x_q - 128) @ w_q^T * scale, sums = int8_few_rows_sums(w_q)
+bool int8_few_rows_available();
+at::Tensor int8_few_rows_sums(at::Tensor w_q);
+at::Tensor int8_few_rows_linear(at::Tensor x_q, at::Tensor w_q, at::Tensor sums,
+                                at::Tensor scale);
 
 namespace erank_cpu {
 // AMX tiles (tile_linear.cpp): whether this build has them and Linux grants this process their
@@ -120,7 +126,9 @@ void decoder_layer_packed_(at::Tensor x, std::vector<at::Tensor> norms,
 // row kernels around them in the Python layer's order); biases on q, k and v only
 void decoder_layer_int8_(at::Tensor x, std::vector<at::Tensor> norms,
                          std::vector<at::Tensor> packed, std::vector<at::Tensor> w_scales,
-                         std::vector<at::Tensor> w_zeros, c10::optional<at::Tensor> qkv_bias,
+                         std::vector<at::Tensor> w_zeros, std::vector<at::Tensor> few_weights,
+                         std::vector<at::Tensor> few_sums, int64_t few_rows,
+                         c10::optional<at::Tensor> qkv_bias,
                          std::vector<int64_t> dims, double eps, at::Tensor cos, at::Tensor sin,
                          at::Tensor k_arena, at::Tensor v_arena, at::Tensor write_rows,
                          at::Tensor q_cu, at::Tensor own_base, at::Tensor own_start,
