@@ -166,6 +166,25 @@ def test_kv_pool_grows_keeping_every_row_at_its_index():
     assert pool.ranges.alloc(18) == 7 and b == 4
 
 
+def test_an_empty_arena_too_small_is_replaced_with_room_to_spare(tiny_qwen3):
+    """On CPU a call larger than the empty arena gets a new one of at least 1.5× the old rows
+    (within the budget), so that a next call a little larger still reuses it rather than
+    zeroing a third; the scores are those of a fresh engine."""
+    model, tok = tiny_qwen3
+    rr = Reranker.from_pretrained(model, tokenizer=tok, think="off")
+    scheduler = rr.backend.scheduler
+    rr.rerank(QUERIES[2], DOCS[2][:2])
+    first = scheduler.pool.tokens
+    rr.rerank(QUERIES[2], DOCS[2][:3])
+    second = scheduler.pool
+    assert second.tokens >= first * 3 // 2
+    docs = DOCS[2][:2] + [DOCS[2][2] + " It compiles to machine code."]  # a few rows more
+    larger = rr.rerank(QUERIES[2], docs)
+    assert scheduler.pool is second
+    fresh = Reranker.from_pretrained(model, tokenizer=tok, think="off")
+    _assert_same([fresh.rerank(QUERIES[2], docs)], [larger])
+
+
 def test_the_arena_grows_under_load_keeping_the_rows_in_flight(tiny_qwen3):
     """On CPU the arena is first sized for the work that is waiting. A larger call that arrives
     while a small one runs grows it, the small call's K/V rows kept in place: the larger call's
