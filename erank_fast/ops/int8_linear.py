@@ -137,7 +137,7 @@ class Int8Linear(nn.Module):
         # float32 output, an AVX2 build.
         few = few_rows_kernels(self.levels, self.dtype)
         self.register_buffer("few_rows_weight", w_q if few else None, persistent=False)
-        self.register_buffer("few_rows_sums", few.int8_few_rows_sums(w_q) if few else None,
+        self.register_buffer("few_rows_sums", w_q.sum(1, dtype=torch.int32) if few else None,
                              persistent=False)
         bias = linear.bias.detach().float() if linear.bias is not None else None
         self.register_buffer("bias", bias, persistent=False)

@@ -30,7 +30,6 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   m.def("scaled_add_(Tensor(a!) residual, Tensor y, Tensor s) -> ()");
   // int8 linear layers at a few rows without VNNI (int8_few_rows.cpp): AVX2 built in
   m.def("int8_few_rows_available() -> bool", &int8_few_rows_available);
-  m.def("int8_few_rows_sums(Tensor w_q) -> Tensor");
   m.def("int8_few_rows_linear(Tensor x_q, Tensor w_q, Tensor sums, Tensor scale) -> Tensor");
   // whether this CPU has oneDNN's bfloat16 brgemm for small_linear (decode-sized linear layers)
   m.def("small_linear_available() -> bool", &small_linear_available);
@@ -74,7 +73,6 @@ TORCH_LIBRARY_IMPL(erank_fast_cpu, CPU, m) {
   m.impl("silu_mul_quantize", &silu_mul_quantize);
   m.impl("scale_rows_", &scale_rows_);
   m.impl("scaled_add_", &scaled_add_);
-  m.impl("int8_few_rows_sums", &int8_few_rows_sums);
   m.impl("int8_few_rows_linear", &int8_few_rows_linear);
   m.impl("small_linear_pack", &small_linear_pack);
   m.impl("small_linear", &small_linear);

@@ -55,9 +55,8 @@ std::tuple<at::Tensor, at::Tensor> silu_mul_quantize(at::Tensor g, at::Tensor u,
 void scale_rows_(at::Tensor y, at::Tensor s);
 void scaled_add_(at::Tensor residual, at::Tensor y, at::Tensor s);
 // the same GEMM as oneDNN's int8 one at a few rows, for weights of at most 7 bits
-// (int8_few_rows.cpp): float32 (x_q - 128) @ w_q^T * scale, sums = int8_few_rows_sums(w_q)
+// (int8_few_rows.cpp): float32 (x_q - 128) @ w_q^T * scale, sums = w_q's row sums (int32)
 bool int8_few_rows_available();
-at::Tensor int8_few_rows_sums(at::Tensor w_q);
 at::Tensor int8_few_rows_linear(at::Tensor x_q, at::Tensor w_q, at::Tensor sums,
                                 at::Tensor scale);
 

@@ -12,7 +12,7 @@
 // vpmaddubsw (u8 x s8 -> sums of two products in 16 bits, which 7-bit weights cannot saturate:
 // 255 * 63 * 2 < 32767), vpmaddwd by ones (-> 32-bit sums of four), vpaddd. The zero point is
 // taken off after the sums: sum (x - 128) w = sum x w - 128 sum w, with each weight row's sum
-// computed once (int8_few_rows_sums).
+// computed once (Int8Linear.few_rows_sums).
 #include "erank_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -90,11 +90,6 @@ bool int8_few_rows_available() {
 #endif
 }
 
-at::Tensor int8_few_rows_sums(at::Tensor w_q) {
-  TORCH_CHECK(w_q.dim() == 2 && w_q.scalar_type() == at::kChar, "w_q: int8 [N, K]");
-  return w_q.sum(1, false, at::kInt).contiguous();
-}
-
 at::Tensor int8_few_rows_linear(at::Tensor x_q, at::Tensor w_q, at::Tensor sums,
                                 at::Tensor scale) {
   TORCH_CHECK(x_q.dim() == 2 && x_q.scalar_type() == at::kByte && x_q.stride(1) == 1,
@@ -104,7 +99,7 @@ at::Tensor int8_few_rows_linear(at::Tensor x_q, at::Tensor w_q, at::Tensor sums,
   const int64_t m = x_q.size(0), k = x_q.size(1), n = w_q.size(0);
   TORCH_CHECK(w_q.size(1) == k, "x_q [M, ", k, "] against w_q [N, ", w_q.size(1), "]");
   TORCH_CHECK(sums.scalar_type() == at::kInt && sums.is_contiguous() && sums.numel() == n,
-              "sums: int32 [N] (int8_few_rows_sums)");
+              "sums: int32 [N], w_q's row sums");
   TORCH_CHECK(scale.scalar_type() == at::kFloat && scale.is_contiguous() && scale.numel() == n,
               "scale: float32 [N]");
   auto out = at::empty({m, n}, x_q.options().dtype(at::kFloat));
