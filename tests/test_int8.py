@@ -325,3 +325,43 @@ def test_int8_path_against_the_float32_path(smollm2_dir, dtype):
     print(f"int8 ({dtype}) against float32: max |score error| {err:.3f}, "
           f"Spearman {spearman:.3f}")
     assert spearman >= 0.9 and err <= 2.0
+
+
+def test_few_row_steps_run_unpadded(tiny_qwen3, tmp_path):
+    """Where every int8 layer has the few-rows kernel's weights (7-bit weights, float32, an
+    AVX2 build), steps of at most ``FEW_ROWS`` rows are not padded to a row bucket: that
+    kernel builds nothing per row count, and a 2-document decode step padded to 16 rows
+    multiplied 8x the rows. Tokens and scores are the padded steps', bit for bit (each row's
+    products do not depend on the other rows); larger steps are still padded for oneDNN."""
+    _int8_or_skip(torch.float32)
+    from erank_fast.models.decoder import padded_rows
+    from erank_fast.ops.int8_linear import FEW_ROWS, Int8Linear
+    from erank_fast.ops.packed_linear import rows_unpadded_below
+
+    model, tok = tiny_qwen3
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    rr = Reranker.from_pretrained(tmp_path, dtype=torch.float32, quantize="int8", think=8,
+                                  max_think_tokens=20)
+    decoder = rr.backend.decoder
+    layers = [m for m in decoder.model.layers.modules() if isinstance(m, Int8Linear)]
+    if not all(m.few_rows_weight is not None for m in layers):
+        assert decoder.unpadded_below is None
+        pytest.skip("no few-rows int8 kernel here (VNNI or AMX: 8-bit weights on oneDNN)")
+    assert decoder.pad_rows and decoder.unpadded_below == FEW_ROWS
+    assert [decoder._rows_run(n) for n in (1, 2, FEW_ROWS, FEW_ROWS + 1, 300)] == \
+        [1, 2, FEW_ROWS, padded_rows(FEW_ROWS + 1), 512]
+    seen = []
+    hook = decoder.model.layers[0].register_forward_pre_hook(
+        lambda module, args: seen.append(args[0].shape[0]))
+    query, docs = "what do vaccines do", ["They train immune memory.", "Paris in 1889.", "",
+                                          "Antigens without the disease " * 9]
+    unpadded = rr.rerank(query, docs, return_reasoning=True)
+    hook.remove()
+    assert any(n % 16 for n in seen)  # some steps ran their own row count
+    decoder.unpadded_below = None
+    padded = rr.rerank(query, docs, return_reasoning=True)
+    assert [(r.index, r.score, r.reasoning, r.answer) for r in unpadded] == \
+        [(r.index, r.score, r.reasoning, r.answer) for r in padded]
+    layers[0].few_rows_weight = None
+    assert rows_unpadded_below(decoder.model.layers) is None

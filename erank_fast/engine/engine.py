@@ -35,7 +35,12 @@ from erank_fast.models.decoder import Decoder
 from erank_fast.ops.arena_attention import HEAD_DIMS, int8_attention_available
 from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.int8_linear import int8_unavailable_reason, quantize_decoder_layers
-from erank_fast.ops.packed_linear import pack_linears, padding_pays, rows_unpadded_above
+from erank_fast.ops.packed_linear import (
+    pack_linears,
+    padding_pays,
+    rows_unpadded_above,
+    rows_unpadded_below,
+)
 from erank_fast.prompt import QueryPrompts
 from erank_fast.scoring import AnswerDetector, Readout, ScoreTokens
 
@@ -83,6 +88,8 @@ class Engine:
         decoder.pad_rows = (self.packed_layers > 0 and padding_pays(weight.dtype)
                             or self.quantized_layers > 0)
         decoder.unpadded_above = rows_unpadded_above(decoder.model) if self.packed_layers else None
+        decoder.unpadded_below = (rows_unpadded_below(decoder.model.layers)
+                                  if self.quantized_layers else None)
         # int8 layers on a float32 model also run their prefill attention in int8 where the
         # CPU has AVX512-VNNI, over a bfloat16 K/V arena (ops.arena_attention)
         int8_attention = (self.quantized_layers > 0 and weight.device.type == "cpu"

@@ -161,8 +161,18 @@ class Decoder(nn.Module):
         # few buckets only (``padded_rows``) — except steps of more than
         # ``unpadded_above`` rows, where every linear layer runs on kernels made once for all
         # row counts (``PackedLinear.many_rows``: the AMX tile kernel).
+        # Likewise steps of at most ``unpadded_below`` rows, which every linear layer takes on
+        # a kernel that builds nothing per row count (int8's few-rows kernel).
         self.pad_rows = False
         self.unpadded_above: int | None = None
+        self.unpadded_below: int | None = None
+
+    def _rows_run(self, n: int) -> int:
+        """The rows a padded step of n rows runs as (n where no padding is needed)."""
+        if (self.unpadded_above is not None and n > self.unpadded_above
+                or self.unpadded_below is not None and n <= self.unpadded_below):
+            return n
+        return padded_rows(n)
 
     @property
     def lm_head_weight(self) -> torch.Tensor:
@@ -187,13 +197,12 @@ class Decoder(nn.Module):
         if self.pad_rows:
             # Padding tokens run through the linear layers only: attention sees the real rows
             # and stores their K/V alone; the output keeps the real rows.
-            unpadded = self.unpadded_above is not None and n > self.unpadded_above
-            pad = 0 if unpadded else padded_rows(n) - n
+            pad = self._rows_run(n) - n
             if pad:
                 input_ids, positions = F.pad(input_ids, (0, pad)), F.pad(positions, (0, pad))
                 attention = RealRows(attention, n, n)
-            if rows is not None and (pad or padded_rows(kept) > kept):
-                rows = torch.cat([rows, rows[-1:].expand(padded_rows(kept) - kept)])
+            if rows is not None and (pad or self._rows_run(kept) > kept):
+                rows = torch.cat([rows, rows[-1:].expand(self._rows_run(kept) - kept)])
                 rows_attention = RealRows(rows_attention, n, kept)
         x = self.model.embed_tokens(input_ids)
         rotation = Rotation(self.rotary, positions, x.dtype)

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from erank_fast.ops.cpu_extension import cpu_kernels
-from erank_fast.ops.int8_linear import Int8Linear
+from erank_fast.ops.int8_linear import FEW_ROWS, Int8Linear
 
 log = logging.getLogger("erank_fast")
 
@@ -214,6 +214,18 @@ def rows_unpadded_above(module: nn.Module) -> int | None:
     linears = [m for m in module.modules() if isinstance(m, (PackedLinear, Int8Linear, nn.Linear))]
     if linears and all(isinstance(m, PackedLinear) and m.many_rows for m in linears):
         return SMALL_ROWS
+    return None
+
+
+def rows_unpadded_below(module: nn.Module) -> int | None:
+    """``FEW_ROWS`` where every linear layer below ``module`` is int8 with the few-rows
+    kernel's weights: steps of at most that many rows then run on a kernel that builds nothing
+    per row count, so padding them to a few row counts (``models.decoder.padded_rows``) is
+    only work (a 2-document decode step computed 16 rows); else None."""
+    linears = [m for m in module.modules() if isinstance(m, (PackedLinear, Int8Linear, nn.Linear))]
+    if linears and all(isinstance(m, Int8Linear) and m.few_rows_weight is not None
+                       for m in linears):
+        return FEW_ROWS
     return None
 
 
