@@ -324,6 +324,37 @@ def test_low_precision_readout_rows_are_not_rounded(pack, blocks, monkeypatch):
     assert [argmax[i] for i in (0, 1, 3)] == logits[[0, 2, 5]].argmax(-1).tolist()
 
 
+@pytest.mark.parametrize("pack", [False, True])
+def test_read_and_greedy_rows_share_one_head_pass(pack):
+    """Where the rows read for a score and the greedy (reasoning) rows multiply by the same
+    lm_head, a step of at most ``MERGED_HEAD_ROWS`` rows runs it once for all: the same
+    argmax and digit log-probs as the two passes (a float32 log-softmax of the same logits);
+    above that, two passes, and the greedy rows get no log-probs."""
+    from erank_fast.engine.readout import MERGED_HEAD_ROWS, ScoreReader
+    from erank_fast.scoring import ScoreTokens
+
+    torch.manual_seed(0)
+    vocab, h = 3000, 64
+    weight = torch.randn(vocab, h)
+    reader = ScoreReader(weight, ScoreTokens(tuple(range(100, 110))), None, "torch",
+                         pack_weights=pack)
+    assert reader.exact is None
+    n = MERGED_HEAD_ROWS + 1
+    hidden = torch.randn(n, h)
+    logits = hidden @ weight.T
+    want = torch.log_softmax(logits, -1)[:, 100:110]
+    for rows in (4, n):
+        exact = [i % 3 == 0 for i in range(rows)]
+        argmax, logprobs = reader._head(hidden, list(range(rows)), exact)
+        assert argmax == logits[:rows].argmax(-1).tolist()
+        for i in range(rows):
+            if exact[i] or rows <= MERGED_HEAD_ROWS:
+                torch.testing.assert_close(torch.tensor(logprobs[i]), want[i], atol=1e-4,
+                                           rtol=0)
+            else:
+                assert logprobs[i] == []
+
+
 def test_steps_padded_for_packed_gemms_give_the_unpadded_results(tiny_qwen3):
     """On CPU with packed weights steps' rows are padded to a few bucket sizes where oneDNN
     builds a kernel per row count (``padding_pays``: not float32 without AVX-512); the padding
