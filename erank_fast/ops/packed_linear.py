@@ -211,8 +211,7 @@ def rows_unpadded_above(module: nn.Module) -> int | None:
     """The row count above which every linear layer below ``module`` runs on a kernel made
     once for all row counts (the AMX tile kernel, ``PackedLinear.many_rows``), so steps of more
     rows need no padding to a few row counts; None where some layer does not."""
-    linears = [m for m in module.modules() if isinstance(m, (PackedLinear, Int8Linear, nn.Linear))]
-    if linears and all(isinstance(m, PackedLinear) and m.many_rows for m in linears):
+    if _every_linear(module, lambda m: isinstance(m, PackedLinear) and m.many_rows):
         return SMALL_ROWS
     return None
 
@@ -222,11 +221,17 @@ def rows_unpadded_below(module: nn.Module) -> int | None:
     kernel's weights: steps of at most that many rows then run on a kernel that builds nothing
     per row count, so padding them to a few row counts (``models.decoder.padded_rows``) is
     only work (a 2-document decode step computed 16 rows); else None."""
-    linears = [m for m in module.modules() if isinstance(m, (PackedLinear, Int8Linear, nn.Linear))]
-    if linears and all(isinstance(m, Int8Linear) and m.few_rows_weight is not None
-                       for m in linears):
+    if _every_linear(module, lambda m: isinstance(m, Int8Linear)
+                     and m.few_rows_weight is not None):
         return FEW_ROWS
     return None
+
+
+def _every_linear(module: nn.Module, test) -> bool:
+    """Whether ``module`` has linear layers (packed, int8 or plain) and ``test`` holds for
+    each."""
+    linears = [m for m in module.modules() if isinstance(m, (PackedLinear, Int8Linear, nn.Linear))]
+    return bool(linears) and all(test(m) for m in linears)
 
 
 def padding_pays(dtype: torch.dtype) -> bool:
