@@ -3,7 +3,9 @@
 scheme of ``ops/csrc/int8_attention.h`` (checked against it written in float64 here), its error
 against the float32 kernel is bounded (max |Δ| <= 3 % of max |V|, mean <= 0.3 %; measured 1.5 %
 and 0.11 %), decode rows stay float32 bit for bit, and results do not depend on the threads or
-on which documents share the call; the engine turns it on for int8 float32 models only."""
+on which documents share the call; the engine turns it on for int8 float32 models only.
+Without AVX-512 the int8 engine's arena is bfloat16 under float32 attention: the portable
+kernel gives the bits of the float32 kernel over the same values."""
 
 from __future__ import annotations
 
@@ -11,7 +13,11 @@ import pytest
 import torch
 from torch.nn import functional as F
 
-from erank_fast.ops.arena_attention import ArenaRows, int8_attention_available
+from erank_fast.ops.arena_attention import (
+    ArenaRows,
+    bfloat16_arena_available,
+    int8_attention_available,
+)
 from erank_fast.ops.cpu_extension import cpu_kernels
 
 BLOCK = 32  # keys per block of the kernel's online softmax
@@ -131,8 +137,50 @@ def test_int8_attention_over_a_bfloat16_arena_reads_its_values_exactly():
     assert got.dtype == torch.float32
     assert torch.equal(got, kernels.shared_prefix_attention(q, k16.float(), v16.float(),
                                                             *_args(DOCS, 64), True))
-    with pytest.raises(RuntimeError, match="with int8 attention, a bfloat16 arena"):
+    with pytest.raises(RuntimeError, match="float32 queries over a bfloat16 arena"):
         kernels.shared_prefix_attention(q, k16, v16, *_args(DOCS, 64))
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_float32_attention_over_a_bfloat16_arena_reads_its_values_exactly(d):
+    """Without AVX-512, int8 layers keep a bfloat16 arena under float32 attention: prefill
+    tiles (through their float32 copy of the document's keys and values) and decode rows
+    (widening as they read) give the bits of the float32 kernel over the same values, on one
+    thread and on two; where the kernel lacks it, it refuses a bfloat16 arena."""
+    kernels = cpu_kernels()
+    if kernels is None:
+        pytest.skip("erank_fast's CPU kernels could not be built here")
+    q, k, v = _inputs(9, 3, d, seed=3)
+    k16, v16 = k.bfloat16(), v.bfloat16()
+    if not bfloat16_arena_available(torch.float32):
+        assert not kernels.shared_prefix_attention_bf16_arena()
+        with pytest.raises(RuntimeError, match="float32 queries over a bfloat16 arena"):
+            kernels.shared_prefix_attention(q, k16, v16, *_args(DOCS, d), False)
+        return
+    assert not bfloat16_arena_available(torch.bfloat16)
+    want = kernels.shared_prefix_attention(q, k16.float(), v16.float(), *_args(DOCS, d), False)
+    threads = torch.get_num_threads()
+    try:
+        for n in sorted({1, max(2, threads)}):
+            torch.set_num_threads(n)
+            got = kernels.shared_prefix_attention(q, k16, v16, *_args(DOCS, d), False)
+            assert got.dtype == torch.float32
+            assert torch.equal(got, want), n
+    finally:
+        torch.set_num_threads(threads)
+    # and it is attention over those values: the float32 reference within float32 error
+    g = 9 // 3
+    row = 0
+    for grp, base, start, n in DOCS:
+        p0, plen = PREFIXES[grp]
+        rows = torch.cat([torch.arange(p0, p0 + plen), torch.arange(base, base + start + n)])
+        keys = k16[rows].float().repeat_interleave(g, dim=1).transpose(0, 1)
+        values = v16[rows].float().repeat_interleave(g, dim=1).transpose(0, 1)
+        mask = torch.ones(n, plen + start + n, dtype=torch.bool).tril(plen + start)
+        ref = F.scaled_dot_product_attention(q[row : row + n].transpose(0, 1), keys, values,
+                                             attn_mask=mask)
+        assert torch.allclose(want[row : row + n], ref.transpose(0, 1), atol=1e-5, rtol=1e-5)
+        row += n
 
 
 def test_int8_attention_only_where_it_runs():
@@ -161,7 +209,8 @@ def test_the_engine_takes_int8_attention_with_int8_layers_on_float32(qwen_tokeni
     plain = Reranker.from_pretrained(tmp_path, dtype=torch.float32)
     on = int8_attention_available(torch.float32)
     assert int8._backend.runner.int8_attention == on
-    assert int8._backend.kv_dtype == (torch.bfloat16 if on else torch.float32)
+    bf16_arena = on or bfloat16_arena_available(torch.float32)
+    assert int8._backend.kv_dtype == (torch.bfloat16 if bf16_arena else torch.float32)
     assert not plain._backend.runner.int8_attention
     assert plain._backend.kv_dtype == torch.float32
     assert len(int8.rerank("what causes tides", ["The moon.", "Bread " * 30])) == 2

@@ -32,7 +32,11 @@ from erank_fast.engine.sampling import (
 from erank_fast.engine.scheduler import Scheduler
 from erank_fast.engine.work import BackendSnapshot, Doc, EngineStats, Request
 from erank_fast.models.decoder import Decoder
-from erank_fast.ops.arena_attention import HEAD_DIMS, int8_attention_available
+from erank_fast.ops.arena_attention import (
+    HEAD_DIMS,
+    bfloat16_arena_available,
+    int8_attention_available,
+)
 from erank_fast.ops.cpu_extension import cpu_kernels
 from erank_fast.ops.int8_linear import int8_unavailable_reason, quantize_decoder_layers
 from erank_fast.ops.packed_linear import (
@@ -72,7 +76,8 @@ class Engine:
         (``ops.int8_linear``; float32 or bfloat16 on a CPU with AMX-INT8, AVX512-VNNI or
         AVX2, else ValueError); likewise only for weights the engine owns. On a float32 model with
         AVX512-VNNI the prefill attention is int8 too, over a bfloat16 K/V arena
-        (``ops.arena_attention``)."""
+        (``ops.arena_attention``); on a CPU without AVX-512 the K/V arena is bfloat16 as well,
+        its attention float32."""
         weight = decoder.lm_head_weight
         if weight.device.type == "cpu":
             cpu_kernels()  # built (once per machine) or loaded here, not in the first call
@@ -92,11 +97,13 @@ class Engine:
                                   if self.quantized_layers else None)
         # int8 layers on a float32 model also run their prefill attention in int8 where the
         # CPU has AVX512-VNNI, over a bfloat16 K/V arena (ops.arena_attention)
-        int8_attention = (self.quantized_layers > 0 and weight.device.type == "cpu"
-                          and decoder.config.head_dim in HEAD_DIMS
-                          and int8_attention_available(weight.dtype))
+        # (without AVX-512, float32 attention over a bfloat16 arena: half the K/V bytes)
+        arena_kernel = (self.quantized_layers > 0 and weight.device.type == "cpu"
+                        and decoder.config.head_dim in HEAD_DIMS)
+        int8_attention = arena_kernel and int8_attention_available(weight.dtype)
         self.runner = ModelRunner(decoder, impl, cuda_graphs, int8_attention=int8_attention)
-        self.kv_dtype = torch.bfloat16 if int8_attention else weight.dtype
+        bf16_arena = int8_attention or arena_kernel and bfloat16_arena_available(weight.dtype)
+        self.kv_dtype = torch.bfloat16 if bf16_arena else weight.dtype
         self.scheduler = Scheduler(decoder.config, self.kv_dtype, weight.device,
                                    kv_memory=kv_memory,
                                    max_batch_tokens=max_batch_tokens

@@ -18,7 +18,12 @@ row, P per block of 32 keys uint8 with a scale per row; the softmax in float32. 
 stay float32. The engine then keeps its K/V arena in bfloat16 (half the bytes a decode step
 reads; ``arena_write_`` rounds to nearest even), which the kernel reads under float32 queries.
 On erank-smol, DL19 nDCG@10 0.5730 against the int8 layers' 0.5782 with float32 attention
-(float32: 0.5755)."""
+(float32: 0.5755).
+
+On a CPU without AVX-512 (``bfloat16_arena_available``) the engine's ``quantize="int8"`` keeps
+the bfloat16 arena too, with float32 attention: decode steps widen the keys and values as they
+read them (the bytes they are bound by, halved), prefill tiles read a float32 copy of their
+document's keys and values made once per thread."""
 
 from __future__ import annotations
 
@@ -85,6 +90,15 @@ def int8_attention_available(dtype: torch.dtype) -> bool:
             and kernels.shared_prefix_attention_int8_available())
 
 
+@functools.cache
+def bfloat16_arena_available(dtype: torch.dtype) -> bool:
+    """Whether the kernel reads a bfloat16 arena under queries of this dtype here without int8
+    attention (float32, on a CPU without AVX-512: the portable kernels)."""
+    kernels = cpu_kernels()
+    return (dtype == torch.float32 and kernels is not None
+            and kernels.shared_prefix_attention_bf16_arena())
+
+
 def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, rows: torch.Tensor, k: torch.Tensor,
              v: torch.Tensor) -> None:
     """k_cache[rows] = k and v_cache[rows] = v (cast to the arena's dtype: float32 rows into
@@ -105,10 +119,11 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, rows: torch.Tensor, k
 
 
 def kernel_applies(q: torch.Tensor, k_cache: torch.Tensor, int8_attention: bool = False) -> bool:
-    """Whether the C++ kernel runs for these tensors on this machine (with int8 attention, also
-    float32 queries over a bfloat16 arena)."""
-    mixed = (int8_attention and q.dtype == torch.float32 and k_cache.dtype == torch.bfloat16
-             and int8_attention_available(q.dtype))
+    """Whether the C++ kernel runs for these tensors on this machine (float32 queries over a
+    bfloat16 arena too: with int8 attention, or where ``bfloat16_arena_available``)."""
+    mixed = (q.dtype == torch.float32 and k_cache.dtype == torch.bfloat16
+             and (int8_attention and int8_attention_available(q.dtype)
+                  or bfloat16_arena_available(q.dtype)))
     if (q.device.type != "cpu" or q.shape[-1] not in HEAD_DIMS
             or (k_cache.dtype != q.dtype and not mixed) or k_cache.stride(-1) != 1):
         return False

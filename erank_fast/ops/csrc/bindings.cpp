@@ -13,6 +13,7 @@ TORCH_LIBRARY(erank_fast_cpu, m) {
   // whether shared_prefix_attention's int8_attention runs here (AVX512-VNNI; float32 only)
   m.def("shared_prefix_attention_int8_available() -> bool",
         &shared_prefix_attention_int8_available);
+  m.def("shared_prefix_attention_bf16_arena() -> bool", &shared_prefix_attention_bf16_arena);
   m.def("shared_prefix_attention_brgemm(Tensor q, Tensor k, Tensor v, Tensor q_cu, "
         "Tensor own_base, Tensor own_start, Tensor prefix_start, Tensor prefix_len, "
         "float scale, bool tiles=True) -> Tensor");

@@ -16,6 +16,7 @@ std::vector<at::Tensor> decode_attention(at::Tensor q, at::Tensor k, at::Tensor 
 
 bool shared_prefix_attention_supports(std::string dtype);
 bool shared_prefix_attention_int8_available();
+bool shared_prefix_attention_bf16_arena();
 at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at::Tensor q_cu,
                                    at::Tensor own_base, at::Tensor own_start,
                                    at::Tensor prefix_start, at::Tensor prefix_len, double scale,

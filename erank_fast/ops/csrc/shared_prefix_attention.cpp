@@ -15,7 +15,8 @@
 // FLOPs: 4 * rows * keys * head_dim per task; bytes: the K/V rows once per tile.
 // int8_attention (float32 queries, AVX512-VNNI): the tile's two products in int8 instead
 // (int8_attention.h), over a float32 or a bfloat16 arena; decode rows stay float32 (reading a
-// bfloat16 arena exactly).
+// bfloat16 arena exactly). Without AVX-512 (the portable build) a bfloat16 arena under float32
+// queries is read by every step, its arithmetic float32 (shared_prefix_attention_bf16_arena).
 #include "erank_cpu.h"
 
 #include <ATen/Parallel.h>
@@ -594,6 +595,16 @@ bool shared_prefix_attention_supports(std::string dtype) {
   return dtype == "float32";
 }
 
+// Whether float32 queries may read a bfloat16 arena without int8 attention: the portable
+// kernels widen it as they read (the AVX-512 ones only under int8 attention).
+bool shared_prefix_attention_bf16_arena() {
+#if defined(__AVX512F__)
+  return false;
+#else
+  return true;
+#endif
+}
+
 bool shared_prefix_attention_int8_available() {
 #if defined(__AVX512VNNI__)
   return true;
@@ -622,8 +633,10 @@ at::Tensor shared_prefix_attention(at::Tensor q, at::Tensor k, at::Tensor v, at:
               "int8 attention: float32 on a CPU with AVX512-VNNI only");
   TORCH_CHECK(k.scalar_type() == v.scalar_type() &&
                   (q.scalar_type() == k.scalar_type() ||
-                   (int8_attention && k.scalar_type() == at::kBFloat16)),
-              "q, k, v of one dtype (or, with int8 attention, a bfloat16 arena)");
+                   (q.scalar_type() == at::kFloat && k.scalar_type() == at::kBFloat16 &&
+                    (int8_attention || shared_prefix_attention_bf16_arena()))),
+              "q, k, v of one dtype (or float32 queries over a bfloat16 arena: with int8 "
+              "attention, or on a CPU without AVX-512)");
   const int64_t docs = own_base.numel();
   TORCH_CHECK(q_cu.numel() == docs + 1, "q_cu [B+1]");
   for (const auto& t : {q_cu, own_base, own_start, prefix_start, prefix_len})
@@ -684,7 +697,8 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
 #else
   const float scale_log2 = static_cast<float>(scale);  // the portable tile: natural units
 #endif
-  // T: q's and out's type; KV: the arena's (bfloat16 under float32 queries: int8 attention)
+  // T: q's and out's type; KV: the arena's (bfloat16 under float32 queries: int8 attention, or
+  // the portable kernels)
   auto run = [&](auto tag, auto kv_tag, auto head_dim) {
     using T = decltype(tag);
     using KV = decltype(kv_tag);
@@ -697,18 +711,16 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
 #if defined(__AVX512VNNI__)
     static std::atomic<uint64_t> calls{0};  // numbers each call's int8 keys and values
     const uint64_t call = int8_attention ? ++calls : 0;
+#elif !defined(__AVX512F__)
+    static std::atomic<uint64_t> calls{0};  // numbers each call's float32 copies of K and V
+    const uint64_t call = std::is_same_v<KV, T> ? 0 : ++calls;
 #endif
     at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) {
       for (int64_t i; (i = next.fetch_add(1)) < static_cast<int64_t>(tasks.size());) {
         const Task& t = tasks[i];
         if (m.q_cu[t.doc + 1] - m.q_cu[t.doc] == 1) {
-#if defined(__AVX512F__)
           run_single<T, D, KV>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1),
                                op, out.stride(0), out.stride(1), m, scale_log2);
-#else
-          run_single<T, D>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
-                           out.stride(0), out.stride(1), m, scale_log2);
-#endif
           continue;
         }
 #if defined(__AVX512VNNI__)
@@ -721,16 +733,21 @@ void shared_prefix_attention_of(const at::Tensor& q, const at::Tensor& k, const 
           }
         }
 #endif
+#if !defined(__AVX512F__)
+        run_tile<T, D, KV>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
+                           out.stride(0), out.stride(1), m, scale_log2, call);
+#else
         if constexpr (std::is_same_v<T, KV>)
           run_tile<T, D>(t, qp, q.stride(0), q.stride(1), kp, vp, k.stride(0), k.stride(1), op,
                          out.stride(0), out.stride(1), m, scale_log2);
+#endif
       }
     });
   };
   const bool d64 = q.size(2) == 64;
   if (q.scalar_type() == at::kFloat) {
-#if defined(__AVX512VNNI__)
-    if (k.scalar_type() == at::kBFloat16) {  // checked: int8 attention
+#if defined(__AVX512VNNI__) || !defined(__AVX512F__)
+    if (k.scalar_type() == at::kBFloat16) {  // checked: int8 attention, or the portable kernels
       if (d64) run(float{}, c10::BFloat16{}, std::integral_constant<int, 64>{});
       else run(float{}, c10::BFloat16{}, std::integral_constant<int, 128>{});
       return;

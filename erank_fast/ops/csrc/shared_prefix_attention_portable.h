@@ -5,13 +5,19 @@
 // blocks of KB keys in float32, the causal band masked per lane, keys and values read from the
 // arena in place. Documents with one new token (decode) have their own path, run_single
 // (shared_prefix_attention_portable_decode.h).
+// A bfloat16 arena under float32 queries (quantize="int8" on these CPUs: half the K/V bytes a
+// decode step reads): the tiles read a float32 copy of their (document, KV head)'s keys and
+// values, made by the first of its tiles a thread runs; the arithmetic stays float32.
 #pragma once
+
+#include <c10/util/BFloat16.h>
 
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
 #include <limits>
 #include <type_traits>
+#include <vector>
 
 namespace {
 
@@ -36,6 +42,16 @@ inline v8f load(const float* p) {
   return v;
 }
 inline void store(float* p, v8f v) { std::memcpy(p, &v, sizeof(v)); }
+// 8 bfloat16 values widened to float32 exactly (zero-extended, shifted into the high half)
+inline v8f load(const c10::BFloat16* p) {
+  typedef uint16_t v8u16 __attribute__((vector_size(16)));
+  v8u16 h;
+  std::memcpy(&h, p, sizeof(h));
+  const v8i bits = __builtin_convertvector(h, v8i) << 16;
+  v8f v;
+  std::memcpy(&v, &bits, sizeof(v));
+  return v;
+}
 inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
 
 // 2^t for t <= 0: t = n + f with f in [-0.5, 0.5], 2^f by its degree-6 Taylor series (relative
@@ -112,11 +128,47 @@ inline void accumulate(float* o, const float* s, int nk, const float* const* v_r
     accumulate_columns<D % DD>(o, s, nk, v_rows, alpha, D - D % DD);
 }
 
-template <typename T, int D>
-void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
+// This thread's float32 copy of the keys and values of task t's (document, KV head) from a
+// bfloat16 arena, in call `call`: rows 0..n-1 of D, key j of the document at row j.
+struct FloatKV {
+  uint64_t call = 0;
+  int64_t doc = -1, head = -1;
+  std::vector<float> k, v;
+};
+
+template <int D>
+const FloatKV& float_kv(uint64_t call, const Task& t, const c10::BFloat16* k,
+                        const c10::BFloat16* v, int64_t kv_s0, int64_t kv_s1, const Rows& m) {
+  thread_local FloatKV kv;
+  if (kv.call != call || kv.doc != t.doc || kv.head != t.head) {
+    const int64_t b = t.doc, n = m.prefix_len[b] + m.own_start[b] + m.q_cu[b + 1] - m.q_cu[b];
+    kv.k.resize(n * D);
+    kv.v.resize(n * D);
+    for (int64_t j = 0; j < n; ++j) {
+      const int64_t at = m.arena_row(b, j) * kv_s0 + t.head * kv_s1;
+      for (int d = 0; d < D; d += 8) {
+        store(kv.k.data() + j * D + d, load(k + at + d));
+        store(kv.v.data() + j * D + d, load(v + at + d));
+      }
+    }
+    kv.call = call;
+    kv.doc = b;
+    kv.head = t.head;
+  }
+  return kv;
+}
+
+// One tile. KV: the arena's type (bfloat16 under float32 queries: read through float_kv, whose
+// copies `call` numbers).
+template <typename T, int D, typename KV = T>
+void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const KV* k, const KV* v,
               int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1, const Rows& m,
-              float softmax_scale) {
+              float softmax_scale, uint64_t call = 0) {
   static_assert(std::is_same_v<T, float>, "the portable kernel is float32 only");
+  static_assert(std::is_same_v<KV, float> || std::is_same_v<KV, c10::BFloat16>,
+                "a float32 or bfloat16 arena");
+  const FloatKV* copy = nullptr;
+  if constexpr (!std::is_same_v<KV, float>) copy = &float_kv<D>(call, t, k, v, kv_s0, kv_s1, m);
   alignas(32) float qp[D * MR];
   alignas(32) float s[KB * MR];
   alignas(32) float o[D * MR];
@@ -158,9 +210,14 @@ void run_tile(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k,
     const int nk = static_cast<int>(std::min<int64_t>(KB, n_keys - j0));
     for (int j = 0; j < KB; ++j) {
       const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
-      const int64_t arena_row = m.arena_row(b, key);
-      key_rows[j] = k + arena_row * kv_s0 + t.head * kv_s1;
-      value_rows[j] = v + arena_row * kv_s0 + t.head * kv_s1;
+      if constexpr (!std::is_same_v<KV, float>) {
+        key_rows[j] = copy->k.data() + key * D;
+        value_rows[j] = copy->v.data() + key * D;
+      } else {
+        const int64_t arena_row = m.arena_row(b, key);
+        key_rows[j] = k + arena_row * kv_s0 + t.head * kv_s1;
+        value_rows[j] = v + arena_row * kv_s0 + t.head * kv_s1;
+      }
     }
     for (int j = 0; j < nk; j += NR) scores<D>(qp, key_rows + j, s + j * MR);
     // mask the causal band, block maximum (s keeps the raw scores: each probability is

@@ -1,7 +1,9 @@
 // The portable kernel's path for documents with one new token (decode steps, or one-token
 // documents beside a prefill), for CPUs without AVX-512: float32, GCC vector extensions, the
 // head dimension in the lanes (the tile of shared_prefix_attention_portable.h would fill G of
-// its 16 rows and compute the rest for nothing).
+// its 16 rows and compute the rest for nothing). K/V: a float32 arena, or a bfloat16 one under
+// float32 queries, each block of it widened once into a float32 copy that all of the task's
+// query heads read (these steps are bound by the K/V bytes they read from memory).
 #pragma once
 
 #include "next_block_prefetch.h"
@@ -56,8 +58,8 @@ constexpr int VB = 8 * SV;  // keys per block
 constexpr int MAX_Q_HEADS = 64;
 inline bool decode_task_per_document(int64_t q_heads, int64_t) { return q_heads <= MAX_Q_HEADS; }
 
-template <typename T, int D>
-void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* k, const T* v,
+template <typename T, int D, typename KV = T>
+void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const KV* k, const KV* v,
                 int64_t kv_s0, int64_t kv_s1, T* out, int64_t o_s0, int64_t o_s1, const Rows& m,
                 float softmax_scale) {
   static_assert(std::is_same_v<T, float>, "the portable kernel is float32 only");
@@ -72,8 +74,16 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
   float run_max[MAX_Q_HEADS], run_sum[MAX_Q_HEADS], alpha[MAX_Q_HEADS];
   const float* key_rows[VB];
   const float* value_rows[VB];
+  // A bfloat16 arena: each block's rows of the task's KV heads widened into `wide` (row j: the
+  // KV heads' D values each, keys then values); query head h0 + h reads KV head (h0 + h) /
+  // groups at ((h0 + h) / groups - head_base) * head_stride of its row.
+  constexpr bool WIDEN = !std::is_same_v<KV, float>;
+  const int64_t kv_lo = h0 / groups, kv_n = heads / groups;
+  const int64_t head_base = WIDEN ? kv_lo : 0, head_stride = WIDEN ? D : kv_s1;
+  thread_local std::vector<float> wide;
+  if constexpr (WIDEN) wide.resize(2 * VB * kv_n * D);
   // the next blocks' rows: an arena row's bytes, then where this task's KV heads lie in it
-  constexpr int64_t F = sizeof(float);
+  constexpr int64_t F = sizeof(KV);
   // Shares of a block's work: per head, a vector of 8 keys' scores counts 4 (SV of them), a
   // key's value row 1 (VB of them); enough for all the K and V lines (SmolLM2: 2 and 8).
   NextBlock next(k, v, kv_s0 * F, h0 / groups * kv_s1 * F,
@@ -91,14 +101,29 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
     for (int j = 0; j < VB; ++j) {
       const int64_t key = j0 + std::min(j, nk - 1);  // past the end: repeat the last key
       const int64_t row = m.arena_row(b, key);
-      key_rows[j] = k + row * kv_s0;
-      value_rows[j] = v + row * kv_s0;
+      if constexpr (WIDEN) {
+        float* wk = wide.data() + std::min(j, nk - 1) * kv_n * D;
+        float* wv = wk + VB * kv_n * D;
+        if (j < nk)
+          for (int64_t h = 0; h < kv_n; ++h) {
+            const int64_t at = row * kv_s0 + (kv_lo + h) * kv_s1;
+            for (int d = 0; d < D; d += 8) {
+              store(wk + h * D + d, load(k + at + d));
+              store(wv + h * D + d, load(v + at + d));
+            }
+          }
+        key_rows[j] = wk;
+        value_rows[j] = wv;
+      } else {
+        key_rows[j] = k + row * kv_s0;
+        value_rows[j] = v + row * kv_s0;
+      }
     }
     const int vectors = (nk + 7) / 8;  // score vectors holding a visible key
     next.start(j0 + VB, std::max<int64_t>(0, std::min<int64_t>(VB, n_keys - j0 - VB)));
     for (int64_t h = 0; h < heads; ++h) {  // query head h0 + h reads KV head (h0 + h) / groups
       const float* qh = q_row + h * q_s1;
-      const int64_t kv = ((h0 + h) / groups) * kv_s1;
+      const int64_t kv = ((h0 + h) / groups - head_base) * head_stride;
       v8f s[SV];
       v8f block_max = splat(-inf);
       for (int c = 0; c < vectors; ++c) {
@@ -124,7 +149,7 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const T* 
       run_max[h] = new_max;
     }
     for (int64_t h = 0; h < heads; ++h) {
-      const int64_t kv = ((h0 + h) / groups) * kv_s1;
+      const int64_t kv = ((h0 + h) / groups - head_base) * head_stride;
       v8f acc[D / 8];
       for (int c = 0; c < D / 8; ++c) acc[c] = splat(0.0f);
       for (int j = 0; j < nk; ++j) {
