@@ -218,7 +218,7 @@ def test_learning_curves_keep_per_query_values_and_compare_with_the_start():
     kept = start_point["dl21_heldout"]["per_query"]
     assert kept["q3"]["hybrid"] == start["per_query"]["q3"]["hybrid"]["ndcg@10"]
     assert "per_query" not in curve.means(start_point)["dl21_heldout"]
-    paired = curve.against_start(start_point, later_point)
+    paired = curve.against(start_point, later_point)
     expected = compare(per_query(start, "reranked", "ndcg@10"),
                        per_query(later, "reranked", "ndcg@10"))
     assert paired["dl21_heldout"]["reranked"] == expected
@@ -226,7 +226,35 @@ def test_learning_curves_keep_per_query_values_and_compare_with_the_start():
     # results written before per-query values were kept: nothing to pair
     old = {"dl21_heldout": {k: v for k, v in start_point["dl21_heldout"].items()
                             if k != "per_query"}}
-    assert curve.against_start(old, later_point) == {}
+    assert curve.against(old, later_point) == {}
+
+
+def test_learning_curves_compare_with_a_chosen_checkpoint(tmp_path):
+    """train/curve.py --against: a run's checkpoint (its last step unless one is named), from
+    these results or another results file, is the reference; what is missing is named."""
+    curve = load_script("curve")
+    qids = [f"q{i}" for i in range(12)]
+    points = {}
+    for seed, shift in ((1, 0.0), (2, 0.03), (3, 0.06)):
+        result = eval_result(seed, qids, shift=shift)
+        result["docs_per_second"] = 3.0
+        points[seed] = {"dl21_heldout": curve.summary(result)}
+    results = {"runs": {"control": {"16": points[1], "64": points[2]}, "v19": {"67": points[3]}}}
+    assert curve.reference_point(results, "control") == ("control", "64", points[2])
+    assert curve.reference_point(results, "control@16") == ("control", "16", points[1])
+    other = tmp_path / "v13_curve.json"
+    other.write_text(json.dumps({"runs": {"v13": {"200": points[1]}}}))
+    run, step, point = curve.reference_point(results, f"{other}:v13")
+    assert (run, step) == ("v13", "200")
+    paired = curve.against(point, results["runs"]["v19"]["67"])
+    reranked = {n: {q: v["reranked"] for q, v in p["dl21_heldout"]["per_query"].items()}
+                for n, p in points.items()}
+    want = compare(reranked[1], reranked[3])
+    assert paired["dl21_heldout"]["reranked"] == want
+    for spec, message in (("nope", "no run 'nope'.*control, v19"), ("control@32", "steps: 16, 64"),
+                          (f"{tmp_path / 'missing.json'}:v13", "no results file")):
+        with pytest.raises(SystemExit, match=message):
+            curve.reference_point(results, spec)
 
 
 def test_learning_curves_put_runs_of_different_group_sizes_on_one_axis():

@@ -2,7 +2,8 @@
 
     python train/curve.py --start erank_fast/models/erank_smol \\
         --run grpo=runs/ablation-grpo --run sft=runs/ablation-sft \\
-        --prompts_per_step 8 --out train/ablation.json --plot train/ablation.png
+        --prompts_per_step 8 --out train/ablation.json --plot train/ablation.png \\
+        [--against sft@64 | --against train/v13_curve.json:v13@200]
 
 Each run's ``checkpoint-N`` directories (LoRA adapters of ``--model``, or whole models from a
 full fine-tune) and the start adapter (step 0, shared by every run) are scored as the packaged
@@ -11,8 +12,10 @@ Held-out sets: the DL21 queries after the first ``--train_queries`` (never train
 NovelEval. Results are kept in ``--out`` (each query's nDCG@10 too) and a rerun scores only what
 is missing; each checkpoint is then printed against the start, paired query by query
 (``erank_fast.evaluation.significance``: a step below ~0.05 is within noise on 10 + 21 held-out
-queries, train/RESULTS.md); the plot shows nDCG@10 (reranked and hybrid) against prompts seen,
-with each point's standard error over queries.
+queries, train/RESULTS.md), and with ``--against RUN[@STEP]`` also against one checkpoint of a
+run (its last by default; ``FILE:RUN[@STEP]`` takes it from another results JSON, e.g. a control
+run or the shipped model's curve); the plot shows nDCG@10 (reranked and hybrid) against prompts
+seen, with each point's standard error over queries.
 """
 
 from __future__ import annotations
@@ -68,19 +71,41 @@ def means(point: dict) -> dict:
             for k, s in point.items()}
 
 
-def against_start(start: dict, point: dict) -> dict:
-    """{set: {kind: PairedComparison}}: a checkpoint's nDCG@10 against the start adapter's,
-    paired query by query (sets where both kept per-query values; results written before
-    they were kept have none)."""
+def against(reference: dict, point: dict) -> dict:
+    """{set: {kind: PairedComparison}}: a checkpoint's nDCG@10 against a reference point's
+    (the start adapter's, or ``--against``'s), paired query by query (sets where both kept
+    per-query values; results written before they were kept have none)."""
     out = {}
-    for name, start_set in start.items():
-        if not isinstance(start_set, dict) or "per_query" not in start_set or \
+    for name, ref_set in reference.items():
+        if not isinstance(ref_set, dict) or "per_query" not in ref_set or \
                 "per_query" not in point.get(name, {}):
             continue
-        out[name] = {kind: compare({q: v[kind] for q, v in start_set["per_query"].items()},
+        out[name] = {kind: compare({q: v[kind] for q, v in ref_set["per_query"].items()},
                                    {q: v[kind] for q, v in point[name]["per_query"].items()})
                      for kind in KINDS[1:]}
     return out
+
+
+def reference_point(results: dict, spec: str) -> tuple[str, str, dict]:
+    """``--against``'s checkpoint: (run, step, its results) for ``RUN[@STEP]`` (a run of
+    ``results``; its last step by default) or ``FILE:RUN[@STEP]`` (a run of another results
+    JSON). SystemExit, naming what there is, where the run or the step is missing."""
+    source, where = results, "these results"
+    path, sep, rest = spec.rpartition(":")
+    if sep and (Path(path).is_file() or path.endswith(".json")):  # else a run named "a:b"
+        if not Path(path).is_file():
+            raise SystemExit(f"--against {spec!r}: no results file {path}")
+        source, where, spec = json.loads(Path(path).read_text()), path, rest
+    run, _, step = spec.partition("@")
+    points = source.get("runs", {}).get(run)
+    if not points:
+        raise SystemExit(f"--against: no run {run!r} in {where} (runs: "
+                         f"{', '.join(sorted(source.get('runs', {}))) or 'none'})")
+    step = step or max(points, key=int)
+    if step not in points:
+        raise SystemExit(f"--against: run {run!r} has no step {step} in {where} (steps: "
+                         f"{', '.join(sorted(points, key=int))})")
+    return run, step, points[step]
 
 
 def adapter_template(adapter: str) -> str:
@@ -171,6 +196,9 @@ def main(argv=None) -> None:
                              "erank_fast.json, else erank)")
     parser.add_argument("--out", required=True, help="results JSON (kept between reruns)")
     parser.add_argument("--plot", default=None, help="PNG of the curves")
+    parser.add_argument("--against", default=None, metavar="[FILE:]RUN[@STEP]",
+                        help="also compare every checkpoint with this one, paired by query "
+                             "(a run's last step by default; FILE: another results JSON)")
     args = parser.parse_args(argv)
     runs = {}
     for spec in args.run:
@@ -204,11 +232,19 @@ def main(argv=None) -> None:
             done[str(step)] = evaluate_checkpoint(args.model, str(ckpt), sets, args.template)
             save()
             print(name, step, json.dumps(means(done[str(step)])))
-    for name, points in results["runs"].items():  # each checkpoint against the start, paired
-        for step in sorted(points, key=int):
-            for set_name, kinds in against_start(results["start"], points[step]).items():
-                for kind, comparison in kinds.items():
-                    print(f"{name} {step} {set_name} {kind}: {comparison.describe()}")
+    references = [("start", results["start"])]
+    if args.against:
+        run, step, point = reference_point(results, args.against)
+        references.append((f"{run}@{step}", point))
+    for label, reference in references:  # each checkpoint against it, paired by query
+        for name, points in results["runs"].items():
+            for step in sorted(points, key=int):
+                if points[step] is reference:
+                    continue
+                for set_name, kinds in against(reference, points[step]).items():
+                    for kind, comparison in kinds.items():
+                        print(f"{name} {step} against {label}, {set_name} {kind}: "
+                              f"{comparison.describe()}")
     if args.plot:
         plot(results, args.prompts_per_step, args.plot)
         print(f"plot: {args.plot}")
