@@ -102,7 +102,7 @@ class Engine:
                         and decoder.config.head_dim in HEAD_DIMS)
         int8_attention = arena_kernel and int8_attention_available(weight.dtype)
         self.runner = ModelRunner(decoder, impl, cuda_graphs, int8_attention=int8_attention)
-        bf16_arena = int8_attention or arena_kernel and bfloat16_arena_available(weight.dtype)
+        bf16_arena = int8_attention or (arena_kernel and bfloat16_arena_available(weight.dtype))
         self.kv_dtype = torch.bfloat16 if bf16_arena else weight.dtype
         self.scheduler = Scheduler(decoder.config, self.kv_dtype, weight.device,
                                    kv_memory=kv_memory,

@@ -53,6 +53,11 @@ inline v8f load(const c10::BFloat16* p) {
   return v;
 }
 inline v8f vmax(v8f a, v8f b) { return a > b ? a : b; }
+// D values of a bfloat16 arena row widened into dst (exact)
+template <int D>
+inline void widen(float* dst, const c10::BFloat16* src) {
+  for (int d = 0; d < D; d += 8) store(dst + d, load(src + d));
+}
 
 // 2^t for t <= 0: t = n + f with f in [-0.5, 0.5], 2^f by its degree-6 Taylor series (relative
 // error ~1e-7), 2^n built in the exponent bits. t is clamped to [-126, 0].
@@ -146,10 +151,8 @@ const FloatKV& float_kv(uint64_t call, const Task& t, const c10::BFloat16* k,
     kv.v.resize(n * D);
     for (int64_t j = 0; j < n; ++j) {
       const int64_t at = m.arena_row(b, j) * kv_s0 + t.head * kv_s1;
-      for (int d = 0; d < D; d += 8) {
-        store(kv.k.data() + j * D + d, load(k + at + d));
-        store(kv.v.data() + j * D + d, load(v + at + d));
-      }
+      widen<D>(kv.k.data() + j * D, k + at);
+      widen<D>(kv.v.data() + j * D, v + at);
     }
     kv.call = call;
     kv.doc = b;

@@ -107,10 +107,8 @@ void run_single(const Task& t, const T* q, int64_t q_s0, int64_t q_s1, const KV*
         if (j < nk)
           for (int64_t h = 0; h < kv_n; ++h) {
             const int64_t at = row * kv_s0 + (kv_lo + h) * kv_s1;
-            for (int d = 0; d < D; d += 8) {
-              store(wk + h * D + d, load(k + at + d));
-              store(wv + h * D + d, load(v + at + d));
-            }
+            widen<D>(wk + h * D, k + at);
+            widen<D>(wv + h * D, v + at);
           }
         key_rows[j] = wk;
         value_rows[j] = wv;
