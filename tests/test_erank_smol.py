@@ -1,4 +1,5 @@
-"""erank-smol, the packaged default reranker (and erank-smol-fast), end to end on real data (CPU, its default dtype).
+"""erank-smol, the packaged default reranker (and erank-smol-fast), end to end on real data
+(CPU, its default dtype).
 
 Its ranking quality is recorded in train/RESULTS.md and the README, not asserted here: these
 tests check that it ships, loads offline and runs the evaluation within the CI budget."""
@@ -51,17 +52,17 @@ def test_demo_ranks_the_relevant_documents_first(smollm2_dir, capsys):
     assert len(top & on_topic) >= len(on_topic) - 1, rows
 
 
-def test_eval_dl19_ten_queries_at_the_cpus_dtype(smollm2_dir, data_dir, tmp_path, capsys):
+def test_eval_dl19_five_queries_at_the_cpus_dtype(smollm2_dir, data_dir, tmp_path, capsys):
     """The dtype the CPU check picks (bfloat16 where it is fast, float32 on a CPU without
     bf16 kernels), as a user's `erank-fast eval` runs; each query's BM25 top 20 (`--depth`)."""
-    out = tmp_path / "dl19-10.json"
+    out = tmp_path / "dl19-5.json"
     assert cli.main(["eval", "--model", "erank-smol",
                      "--data", str(data_dir / "dl19-bm25-top100.jsonl"),
                      "--qrels", str(data_dir / "dl19-bm25-top100.qrels"),
-                     "--queries", "10", "--depth", "20", "--out", str(out)]) == 0
+                     "--queries", "5", "--depth", "20", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    assert result["queries_evaluated"] == 10 and result["documents"] == 200
-    queries = read_jsonl(data_dir / "dl19-bm25-top100.jsonl", depth=20)[:10]
+    assert result["queries_evaluated"] == 5 and result["documents"] == 100
+    queries = read_jsonl(data_dir / "dl19-bm25-top100.jsonl", depth=20)[:5]
     bm25, _ = evaluate({q.qid: {c.docid: c.score for c in q.candidates} for q in queries},
                        read_qrels(data_dir / "dl19-bm25-top100.qrels"))
     assert result["first_stage"] == pytest.approx(bm25, abs=1e-12)
