@@ -255,6 +255,15 @@ def test_learning_curves_compare_with_a_chosen_checkpoint(tmp_path):
                           (f"{tmp_path / 'missing.json'}:v13", "no results file")):
         with pytest.raises(SystemExit, match=message):
             curve.reference_point(results, spec)
+    # checked before any scoring: a run this call scores is known by name, its steps later
+    curve.check_against(results, ["v20"], "v20@100")
+    curve.check_against(results, [], "control@16")
+    curve.check_against(results, [], f"{other}:v13@200")
+    for spec, message in (("v21", "no run 'v21'.*control, v19, v20"),
+                          (f"{other}:v13@100", "steps: 200"),
+                          (f"{tmp_path / 'missing.json'}:v13", "no results file")):
+        with pytest.raises(SystemExit, match=message):
+            curve.check_against(results, ["v20"], spec)
 
 
 def test_learning_curves_put_runs_of_different_group_sizes_on_one_axis():

@@ -108,6 +108,21 @@ def reference_point(results: dict, spec: str) -> tuple[str, str, dict]:
     return run, step, points[step]
 
 
+def check_against(results: dict, scored: list[str], spec: str) -> None:
+    """``--against`` checked before any scoring, so a misspelt reference costs no evaluation:
+    another results file is resolved whole; a run of these results must be one of them or of the
+    runs this call scores (``scored``), whose steps are only known once scored."""
+    path, sep, _ = spec.rpartition(":")
+    if sep and (Path(path).is_file() or path.endswith(".json")):
+        reference_point(results, spec)
+        return
+    run = spec.partition("@")[0]
+    if run not in results.get("runs", {}) and run not in scored:
+        known = sorted(set(results.get("runs", {})) | set(scored))
+        raise SystemExit(f"--against: no run {run!r} in these results or this call's --run "
+                         f"(runs: {', '.join(known) or 'none'})")
+
+
 def adapter_template(adapter: str) -> str:
     """The prompt layout an exported adapter was trained with (its erank_fast.json), else the
     ERank template."""
@@ -212,6 +227,8 @@ def main(argv=None) -> None:
     results = json.loads(out.read_text()) if out.exists() else {"runs": {}}
     if results.get("start_adapter") not in (None, args.start):
         raise SystemExit(f"{out} holds results from another start adapter; pass another --out")
+    if args.against:
+        check_against(results, list(runs), args.against)
     results["start_adapter"] = args.start
     sets = held_out_sets(args.train_queries)
     results.setdefault("prompts_per_step", {}).update(dict.fromkeys(runs, args.prompts_per_step))
