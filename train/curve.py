@@ -258,7 +258,11 @@ def main(argv=None) -> None:
             for step in sorted(points, key=int):
                 if points[step] is reference:
                     continue
-                for set_name, kinds in against(reference, points[step]).items():
+                paired = against(reference, points[step])
+                if not paired:
+                    print(f"{name} {step} against {label}: nothing to pair (results written "
+                          f"before each query's values were kept)")
+                for set_name, kinds in paired.items():
                     for kind, comparison in kinds.items():
                         print(f"{name} {step} against {label}, {set_name} {kind}: "
                               f"{comparison.describe()}")
