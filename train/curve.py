@@ -86,17 +86,27 @@ def against(reference: dict, point: dict) -> dict:
     return out
 
 
+def split_against(spec: str) -> tuple[str | None, str]:
+    """``--against``'s ``FILE:RUN[@STEP]`` as (FILE, RUN[@STEP]); (None, spec) when it names a
+    run of these results (a ``:`` not after an existing or ``.json`` file is part of a run's
+    name)."""
+    path, sep, rest = spec.rpartition(":")
+    if sep and (Path(path).is_file() or path.endswith(".json")):
+        return path, rest
+    return None, spec
+
+
 def reference_point(results: dict, spec: str) -> tuple[str, str, dict]:
     """``--against``'s checkpoint: (run, step, its results) for ``RUN[@STEP]`` (a run of
     ``results``; its last step by default) or ``FILE:RUN[@STEP]`` (a run of another results
     JSON). SystemExit, naming what there is, where the run or the step is missing."""
     source, where = results, "these results"
-    path, sep, rest = spec.rpartition(":")
-    if sep and (Path(path).is_file() or path.endswith(".json")):  # else a run named "a:b"
+    path, rest = split_against(spec)
+    if path is not None:
         if not Path(path).is_file():
             raise SystemExit(f"--against {spec!r}: no results file {path}")
-        source, where, spec = json.loads(Path(path).read_text()), path, rest
-    run, _, step = spec.partition("@")
+        source, where = json.loads(Path(path).read_text()), path
+    run, _, step = rest.partition("@")
     points = source.get("runs", {}).get(run)
     if not points:
         raise SystemExit(f"--against: no run {run!r} in {where} (runs: "
@@ -112,8 +122,7 @@ def check_against(results: dict, scored: list[str], spec: str) -> None:
     """``--against`` checked before any scoring, so a misspelt reference costs no evaluation:
     another results file is resolved whole; a run of these results must be one of them or of the
     runs this call scores (``scored``), whose steps are only known once scored."""
-    path, sep, _ = spec.rpartition(":")
-    if sep and (Path(path).is_file() or path.endswith(".json")):
+    if split_against(spec)[0] is not None:
         reference_point(results, spec)
         return
     run = spec.partition("@")[0]
