@@ -1,5 +1,5 @@
-"""erank_fast.training.listwise: the listwise objective reads exactly what inference reads, its loss on
-hand-computed examples, and whole-query batches."""
+"""erank_fast.training.listwise: the listwise objective reads exactly what inference reads, its
+loss on hand-computed examples, and whole-query batches."""
 
 from __future__ import annotations
 
@@ -213,6 +213,42 @@ def test_kl_gradient_moves_the_student_towards_the_teacher():
     loss.backward()
     up = log_dist.grad @ listwise.SCORE_VALUES  # d loss / d(mass on high scores), roughly
     assert up[0] < 0 < up[1]  # raise the teacher's favourite, lower the other
+
+
+def test_margin_mse_teacher_term_by_hand():
+    """"margin_mse": teacher_weight × mean over each group's pairs of
+    ((E_i − E_j) − (t_i − t_j) / T)², pairs pooled over the batch's groups."""
+    expected = [6.0, 2.0, 5.0, 1.0, 3.0]
+    teacher = [0.5, -1.0, 1.5, 0.0, 1.0]
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    loss, parts = listwise.listwise_loss(_log_dist(expected), torch.tensor([0] * 5), groups, 0.0,
+                                         torch.tensor(teacher), 2.0, teacher_loss="margin_mse",
+                                         teacher_temperature=0.5)
+    pairs = [(0, 1), (0, 2), (1, 2), (3, 4)]
+    want = sum(((expected[i] - expected[j]) - (teacher[i] - teacher[j]) / 0.5) ** 2
+               for i, j in pairs) / len(pairs)
+    assert parts["margin_mse"] == pytest.approx(want, rel=1e-5)
+    assert loss.item() == pytest.approx(2.0 * want, rel=1e-5)
+    # Margins equal to the teacher's (E = t / T + c) cost nothing, whatever the offset.
+    _, parts = listwise.listwise_loss(_log_dist([4.0, 1.0, 6.0]), torch.tensor([0, 0, 0]),
+                                      torch.tensor([0, 0, 0]), 0.0,
+                                      torch.tensor([0.5, -1.0, 1.5]), 1.0,
+                                      teacher_loss="margin_mse", teacher_temperature=0.5)
+    assert parts["margin_mse"] == pytest.approx(0.0, abs=1e-3)
+    # One document per group: no pair, no term.
+    _, parts = listwise.listwise_loss(_log_dist([4.0, 1.0]), torch.tensor([0, 0]),
+                                      torch.tensor([0, 1]), 0.0, torch.tensor([1.0, -1.0]), 1.0,
+                                      teacher_loss="margin_mse")
+    assert parts["margin_mse"] == 0.0
+
+
+def test_margin_mse_gradient_widens_a_margin_the_teacher_wants_wider():
+    log_dist = _log_dist([5.0, 5.0]).requires_grad_(True)
+    loss, _ = listwise.listwise_loss(log_dist, torch.tensor([0, 0]), torch.tensor([0, 0]), 0.0,
+                                     torch.tensor([1.0, -1.0]), 1.0, teacher_loss="margin_mse")
+    loss.backward()
+    up = log_dist.grad @ listwise.SCORE_VALUES
+    assert up[0] < 0 < up[1]
 
 
 def test_pseudo_query_groups_with_a_teacher_stay_on_topic(qwen_tokenizer):

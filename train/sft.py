@@ -15,7 +15,8 @@ the think-off score distribution with a within-query pairwise loss on the expect
 docs_per_query``. ``--teacher_scores FILE`` (``train/query_likelihood.py`` or
 ``train/teacher_scores.py``) adds a dense teacher: ``--teacher_loss pairs`` weights the pairs by
 the teacher's score differences, ``--teacher_loss kl`` distils the teacher's softmax over each
-group (temperature ``--teacher_temperature``) into the student's expected scores.
+group (temperature ``--teacher_temperature``) into the student's expected scores, and
+``--teacher_loss margin_mse`` matches the teacher's margins (z / temperature, in score points).
 
 ``--adapter A --train_adapter true`` keeps training an existing LoRA adapter (e.g. the packaged
 erank-smol's) with its own rank and layers; the result is an adapter of the base model again,
@@ -105,7 +106,8 @@ def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_co
     if args.teacher:
         raise SystemExit("--objective listwise trains the think-off score; it takes no --teacher")
     if args.teacher_loss not in TEACHER_LOSSES:
-        raise SystemExit(f"--teacher_loss must be one of {TEACHER_LOSSES}, got {args.teacher_loss!r}")
+        raise SystemExit(f"--teacher_loss must be one of {TEACHER_LOSSES}, "
+                         f"got {args.teacher_loss!r}")
     queries, qrels = train_data.load(args.data, args.qrels)
     tokens = ScoreTokens.from_tokenizer(tokenizer)
     builder = PromptBuilder(tokenizer, args.max_query_tokens, args.max_doc_tokens, args.template)
@@ -136,7 +138,8 @@ def listwise_trainer(args: SFTScriptArguments, config, model, tokenizer, peft_co
         model = get_peft_model(model, peft_config)
     config.remove_unused_columns = False
     return ListwiseTrainer(model=model, args=config, train_dataset=Dataset.from_list(rows),
-                           data_collator=LeftPaddingCollator(train_data.pad_id(tokenizer)), processing_class=tokenizer,
+                           data_collator=LeftPaddingCollator(train_data.pad_id(tokenizer)),
+                           processing_class=tokenizer,
                            score_tokens=tokens, pointwise_weight=args.pointwise_weight,
                            docs_per_query=args.docs_per_query,
                            teacher_weight=args.teacher_weight if teacher else 0.0,

@@ -82,9 +82,11 @@ class SFTScriptArguments:
         default=1.0, metadata={"help": "listwise: weight of the teacher's term"})
     teacher_loss: str = field(
         default="pairs", metadata={"help": "listwise: 'pairs' (teacher differences weight the "
-                                           "pairs) or 'kl' (distil the teacher's softmax)"})
+                                           "pairs), 'kl' (distil the teacher's softmax) or "
+                                           "'margin_mse' (match the teacher's margins)"})
     teacher_temperature: float = field(
-        default=1.0, metadata={"help": "listwise, kl: temperature on the teacher's z-scores"})
+        default=1.0, metadata={"help": "listwise, kl and margin_mse: temperature on the "
+                                       "teacher's z-scores (one z unit = 1 / T score points)"})
     pseudo_queries: str | None = field(
         default=None, metadata={"help": "listwise: pseudo_queries.py output (JSONL), extra groups"})
     pseudo_query_top_k: int = field(

@@ -15,9 +15,10 @@ sees the order within a query. This objective trains what inference reads instea
 - optionally, teacher scores for every candidate (``train/query_likelihood.py``, or a
   sentence-transformers teacher through ``train/teacher_scores.py``), z-normalised within each
   query over all its candidates: either added, × ``teacher_weight``, to each pair's weight
-  ("pairs"), or distilled as the KL divergence from the teacher's softmax over each group to the
-  student's softmax of expected scores ("kl"): a dense signal on the many unjudged and
-  same-grade pairs.
+  ("pairs"), distilled as the KL divergence from the teacher's softmax over each group to the
+  student's softmax of expected scores ("kl"), or matched margin by margin (Margin-MSE,
+  "margin_mse": the student's E_i − E_j against the teacher's, in score points): a dense signal
+  on the many unjudged and same-grade pairs.
 
 Optionally, pseudo-queries (``train/pseudo_queries.py``: questions generated from training
 passages) add groups of their own: the source passage is the one relevant document (grade 2),
@@ -48,7 +49,7 @@ from erank_fast.training import data as train_data
 from erank_fast.training.teachers import pseudo_qid
 
 SCORE_VALUES = torch.arange(11, dtype=torch.float32)
-TEACHER_LOSSES = ("pairs", "kl")
+TEACHER_LOSSES = ("pairs", "kl", "margin_mse")
 
 
 def listwise_examples(queries, qrels, builder: PromptBuilder, tokens: ScoreTokens, *,
@@ -58,9 +59,9 @@ def listwise_examples(queries, qrels, builder: PromptBuilder, tokens: ScoreToken
     """Rows {"input_ids", "group", "grade", "teacher"}, ``docs_per_query`` consecutive rows per
     group; "teacher" is the query-normalised teacher score (0 without a teacher).
 
-    Each round draws a fresh sample of documents per query (``erank_fast.training.data`` sampling). Queries
-    with fewer candidates than ``docs_per_query``, or without both a relevant and an irrelevant
-    document among them, give no pairs and are left out."""
+    Each round draws a fresh sample of documents per query (``erank_fast.training.data``
+    sampling). Queries with fewer candidates than ``docs_per_query``, or without both a
+    relevant and an irrelevant document among them, give no pairs and are left out."""
     rng = random.Random(seed)
     rows, group = [], 0
     normalised = {q.qid: teacher_zscores(q, teacher) for q in queries} if teacher else {}
@@ -178,7 +179,10 @@ def listwise_loss(log_dist: torch.Tensor, grades: torch.Tensor, groups: torch.Te
     - "pairs": ``teacher_weight`` · max(t_i − t_j, 0) added to every pair's weight;
     - "kl": ``teacher_weight`` × KL(softmax(t / T) ‖ softmax(E)) over each group, T the
       ``teacher_temperature`` (E is in score units 0..10, so T sets how many score points the
-      teacher's preferences are worth)."""
+      teacher's preferences are worth);
+    - "margin_mse": ``teacher_weight`` × the mean over each group's pairs of
+      ((E_i − E_j) − (t_i − t_j) / T)²: the teacher's margins, one z unit worth 1 / T score
+      points, matched directly (Hofstätter et al.'s Margin-MSE on expected scores)."""
     if teacher_loss not in TEACHER_LOSSES:
         raise ValueError(f"teacher_loss must be one of {TEACHER_LOSSES}, got {teacher_loss!r}")
     if not teacher_temperature > 0:
@@ -202,7 +206,19 @@ def listwise_loss(log_dist: torch.Tensor, grades: torch.Tensor, groups: torch.Te
         kl = group_kl(teacher.float() / teacher_temperature, expected, groups)
         loss = loss + teacher_weight * kl
         parts["kl"] = float(kl.detach())
+    if use_teacher and teacher_loss == "margin_mse":
+        mse = margin_mse(teacher.float() / teacher_temperature, expected, groups)
+        loss = loss + teacher_weight * mse
+        parts["margin_mse"] = float(mse.detach())
     return loss, parts
+
+
+def margin_mse(target: torch.Tensor, student: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """Mean over the unordered within-group pairs (i, j) of ((s_i − s_j) − (t_i − t_j))²
+    (rows [N], group ids [N]); 0 when no group has two rows."""
+    pairs = torch.triu(groups[:, None] == groups[None, :], diagonal=1)
+    residual = (student[:, None] - student[None, :]) - (target[:, None] - target[None, :])
+    return (residual.square() * pairs).sum() / pairs.sum().clamp(min=1)
 
 
 def group_kl(target_logits: torch.Tensor, student_logits: torch.Tensor,
