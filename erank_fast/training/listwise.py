@@ -46,6 +46,7 @@ from erank_fast.evaluation.trec import Query
 from erank_fast.prompt import PromptBuilder
 from erank_fast.scoring import ScoreReadout, ScoreTokens
 from erank_fast.training import data as train_data
+from erank_fast.training.teacher_terms import group_kl, margin_mse
 from erank_fast.training.teachers import pseudo_qid
 
 SCORE_VALUES = torch.arange(11, dtype=torch.float32)
@@ -211,28 +212,6 @@ def listwise_loss(log_dist: torch.Tensor, grades: torch.Tensor, groups: torch.Te
         loss = loss + teacher_weight * mse
         parts["margin_mse"] = float(mse.detach())
     return loss, parts
-
-
-def margin_mse(target: torch.Tensor, student: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
-    """Mean over the unordered within-group pairs (i, j) of ((s_i − s_j) − (t_i − t_j))²
-    (rows [N], group ids [N]); 0 when no group has two rows."""
-    pairs = torch.triu(groups[:, None] == groups[None, :], diagonal=1)
-    residual = (student[:, None] - student[None, :]) - (target[:, None] - target[None, :])
-    return (residual.square() * pairs).sum() / pairs.sum().clamp(min=1)
-
-
-def group_kl(target_logits: torch.Tensor, student_logits: torch.Tensor,
-             groups: torch.Tensor) -> torch.Tensor:
-    """Mean over groups of KL(softmax(target) ‖ softmax(student)), each softmax taken within a
-    group (rows [N], group ids [N])."""
-    total = target_logits.new_zeros(())
-    ids = torch.unique(groups)
-    for g in ids:
-        rows = groups == g
-        p = torch.log_softmax(target_logits[rows], 0)
-        q = torch.log_softmax(student_logits[rows], 0)
-        total = total + (p.exp() * (p - q)).sum()
-    return total / len(ids)
 
 
 class QueryGroupSampler(Sampler):
